@@ -1,0 +1,165 @@
+//! Topic `notifications`: validates each record and stores it as a `pending`
+//! notification for the `send_notifications` job, one transaction per batch.
+//!
+//! Payload: `{"user_id": 42, "event": "order_shipped", "content": "..."}`;
+//! `users` (a non-empty array of ids) may stand for `user_id`, and `message`
+//! for `content`. `user_id: 0` is a valid id.
+
+use serde_json::{Map, Value};
+
+use crate::db::notifications::{insert_all, NewNotification};
+use crate::handler::{Consumer, HandlerContext, HandlerError};
+use crate::payload;
+use crate::record::Record;
+
+pub struct Notifications;
+
+/// A valid notification payload.
+#[derive(Debug, PartialEq)]
+pub struct Parsed {
+    pub users: Vec<i64>,
+    pub event: String,
+    pub content: String,
+}
+
+/// Validates one decoded payload, or says precisely what is wrong with it.
+pub fn parse(map: &Map<String, Value>) -> Result<Parsed, String> {
+    let users = match (
+        map.get("user_id").filter(|v| !v.is_null()),
+        map.get("users").filter(|v| !v.is_null()),
+    ) {
+        (Some(_), Some(_)) => {
+            return Err("fields `user_id` and `users` are both given; send one".into())
+        }
+        (Some(id), None) => vec![payload::id(id, "field `user_id`")?],
+        (None, Some(Value::Array(items))) if items.is_empty() => {
+            return Err("field `users` is an empty array".into())
+        }
+        (None, Some(Value::Array(items))) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| payload::id(v, &format!("field `users[{i}]`")))
+            .collect::<Result<_, _>>()?,
+        (None, Some(other)) => {
+            return Err(format!(
+                "field `users` must be an array, got {}",
+                payload::kind(other)
+            ))
+        }
+        (None, None) => return Err("field `user_id` (or `users`) is missing".into()),
+    };
+    Ok(Parsed {
+        users,
+        event: payload::string(map, "event")?,
+        content: payload::one_string_of(map, "content", "message")?,
+    })
+}
+
+impl Consumer for Notifications {
+    fn topic(&self) -> &'static str {
+        "notifications"
+    }
+
+    fn handle(&self, records: &[Record], ctx: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
+        let mut rows = Vec::with_capacity(records.len());
+        for r in records {
+            match payload::json_object(r, ctx.max_record_bytes()).and_then(|m| parse(&m)) {
+                Ok(p) => rows.push(NewNotification::pending(
+                    Some((&r.topic, r.partition, r.offset)),
+                    serde_json::to_string(&p.users).unwrap_or_else(|_| "[]".into()),
+                    p.event,
+                    p.content,
+                )),
+                Err(reason) => ctx.reject(r, reason),
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut conn = ctx.db()?;
+        insert_all(&mut conn, &rows)?;
+        ctx.wake_job("send_notifications");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(s: &str) -> Result<Parsed, String> {
+        match serde_json::from_str::<Value>(s).unwrap() {
+            Value::Object(m) => parse(&m),
+            _ => unreachable!("tests pass objects"),
+        }
+    }
+
+    #[test]
+    fn accepts_both_spellings_and_user_zero() {
+        let p = parse_str(r#"{"user_id": 0, "event": "e", "content": "c"}"#).unwrap();
+        assert_eq!(
+            p,
+            Parsed {
+                users: vec![0],
+                event: "e".into(),
+                content: "c".into()
+            }
+        );
+        let p = parse_str(r#"{"users": [1, 2], "event": "e", "message": "m"}"#).unwrap();
+        assert_eq!(p.users, vec![1, 2]);
+        assert_eq!(p.content, "m");
+    }
+
+    #[test]
+    fn each_rejection_reason() {
+        let cases = [
+            (
+                r#"{"event": "e", "content": "c"}"#,
+                "field `user_id` (or `users`) is missing",
+            ),
+            (
+                r#"{"user_id": 1, "users": [1], "event": "e", "content": "c"}"#,
+                "fields `user_id` and `users` are both given; send one",
+            ),
+            (
+                r#"{"user_id": "1", "event": "e", "content": "c"}"#,
+                "field `user_id` must be an integer, got string",
+            ),
+            (
+                r#"{"user_id": -3, "event": "e", "content": "c"}"#,
+                "field `user_id` must be a non-negative integer, got -3",
+            ),
+            (
+                r#"{"users": [], "event": "e", "content": "c"}"#,
+                "field `users` is an empty array",
+            ),
+            (
+                r#"{"users": 5, "event": "e", "content": "c"}"#,
+                "field `users` must be an array, got number",
+            ),
+            (
+                r#"{"users": [1, "x"], "event": "e", "content": "c"}"#,
+                "field `users[1]` must be an integer, got string",
+            ),
+            (
+                r#"{"user_id": 1, "content": "c"}"#,
+                "field `event` is missing",
+            ),
+            (
+                r#"{"user_id": 1, "event": 7, "content": "c"}"#,
+                "field `event` must be a string, got number",
+            ),
+            (
+                r#"{"user_id": 1, "event": "e"}"#,
+                "field `content` (or `message`) is missing",
+            ),
+            (
+                r#"{"user_id": 1, "event": "e", "content": "c", "message": "m"}"#,
+                "fields `content` and `message` are both given; send one",
+            ),
+        ];
+        for (input, reason) in cases {
+            assert_eq!(parse_str(input).unwrap_err(), reason, "input {input}");
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Topic `price-events`: stores `{"symbol", "price", "timestamp", "source"}`
+//! records in `price_events`, one transaction per batch. `timestamp` is an
+//! RFC 3339 string or a number of seconds since the Unix epoch.
+
+use chrono::{DateTime, NaiveDateTime};
+use serde_json::{Map, Value};
+
+use crate::db::price_events::{insert_all, NewPriceEvent};
+use crate::handler::{Consumer, HandlerContext, HandlerError};
+use crate::payload;
+use crate::record::Record;
+
+pub struct PriceEvents;
+
+#[derive(Debug, PartialEq)]
+pub struct Parsed {
+    pub symbol: String,
+    pub price: f64,
+    pub timestamp: NaiveDateTime,
+    pub source: String,
+}
+
+pub fn parse(map: &Map<String, Value>) -> Result<Parsed, String> {
+    let symbol = payload::string(map, "symbol")?;
+    if symbol.len() > 32 {
+        return Err(format!(
+            "field `symbol` is {} characters, at most 32 allowed",
+            symbol.len()
+        ));
+    }
+    let price = payload::number(map, "price")?;
+    if price < 0.0 {
+        return Err(format!("field `price` must not be negative, got {price}"));
+    }
+    let timestamp = match map.get("timestamp") {
+        None | Some(Value::Null) => return Err("field `timestamp` is missing".into()),
+        Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.naive_utc())
+            .map_err(|e| format!("field `timestamp` is not an RFC 3339 time ({e})"))?,
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .and_then(|secs| DateTime::from_timestamp_millis((secs * 1000.0) as i64))
+            .map(|t| t.naive_utc())
+            .ok_or_else(|| format!("field `timestamp` is out of range: {n}"))?,
+        Some(other) => {
+            return Err(format!(
+                "field `timestamp` must be an RFC 3339 string or epoch seconds, got {}",
+                payload::kind(other)
+            ))
+        }
+    };
+    Ok(Parsed {
+        symbol,
+        price,
+        timestamp,
+        source: payload::string(map, "source")?,
+    })
+}
+
+impl Consumer for PriceEvents {
+    fn topic(&self) -> &'static str {
+        "price-events"
+    }
+
+    fn handle(&self, records: &[Record], ctx: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
+        let mut rows = Vec::with_capacity(records.len());
+        for r in records {
+            match payload::json_object(r, ctx.max_record_bytes()).and_then(|m| parse(&m)) {
+                Ok(p) => rows.push(NewPriceEvent {
+                    symbol: p.symbol,
+                    price: p.price,
+                    timestamp: p.timestamp,
+                    source: p.source,
+                    source_topic: r.topic.clone(),
+                    source_partition: r.partition,
+                    source_offset: r.offset,
+                }),
+                Err(reason) => ctx.reject(r, reason),
+            }
+        }
+        let mut conn = ctx.db()?;
+        insert_all(&mut conn, &rows)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(s: &str) -> Result<Parsed, String> {
+        match serde_json::from_str::<Value>(s).unwrap() {
+            Value::Object(m) => parse(&m),
+            _ => unreachable!("tests pass objects"),
+        }
+    }
+
+    #[test]
+    fn accepts_rfc3339_and_epoch_seconds() {
+        let a = parse_str(
+            r#"{"symbol":"ACME","price":12.5,"timestamp":"2026-11-23T10:00:00Z","source":"x"}"#,
+        )
+        .unwrap();
+        let b = parse_str(r#"{"symbol":"ACME","price":12.5,"timestamp":1795428000,"source":"x"}"#)
+            .unwrap();
+        assert_eq!(a.timestamp, b.timestamp);
+        assert_eq!(a.price, 12.5);
+    }
+
+    #[test]
+    fn rejection_reasons() {
+        let cases = [
+            (
+                r#"{"price":1,"timestamp":1,"source":"x"}"#,
+                "field `symbol` is missing",
+            ),
+            (
+                r#"{"symbol":"A","price":"1","timestamp":1,"source":"x"}"#,
+                "field `price` must be a number, got string",
+            ),
+            (
+                r#"{"symbol":"A","price":-1,"timestamp":1,"source":"x"}"#,
+                "field `price` must not be negative, got -1",
+            ),
+            (
+                r#"{"symbol":"A","price":1,"source":"x"}"#,
+                "field `timestamp` is missing",
+            ),
+            (
+                r#"{"symbol":"A","price":1,"timestamp":true,"source":"x"}"#,
+                "field `timestamp` must be an RFC 3339 string or epoch seconds, got boolean",
+            ),
+            (
+                r#"{"symbol":"A","price":1,"timestamp":1}"#,
+                "field `source` is missing",
+            ),
+        ];
+        for (input, reason) in cases {
+            assert_eq!(parse_str(input).unwrap_err(), reason, "input {input}");
+        }
+        assert!(
+            parse_str(r#"{"symbol":"A","price":1,"timestamp":"yesterday","source":"x"}"#)
+                .unwrap_err()
+                .starts_with("field `timestamp` is not an RFC 3339 time")
+        );
+    }
+}

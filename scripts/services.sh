@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Installs (when missing), starts, checks and stops the services cronsumer's
+# tests and local runs need: a Kafka-protocol broker (nisshi, a Rust
+# Apache-Kafka-compatible broker) and PostgreSQL.
+#
+#   scripts/services.sh up       install what is missing, start, wait until each answers
+#   scripts/services.sh down     stop what this script started
+#   scripts/services.sh status   say what answers
+#   scripts/services.sh env      print the variables the tests read
+#   scripts/services.sh broker-stop | broker-start | broker-kill   (fault tests)
+#
+# Ports stay off the usual 9092 so a developer's own Kafka is left alone.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE="${CRONSUMER_SERVICES_DIR:-$ROOT/.services}"
+BROKER_PORT="${CRONSUMER_BROKER_PORT:-19092}"
+PG_HOST=127.0.0.1
+PG_PORT="${CRONSUMER_PG_PORT:-5432}"
+NISSHI_VERSION=0.8.1
+
+log() { echo "services: $*" >&2; }
+die() { echo "services: error: $*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_port() { # host port seconds what
+  local deadline=$((SECONDS + $3))
+  until port_open "$1" "$2"; do
+    [ $SECONDS -lt $deadline ] || die "$4 did not answer on $1:$2 within $3 s"
+    sleep 0.2
+  done
+}
+
+ensure_nisshi() {
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if command -v nisshi >/dev/null && nisshi --version 2>/dev/null | grep -q "$NISSHI_VERSION"; then
+    return
+  fi
+  log "installing nisshi $NISSHI_VERSION (about 10 minutes on 2 cores, once per machine)"
+  # --ignore-rust-version: one dependency declares rustc 1.96; the build works on 1.95.
+  cargo install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version \
+    --no-default-features --features dynostore,libsql >&2 || die "cannot install nisshi"
+}
+
+broker_start() {
+  ensure_nisshi
+  mkdir -p "$STATE/broker/data"
+  if port_open 127.0.0.1 "$BROKER_PORT"; then
+    log "broker already answers on 127.0.0.1:$BROKER_PORT"
+    return
+  fi
+  # The storage path is relative to the working directory.
+  (cd "$STATE/broker" && RUST_LOG=warn setsid nohup nisshi broker \
+      --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+      --storage-engine sqlite://data/broker.db \
+      --group-initial-rebalance-delay 0s >>"$STATE/broker/broker.log" 2>&1 & echo $! >"$STATE/broker/pid")
+  wait_port 127.0.0.1 "$BROKER_PORT" 30 "broker (log: $STATE/broker/broker.log)"
+  log "broker answers on 127.0.0.1:$BROKER_PORT (pid $(cat "$STATE/broker/pid"))"
+}
+
+broker_stop() { # signal
+  local pidfile="$STATE/broker/pid"
+  [ -f "$pidfile" ] || return 0
+  local pid; pid=$(cat "$pidfile")
+  kill "-$1" "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+  for _ in $(seq 1 50); do port_open 127.0.0.1 "$BROKER_PORT" || break; sleep 0.1; done
+}
+
+pg_answers() {
+  if command -v pg_isready >/dev/null; then
+    pg_isready -q -h "$PG_HOST" -p "$PG_PORT"
+  else
+    port_open "$PG_HOST" "$PG_PORT"
+  fi
+}
+
+pg_start() {
+  if pg_answers && psql_ok; then
+    log "PostgreSQL answers on $PG_HOST:$PG_PORT"
+    return
+  fi
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    log "installing PostgreSQL from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2 && apt-get install -y -qq postgresql postgresql-client >&2 || die "cannot install PostgreSQL"
+  fi
+  local version; version=$(ls /etc/postgresql | sort -V | tail -1)
+  local hba="/etc/postgresql/$version/main/pg_hba.conf"
+  # Tests connect as postgres over TCP without a password, as on the dev machines.
+  if ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+    sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+  fi
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 2>&1 \
+    || pg_ctlcluster --skip-systemctl-redirect "$version" main reload >&2 2>&1 || true
+  wait_port "$PG_HOST" "$PG_PORT" 60 PostgreSQL
+  for _ in $(seq 1 50); do psql_ok && break; sleep 0.2; done
+  psql_ok || die "PostgreSQL answers but user postgres cannot log in over TCP on $PG_HOST:$PG_PORT"
+  log "PostgreSQL answers on $PG_HOST:$PG_PORT"
+}
+
+psql_ok() {
+  command -v psql >/dev/null || return 0
+  psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1
+}
+
+print_env() {
+  echo "export CRONSUMER_TEST_BROKER=127.0.0.1:$BROKER_PORT"
+  echo "export CRONSUMER_TEST_PG=postgres://postgres@$PG_HOST:$PG_PORT/postgres"
+  echo "export CRONSUMER_SERVICES=$ROOT/scripts/services.sh"
+}
+
+case "${1:-up}" in
+  up) broker_start; pg_start; print_env ;;
+  down) broker_stop TERM; log "broker stopped (PostgreSQL is left running)" ;;
+  status)
+    port_open 127.0.0.1 "$BROKER_PORT" && log "broker: up on $BROKER_PORT" || log "broker: down"
+    pg_answers && log "postgres: up on $PG_PORT" || log "postgres: down" ;;
+  env) print_env ;;
+  broker-start) broker_start ;;
+  broker-stop) broker_stop TERM ;;
+  broker-kill) broker_stop KILL ;;
+  *) die "unknown command '$1' (up, down, status, env, broker-start, broker-stop, broker-kill)" ;;
+esac

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs every test against real services: starts the broker and PostgreSQL
+# (installing what is missing), then the unit and integration tests.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+eval "$(scripts/services.sh up)"
+cargo test --locked "$@"

@@ -1,0 +1,128 @@
+//! `dead_letters`: records a handler rejected, with the reason, kept until an
+//! operator replays or purges them. One row per (topic, partition, offset).
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::schema::dead_letters::{self, dsl as d};
+use super::{now, DbConnection, DbError};
+use crate::{on_backend, write_tx};
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = dead_letters)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub error: String,
+    pub failed_at: NaiveDateTime,
+    pub replayed_at: Option<NaiveDateTime>,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = dead_letters, treat_none_as_default_value = false)]
+pub struct NewDeadLetter {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub error: String,
+    pub failed_at: NaiveDateTime,
+}
+
+/// Stores the rejected records in one transaction; a record already
+/// dead-lettered (redelivery) is skipped. Returns how many rows were new.
+pub fn insert_all(conn: &mut DbConnection, rows: &[NewDeadLetter]) -> Result<usize, DbError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    Ok(write_tx!(conn, |c| {
+        let mut inserted = 0;
+        // Small chunks: payloads can be up to CONSUMER_MAX_RECORD_BYTES each.
+        for chunk in rows.chunks(50) {
+            inserted += diesel::insert_into(dead_letters::table)
+                .values(chunk)
+                .on_conflict_do_nothing()
+                .execute(c)?;
+        }
+        Ok::<_, diesel::result::Error>(inserted)
+    })?)
+}
+
+pub fn list(
+    conn: &mut DbConnection,
+    topic: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, DbError> {
+    Ok(on_backend!(conn, |c| {
+        let mut q = d::dead_letters
+            .select(DeadLetter::as_select())
+            .order(d::id.desc())
+            .limit(limit)
+            .into_boxed();
+        if let Some(t) = topic {
+            q = q.filter(d::topic.eq(t.to_string()));
+        }
+        q.load(c)
+    })?)
+}
+
+/// Dead letters not yet replayed, oldest first, optionally of one topic.
+pub fn unreplayed(
+    conn: &mut DbConnection,
+    topic: Option<&str>,
+) -> Result<Vec<DeadLetter>, DbError> {
+    Ok(on_backend!(conn, |c| {
+        let mut q = d::dead_letters
+            .select(DeadLetter::as_select())
+            .filter(d::replayed_at.is_null())
+            .order(d::id)
+            .into_boxed();
+        if let Some(t) = topic {
+            q = q.filter(d::topic.eq(t.to_string()));
+        }
+        q.load(c)
+    })?)
+}
+
+pub fn find(conn: &mut DbConnection, id: i64) -> Result<Option<DeadLetter>, DbError> {
+    Ok(on_backend!(conn, |c| d::dead_letters
+        .find(id)
+        .select(DeadLetter::as_select())
+        .first(c)
+        .optional())?)
+}
+
+pub fn mark_replayed(conn: &mut DbConnection, id: i64) -> Result<(), DbError> {
+    let t = now();
+    on_backend!(conn, |c| diesel::update(d::dead_letters.find(id))
+        .set(d::replayed_at.eq(Some(t)))
+        .execute(c))?;
+    Ok(())
+}
+
+/// Deletes dead letters that failed before `before`; with `replayed_only`,
+/// only those already replayed (the retention job's rule).
+pub fn purge_before(
+    conn: &mut DbConnection,
+    before: NaiveDateTime,
+    replayed_only: bool,
+) -> Result<usize, DbError> {
+    Ok(on_backend!(conn, |c| {
+        if replayed_only {
+            diesel::delete(d::dead_letters.filter(d::replayed_at.lt(before))).execute(c)
+        } else {
+            diesel::delete(d::dead_letters.filter(d::failed_at.lt(before))).execute(c)
+        }
+    })?)
+}
+
+pub fn count(conn: &mut DbConnection) -> Result<i64, DbError> {
+    Ok(on_backend!(conn, |c| d::dead_letters
+        .count()
+        .get_result(c))?)
+}

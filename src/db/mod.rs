@@ -1,0 +1,241 @@
+//! The database layer: one r2d2 pool of diesel connections to SQLite or
+//! PostgreSQL (chosen by `DATABASE_URL`, one binary serves both), the embedded
+//! migrations of each backend, and one model file per table.
+//!
+//! Queries are written once with diesel's DSL and compiled for each backend
+//! by [`on_backend!`] / [`write_tx!`]; writes on SQLite run in immediate
+//! transactions so concurrent writers wait on `busy_timeout` instead of
+//! failing with a lock upgrade error.
+
+pub mod dead_letters;
+pub mod job_leases;
+pub mod job_runs;
+pub mod notifications;
+pub mod price_events;
+pub mod schema;
+
+use std::path::Path;
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, PooledConnection};
+use diesel::sqlite::SqliteConnection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use crate::config::redact_url_userinfo;
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// How long a SQLite writer waits for another writer's lock before erroring.
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Postgresql(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+pub type Pool = diesel::r2d2::Pool<ConnectionManager<DbConnection>>;
+pub type Conn = PooledConnection<ConnectionManager<DbConnection>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot open database {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("database unavailable: {0}")]
+    Pool(#[from] diesel::r2d2::PoolError),
+    #[error("database migration failed: {0}")]
+    Migration(String),
+}
+
+impl DbError {
+    /// Whether retrying later may succeed (the database is down or busy), as
+    /// opposed to a bug or a constraint the data itself breaks.
+    pub fn is_transient(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind as K, Error as E};
+        match self {
+            DbError::Connect { .. } | DbError::Pool(_) => true,
+            DbError::Migration(_) => false,
+            DbError::Query(E::DatabaseError(kind, info)) => match kind {
+                K::UniqueViolation
+                | K::ForeignKeyViolation
+                | K::NotNullViolation
+                | K::CheckViolation => false,
+                K::SerializationFailure | K::ClosedConnection | K::ReadOnlyTransaction => true,
+                _ => {
+                    let m = info.message().to_ascii_lowercase();
+                    // SQLite "database is locked"/"disk I/O error", PostgreSQL shutdown/connection messages
+                    m.contains("locked")
+                        || m.contains("busy")
+                        || m.contains("i/o")
+                        || m.contains("disk")
+                        || m.contains("connection")
+                        || m.contains("terminat")
+                        || m.contains("shut")
+                }
+            },
+            DbError::Query(E::BrokenTransactionManager) => true,
+            DbError::Query(_) => true,
+        }
+    }
+}
+
+/// Which database `DATABASE_URL` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of_url(url: &str) -> Result<Backend, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else if url.starts_with("sqlite:") || !url.contains("://") {
+            Ok(Backend::Sqlite)
+        } else {
+            Err("a file path, sqlite://PATH or postgres://USER@HOST/DB".into())
+        }
+    }
+}
+
+/// The URL with any password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    redact_url_userinfo(url)
+}
+
+/// The file path of a SQLite URL (`sqlite://x.db`, `sqlite:x.db` or `x.db`).
+fn sqlite_path(url: &str) -> &str {
+    url.strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url)
+}
+
+#[derive(Debug)]
+struct SqlitePragmas;
+
+impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut DbConnection) -> Result<(), diesel::r2d2::Error> {
+        if let DbConnection::Sqlite(c) = conn {
+            // busy_timeout first: switching to WAL itself needs the lock.
+            c.batch_execute(&format!(
+                "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL; \
+                 PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;"
+            ))
+            .map_err(diesel::r2d2::Error::QueryError)?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens a pool on `url` (creating a SQLite file's parent directory) and
+/// checks that one connection can be made.
+pub fn connect(url: &str, size: u32) -> Result<Pool, DbError> {
+    let backend = Backend::of_url(url).map_err(|reason| DbError::Connect {
+        url: redact_url(url),
+        reason,
+    })?;
+    let conn_url = match backend {
+        Backend::Postgres => url.to_string(),
+        Backend::Sqlite => {
+            let path = sqlite_path(url);
+            if let Some(parent) = Path::new(path)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(parent).map_err(|e| DbError::Connect {
+                    url: redact_url(url),
+                    reason: format!("cannot create directory {}: {e}", parent.display()),
+                })?;
+            }
+            path.to_string()
+        }
+    };
+    let manager = ConnectionManager::<DbConnection>::new(conn_url);
+    diesel::r2d2::Pool::builder()
+        .max_size(size)
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_secs(5))
+        .connection_customizer(Box::new(SqlitePragmas))
+        // r2d2 logs every failed attempt itself; the caller reports the outcome.
+        .error_handler(Box::new(diesel::r2d2::NopErrorHandler))
+        .build(manager)
+        .map_err(|e| DbError::Connect {
+            url: redact_url(url),
+            reason: e.to_string(),
+        })
+}
+
+/// Connects and applies every pending migration; returns the names applied.
+pub fn connect_and_migrate(url: &str, size: u32) -> Result<(Pool, Vec<String>), DbError> {
+    let pool = connect(url, size)?;
+    let mut conn = pool.get().map_err(|e| DbError::Connect {
+        url: redact_url(url),
+        reason: e.to_string(),
+    })?;
+    let applied = migrate(&mut conn)?;
+    drop(conn);
+    Ok((pool, applied))
+}
+
+/// Applies the pending migrations of the connection's backend.
+pub fn migrate(conn: &mut DbConnection) -> Result<Vec<String>, DbError> {
+    let versions = match conn {
+        DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS),
+        DbConnection::Postgresql(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS),
+    }
+    .map_err(|e| DbError::Migration(e.to_string()))?;
+    Ok(versions.iter().map(|v| v.to_string()).collect())
+}
+
+/// Migrations embedded in this binary that the database has not applied yet.
+pub fn pending_migrations(conn: &mut DbConnection) -> Result<Vec<String>, DbError> {
+    match conn {
+        DbConnection::Sqlite(c) => c
+            .pending_migrations(SQLITE_MIGRATIONS)
+            .map(|p| p.iter().map(|m| m.name().to_string()).collect()),
+        DbConnection::Postgresql(c) => c
+            .pending_migrations(POSTGRES_MIGRATIONS)
+            .map(|p| p.iter().map(|m| m.name().to_string()).collect()),
+    }
+    .map_err(|e| DbError::Migration(e.to_string()))
+}
+
+pub fn backend_of(conn: &DbConnection) -> Backend {
+    match conn {
+        DbConnection::Sqlite(_) => Backend::Sqlite,
+        DbConnection::Postgresql(_) => Backend::Postgres,
+    }
+}
+
+/// Now, in the UTC wall-clock form the tables store.
+pub fn now() -> chrono::NaiveDateTime {
+    chrono::Utc::now().naive_utc()
+}
+
+/// Runs `$body` with `$c` bound to the backend's own connection type, so a
+/// query written once compiles for both backends.
+#[macro_export]
+macro_rules! on_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match &mut *$conn {
+            $crate::db::DbConnection::Sqlite($c) => $body,
+            $crate::db::DbConnection::Postgresql($c) => $body,
+        }
+    };
+}
+
+/// Like [`on_backend!`], inside a write transaction (immediate on SQLite).
+#[macro_export]
+macro_rules! write_tx {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match &mut *$conn {
+            $crate::db::DbConnection::Sqlite(c) => c.immediate_transaction(|$c| $body),
+            $crate::db::DbConnection::Postgresql(c) => c.transaction(|$c| $body),
+        }
+    };
+}

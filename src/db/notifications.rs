@@ -1,0 +1,276 @@
+//! `notifications`: rows stored by the notifications consumer and delivered
+//! by the `send_notifications` job (pending → sending → sent | failed).
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::schema::notifications::{self, dsl as n};
+use super::{now, DbConnection, DbError};
+use crate::{on_backend, write_tx};
+
+pub const PENDING: &str = "pending";
+pub const SENDING: &str = "sending";
+pub const SENT: &str = "sent";
+pub const FAILED: &str = "failed";
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = notifications)]
+pub struct Notification {
+    pub id: i64,
+    pub source_topic: Option<String>,
+    pub source_partition: Option<i32>,
+    pub source_offset: Option<i64>,
+    pub users: String,
+    pub event: String,
+    pub message: String,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub next_attempt_at: NaiveDateTime,
+    pub claimed_until: Option<NaiveDateTime>,
+    pub claimed_by: Option<String>,
+    pub sent_at: Option<NaiveDateTime>,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = notifications, treat_none_as_default_value = false)]
+pub struct NewNotification {
+    pub source_topic: Option<String>,
+    pub source_partition: Option<i32>,
+    pub source_offset: Option<i64>,
+    pub users: String,
+    pub event: String,
+    pub message: String,
+    pub status: String,
+    pub attempts: i32,
+    pub created_at: NaiveDateTime,
+    pub next_attempt_at: NaiveDateTime,
+}
+
+impl NewNotification {
+    pub fn pending(
+        source: Option<(&str, i32, i64)>,
+        users: String,
+        event: String,
+        message: String,
+    ) -> Self {
+        let t = now();
+        NewNotification {
+            source_topic: source.map(|s| s.0.to_string()),
+            source_partition: source.map(|s| s.1),
+            source_offset: source.map(|s| s.2),
+            users,
+            event,
+            message,
+            status: PENDING.into(),
+            attempts: 0,
+            created_at: t,
+            next_attempt_at: t,
+        }
+    }
+}
+
+/// Rows per INSERT statement, well under both backends' bind-parameter limits.
+const INSERT_CHUNK: usize = 500;
+
+/// Inserts all rows in one transaction; a row whose Kafka source is already
+/// stored is skipped. Returns how many rows were new.
+pub fn insert_all(conn: &mut DbConnection, rows: &[NewNotification]) -> Result<usize, DbError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    Ok(write_tx!(conn, |c| {
+        let mut inserted = 0;
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            inserted += diesel::insert_into(notifications::table)
+                .values(chunk)
+                .on_conflict_do_nothing()
+                .execute(c)?;
+        }
+        Ok::<_, diesel::result::Error>(inserted)
+    })?)
+}
+
+/// Claims up to `limit` due rows for `holder` until `claimed_until`: pending
+/// rows whose `next_attempt_at` has come, and rows whose earlier claim expired
+/// (a sender that crashed mid-send). PostgreSQL skips rows another copy holds.
+pub fn claim_due(
+    conn: &mut DbConnection,
+    holder: &str,
+    limit: i64,
+    claimed_until: NaiveDateTime,
+) -> Result<Vec<Notification>, DbError> {
+    let t = now();
+    let due = n::status
+        .eq(PENDING)
+        .and(n::next_attempt_at.le(t))
+        .or(n::status.eq(SENDING).and(n::claimed_until.lt(t)));
+    let claim = |rows: Vec<Notification>| -> Vec<Notification> {
+        rows.into_iter()
+            .map(|mut r| {
+                r.status = SENDING.into();
+                r.claimed_until = Some(claimed_until);
+                r.claimed_by = Some(holder.to_string());
+                r
+            })
+            .collect()
+    };
+    let rows = match conn {
+        DbConnection::Postgresql(c) => c.transaction(|c| {
+            let rows: Vec<Notification> = n::notifications
+                .filter(due)
+                .order(n::id)
+                .limit(limit)
+                .for_update()
+                .skip_locked()
+                .select(Notification::as_select())
+                .load(c)?;
+            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            diesel::update(n::notifications.filter(n::id.eq_any(&ids)))
+                .set((
+                    n::status.eq(SENDING),
+                    n::claimed_until.eq(claimed_until),
+                    n::claimed_by.eq(holder),
+                ))
+                .execute(c)?;
+            Ok::<_, diesel::result::Error>(rows)
+        })?,
+        DbConnection::Sqlite(c) => c.immediate_transaction(|c| {
+            let rows: Vec<Notification> = n::notifications
+                .filter(due)
+                .order(n::id)
+                .limit(limit)
+                .select(Notification::as_select())
+                .load(c)?;
+            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            diesel::update(n::notifications.filter(n::id.eq_any(&ids)))
+                .set((
+                    n::status.eq(SENDING),
+                    n::claimed_until.eq(claimed_until),
+                    n::claimed_by.eq(holder),
+                ))
+                .execute(c)?;
+            Ok::<_, diesel::result::Error>(rows)
+        })?,
+    };
+    Ok(claim(rows))
+}
+
+/// Delivered: only the claim's holder may say so.
+pub fn mark_sent(conn: &mut DbConnection, id: i64, holder: &str) -> Result<bool, DbError> {
+    let t = now();
+    let target = n::notifications
+        .filter(n::id.eq(id))
+        .filter(n::claimed_by.eq(holder))
+        .filter(n::status.eq(SENDING));
+    let changed = on_backend!(conn, |c| diesel::update(target)
+        .set((
+            n::status.eq(SENT),
+            n::sent_at.eq(Some(t)),
+            n::attempts.eq(n::attempts + 1),
+            n::claimed_until.eq(None::<NaiveDateTime>),
+            n::last_error.eq(None::<String>),
+        ))
+        .execute(c))?;
+    Ok(changed == 1)
+}
+
+/// Not delivered: back to `pending` for `retry_at`, or `failed` when `retry_at` is `None`.
+pub fn mark_attempt_failed(
+    conn: &mut DbConnection,
+    id: i64,
+    holder: &str,
+    error: &str,
+    retry_at: Option<NaiveDateTime>,
+) -> Result<bool, DbError> {
+    let target = n::notifications
+        .filter(n::id.eq(id))
+        .filter(n::claimed_by.eq(holder))
+        .filter(n::status.eq(SENDING));
+    let status = if retry_at.is_some() { PENDING } else { FAILED };
+    let next = retry_at.unwrap_or_else(now);
+    let changed = on_backend!(conn, |c| diesel::update(target)
+        .set((
+            n::status.eq(status),
+            n::attempts.eq(n::attempts + 1),
+            n::last_error.eq(Some(error)),
+            n::next_attempt_at.eq(next),
+            n::claimed_until.eq(None::<NaiveDateTime>),
+        ))
+        .execute(c))?;
+    Ok(changed == 1)
+}
+
+/// Puts rows whose claim expired back to `pending`; returns how many.
+pub fn requeue_expired(conn: &mut DbConnection) -> Result<usize, DbError> {
+    let t = now();
+    let target = n::notifications
+        .filter(n::status.eq(SENDING))
+        .filter(n::claimed_until.lt(t));
+    Ok(on_backend!(conn, |c| diesel::update(target)
+        .set((
+            n::status.eq(PENDING),
+            n::claimed_until.eq(None::<NaiveDateTime>),
+            n::claimed_by.eq(None::<String>)
+        ))
+        .execute(c))?)
+}
+
+/// Sets a row back to `pending`, due now (operator retry). Returns false when no such row.
+pub fn retry_now(conn: &mut DbConnection, id: i64) -> Result<bool, DbError> {
+    let t = now();
+    let changed = on_backend!(conn, |c| diesel::update(
+        n::notifications.filter(n::id.eq(id))
+    )
+    .set((
+        n::status.eq(PENDING),
+        n::next_attempt_at.eq(t),
+        n::claimed_until.eq(None::<NaiveDateTime>),
+        n::claimed_by.eq(None::<String>),
+    ))
+    .execute(c))?;
+    Ok(changed == 1)
+}
+
+/// Deletes `sent` rows sent before `before`.
+pub fn purge_sent_before(conn: &mut DbConnection, before: NaiveDateTime) -> Result<usize, DbError> {
+    let target = n::notifications
+        .filter(n::status.eq(SENT))
+        .filter(n::sent_at.lt(before));
+    Ok(on_backend!(conn, |c| diesel::delete(target).execute(c))?)
+}
+
+pub fn list(
+    conn: &mut DbConnection,
+    status: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Notification>, DbError> {
+    Ok(on_backend!(conn, |c| {
+        let mut q = n::notifications
+            .select(Notification::as_select())
+            .order(n::id.desc())
+            .limit(limit)
+            .into_boxed();
+        if let Some(s) = status {
+            q = q.filter(n::status.eq(s.to_string()));
+        }
+        q.load(c)
+    })?)
+}
+
+/// Rows per status.
+pub fn count_by_status(conn: &mut DbConnection) -> Result<Vec<(String, i64)>, DbError> {
+    use diesel::dsl::count_star;
+    Ok(on_backend!(conn, |c| n::notifications
+        .group_by(n::status)
+        .select((n::status, count_star()))
+        .order(n::status)
+        .load::<(String, i64)>(c))?)
+}
+
+pub fn count(conn: &mut DbConnection) -> Result<i64, DbError> {
+    Ok(on_backend!(conn, |c| n::notifications
+        .count()
+        .get_result(c))?)
+}

@@ -1,0 +1,70 @@
+//! Table definitions shared by both backends (the migrations keep the column
+//! types compatible: integers, text, bytes, UTC timestamps).
+
+diesel::table! {
+    notifications (id) {
+        id -> BigInt,
+        source_topic -> Nullable<Text>,
+        source_partition -> Nullable<Integer>,
+        source_offset -> Nullable<BigInt>,
+        users -> Text,
+        event -> Text,
+        message -> Text,
+        status -> Text,
+        attempts -> Integer,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamp,
+        next_attempt_at -> Timestamp,
+        claimed_until -> Nullable<Timestamp>,
+        claimed_by -> Nullable<Text>,
+        sent_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    dead_letters (id) {
+        id -> BigInt,
+        topic -> Text,
+        partition -> Integer,
+        offset -> BigInt,
+        key -> Nullable<Binary>,
+        payload -> Nullable<Binary>,
+        error -> Text,
+        failed_at -> Timestamp,
+        replayed_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    job_runs (id) {
+        id -> BigInt,
+        job -> Text,
+        holder -> Text,
+        started_at -> Timestamp,
+        finished_at -> Nullable<Timestamp>,
+        outcome -> Text,
+        error -> Nullable<Text>,
+        details -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    job_leases (job) {
+        job -> Text,
+        holder -> Text,
+        lease_until -> Timestamp,
+    }
+}
+
+diesel::table! {
+    price_events (id) {
+        id -> BigInt,
+        symbol -> Text,
+        price -> Double,
+        timestamp -> Timestamp,
+        source -> Text,
+        source_topic -> Text,
+        source_partition -> Integer,
+        source_offset -> BigInt,
+    }
+}

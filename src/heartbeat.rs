@@ -1,0 +1,99 @@
+//! The consumer thread's heartbeat: what it last did and when, written by the
+//! thread, read by the supervisor and the health endpoint.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub struct Heartbeat {
+    epoch: Instant,
+    /// Milliseconds since `epoch` + 1 (0 = never).
+    last_poll: AtomicU64,
+    last_commit: AtomicU64,
+    records: AtomicU64,
+    batches: AtomicU64,
+    assigned: AtomicI64,
+    retrying: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat {
+            epoch: Instant::now(),
+            last_poll: AtomicU64::new(0),
+            last_commit: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            assigned: AtomicI64::new(0),
+            retrying: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+        }
+    }
+}
+
+impl Heartbeat {
+    fn stamp(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn age(&self, at: &AtomicU64) -> Option<Duration> {
+        match at.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(Duration::from_millis((self.stamp()).saturating_sub(t))),
+        }
+    }
+
+    pub fn polled(&self) {
+        self.last_poll.store(self.stamp(), Ordering::Relaxed);
+    }
+
+    pub fn committed(&self, records: usize) {
+        self.last_commit.store(self.stamp(), Ordering::Relaxed);
+        self.records.fetch_add(records as u64, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_assigned(&self, n: i64) {
+        self.assigned.store(n, Ordering::Relaxed);
+    }
+
+    pub fn set_retrying(&self, error: Option<String>) {
+        self.retrying.store(error.is_some(), Ordering::Relaxed);
+        if let Ok(mut e) = self.last_error.lock() {
+            if error.is_some() {
+                *e = error;
+            }
+        }
+    }
+
+    /// Time since the last poll; `None` before the first one.
+    pub fn since_poll(&self) -> Option<Duration> {
+        self.age(&self.last_poll)
+    }
+
+    pub fn since_commit(&self) -> Option<Duration> {
+        self.age(&self.last_commit)
+    }
+
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+
+    pub fn assigned(&self) -> i64 {
+        self.assigned.load(Ordering::Relaxed)
+    }
+
+    /// True while a batch waits for a transient failure to clear.
+    pub fn retrying(&self) -> bool {
+        self.retrying.load(Ordering::Relaxed)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+}

@@ -1,0 +1,198 @@
+//! Kafka client settings and start-up checks: one place builds every
+//! librdkafka configuration (security, SASL, `KAFKA_PROP_*` pass-through),
+//! waits for the broker with capped exponential backoff, and checks or creates
+//! the topics the consumer registry needs.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::metadata::Metadata;
+
+use crate::backoff::Backoff;
+use crate::config::Settings;
+
+/// How long one metadata request may take before it counts as a failed attempt.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// Partitions of a topic this service creates itself.
+pub const DEFAULT_PARTITIONS: i32 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot reach Kafka at {servers} after {attempts} attempt(s): {last} (check KAFKA_BOOTSTRAP_SERVERS and that the broker is running)")]
+    Unreachable {
+        servers: String,
+        attempts: u32,
+        last: String,
+    },
+    #[error("required Kafka topic(s) missing: {}; create them with `cronsumer topics --create` or set KAFKA_AUTO_CREATE_TOPICS=true", .0.join(", "))]
+    MissingTopics(Vec<String>),
+    #[error("cannot create topic {topic}: {reason}")]
+    CreateFailed { topic: String, reason: String },
+    #[error("Kafka client error: {0}")]
+    Client(#[from] KafkaError),
+}
+
+/// Settings every client shares: servers, security, then the user's
+/// `KAFKA_PROP_*` properties, which win over everything set here.
+pub fn base_config(settings: &Settings) -> ClientConfig {
+    let k = &settings.kafka;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.bootstrap_servers);
+    c.set(
+        "security.protocol",
+        k.security_protocol.to_ascii_lowercase(),
+    );
+    if let Some(m) = &k.sasl_mechanism {
+        c.set("sasl.mechanism", m);
+    }
+    if let Some(u) = &k.sasl_username {
+        c.set("sasl.username", u);
+    }
+    if let Some(p) = &k.sasl_password {
+        c.set("sasl.password", p);
+    }
+    for (name, value) in &k.props {
+        c.set(name, value);
+    }
+    c
+}
+
+/// The batch consumer's configuration: manual commits only.
+pub fn consumer_config(settings: &Settings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("group.id", &settings.kafka.group_id);
+    c.set("enable.auto.commit", "false");
+    c.set("enable.auto.offset.store", "false");
+    c.set(
+        "auto.offset.reset",
+        settings.kafka.auto_offset_reset.as_str(),
+    );
+    c.set("enable.partition.eof", "false");
+    for (k, v) in base_config(settings).config_map() {
+        c.set(k, v);
+    }
+    // These two carry the at-least-once guarantee; a pass-through may not undo them.
+    c.set("enable.auto.commit", "false");
+    c.set("enable.auto.offset.store", "false");
+    c
+}
+
+/// The producer's configuration (`cronsumer produce`, dead-letter replay).
+pub fn producer_config(settings: &Settings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("acks", "all");
+    c.set("enable.idempotence", "true");
+    c.set("compression.type", "lz4");
+    c.set("linger.ms", "5");
+    c.set("message.timeout.ms", "30000");
+    for (k, v) in base_config(settings).config_map() {
+        c.set(k, v);
+    }
+    c
+}
+
+pub fn admin_client(settings: &Settings) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    base_config(settings).create()
+}
+
+/// Fetches cluster metadata, retrying with backoff (1 s doubling, capped at
+/// 30 s) up to `KAFKA_CONNECT_MAX_RETRIES` times.
+pub fn wait_for_broker(
+    settings: &Settings,
+    admin: &AdminClient<DefaultClientContext>,
+    shutdown: &dyn Fn() -> bool,
+) -> Result<Metadata, SetupError> {
+    let retries = settings.kafka.connect_max_retries;
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match admin.inner().fetch_metadata(None, METADATA_TIMEOUT) {
+            Ok(m) if !m.brokers().is_empty() => return Ok(m),
+            Ok(_) => log::warn!("kafka metadata named no broker (attempt {attempt})"),
+            Err(e) if attempt > retries || shutdown() => {
+                return Err(SetupError::Unreachable {
+                    servers: settings.kafka.bootstrap_servers.clone(),
+                    attempts: attempt,
+                    last: e.to_string(),
+                })
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                log::warn!(
+                    "kafka unreachable servers={} attempt={attempt} retry_in_ms={} error={e}",
+                    settings.kafka.bootstrap_servers,
+                    delay.as_millis()
+                );
+                std::thread::sleep(delay);
+            }
+        }
+    }
+}
+
+/// Topic name → partition count, for the topics that exist.
+pub fn existing_topics(metadata: &Metadata) -> Vec<(String, usize)> {
+    metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| (t.name().to_string(), t.partitions().len()))
+        .collect()
+}
+
+/// Checks that every required topic exists; creates the missing ones when
+/// `create` is set, else names them in the error.
+pub fn ensure_topics(
+    settings: &Settings,
+    admin: &AdminClient<DefaultClientContext>,
+    metadata: &Metadata,
+    required: &[String],
+    create: bool,
+) -> Result<Vec<String>, SetupError> {
+    let existing = existing_topics(metadata);
+    let missing: Vec<String> = required
+        .iter()
+        .filter(|r| !existing.iter().any(|(name, _)| name == *r))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        return Ok(vec![]);
+    }
+    if !create {
+        return Err(SetupError::MissingTopics(missing));
+    }
+    create_topics(settings, admin, &missing, DEFAULT_PARTITIONS)?;
+    Ok(missing)
+}
+
+pub fn create_topics(
+    _settings: &Settings,
+    admin: &AdminClient<DefaultClientContext>,
+    names: &[String],
+    partitions: i32,
+) -> Result<(), SetupError> {
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = futures_executor::block_on(admin.create_topics(topics.iter(), &opts))?;
+    for r in results {
+        match r {
+            Ok(name) => log::info!("created topic={name} partitions={partitions}"),
+            Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                log::info!("topic={name} already exists")
+            }
+            Err((name, code)) => {
+                return Err(SetupError::CreateFailed {
+                    topic: name,
+                    reason: code.to_string(),
+                })
+            }
+        }
+    }
+    Ok(())
+}

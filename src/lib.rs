@@ -1,0 +1,37 @@
+//! cronsumer: a batch Kafka consumer and an embedded cron scheduler in one
+//! service.
+//!
+//! - [`config`]: settings from `.env` and the environment, validated once.
+//! - [`db`]: the diesel pool (SQLite or PostgreSQL), migrations, one model per table.
+//! - [`kafka`]: client configuration, broker wait, topic checks; [`producer`].
+//! - [`batcher`] → [`router`] → [`handler`] (the consumer-module contract) →
+//!   commit, all driven by the consumer thread in [`consumer`], watched by
+//!   the [`supervisor`] through its [`heartbeat`].
+//! - [`payload`]: validation helpers the consumer modules share.
+//! - [`consumers`] and [`jobs`]: the user's extension points, one file per
+//!   topic and per periodic job.
+//! - [`app`]: `cronsumer run`, wiring it all together under one [`shutdown`] signal.
+//! - [`metrics`]: every exported metric, in one place.
+
+pub mod app;
+pub mod backoff;
+pub mod batcher;
+pub mod cli;
+pub mod config;
+pub mod consumer;
+pub mod db;
+pub mod handler;
+pub mod heartbeat;
+pub mod kafka;
+pub mod metrics;
+pub mod payload;
+pub mod producer;
+pub mod record;
+pub mod router;
+pub mod shutdown;
+pub mod supervisor;
+
+#[path = "../consumers/mod.rs"]
+pub mod consumers;
+#[path = "../jobs/mod.rs"]
+pub mod jobs;

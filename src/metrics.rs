@@ -1,0 +1,173 @@
+//! Every metric the service exports, named in one place, registered in one
+//! registry and rendered as Prometheus text on `/metrics`.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub records_consumed: IntCounterVec,
+    pub batches: IntCounter,
+    pub batch_size: Histogram,
+    pub handler_errors: IntCounterVec,
+    pub handler_panics: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub unrouted_records: IntCounterVec,
+    pub commits: IntCounter,
+    pub commit_errors: IntCounter,
+    pub consumer_lag: IntGaugeVec,
+    pub consumer_restarts: IntCounterVec,
+    pub assigned_partitions: IntGauge,
+    pub job_runs: IntCounterVec,
+    pub job_duration: HistogramVec,
+    pub notifications: IntCounterVec,
+    pub db_pool_connections: IntGaugeVec,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new("cronsumer_batch_size", "Records per handled batch").buckets(vec![
+                1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
+            ]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(batch_size.clone()))
+            .expect("metric registered once");
+        let job_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "cronsumer_job_duration_seconds",
+                "Duration of scheduled job runs",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0]),
+            &["job"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(job_duration.clone()))
+            .expect("metric registered once");
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "cronsumer_consumer_lag",
+                "High watermark minus committed offset, per partition",
+            ),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(consumer_lag.clone()))
+            .expect("metric registered once");
+        let assigned_partitions = IntGauge::new(
+            "cronsumer_assigned_partitions",
+            "Partitions assigned to this copy",
+        )
+        .expect("valid metric");
+        r.register(Box::new(assigned_partitions.clone()))
+            .expect("metric registered once");
+        let db_pool_connections = IntGaugeVec::new(
+            Opts::new(
+                "cronsumer_db_pool_connections",
+                "Database pool connections by state",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(db_pool_connections.clone()))
+            .expect("metric registered once");
+        Metrics {
+            records_consumed: counter_vec(
+                &r,
+                "cronsumer_records_consumed_total",
+                "Records handled and committed",
+                &["topic"],
+            ),
+            batches: counter(
+                &r,
+                "cronsumer_batches_total",
+                "Batches handled and committed",
+            ),
+            batch_size,
+            handler_errors: counter_vec(
+                &r,
+                "cronsumer_handler_errors_total",
+                "Transient handler failures (batch retried)",
+                &["topic"],
+            ),
+            handler_panics: counter_vec(
+                &r,
+                "cronsumer_handler_panics_total",
+                "Handler panics caught at the batch boundary",
+                &["topic"],
+            ),
+            dead_letters: counter_vec(
+                &r,
+                "cronsumer_dead_letters_total",
+                "Records rejected into dead_letters",
+                &["topic"],
+            ),
+            unrouted_records: counter_vec(
+                &r,
+                "cronsumer_unrouted_records_total",
+                "Records of topics without a consumer module",
+                &["topic"],
+            ),
+            commits: counter(&r, "cronsumer_commits_total", "Successful offset commits"),
+            commit_errors: counter(&r, "cronsumer_commit_errors_total", "Failed offset commits"),
+            consumer_lag,
+            consumer_restarts: counter_vec(
+                &r,
+                "cronsumer_consumer_restarts_total",
+                "Consumer thread restarts by cause",
+                &["cause"],
+            ),
+            assigned_partitions,
+            job_runs: counter_vec(
+                &r,
+                "cronsumer_job_runs_total",
+                "Scheduled job runs by outcome",
+                &["job", "outcome"],
+            ),
+            job_duration,
+            notifications: counter_vec(
+                &r,
+                "cronsumer_notifications_total",
+                "Notification delivery attempts by result",
+                &["result"],
+            ),
+            db_pool_connections,
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The process-wide metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+pub fn get() -> &'static Metrics {
+    &METRICS
+}

@@ -1,0 +1,154 @@
+//! The supervisor: owns the consumer thread, and restarts it (with a fresh
+//! client) when it has ended or stopped polling for
+//! `CONSUMER_STALL_TIMEOUT_MS`. Repeated restarts back off exponentially.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::backoff::Backoff;
+use crate::consumer::{spawn, ConsumerError, ConsumerSetup};
+use crate::heartbeat::Heartbeat;
+use crate::metrics;
+
+/// Why the consumer thread was restarted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestartCause {
+    Ended(String),
+    Stalled(Duration),
+}
+
+impl RestartCause {
+    pub fn label(&self) -> &'static str {
+        match self {
+            RestartCause::Ended(_) => "ended",
+            RestartCause::Stalled(_) => "stalled",
+        }
+    }
+}
+
+struct Running {
+    handle: JoinHandle<Result<(), ConsumerError>>,
+    stop: Arc<AtomicBool>,
+    heartbeat: Arc<Heartbeat>,
+    started: Instant,
+}
+
+pub struct Supervisor {
+    setup: ConsumerSetup,
+    stall_timeout: Duration,
+    running: Option<Running>,
+    backoff: Backoff,
+    not_before: Instant,
+    restarts: u64,
+}
+
+/// A run that lasted this long resets the restart backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+impl Supervisor {
+    pub fn new(setup: ConsumerSetup) -> Self {
+        let stall_timeout = setup.settings.consumer.stall_timeout;
+        Supervisor {
+            setup,
+            stall_timeout,
+            running: None,
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            not_before: Instant::now(),
+            restarts: 0,
+        }
+    }
+
+    /// Starts the consumer thread.
+    pub fn start(&mut self) -> std::io::Result<()> {
+        let heartbeat = Arc::new(Heartbeat::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = spawn(self.setup.clone(), heartbeat.clone(), stop.clone())?;
+        self.running = Some(Running {
+            handle,
+            stop,
+            heartbeat,
+            started: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// The current thread's heartbeat.
+    pub fn heartbeat(&self) -> Option<Arc<Heartbeat>> {
+        self.running.as_ref().map(|r| r.heartbeat.clone())
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.running
+            .as_ref()
+            .is_some_and(|r| !r.handle.is_finished())
+    }
+
+    pub fn restarts(&self) -> u64 {
+        self.restarts
+    }
+
+    /// Why the thread needs a restart, if it does.
+    pub fn diagnose(&self) -> Option<RestartCause> {
+        let r = self.running.as_ref()?;
+        if r.handle.is_finished() {
+            return Some(RestartCause::Ended("thread ended".into()));
+        }
+        let since = r
+            .heartbeat
+            .since_poll()
+            .unwrap_or_else(|| r.started.elapsed());
+        (since >= self.stall_timeout).then_some(RestartCause::Stalled(since))
+    }
+
+    /// Restarts the thread when it ended or stalled and the backoff allows.
+    /// Returns the cause when it restarted.
+    pub fn check(&mut self) -> Option<RestartCause> {
+        let cause = self.diagnose()?;
+        if Instant::now() < self.not_before {
+            return None;
+        }
+        let old = self.running.take()?;
+        old.stop.store(true, Ordering::SeqCst);
+        let cause = match cause {
+            RestartCause::Ended(_) if old.handle.is_finished() => match old.handle.join() {
+                Ok(Ok(())) => RestartCause::Ended("thread returned".into()),
+                Ok(Err(e)) => RestartCause::Ended(e.to_string()),
+                Err(p) => RestartCause::Ended(crate::router::panic_message(p.as_ref())),
+            },
+            // A stalled thread cannot be killed: it was told to stop and is left to end on its own.
+            other => other,
+        };
+        if old.started.elapsed() >= HEALTHY_RUN {
+            self.backoff.reset();
+        }
+        let delay = self.backoff.next_delay();
+        self.not_before = Instant::now() + delay;
+        self.restarts += 1;
+        metrics::get()
+            .consumer_restarts
+            .with_label_values(&[cause.label()])
+            .inc();
+        log::warn!("restarting consumer cause={} detail={cause:?} restarts={} next_restart_not_before_ms={}", cause.label(), self.restarts, delay.as_millis());
+        if let Err(e) = self.start() {
+            log::error!("cannot start consumer thread: {e}");
+        }
+        Some(cause)
+    }
+
+    /// Asks the thread to finish its batch and stop, and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop.store(true, Ordering::SeqCst);
+            match r.handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::warn!("consumer ended with error during shutdown: {e}"),
+                Err(p) => log::error!(
+                    "consumer thread panicked: {}",
+                    crate::router::panic_message(p.as_ref())
+                ),
+            }
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests against a real Kafka-protocol broker and real databases
+//! (SQLite files and PostgreSQL). Start them with `scripts/services.sh up`
+//! (`scripts/test.sh` does); a missing service fails these tests loudly.
+
+mod common;
+
+mod cli;
+mod consumer;
+mod migrations;
+mod smoke;

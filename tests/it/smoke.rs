@@ -1,0 +1,43 @@
+//! The broker works the way the service relies on: produce with acks=all,
+//! consume in a group, commit by hand, and resume from the committed offset.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+
+use crate::common::*;
+
+fn poll_one(c: &BaseConsumer, limit: Duration) -> (i32, i64, Vec<u8>) {
+    let deadline = Instant::now() + limit;
+    loop {
+        assert!(Instant::now() < deadline, "no record within {limit:?}");
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            let m = m.expect("poll error");
+            return (m.partition(), m.offset(), m.payload().unwrap().to_vec());
+        }
+    }
+}
+
+#[test]
+fn produce_consume_commit_and_resume_in_a_group() {
+    let prefix = unique("smoke");
+    let s = settings("unused.db", &prefix, &[]);
+    let topic = format!("{prefix}t");
+    create_topic(&s, &topic, 1);
+    produce(&s, &topic, &[b"first".to_vec(), b"second".to_vec()]);
+
+    let first: BaseConsumer = cronsumer::kafka::consumer_config(&s).create().unwrap();
+    first.subscribe(&[&topic]).unwrap();
+    let (p, o, payload) = poll_one(&first, Duration::from_secs(30));
+    assert_eq!((p, o, payload.as_slice()), (0, 0, &b"first"[..]));
+    first.commit_consumer_state(CommitMode::Sync).unwrap();
+    drop(first);
+
+    // A second member of the same group starts after the committed record.
+    let second: BaseConsumer = cronsumer::kafka::consumer_config(&s).create().unwrap();
+    second.subscribe(&[&topic]).unwrap();
+    let (_, o, payload) = poll_one(&second, Duration::from_secs(30));
+    assert_eq!((o, payload.as_slice()), (1, &b"second"[..]));
+    assert_eq!(committed(&s, &topic, 1).get(&0), Some(&1));
+}
