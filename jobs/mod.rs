@@ -2,10 +2,20 @@
 //! embedded scheduler runs. To add a periodic task, add a file next to this
 //! one implementing `cronsumer::scheduler::Job` and one line to `registry()`.
 
-use crate::config::Settings;
+pub mod maintenance;
+pub mod send_notifications;
+pub mod supervise_consumer;
 
-/// Every scheduled job with its cron expression (6 fields, seconds first, UTC).
-pub fn registry(_settings: &Settings) -> Vec<(&'static str, String)> {
-    // Filled by the scheduler issue (send_notifications, maintenance, supervise_consumer).
-    Vec::new()
+use std::sync::Arc;
+
+use crate::scheduler::Job;
+
+/// Every scheduled job; each brings its own cron expression.
+pub fn registry() -> Vec<Arc<dyn Job>> {
+    vec![
+        Arc::new(send_notifications::SendNotifications),
+        Arc::new(maintenance::Maintenance5m),
+        Arc::new(maintenance::Maintenance15m),
+        Arc::new(supervise_consumer::SuperviseConsumer),
+    ]
 }

@@ -1,21 +1,23 @@
 //! `cronsumer run`: migrates the database, waits for the broker and checks
-//! the topics, then runs the consumer thread (under its supervisor) until the
-//! shutdown signal, and finally lets the batch in hand finish and commit.
+//! the topics, then runs the consumer thread (under its supervisor), the
+//! scheduler and the HTTP endpoint until the shutdown signal; then lets the
+//! running jobs and the batch in hand finish (bounded by `SHUTDOWN_TIMEOUT_MS`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 
+use std::sync::Mutex;
+
 use crate::config::Settings;
 use crate::consumer::ConsumerSetup;
 use crate::handler::Wakers;
+use crate::http::{self, Health};
+use crate::scheduler::{JobContext, Scheduler};
 use crate::shutdown::Shutdown;
 use crate::supervisor::Supervisor;
-use crate::{consumers, db, kafka};
-
-/// How often the consumer thread's health is checked.
-const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
+use crate::{consumers, db, jobs, kafka};
 
 /// The topics the consumer registry needs, with `KAFKA_TOPIC_PREFIX`.
 pub fn required_topics(settings: &Settings) -> Vec<String> {
@@ -50,6 +52,8 @@ pub fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     if !applied.is_empty() {
         log::info!("applied migrations: {}", applied.join(", "));
     }
+    let mut wakers = Wakers::default();
+    wakers.register(jobs::send_notifications::NAME);
     let mut supervisor = None;
     if settings.kafka.enabled {
         prepare_kafka(&settings, &shutdown)?;
@@ -58,27 +62,55 @@ pub fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
             pool: pool.clone(),
             modules: consumers::registry,
             extra_topics: Vec::new(),
-            wakers: Wakers::default(),
+            wakers: wakers.clone(),
         };
         let mut s = Supervisor::new(setup);
         s.start().context("cannot start the consumer thread")?;
-        supervisor = Some(s);
+        supervisor = Some(Arc::new(Mutex::new(s)));
     } else {
         log::info!("KAFKA_ENABLED=false: the consumer thread is not started");
     }
-    log::info!("cronsumer running");
-    while !shutdown.is_triggered() {
-        std::thread::sleep(SUPERVISE_EVERY.min(Duration::from_millis(200)));
-        if let Some(s) = supervisor.as_mut() {
-            s.check();
+    let ctx = Arc::new(JobContext::new(
+        settings.clone(),
+        pool.clone(),
+        supervisor.clone(),
+        shutdown.clone(),
+    ));
+    let health = Arc::new(Health::new(
+        settings.clone(),
+        pool,
+        supervisor.clone(),
+        ctx.clone(),
+    ));
+    http::serve(settings.http_addr, health, shutdown.clone())
+        .context("cannot start the HTTP endpoint (HTTP_ADDR)")?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        let scheduler = Scheduler::start(jobs::registry(), ctx, &wakers).await?;
+        log::info!("cronsumer running");
+        shutdown.wait().await;
+        log::info!("shutting down");
+        // The consumer finishes its batch while running jobs finish theirs.
+        if let Some(s) = &supervisor {
+            lock(s).request_stop();
         }
+        scheduler.stop(settings.shutdown_timeout).await;
+        Ok::<_, anyhow::Error>(())
+    });
+    if let Some(s) = &supervisor {
+        lock(s).stop();
     }
-    log::info!("shutting down");
-    if let Some(mut s) = supervisor {
-        s.stop();
-    }
+    rt.shutdown_timeout(Duration::from_secs(1));
     log::info!("stopped");
-    Ok(())
+    result
+}
+
+fn lock(s: &Mutex<Supervisor>) -> std::sync::MutexGuard<'_, Supervisor> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Triggers `shutdown` on SIGINT or SIGTERM (from a small thread of its own).

@@ -60,6 +60,22 @@ pub enum Command {
     },
     /// Print the effective settings, secrets redacted.
     Config,
+    /// Scheduled jobs: list them, or run one now.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobsCommand {
+    /// Each job with its schedule, last run, outcome and next run.
+    List,
+    /// Run one job once, now, with the same overlap guard and ledger as the scheduler.
+    Run {
+        /// The job's name (see `cronsumer jobs list`).
+        name: String,
+    },
 }
 
 /// A usage problem found after parsing (exit 2).
@@ -135,6 +151,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             file,
         } => produce(&settings, &topic, key.as_deref(), json, file)?,
         Command::Topics { create, partitions } => return topics(&settings, create, partitions),
+        Command::Jobs { command } => return jobs(settings, command),
         Command::Config => {
             for (name, value) in settings.describe() {
                 println!("{name}={value}");
@@ -222,4 +239,66 @@ fn topics(settings: &Settings, create: bool, partitions: i32) -> anyhow::Result<
         missing.join(", ")
     );
     Ok(ExitCode::from(1))
+}
+
+fn jobs(settings: Settings, command: JobsCommand) -> anyhow::Result<ExitCode> {
+    let (pool, _) = db::connect_and_migrate(&settings.database_url, 2)?;
+    let registry = crate::jobs::registry();
+    match command {
+        JobsCommand::List => {
+            let mut conn = pool.get().map_err(DbError::Pool)?;
+            println!(
+                "{:<20} {:<16} {:<20} {:<8} NEXT RUN",
+                "JOB", "SCHEDULE", "LAST RUN", "OUTCOME"
+            );
+            for job in &registry {
+                let cron = job.schedule(&settings);
+                let last = db::job_runs::last(&mut conn, job.name())?;
+                let fmt = |t: chrono::NaiveDateTime| t.format("%Y-%m-%d %H:%M:%S").to_string();
+                println!(
+                    "{:<20} {:<16} {:<20} {:<8} {}",
+                    job.name(),
+                    cron,
+                    last.as_ref()
+                        .map(|r| fmt(r.started_at))
+                        .unwrap_or_else(|| "never".into()),
+                    last.as_ref().map(|r| r.outcome.as_str()).unwrap_or("-"),
+                    crate::scheduler::next_run(&cron)
+                        .map(|t| fmt(t.naive_utc()))
+                        .unwrap_or_else(|| "-".into()),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobsCommand::Run { name } => {
+            let Some(job) = registry.into_iter().find(|j| j.name() == name) else {
+                let names: Vec<&str> = crate::jobs::registry().iter().map(|j| j.name()).collect();
+                bail!(UsageError(format!(
+                    "no job named {name:?}; jobs: {}",
+                    names.join(", ")
+                )));
+            };
+            let ctx = std::sync::Arc::new(crate::scheduler::JobContext::new(
+                std::sync::Arc::new(settings),
+                pool,
+                None,
+                Shutdown::new(),
+            ));
+            match crate::scheduler::JobRunner::new(job, ctx).run(crate::scheduler::Trigger::Manual)
+            {
+                crate::scheduler::RunOutcome::Ok(report) => {
+                    println!("{name}: ok {}", report.details);
+                    Ok(ExitCode::SUCCESS)
+                }
+                crate::scheduler::RunOutcome::Failed(e) => {
+                    eprintln!("{name}: failed: {e}");
+                    Ok(ExitCode::from(1))
+                }
+                other => {
+                    eprintln!("{name}: not run: {other:?}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
 }

@@ -48,6 +48,10 @@ impl Wakers {
         self.0.entry(job).or_default().clone()
     }
 
+    pub fn get(&self, job: &str) -> Option<Arc<tokio::sync::Notify>> {
+        self.0.get(job).cloned()
+    }
+
     pub fn wake(&self, job: &str) {
         if let Some(n) = self.0.get(job) {
             n.notify_one();

@@ -196,3 +196,52 @@ pub fn create_topics(
     }
     Ok(())
 }
+
+/// Consumer lag of one partition.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    /// The group's committed offset; `None` before its first commit.
+    pub committed: Option<i64>,
+    pub low: i64,
+    pub high: i64,
+    pub lag: i64,
+}
+
+/// Committed offset, watermarks and lag of `KAFKA_GROUP_ID` on every
+/// partition of `topics` (without joining the group).
+pub fn lag(settings: &Settings, topics: &[String]) -> Result<Vec<PartitionLag>, KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = consumer_config(settings).create()?;
+    let metadata = c.fetch_metadata(None, METADATA_TIMEOUT)?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in metadata
+        .topics()
+        .iter()
+        .filter(|t| topics.iter().any(|n| n == t.name()))
+    {
+        for p in t.partitions() {
+            tpl.add_partition(t.name(), p.id());
+        }
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10))?;
+    let mut out = Vec::new();
+    for e in committed.elements() {
+        let (low, high) = c.fetch_watermarks(e.topic(), e.partition(), METADATA_TIMEOUT)?;
+        let committed = match e.offset() {
+            rdkafka::Offset::Offset(o) => Some(o),
+            _ => None,
+        };
+        out.push(PartitionLag {
+            topic: e.topic().to_string(),
+            partition: e.partition(),
+            committed,
+            low,
+            high,
+            lag: (high - committed.unwrap_or(low)).max(0),
+        });
+    }
+    out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    Ok(out)
+}

@@ -22,12 +22,15 @@ pub mod consumer;
 pub mod db;
 pub mod handler;
 pub mod heartbeat;
+pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod notifier;
 pub mod payload;
 pub mod producer;
 pub mod record;
 pub mod router;
+pub mod scheduler;
 pub mod shutdown;
 pub mod supervisor;
 

@@ -42,6 +42,7 @@ pub struct Supervisor {
     backoff: Backoff,
     not_before: Instant,
     restarts: u64,
+    stopping: bool,
 }
 
 /// A run that lasted this long resets the restart backoff.
@@ -57,6 +58,7 @@ impl Supervisor {
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             not_before: Instant::now(),
             restarts: 0,
+            stopping: false,
         }
     }
 
@@ -105,6 +107,9 @@ impl Supervisor {
     /// Restarts the thread when it ended or stalled and the backoff allows.
     /// Returns the cause when it restarted.
     pub fn check(&mut self) -> Option<RestartCause> {
+        if self.stopping {
+            return None;
+        }
         let cause = self.diagnose()?;
         if Instant::now() < self.not_before {
             return None;
@@ -137,8 +142,18 @@ impl Supervisor {
         Some(cause)
     }
 
+    /// Asks the thread to finish its batch and stop, without waiting; no
+    /// restart happens after this.
+    pub fn request_stop(&mut self) {
+        self.stopping = true;
+        if let Some(r) = &self.running {
+            r.stop.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Asks the thread to finish its batch and stop, and waits for it.
     pub fn stop(&mut self) {
+        self.stopping = true;
         if let Some(r) = self.running.take() {
             r.stop.store(true, Ordering::SeqCst);
             match r.handle.join() {

@@ -205,6 +205,13 @@ pub fn pending_migrations(conn: &mut DbConnection) -> Result<Vec<String>, DbErro
     .map_err(|e| DbError::Migration(e.to_string()))
 }
 
+/// A trivial query: does the database answer?
+pub fn ping(conn: &mut DbConnection) -> Result<(), DbError> {
+    use diesel::RunQueryDsl;
+    diesel::sql_query("SELECT 1").execute(conn)?;
+    Ok(())
+}
+
 pub fn backend_of(conn: &DbConnection) -> Backend {
     match conn {
         DbConnection::Sqlite(_) => Backend::Sqlite,

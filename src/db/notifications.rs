@@ -157,6 +157,46 @@ pub fn claim_due(
     Ok(claim(rows))
 }
 
+/// Delivered, for many rows at once: only the claim's holder may say so.
+pub fn mark_sent_many(
+    conn: &mut DbConnection,
+    ids: &[i64],
+    holder: &str,
+) -> Result<usize, DbError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let t = now();
+    let target = n::notifications
+        .filter(n::id.eq_any(ids))
+        .filter(n::claimed_by.eq(holder))
+        .filter(n::status.eq(SENDING));
+    Ok(write_tx!(conn, |c| diesel::update(target)
+        .set((
+            n::status.eq(SENT),
+            n::sent_at.eq(Some(t)),
+            n::attempts.eq(n::attempts + 1),
+            n::claimed_until.eq(None::<NaiveDateTime>),
+            n::last_error.eq(None::<String>),
+        ))
+        .execute(c))?)
+}
+
+/// Gives claimed rows back (not attempted), due now.
+pub fn release(conn: &mut DbConnection, ids: &[i64], holder: &str) -> Result<usize, DbError> {
+    let target = n::notifications
+        .filter(n::id.eq_any(ids))
+        .filter(n::claimed_by.eq(holder))
+        .filter(n::status.eq(SENDING));
+    Ok(on_backend!(conn, |c| diesel::update(target)
+        .set((
+            n::status.eq(PENDING),
+            n::claimed_until.eq(None::<NaiveDateTime>),
+            n::claimed_by.eq(None::<String>)
+        ))
+        .execute(c))?)
+}
+
 /// Delivered: only the claim's holder may say so.
 pub fn mark_sent(conn: &mut DbConnection, id: i64, holder: &str) -> Result<bool, DbError> {
     let t = now();

@@ -1,0 +1,80 @@
+//! Maintenance: `maintenance_5m` requeues notifications whose claim expired
+//! and reports consumer lag per partition; `maintenance_15m` purges sent
+//! notifications, replayed dead letters and job runs older than
+//! `RETENTION_DAYS`, and lets SQLite refresh its query statistics.
+
+use diesel::connection::SimpleConnection;
+
+use crate::config::Settings;
+use crate::db::{self, dead_letters, job_runs, notifications, DbConnection};
+use crate::scheduler::{Job, JobContext, JobError, JobReport};
+use crate::{app, kafka, metrics};
+
+pub struct Maintenance5m;
+pub struct Maintenance15m;
+
+impl Job for Maintenance5m {
+    fn name(&self) -> &'static str {
+        "maintenance_5m"
+    }
+
+    fn schedule(&self, _settings: &Settings) -> String {
+        "0 */5 * * * *".into()
+    }
+
+    fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
+        let mut conn = ctx.pool.get().map_err(db::DbError::Pool)?;
+        let requeued = notifications::requeue_expired(&mut conn)?;
+        drop(conn);
+        let mut details = format!("requeued={requeued}");
+        if ctx.settings.kafka.enabled {
+            match kafka::lag(&ctx.settings, &app::required_topics(&ctx.settings)) {
+                Ok(parts) => {
+                    let total: i64 = parts.iter().map(|p| p.lag).sum();
+                    for p in &parts {
+                        log::info!(
+                            "lag topic={} partition={} committed={:?} high={} lag={}",
+                            p.topic,
+                            p.partition,
+                            p.committed,
+                            p.high,
+                            p.lag
+                        );
+                        metrics::get()
+                            .consumer_lag
+                            .with_label_values(&[&p.topic, &p.partition.to_string()])
+                            .set(p.lag);
+                    }
+                    details.push_str(&format!(" lag={total}"));
+                }
+                Err(e) => details.push_str(&format!(" lag=unknown ({e})")),
+            }
+        }
+        Ok(JobReport::new(details))
+    }
+}
+
+impl Job for Maintenance15m {
+    fn name(&self) -> &'static str {
+        "maintenance_15m"
+    }
+
+    fn schedule(&self, _settings: &Settings) -> String {
+        "0 */15 * * * *".into()
+    }
+
+    fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
+        let before = db::now() - chrono::Duration::days(ctx.settings.retention_days as i64);
+        let mut conn = ctx.pool.get().map_err(db::DbError::Pool)?;
+        let sent = notifications::purge_sent_before(&mut conn, before)?;
+        let dead = dead_letters::purge_before(&mut conn, before, true)?;
+        let runs = job_runs::prune_before(&mut conn, before)?;
+        if let DbConnection::Sqlite(c) = &mut *conn {
+            c.batch_execute("PRAGMA optimize;")
+                .map_err(db::DbError::Query)?;
+        }
+        Ok(JobReport::new(format!(
+            "purged notifications={sent} dead_letters={dead} job_runs={runs}"
+        )))
+    }
+}
