@@ -141,7 +141,6 @@ const SASL_MECHANISMS: &[&str] = &[
     "SCRAM-SHA-256",
     "SCRAM-SHA-512",
     "OAUTHBEARER",
-    "GSSAPI",
 ];
 
 impl Settings {

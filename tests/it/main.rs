@@ -7,4 +7,7 @@ mod common;
 mod cli;
 mod consumer;
 mod migrations;
+mod scheduler;
+mod sink;
+mod supervisor;
 mod smoke;
