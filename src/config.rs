@@ -136,12 +136,7 @@ pub const DEFAULTS: &[(&str, Option<&str>)] = &[
 ];
 
 const SECURITY_PROTOCOLS: &[&str] = &["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"];
-const SASL_MECHANISMS: &[&str] = &[
-    "PLAIN",
-    "SCRAM-SHA-256",
-    "SCRAM-SHA-512",
-    "OAUTHBEARER",
-];
+const SASL_MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
 
 impl Settings {
     /// Loads `.env` (when present) under the process environment, then validates.
@@ -312,6 +307,10 @@ impl Settings {
             (
                 "NOTIFICATIONS_MAX_ATTEMPTS".into(),
                 self.notifications_max_attempts.to_string(),
+            ),
+            (
+                "NOTIFICATIONS_RETRY_BASE_MS".into(),
+                self.notifications_retry_base.as_millis().to_string(),
             ),
             (
                 "NOTIFIER".into(),

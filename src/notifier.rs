@@ -88,8 +88,10 @@ impl Notifier for WebhookNotifier {
             .header("Idempotency-Key", idempotency_key(n))
             .send_json(body(n));
         match result {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 let status = resp.status().as_u16();
+                // Reading the (small) body returns the connection to the pool for reuse.
+                let _ = resp.body_mut().with_config().limit(64 * 1024).read_to_vec();
                 match status {
                     200..=299 => Delivery::Sent,
                     400..=499 => Delivery::Failed(format!("webhook answered HTTP {status}")),

@@ -9,5 +9,5 @@ mod consumer;
 mod migrations;
 mod scheduler;
 mod sink;
-mod supervisor;
 mod smoke;
+mod supervisor;

@@ -40,7 +40,9 @@ impl Sink {
         let (h, p, s) = (hits.clone(), plan.clone(), stop.clone());
         std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
-                let Ok(Some(mut req)) = server.recv_timeout(Duration::from_millis(100)) else { continue };
+                let Ok(Some(mut req)) = server.recv_timeout(Duration::from_millis(100)) else {
+                    continue;
+                };
                 let key = req
                     .headers()
                     .iter()
@@ -59,7 +61,12 @@ impl Sink {
                 let _ = req.respond(tiny_http::Response::from_string("").with_status_code(status));
             }
         });
-        Sink { url, hits, plan, stop }
+        Sink {
+            url,
+            hits,
+            plan,
+            stop,
+        }
     }
 
     pub fn set_plan(&self, plan: Plan) {
@@ -73,7 +80,11 @@ impl Sink {
     /// Successful deliveries per idempotency key.
     pub fn delivered(&self) -> HashMap<String, usize> {
         let mut m = HashMap::new();
-        for h in self.hits().iter().filter(|h| (200..300).contains(&h.status)) {
+        for h in self
+            .hits()
+            .iter()
+            .filter(|h| (200..300).contains(&h.status))
+        {
             *m.entry(h.key.clone()).or_default() += 1;
         }
         m
