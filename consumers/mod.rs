@@ -10,8 +10,5 @@ use crate::handler::Consumer;
 
 /// Every consumer module; the service subscribes to each one's topic.
 pub fn registry() -> Vec<Box<dyn Consumer>> {
-    vec![
-        Box::new(notifications::Notifications),
-        Box::new(price_events::PriceEvents),
-    ]
+    vec![Box::new(notifications::Notifications), Box::new(price_events::PriceEvents)]
 }

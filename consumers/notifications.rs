@@ -24,28 +24,16 @@ pub struct Parsed {
 
 /// Validates one decoded payload, or says precisely what is wrong with it.
 pub fn parse(map: &Map<String, Value>) -> Result<Parsed, String> {
-    let users = match (
-        map.get("user_id").filter(|v| !v.is_null()),
-        map.get("users").filter(|v| !v.is_null()),
-    ) {
-        (Some(_), Some(_)) => {
-            return Err("fields `user_id` and `users` are both given; send one".into())
-        }
+    let users = match (map.get("user_id").filter(|v| !v.is_null()), map.get("users").filter(|v| !v.is_null())) {
+        (Some(_), Some(_)) => return Err("fields `user_id` and `users` are both given; send one".into()),
         (Some(id), None) => vec![payload::id(id, "field `user_id`")?],
-        (None, Some(Value::Array(items))) if items.is_empty() => {
-            return Err("field `users` is an empty array".into())
-        }
+        (None, Some(Value::Array(items))) if items.is_empty() => return Err("field `users` is an empty array".into()),
         (None, Some(Value::Array(items))) => items
             .iter()
             .enumerate()
             .map(|(i, v)| payload::id(v, &format!("field `users[{i}]`")))
             .collect::<Result<_, _>>()?,
-        (None, Some(other)) => {
-            return Err(format!(
-                "field `users` must be an array, got {}",
-                payload::kind(other)
-            ))
-        }
+        (None, Some(other)) => return Err(format!("field `users` must be an array, got {}", payload::kind(other))),
         (None, None) => return Err("field `user_id` (or `users`) is missing".into()),
     };
     Ok(Parsed {
@@ -97,14 +85,7 @@ mod tests {
     #[test]
     fn accepts_both_spellings_and_user_zero() {
         let p = parse_str(r#"{"user_id": 0, "event": "e", "content": "c"}"#).unwrap();
-        assert_eq!(
-            p,
-            Parsed {
-                users: vec![0],
-                event: "e".into(),
-                content: "c".into()
-            }
-        );
+        assert_eq!(p, Parsed { users: vec![0], event: "e".into(), content: "c".into() });
         let p = parse_str(r#"{"users": [1, 2], "event": "e", "message": "m"}"#).unwrap();
         assert_eq!(p.users, vec![1, 2]);
         assert_eq!(p.content, "m");
@@ -113,46 +94,22 @@ mod tests {
     #[test]
     fn each_rejection_reason() {
         let cases = [
-            (
-                r#"{"event": "e", "content": "c"}"#,
-                "field `user_id` (or `users`) is missing",
-            ),
+            (r#"{"event": "e", "content": "c"}"#, "field `user_id` (or `users`) is missing"),
             (
                 r#"{"user_id": 1, "users": [1], "event": "e", "content": "c"}"#,
                 "fields `user_id` and `users` are both given; send one",
             ),
-            (
-                r#"{"user_id": "1", "event": "e", "content": "c"}"#,
-                "field `user_id` must be an integer, got string",
-            ),
+            (r#"{"user_id": "1", "event": "e", "content": "c"}"#, "field `user_id` must be an integer, got string"),
             (
                 r#"{"user_id": -3, "event": "e", "content": "c"}"#,
                 "field `user_id` must be a non-negative integer, got -3",
             ),
-            (
-                r#"{"users": [], "event": "e", "content": "c"}"#,
-                "field `users` is an empty array",
-            ),
-            (
-                r#"{"users": 5, "event": "e", "content": "c"}"#,
-                "field `users` must be an array, got number",
-            ),
-            (
-                r#"{"users": [1, "x"], "event": "e", "content": "c"}"#,
-                "field `users[1]` must be an integer, got string",
-            ),
-            (
-                r#"{"user_id": 1, "content": "c"}"#,
-                "field `event` is missing",
-            ),
-            (
-                r#"{"user_id": 1, "event": 7, "content": "c"}"#,
-                "field `event` must be a string, got number",
-            ),
-            (
-                r#"{"user_id": 1, "event": "e"}"#,
-                "field `content` (or `message`) is missing",
-            ),
+            (r#"{"users": [], "event": "e", "content": "c"}"#, "field `users` is an empty array"),
+            (r#"{"users": 5, "event": "e", "content": "c"}"#, "field `users` must be an array, got number"),
+            (r#"{"users": [1, "x"], "event": "e", "content": "c"}"#, "field `users[1]` must be an integer, got string"),
+            (r#"{"user_id": 1, "content": "c"}"#, "field `event` is missing"),
+            (r#"{"user_id": 1, "event": 7, "content": "c"}"#, "field `event` must be a string, got number"),
+            (r#"{"user_id": 1, "event": "e"}"#, "field `content` (or `message`) is missing"),
             (
                 r#"{"user_id": 1, "event": "e", "content": "c", "message": "m"}"#,
                 "fields `content` and `message` are both given; send one",

@@ -23,10 +23,7 @@ pub struct Parsed {
 pub fn parse(map: &Map<String, Value>) -> Result<Parsed, String> {
     let symbol = payload::string(map, "symbol")?;
     if symbol.len() > 32 {
-        return Err(format!(
-            "field `symbol` is {} characters, at most 32 allowed",
-            symbol.len()
-        ));
+        return Err(format!("field `symbol` is {} characters, at most 32 allowed", symbol.len()));
     }
     let price = payload::number(map, "price")?;
     if price < 0.0 {
@@ -50,12 +47,7 @@ pub fn parse(map: &Map<String, Value>) -> Result<Parsed, String> {
             ))
         }
     };
-    Ok(Parsed {
-        symbol,
-        price,
-        timestamp,
-        source: payload::string(map, "source")?,
-    })
+    Ok(Parsed { symbol, price, timestamp, source: payload::string(map, "source")? })
 }
 
 impl Consumer for PriceEvents {
@@ -98,12 +90,8 @@ mod tests {
 
     #[test]
     fn accepts_rfc3339_and_epoch_seconds() {
-        let a = parse_str(
-            r#"{"symbol":"ACME","price":12.5,"timestamp":"2026-11-23T10:00:00Z","source":"x"}"#,
-        )
-        .unwrap();
-        let b = parse_str(r#"{"symbol":"ACME","price":12.5,"timestamp":1795428000,"source":"x"}"#)
-            .unwrap();
+        let a = parse_str(r#"{"symbol":"ACME","price":12.5,"timestamp":"2026-11-23T10:00:00Z","source":"x"}"#).unwrap();
+        let b = parse_str(r#"{"symbol":"ACME","price":12.5,"timestamp":1795428000,"source":"x"}"#).unwrap();
         assert_eq!(a.timestamp, b.timestamp);
         assert_eq!(a.price, 12.5);
     }
@@ -111,38 +99,21 @@ mod tests {
     #[test]
     fn rejection_reasons() {
         let cases = [
-            (
-                r#"{"price":1,"timestamp":1,"source":"x"}"#,
-                "field `symbol` is missing",
-            ),
-            (
-                r#"{"symbol":"A","price":"1","timestamp":1,"source":"x"}"#,
-                "field `price` must be a number, got string",
-            ),
-            (
-                r#"{"symbol":"A","price":-1,"timestamp":1,"source":"x"}"#,
-                "field `price` must not be negative, got -1",
-            ),
-            (
-                r#"{"symbol":"A","price":1,"source":"x"}"#,
-                "field `timestamp` is missing",
-            ),
+            (r#"{"price":1,"timestamp":1,"source":"x"}"#, "field `symbol` is missing"),
+            (r#"{"symbol":"A","price":"1","timestamp":1,"source":"x"}"#, "field `price` must be a number, got string"),
+            (r#"{"symbol":"A","price":-1,"timestamp":1,"source":"x"}"#, "field `price` must not be negative, got -1"),
+            (r#"{"symbol":"A","price":1,"source":"x"}"#, "field `timestamp` is missing"),
             (
                 r#"{"symbol":"A","price":1,"timestamp":true,"source":"x"}"#,
                 "field `timestamp` must be an RFC 3339 string or epoch seconds, got boolean",
             ),
-            (
-                r#"{"symbol":"A","price":1,"timestamp":1}"#,
-                "field `source` is missing",
-            ),
+            (r#"{"symbol":"A","price":1,"timestamp":1}"#, "field `source` is missing"),
         ];
         for (input, reason) in cases {
             assert_eq!(parse_str(input).unwrap_err(), reason, "input {input}");
         }
-        assert!(
-            parse_str(r#"{"symbol":"A","price":1,"timestamp":"yesterday","source":"x"}"#)
-                .unwrap_err()
-                .starts_with("field `timestamp` is not an RFC 3339 time")
-        );
+        assert!(parse_str(r#"{"symbol":"A","price":1,"timestamp":"yesterday","source":"x"}"#)
+            .unwrap_err()
+            .starts_with("field `timestamp` is not an RFC 3339 time"));
     }
 }

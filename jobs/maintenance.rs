@@ -40,10 +40,7 @@ impl Job for Maintenance5m {
                             p.high,
                             p.lag
                         );
-                        metrics::get()
-                            .consumer_lag
-                            .with_label_values(&[&p.topic, &p.partition.to_string()])
-                            .set(p.lag);
+                        metrics::get().consumer_lag.with_label_values(&[&p.topic, &p.partition.to_string()]).set(p.lag);
                     }
                     details.push_str(&format!(" lag={total}"));
                 }
@@ -70,11 +67,8 @@ impl Job for Maintenance15m {
         let dead = dead_letters::purge_before(&mut conn, before, true)?;
         let runs = job_runs::prune_before(&mut conn, before)?;
         if let DbConnection::Sqlite(c) = &mut *conn {
-            c.batch_execute("PRAGMA optimize;")
-                .map_err(db::DbError::Query)?;
+            c.batch_execute("PRAGMA optimize;").map_err(db::DbError::Query)?;
         }
-        Ok(JobReport::new(format!(
-            "purged notifications={sent} dead_letters={dead} job_runs={runs}"
-        )))
+        Ok(JobReport::new(format!("purged notifications={sent} dead_letters={dead} job_runs={runs}")))
     }
 }

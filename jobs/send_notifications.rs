@@ -29,11 +29,7 @@ const RETRY_MAX: Duration = Duration::from_secs(3600);
 
 /// When attempt number `attempts` (1-based, just failed) should be retried.
 pub fn retry_delay(settings: &Settings, attempts: i32) -> Duration {
-    Backoff::delay_for(
-        settings.notifications_retry_base,
-        RETRY_MAX,
-        attempts.max(1) as u32 - 1,
-    )
+    Backoff::delay_for(settings.notifications_retry_base, RETRY_MAX, attempts.max(1) as u32 - 1)
 }
 
 impl Job for SendNotifications {
@@ -77,23 +73,14 @@ impl Job for SendNotifications {
                     Delivery::Sent => delivered.push(n.id),
                     Delivery::Retry(error) if n.attempts + 1 < max_attempts => {
                         let at = db::now()
-                            + chrono::Duration::from_std(retry_delay(
-                                &ctx.settings,
-                                n.attempts + 1,
-                            ))
-                            .unwrap_or_default();
+                            + chrono::Duration::from_std(retry_delay(&ctx.settings, n.attempts + 1))
+                                .unwrap_or_default();
                         log::warn!(
                             "notification id={} attempt={} failed, retry at {at}: {error}",
                             n.id,
                             n.attempts + 1
                         );
-                        notifications::mark_attempt_failed(
-                            &mut conn,
-                            n.id,
-                            &ctx.holder,
-                            &error,
-                            Some(at),
-                        )?;
+                        notifications::mark_attempt_failed(&mut conn, n.id, &ctx.holder, &error, Some(at))?;
                         retried += 1;
                         m.notifications.with_label_values(&["retried"]).inc();
                     }
@@ -103,13 +90,7 @@ impl Job for SendNotifications {
                             n.id,
                             n.attempts + 1
                         );
-                        notifications::mark_attempt_failed(
-                            &mut conn,
-                            n.id,
-                            &ctx.holder,
-                            &error,
-                            None,
-                        )?;
+                        notifications::mark_attempt_failed(&mut conn, n.id, &ctx.holder, &error, None)?;
                         failed += 1;
                         m.notifications.with_label_values(&["failed"]).inc();
                     }
@@ -117,9 +98,7 @@ impl Job for SendNotifications {
             }
             notifications::mark_sent_many(&mut conn, &delivered, &ctx.holder)?;
             sent += delivered.len();
-            m.notifications
-                .with_label_values(&["sent"])
-                .inc_by(delivered.len() as u64);
+            m.notifications.with_label_values(&["sent"]).inc_by(delivered.len() as u64);
         }
         Ok(JobReport::new(if sent + retried + failed == 0 {
             String::new()

@@ -24,13 +24,9 @@ impl Job for SuperviseConsumer {
         let Some(supervisor) = &ctx.supervisor else {
             return Ok(JobReport::new("no consumer thread in this process"));
         };
-        let mut s = supervisor
-            .lock()
-            .map_err(|_| JobError::Other("supervisor lock poisoned".into()))?;
+        let mut s = supervisor.lock().map_err(|_| JobError::Other("supervisor lock poisoned".into()))?;
         Ok(match s.check() {
-            Some(cause) => {
-                JobReport::new(format!("restarted consumer ({}): {cause:?}", cause.label()))
-            }
+            Some(cause) => JobReport::new(format!("restarted consumer ({}): {cause:?}", cause.label())),
             None => JobReport::default(),
         })
     }

@@ -21,10 +21,7 @@ use crate::{consumers, db, jobs, kafka};
 
 /// The topics the consumer registry needs, with `KAFKA_TOPIC_PREFIX`.
 pub fn required_topics(settings: &Settings) -> Vec<String> {
-    consumers::registry()
-        .iter()
-        .map(|m| settings.topic(m.topic()))
-        .collect()
+    consumers::registry().iter().map(|m| settings.topic(m.topic())).collect()
 }
 
 /// Waits for the broker, then checks (or creates) the required topics.
@@ -47,8 +44,7 @@ pub fn prepare_kafka(settings: &Settings, shutdown: &Shutdown) -> Result<(), kaf
 /// Runs the service until `shutdown` is triggered.
 pub fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
-    let (pool, applied) =
-        db::connect_and_migrate(&settings.database_url, settings.database_pool_size)?;
+    let (pool, applied) = db::connect_and_migrate(&settings.database_url, settings.database_pool_size)?;
     if !applied.is_empty() {
         log::info!("applied migrations: {}", applied.join(", "));
     }
@@ -63,6 +59,7 @@ pub fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
             modules: consumers::registry,
             extra_topics: Vec::new(),
             wakers: wakers.clone(),
+            panics: Default::default(),
         };
         let mut s = Supervisor::new(setup);
         s.start().context("cannot start the consumer thread")?;
@@ -70,25 +67,11 @@ pub fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     } else {
         log::info!("KAFKA_ENABLED=false: the consumer thread is not started");
     }
-    let ctx = Arc::new(JobContext::new(
-        settings.clone(),
-        pool.clone(),
-        supervisor.clone(),
-        shutdown.clone(),
-    ));
-    let health = Arc::new(Health::new(
-        settings.clone(),
-        pool,
-        supervisor.clone(),
-        ctx.clone(),
-    ));
-    http::serve(settings.http_addr, health, shutdown.clone())
-        .context("cannot start the HTTP endpoint (HTTP_ADDR)")?;
+    let ctx = Arc::new(JobContext::new(settings.clone(), pool.clone(), supervisor.clone(), shutdown.clone()));
+    let health = Arc::new(Health::new(settings.clone(), pool, supervisor.clone(), ctx.clone()));
+    http::serve(settings.http_addr, health, shutdown.clone()).context("cannot start the HTTP endpoint (HTTP_ADDR)")?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let result = rt.block_on(async {
         let scheduler = Scheduler::start(jobs::registry(), ctx, &wakers).await?;
         log::info!("cronsumer running");
@@ -115,27 +98,20 @@ fn lock(s: &Mutex<Supervisor>) -> std::sync::MutexGuard<'_, Supervisor> {
 
 /// Triggers `shutdown` on SIGINT or SIGTERM (from a small thread of its own).
 pub fn watch_signals(shutdown: Shutdown) -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let (Ok(mut term), Ok(mut int)) = (
-                    signal(SignalKind::terminate()),
-                    signal(SignalKind::interrupt()),
-                ) else {
-                    log::error!("cannot install signal handlers");
-                    return;
-                };
-                tokio::select! {
-                    _ = term.recv() => log::info!("SIGTERM received"),
-                    _ = int.recv() => log::info!("SIGINT received"),
-                }
-                shutdown.trigger();
-            })
-        })?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        rt.block_on(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                log::error!("cannot install signal handlers");
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => log::info!("SIGTERM received"),
+                _ = int.recv() => log::info!("SIGINT received"),
+            }
+            shutdown.trigger();
+        })
+    })?;
     Ok(())
 }

@@ -12,11 +12,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Backoff {
-            initial,
-            max,
-            attempt: 0,
-        }
+        Backoff { initial, max, attempt: 0 }
     }
 
     /// The delay before retry number `attempt` (0-based): initial * 2^attempt, capped.
@@ -57,10 +53,7 @@ mod tests {
 
     #[test]
     fn huge_attempt_numbers_do_not_overflow() {
-        assert_eq!(
-            Backoff::delay_for(Duration::from_secs(1), Duration::from_secs(30), 40),
-            Duration::from_secs(30)
-        );
+        assert_eq!(Backoff::delay_for(Duration::from_secs(1), Duration::from_secs(30), 40), Duration::from_secs(30));
         assert_eq!(
             Backoff::delay_for(Duration::from_secs(1), Duration::from_secs(30), u32::MAX),
             Duration::from_secs(30)

@@ -31,12 +31,7 @@ pub struct Batcher<C: Clock = SystemClock> {
 
 impl<C: Clock> Batcher<C> {
     pub fn new(size: usize, timeout: Duration, clock: C) -> Self {
-        Batcher {
-            size: size.max(1),
-            timeout,
-            clock,
-            queue: VecDeque::new(),
-        }
+        Batcher { size: size.max(1), timeout, clock, queue: VecDeque::new() }
     }
 
     pub fn push(&mut self, record: Record) {
@@ -64,10 +59,7 @@ impl<C: Clock> Batcher<C> {
         if self.queue.len() >= self.size {
             return Some(Duration::ZERO);
         }
-        Some(
-            self.timeout
-                .saturating_sub(self.clock.now().saturating_duration_since(*opened)),
-        )
+        Some(self.timeout.saturating_sub(self.clock.now().saturating_duration_since(*opened)))
     }
 
     /// Takes the next batch (up to `size` records, oldest first), ready or not.
@@ -105,22 +97,12 @@ mod tests {
     }
 
     fn rec(offset: i64) -> Record {
-        Record {
-            topic: "t".into(),
-            partition: 0,
-            offset,
-            key: None,
-            payload: None,
-            timestamp: None,
-        }
+        Record { topic: "t".into(), partition: 0, offset, key: None, payload: None, timestamp: None }
     }
 
     fn batcher(size: usize, timeout_ms: u64) -> (Batcher<FakeClock>, FakeClock) {
         let clock = FakeClock(Arc::new(Mutex::new(Instant::now())));
-        (
-            Batcher::new(size, Duration::from_millis(timeout_ms), clock.clone()),
-            clock,
-        )
+        (Batcher::new(size, Duration::from_millis(timeout_ms), clock.clone()), clock)
     }
 
     #[test]
@@ -139,10 +121,7 @@ mod tests {
         assert!(!b.is_ready());
         b.push(rec(2));
         assert!(b.is_ready());
-        assert_eq!(
-            b.take().iter().map(|r| r.offset).collect::<Vec<_>>(),
-            vec![0, 1, 2]
-        );
+        assert_eq!(b.take().iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 1, 2]);
         assert!(b.is_empty());
     }
 
@@ -177,10 +156,7 @@ mod tests {
         assert!(!b.is_ready());
         clock.advance(5000);
         assert!(b.is_ready());
-        assert_eq!(
-            b.take().iter().map(|r| r.offset).collect::<Vec<_>>(),
-            (50..60).collect::<Vec<_>>()
-        );
+        assert_eq!(b.take().iter().map(|r| r.offset).collect::<Vec<_>>(), (50..60).collect::<Vec<_>>());
     }
 
     #[test]
@@ -192,9 +168,6 @@ mod tests {
             b.push(r);
         }
         assert_eq!(b.discard(|_, p| p % 2 == 0), 2);
-        assert_eq!(
-            b.take().iter().map(|r| r.partition).collect::<Vec<_>>(),
-            vec![1, 3]
-        );
+        assert_eq!(b.take().iter().map(|r| r.partition).collect::<Vec<_>>(), vec![1, 3]);
     }
 }

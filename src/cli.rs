@@ -104,22 +104,13 @@ pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
         let msg = crate::router::panic_message(info.payload());
-        let at = info
-            .location()
-            .map(|l| format!(" at {}:{}", l.file(), l.line()))
-            .unwrap_or_default();
-        log::error!(
-            "panic in thread {}{at}: {msg}",
-            thread.name().unwrap_or("unnamed")
-        );
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        log::error!("panic in thread {}{at}: {msg}", thread.name().unwrap_or("unnamed"));
     }));
 }
 
 fn init_logging(settings: &Settings) {
-    let _ = env_logger::Builder::new()
-        .parse_filters(&settings.rust_log)
-        .format_target(false)
-        .try_init();
+    let _ = env_logger::Builder::new().parse_filters(&settings.rust_log).format_target(false).try_init();
 }
 
 pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -134,22 +125,14 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => {
             let (_, applied) = db::connect_and_migrate(&settings.database_url, 1)?;
             if applied.is_empty() {
-                println!(
-                    "database {} is up to date",
-                    db::redact_url(&settings.database_url)
-                );
+                println!("database {} is up to date", db::redact_url(&settings.database_url));
             } else {
                 for m in applied {
                     println!("applied {m}");
                 }
             }
         }
-        Command::Produce {
-            topic,
-            key,
-            json,
-            file,
-        } => produce(&settings, &topic, key.as_deref(), json, file)?,
+        Command::Produce { topic, key, json, file } => produce(&settings, &topic, key.as_deref(), json, file)?,
         Command::Topics { create, partitions } => return topics(&settings, create, partitions),
         Command::Jobs { command } => return jobs(settings, command),
         Command::Config => {
@@ -176,19 +159,13 @@ fn produce(
             let (reader, total): (Box<dyn BufRead>, u64) = if path.as_os_str() == "-" {
                 (Box::new(BufReader::new(std::io::stdin())), 0)
             } else {
-                let f = std::fs::File::open(&path)
-                    .with_context(|| format!("cannot open {}", path.display()))?;
+                let f = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
                 let total = BufReader::new(&f).lines().count() as u64;
-                let f = std::fs::File::open(&path)
-                    .with_context(|| format!("cannot open {}", path.display()))?;
+                let f = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
                 (Box::new(BufReader::new(f)), total)
             };
             // Drawn only on a terminal (stderr), and only for files worth waiting on.
-            let bar = if total >= 1000 {
-                indicatif::ProgressBar::new(total)
-            } else {
-                indicatif::ProgressBar::hidden()
-            };
+            let bar = if total >= 1000 { indicatif::ProgressBar::new(total) } else { indicatif::ProgressBar::hidden() };
             for line in reader.lines() {
                 let line = line.context("cannot read input")?;
                 if line.trim().is_empty() {
@@ -199,10 +176,9 @@ fn produce(
             }
             bar.finish_and_clear();
         }
-        _ => bail!(UsageError(
-            "give one payload as an argument, or --file FILE (or --file - for standard input)"
-                .into()
-        )),
+        _ => {
+            bail!(UsageError("give one payload as an argument, or --file FILE (or --file - for standard input)".into()))
+        }
     }
     let delivered = producer.finish(topic)?;
     println!("delivered {delivered} record(s) to {topic}");
@@ -234,10 +210,7 @@ fn topics(settings: &Settings, create: bool, partitions: i32) -> anyhow::Result<
         }
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!(
-        "missing: {} (run `cronsumer topics --create`)",
-        missing.join(", ")
-    );
+    eprintln!("missing: {} (run `cronsumer topics --create`)", missing.join(", "));
     Ok(ExitCode::from(1))
 }
 
@@ -247,10 +220,7 @@ fn jobs(settings: Settings, command: JobsCommand) -> anyhow::Result<ExitCode> {
     match command {
         JobsCommand::List => {
             let mut conn = pool.get().map_err(DbError::Pool)?;
-            println!(
-                "{:<20} {:<16} {:<20} {:<8} NEXT RUN",
-                "JOB", "SCHEDULE", "LAST RUN", "OUTCOME"
-            );
+            println!("{:<20} {:<16} {:<20} {:<8} NEXT RUN", "JOB", "SCHEDULE", "LAST RUN", "OUTCOME");
             for job in &registry {
                 let cron = job.schedule(&settings);
                 let last = db::job_runs::last(&mut conn, job.name())?;
@@ -259,13 +229,9 @@ fn jobs(settings: Settings, command: JobsCommand) -> anyhow::Result<ExitCode> {
                     "{:<20} {:<16} {:<20} {:<8} {}",
                     job.name(),
                     cron,
-                    last.as_ref()
-                        .map(|r| fmt(r.started_at))
-                        .unwrap_or_else(|| "never".into()),
+                    last.as_ref().map(|r| fmt(r.started_at)).unwrap_or_else(|| "never".into()),
                     last.as_ref().map(|r| r.outcome.as_str()).unwrap_or("-"),
-                    crate::scheduler::next_run(&cron)
-                        .map(|t| fmt(t.naive_utc()))
-                        .unwrap_or_else(|| "-".into()),
+                    crate::scheduler::next_run(&cron).map(|t| fmt(t.naive_utc())).unwrap_or_else(|| "-".into()),
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -273,10 +239,7 @@ fn jobs(settings: Settings, command: JobsCommand) -> anyhow::Result<ExitCode> {
         JobsCommand::Run { name } => {
             let Some(job) = registry.into_iter().find(|j| j.name() == name) else {
                 let names: Vec<&str> = crate::jobs::registry().iter().map(|j| j.name()).collect();
-                bail!(UsageError(format!(
-                    "no job named {name:?}; jobs: {}",
-                    names.join(", ")
-                )));
+                bail!(UsageError(format!("no job named {name:?}; jobs: {}", names.join(", "))));
             };
             let ctx = std::sync::Arc::new(crate::scheduler::JobContext::new(
                 std::sync::Arc::new(settings),
@@ -284,8 +247,7 @@ fn jobs(settings: Settings, command: JobsCommand) -> anyhow::Result<ExitCode> {
                 None,
                 Shutdown::new(),
             ));
-            match crate::scheduler::JobRunner::new(job, ctx).run(crate::scheduler::Trigger::Manual)
-            {
+            match crate::scheduler::JobRunner::new(job, ctx).run(crate::scheduler::Trigger::Manual) {
                 crate::scheduler::RunOutcome::Ok(report) => {
                     println!("{name}: ok {}", report.details);
                     Ok(ExitCode::SUCCESS)

@@ -30,11 +30,7 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid setting {}={:?}: expected {}",
-            self.var, self.value, self.expected
-        )
+        write!(f, "invalid setting {}={:?}: expected {}", self.var, self.value, self.expected)
     }
 }
 
@@ -148,20 +144,14 @@ impl Settings {
 
     /// Validates a complete variable map (the environment, or a test's map).
     pub fn from_vars(vars: HashMap<String, String>) -> Result<Settings, ConfigError> {
-        let mut r = Reader {
-            vars: &vars,
-            problems: Vec::new(),
-        };
+        let mut r = Reader { vars: &vars, problems: Vec::new() };
         let kafka = KafkaSettings {
             bootstrap_servers: r.non_empty("KAFKA_BOOTSTRAP_SERVERS"),
             group_id: r.non_empty("KAFKA_GROUP_ID"),
             enabled: r.boolean("KAFKA_ENABLED"),
             auto_offset_reset: r.choice(
                 "KAFKA_AUTO_OFFSET_RESET",
-                &[
-                    ("earliest", OffsetReset::Earliest),
-                    ("latest", OffsetReset::Latest),
-                ],
+                &[("earliest", OffsetReset::Earliest), ("latest", OffsetReset::Latest)],
                 OffsetReset::Earliest,
             ),
             auto_create_topics: r.boolean("KAFKA_AUTO_CREATE_TOPICS"),
@@ -185,27 +175,16 @@ impl Settings {
                 r.problem("DATABASE_URL", &crate::db::redact_url(&database_url), &e);
             }
         }
-        let notifier = r.choice(
-            "NOTIFIER",
-            &[
-                ("log", NotifierKind::Log),
-                ("webhook", NotifierKind::Webhook),
-            ],
-            NotifierKind::Log,
-        );
+        let notifier =
+            r.choice("NOTIFIER", &[("log", NotifierKind::Log), ("webhook", NotifierKind::Webhook)], NotifierKind::Log);
         let notify_webhook_url = r.raw("NOTIFY_WEBHOOK_URL").filter(|v| !v.is_empty());
         match (&notifier, &notify_webhook_url) {
-            (NotifierKind::Webhook, None) => r.problem(
-                "NOTIFY_WEBHOOK_URL",
-                "",
-                "an http:// or https:// URL (required when NOTIFIER=webhook)",
-            ),
-            (_, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) => r
-                .problem(
-                    "NOTIFY_WEBHOOK_URL",
-                    &redact_url_userinfo(url),
-                    "an http:// or https:// URL",
-                ),
+            (NotifierKind::Webhook, None) => {
+                r.problem("NOTIFY_WEBHOOK_URL", "", "an http:// or https:// URL (required when NOTIFIER=webhook)")
+            }
+            (_, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                r.problem("NOTIFY_WEBHOOK_URL", &redact_url_userinfo(url), "an http:// or https:// URL")
+            }
             _ => {}
         }
         let settings = Settings {
@@ -228,19 +207,14 @@ impl Settings {
                 r.problem(
                     "KAFKA_SASL_MECHANISM",
                     "",
-                    &format!(
-                        "one of {} when KAFKA_SECURITY_PROTOCOL is SASL_*",
-                        SASL_MECHANISMS.join(", ")
-                    ),
+                    &format!("one of {} when KAFKA_SECURITY_PROTOCOL is SASL_*", SASL_MECHANISMS.join(", ")),
                 );
             }
         }
         if r.problems.is_empty() {
             Ok(settings)
         } else {
-            Err(ConfigError {
-                problems: r.problems,
-            })
+            Err(ConfigError { problems: r.problems })
         }
     }
 
@@ -250,68 +224,26 @@ impl Settings {
         let c = &self.consumer;
         let opt = |v: &Option<String>| v.clone().unwrap_or_default();
         let mut out: Vec<(String, String)> = vec![
-            (
-                "KAFKA_BOOTSTRAP_SERVERS".into(),
-                k.bootstrap_servers.clone(),
-            ),
+            ("KAFKA_BOOTSTRAP_SERVERS".into(), k.bootstrap_servers.clone()),
             ("KAFKA_GROUP_ID".into(), k.group_id.clone()),
             ("KAFKA_ENABLED".into(), k.enabled.to_string()),
-            (
-                "KAFKA_AUTO_OFFSET_RESET".into(),
-                k.auto_offset_reset.as_str().into(),
-            ),
-            (
-                "KAFKA_AUTO_CREATE_TOPICS".into(),
-                k.auto_create_topics.to_string(),
-            ),
+            ("KAFKA_AUTO_OFFSET_RESET".into(), k.auto_offset_reset.as_str().into()),
+            ("KAFKA_AUTO_CREATE_TOPICS".into(), k.auto_create_topics.to_string()),
             ("KAFKA_TOPIC_PREFIX".into(), k.topic_prefix.clone()),
-            (
-                "KAFKA_SECURITY_PROTOCOL".into(),
-                k.security_protocol.clone(),
-            ),
+            ("KAFKA_SECURITY_PROTOCOL".into(), k.security_protocol.clone()),
             ("KAFKA_SASL_MECHANISM".into(), opt(&k.sasl_mechanism)),
             ("KAFKA_SASL_USERNAME".into(), opt(&k.sasl_username)),
-            (
-                "KAFKA_SASL_PASSWORD".into(),
-                k.sasl_password
-                    .as_ref()
-                    .map(|_| REDACTED.to_string())
-                    .unwrap_or_default(),
-            ),
-            (
-                "KAFKA_CONNECT_MAX_RETRIES".into(),
-                k.connect_max_retries.to_string(),
-            ),
+            ("KAFKA_SASL_PASSWORD".into(), k.sasl_password.as_ref().map(|_| REDACTED.to_string()).unwrap_or_default()),
+            ("KAFKA_CONNECT_MAX_RETRIES".into(), k.connect_max_retries.to_string()),
             ("CONSUMER_BATCH_SIZE".into(), c.batch_size.to_string()),
-            (
-                "CONSUMER_BATCH_TIMEOUT_MS".into(),
-                c.batch_timeout.as_millis().to_string(),
-            ),
-            (
-                "CONSUMER_STALL_TIMEOUT_MS".into(),
-                c.stall_timeout.as_millis().to_string(),
-            ),
-            (
-                "CONSUMER_MAX_RECORD_BYTES".into(),
-                c.max_record_bytes.to_string(),
-            ),
-            (
-                "DATABASE_URL".into(),
-                crate::db::redact_url(&self.database_url),
-            ),
-            (
-                "DATABASE_POOL_SIZE".into(),
-                self.database_pool_size.to_string(),
-            ),
+            ("CONSUMER_BATCH_TIMEOUT_MS".into(), c.batch_timeout.as_millis().to_string()),
+            ("CONSUMER_STALL_TIMEOUT_MS".into(), c.stall_timeout.as_millis().to_string()),
+            ("CONSUMER_MAX_RECORD_BYTES".into(), c.max_record_bytes.to_string()),
+            ("DATABASE_URL".into(), crate::db::redact_url(&self.database_url)),
+            ("DATABASE_POOL_SIZE".into(), self.database_pool_size.to_string()),
             ("NOTIFICATIONS_CRON".into(), self.notifications_cron.clone()),
-            (
-                "NOTIFICATIONS_MAX_ATTEMPTS".into(),
-                self.notifications_max_attempts.to_string(),
-            ),
-            (
-                "NOTIFICATIONS_RETRY_BASE_MS".into(),
-                self.notifications_retry_base.as_millis().to_string(),
-            ),
+            ("NOTIFICATIONS_MAX_ATTEMPTS".into(), self.notifications_max_attempts.to_string()),
+            ("NOTIFICATIONS_RETRY_BASE_MS".into(), self.notifications_retry_base.as_millis().to_string()),
             (
                 "NOTIFIER".into(),
                 match self.notifier {
@@ -321,26 +253,16 @@ impl Settings {
             ),
             (
                 "NOTIFY_WEBHOOK_URL".into(),
-                self.notify_webhook_url
-                    .as_deref()
-                    .map(redact_url_userinfo)
-                    .unwrap_or_default(),
+                self.notify_webhook_url.as_deref().map(redact_url_userinfo).unwrap_or_default(),
             ),
             ("RETENTION_DAYS".into(), self.retention_days.to_string()),
             ("HTTP_ADDR".into(), self.http_addr.to_string()),
-            (
-                "SHUTDOWN_TIMEOUT_MS".into(),
-                self.shutdown_timeout.as_millis().to_string(),
-            ),
+            ("SHUTDOWN_TIMEOUT_MS".into(), self.shutdown_timeout.as_millis().to_string()),
             ("RUST_LOG".into(), self.rust_log.clone()),
         ];
         for (name, value) in &k.props {
             let env = format!("KAFKA_PROP_{}", name.replace('.', "_").to_uppercase());
-            let shown = if is_secret_name(name) {
-                REDACTED.to_string()
-            } else {
-                value.clone()
-            };
+            let shown = if is_secret_name(name) { REDACTED.to_string() } else { value.clone() };
             out.push((format!("{env} ({name})"), shown));
         }
         out
@@ -357,10 +279,7 @@ pub const REDACTED: &str = "***";
 /// Property names whose values must never be printed.
 pub fn is_secret_name(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    ["password", "secret", "token", "key"]
-        .iter()
-        .any(|s| n.contains(s))
-        && !n.ends_with(".location")
+    ["password", "secret", "token", "key"].iter().any(|s| n.contains(s)) && !n.ends_with(".location")
 }
 
 /// `scheme://user:pass@host` → `scheme://user:***@host`.
@@ -400,25 +319,15 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn problem(&mut self, var: &str, value: &str, expected: &str) {
-        self.problems.push(Problem {
-            var: var.into(),
-            value: value.into(),
-            expected: expected.into(),
-        });
+        self.problems.push(Problem { var: var.into(), value: value.into(), expected: expected.into() });
     }
 
     fn default_of(var: &str) -> Option<&'static str> {
-        DEFAULTS
-            .iter()
-            .find(|(n, _)| *n == var)
-            .and_then(|(_, d)| *d)
+        DEFAULTS.iter().find(|(n, _)| *n == var).and_then(|(_, d)| *d)
     }
 
     fn raw(&self, var: &str) -> Option<String> {
-        self.vars
-            .get(var)
-            .cloned()
-            .or_else(|| Self::default_of(var).map(String::from))
+        self.vars.get(var).cloned().or_else(|| Self::default_of(var).map(String::from))
     }
 
     fn value(&self, var: &str) -> String {
@@ -462,10 +371,7 @@ impl Reader<'_> {
 
     fn choice<T: Copy>(&mut self, var: &str, options: &[(&str, T)], fallback: T) -> T {
         let v = self.value(var);
-        match options
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(&v))
-        {
+        match options.iter().find(|(name, _)| name.eq_ignore_ascii_case(&v)) {
             Some((_, t)) => *t,
             None => {
                 let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
@@ -497,9 +403,7 @@ impl Reader<'_> {
             self.problem(
                 var,
                 &v,
-                &format!(
-                    "a 6-field cron expression with seconds first, e.g. \"*/30 * * * * *\" ({e})"
-                ),
+                &format!("a 6-field cron expression with seconds first, e.g. \"*/30 * * * * *\" ({e})"),
             );
         }
         v
@@ -536,21 +440,11 @@ mod tests {
     use super::*;
 
     fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        Settings::from_vars(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        Settings::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
     }
 
     fn problems(pairs: &[(&str, &str)]) -> Vec<String> {
-        load(pairs)
-            .unwrap_err()
-            .problems
-            .iter()
-            .map(|p| p.to_string())
-            .collect()
+        load(pairs).unwrap_err().problems.iter().map(|p| p.to_string()).collect()
     }
 
     #[test]
@@ -577,10 +471,7 @@ mod tests {
         // every default shows up in `cronsumer config`
         let described: Vec<String> = s.describe().into_iter().map(|(k, _)| k).collect();
         for (name, _) in DEFAULTS {
-            assert!(
-                described.iter().any(|d| d == name),
-                "{name} missing from describe()"
-            );
+            assert!(described.iter().any(|d| d == name), "{name} missing from describe()");
         }
     }
 
@@ -588,9 +479,7 @@ mod tests {
     fn unparsable_number_names_variable_value_and_range() {
         assert_eq!(
             problems(&[("CONSUMER_BATCH_SIZE", "zero")]),
-            vec![
-                r#"invalid setting CONSUMER_BATCH_SIZE="zero": expected a whole number from 1 to 100000"#
-            ]
+            vec![r#"invalid setting CONSUMER_BATCH_SIZE="zero": expected a whole number from 1 to 100000"#]
         );
         assert_eq!(problems(&[("CONSUMER_BATCH_SIZE", "0")]).len(), 1);
         assert_eq!(problems(&[("CONSUMER_BATCH_TIMEOUT_MS", "-5")]).len(), 1);
@@ -606,28 +495,18 @@ mod tests {
             ("HTTP_ADDR", "localhost"),
         ]);
         assert_eq!(p.len(), 4, "{p:?}");
-        assert!(p
-            .iter()
-            .any(|l| l.contains("NOTIFIER=\"carrier-pigeon\": expected one of log, webhook")));
-        assert!(p
-            .iter()
-            .any(|l| l.contains("KAFKA_ENABLED=\"maybe\": expected true or false")));
+        assert!(p.iter().any(|l| l.contains("NOTIFIER=\"carrier-pigeon\": expected one of log, webhook")));
+        assert!(p.iter().any(|l| l.contains("KAFKA_ENABLED=\"maybe\": expected true or false")));
         assert!(p.iter().any(|l| l.contains("HTTP_ADDR=\"localhost\"")));
     }
 
     #[test]
     fn unknown_enum_values_are_errors() {
-        assert_eq!(
-            problems(&[("KAFKA_AUTO_OFFSET_RESET", "smallest")]).len(),
-            1
-        );
+        assert_eq!(problems(&[("KAFKA_AUTO_OFFSET_RESET", "smallest")]).len(), 1);
         assert_eq!(problems(&[("KAFKA_SECURITY_PROTOCOL", "TLS")]).len(), 1);
         assert_eq!(problems(&[("KAFKA_SASL_MECHANISM", "MAGIC")]).len(), 1);
         assert_eq!(
-            load(&[("KAFKA_AUTO_OFFSET_RESET", "Latest")])
-                .unwrap()
-                .kafka
-                .auto_offset_reset,
+            load(&[("KAFKA_AUTO_OFFSET_RESET", "Latest")]).unwrap().kafka.auto_offset_reset,
             OffsetReset::Latest
         );
     }
@@ -635,10 +514,7 @@ mod tests {
     #[test]
     fn cron_must_have_six_fields_and_parse() {
         let p = problems(&[("NOTIFICATIONS_CRON", "*/5 * * * *")]);
-        assert!(
-            p[0].starts_with("invalid setting NOTIFICATIONS_CRON=\"*/5 * * * *\""),
-            "{p:?}"
-        );
+        assert!(p[0].starts_with("invalid setting NOTIFICATIONS_CRON=\"*/5 * * * *\""), "{p:?}");
         assert!(p[0].contains("it has 5 fields"));
         assert_eq!(problems(&[("NOTIFICATIONS_CRON", "61 * * * * *")]).len(), 1);
         assert!(load(&[("NOTIFICATIONS_CRON", "0 */2 * * * *")]).is_ok());
@@ -647,18 +523,9 @@ mod tests {
     #[test]
     fn webhook_needs_a_url() {
         let p = problems(&[("NOTIFIER", "webhook")]);
-        assert!(
-            p[0].contains("NOTIFY_WEBHOOK_URL") && p[0].contains("required when NOTIFIER=webhook")
-        );
-        assert_eq!(
-            problems(&[("NOTIFIER", "webhook"), ("NOTIFY_WEBHOOK_URL", "ftp://x")]).len(),
-            1
-        );
-        assert!(load(&[
-            ("NOTIFIER", "webhook"),
-            ("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/hook")
-        ])
-        .is_ok());
+        assert!(p[0].contains("NOTIFY_WEBHOOK_URL") && p[0].contains("required when NOTIFIER=webhook"));
+        assert_eq!(problems(&[("NOTIFIER", "webhook"), ("NOTIFY_WEBHOOK_URL", "ftp://x")]).len(), 1);
+        assert!(load(&[("NOTIFIER", "webhook"), ("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/hook")]).is_ok());
     }
 
     #[test]
@@ -671,10 +538,7 @@ mod tests {
     fn database_url_scheme_is_checked_and_redacted() {
         let p = problems(&[("DATABASE_URL", "mysql://root:hunter2@db/x")]);
         assert_eq!(p.len(), 1);
-        assert!(
-            p[0].contains("DATABASE_URL") && !p[0].contains("hunter2"),
-            "{p:?}"
-        );
+        assert!(p[0].contains("DATABASE_URL") && !p[0].contains("hunter2"), "{p:?}");
         assert!(load(&[("DATABASE_URL", "postgres://u:p@h/db")]).is_ok());
         assert!(load(&[("DATABASE_URL", "sqlite:///tmp/x.db")]).is_ok());
     }
@@ -688,10 +552,7 @@ mod tests {
             ("DATABASE_URL", "postgres://app:hunter4@db:5432/app"),
         ])
         .unwrap();
-        assert_eq!(
-            s.kafka.props.get("session.timeout.ms").map(String::as_str),
-            Some("6000")
-        );
+        assert_eq!(s.kafka.props.get("session.timeout.ms").map(String::as_str), Some("6000"));
         let text = format!("{:?}", s.describe());
         assert!(text.contains("6000"));
         for secret in ["hunter2", "hunter3", "hunter4"] {
@@ -702,14 +563,8 @@ mod tests {
 
     #[test]
     fn redaction_of_urls() {
-        assert_eq!(
-            redact_url_userinfo("postgres://u:p@h/db"),
-            "postgres://u:***@h/db"
-        );
-        assert_eq!(
-            redact_url_userinfo("postgres://u@h/db"),
-            "postgres://u@h/db"
-        );
+        assert_eq!(redact_url_userinfo("postgres://u:p@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url_userinfo("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url_userinfo("./data/x.db"), "./data/x.db");
         assert_eq!(redact_url_userinfo("http://h/p?x=a@b"), "http://h/p?x=a@b");
     }

@@ -42,10 +42,7 @@ pub enum ConsumerError {
     #[error("cannot create the Kafka consumer: {0}")]
     Create(KafkaError),
     #[error("cannot subscribe to {topics:?}: {source}")]
-    Subscribe {
-        topics: Vec<String>,
-        source: KafkaError,
-    },
+    Subscribe { topics: Vec<String>, source: KafkaError },
     #[error(transparent)]
     Panicked(DispatchError),
 }
@@ -90,11 +87,7 @@ enum Handled {
 impl Pipeline {
     /// Handles `batch` and commits it. A transient failure returns the reason
     /// (nothing committed); a panic is an error.
-    fn handle(
-        &mut self,
-        consumer: &BaseConsumer<Ctx>,
-        batch: &[Record],
-    ) -> Result<Handled, DispatchError> {
+    fn handle(&mut self, consumer: &BaseConsumer<Ctx>, batch: &[Record]) -> Result<Handled, DispatchError> {
         let m = metrics::get();
         let mut ctx = HandlerContext::new(&self.pool, self.max_record_bytes);
         let dispatched = match self.router.dispatch(batch, &mut ctx) {
@@ -126,15 +119,10 @@ impl Pipeline {
         }
         commit(consumer, batch);
         for (topic, n) in &dispatched.handled {
-            m.records_consumed
-                .with_label_values(&[topic])
-                .inc_by(*n as u64);
+            m.records_consumed.with_label_values(&[topic]).inc_by(*n as u64);
         }
         if dispatched.unrouted > 0 {
-            for r in batch
-                .iter()
-                .filter(|r| !dispatched.handled.contains_key(&r.topic))
-            {
+            for r in batch.iter().filter(|r| !dispatched.handled.contains_key(&r.topic)) {
                 m.unrouted_records.with_label_values(&[&r.topic]).inc();
             }
         }
@@ -159,11 +147,7 @@ impl Pipeline {
         }
         match self.handle(consumer, &held.records)? {
             Handled::Committed => {
-                log::info!(
-                    "batch recovered after {} retries, records={}",
-                    held.backoff.attempts(),
-                    held.records.len()
-                );
+                log::info!("batch recovered after {} retries, records={}", held.backoff.attempts(), held.records.len());
                 self.heartbeat.set_retrying(None);
                 self.set_paused(consumer, false);
                 Ok(true)
@@ -187,13 +171,8 @@ impl Pipeline {
 
     /// Handles the next batch from the batcher when it is ready (or, with
     /// `force`, whatever is waiting).
-    fn handle_ready(
-        &mut self,
-        consumer: &BaseConsumer<Ctx>,
-        force: bool,
-    ) -> Result<(), DispatchError> {
-        if self.in_hand.is_some() || self.batcher.is_empty() || !(force || self.batcher.is_ready())
-        {
+    fn handle_ready(&mut self, consumer: &BaseConsumer<Ctx>, force: bool) -> Result<(), DispatchError> {
+        if self.in_hand.is_some() || self.batcher.is_empty() || !(force || self.batcher.is_ready()) {
             return Ok(());
         }
         let batch = self.batcher.take();
@@ -208,11 +187,7 @@ impl Pipeline {
             );
             self.heartbeat.set_retrying(Some(reason));
             self.set_paused(consumer, true);
-            self.in_hand = Some(InHand {
-                records: batch,
-                backoff,
-                retry_at: Instant::now() + delay,
-            });
+            self.in_hand = Some(InHand { records: batch, backoff, retry_at: Instant::now() + delay });
         }
         Ok(())
     }
@@ -223,29 +198,16 @@ impl Pipeline {
         if self.paused == paused {
             return;
         }
-        let result = consumer.assignment().and_then(|a| {
-            if paused {
-                consumer.pause(&a)
-            } else {
-                consumer.resume(&a)
-            }
-        });
+        let result = consumer.assignment().and_then(|a| if paused { consumer.pause(&a) } else { consumer.resume(&a) });
         match result {
             Ok(()) => self.paused = paused,
-            Err(e) => log::warn!(
-                "cannot {} partitions: {e}",
-                if paused { "pause" } else { "resume" }
-            ),
+            Err(e) => log::warn!("cannot {} partitions: {e}", if paused { "pause" } else { "resume" }),
         }
     }
 
     /// Finishes everything in memory (in hand and waiting) until `deadline`,
     /// retrying transient failures. Returns false if something is left.
-    fn drain(
-        &mut self,
-        consumer: &BaseConsumer<Ctx>,
-        deadline: Instant,
-    ) -> Result<bool, DispatchError> {
+    fn drain(&mut self, consumer: &BaseConsumer<Ctx>, deadline: Instant) -> Result<bool, DispatchError> {
         loop {
             if let Some(held) = &mut self.in_hand {
                 held.retry_at = held.retry_at.min(deadline);
@@ -270,9 +232,7 @@ impl Pipeline {
 fn commit(consumer: &BaseConsumer<Ctx>, batch: &[Record]) {
     let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     for r in batch {
-        let e = next
-            .entry((r.topic.as_str(), r.partition))
-            .or_insert(r.offset + 1);
+        let e = next.entry((r.topic.as_str(), r.partition)).or_insert(r.offset + 1);
         *e = (*e).max(r.offset + 1);
     }
     let mut tpl = TopicPartitionList::new();
@@ -314,11 +274,8 @@ impl ClientContext for Ctx {}
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let revoked: Vec<(String, i32)> = tpl
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_string(), e.partition()))
-                .collect();
+            let revoked: Vec<(String, i32)> =
+                tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
             log::info!("partitions revoked: {}", describe(&revoked));
             let mut p = self.pipeline();
             let deadline = Instant::now() + REVOKE_BUDGET;
@@ -326,8 +283,7 @@ impl ConsumerContext for Ctx {
                 Ok(true) => {}
                 Ok(false) => {
                     // Still failing: the new owner reads these again from the committed offset.
-                    let is_revoked =
-                        |t: &str, part: i32| revoked.iter().any(|(rt, rp)| rt == t && *rp == part);
+                    let is_revoked = |t: &str, part: i32| revoked.iter().any(|(rt, rp)| rt == t && *rp == part);
                     let dropped = p.batcher.discard(is_revoked);
                     if let Some(held) = &mut p.in_hand {
                         held.records.retain(|r| !is_revoked(&r.topic, r.partition));
@@ -345,17 +301,11 @@ impl ConsumerContext for Ctx {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            let assigned: Vec<(String, i32)> = tpl
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_string(), e.partition()))
-                .collect();
+            let assigned: Vec<(String, i32)> =
+                tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
             log::info!("partitions assigned: {}", describe(&assigned));
             let p = self.pipeline();
-            let n = consumer
-                .assignment()
-                .map(|a| a.count() as i64)
-                .unwrap_or(assigned.len() as i64);
+            let n = consumer.assignment().map(|a| a.count() as i64).unwrap_or(assigned.len() as i64);
             p.heartbeat.set_assigned(n);
             metrics::get().assigned_partitions.set(n);
         }
@@ -366,11 +316,7 @@ fn describe(parts: &[(String, i32)]) -> String {
     if parts.is_empty() {
         return "none".into();
     }
-    parts
-        .iter()
-        .map(|(t, p)| format!("{t}/{p}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    parts.iter().map(|(t, p)| format!("{t}/{p}")).collect::<Vec<_>>().join(",")
 }
 
 /// Everything the consumer thread needs, cheap to clone for each restart.
@@ -383,6 +329,8 @@ pub struct ConsumerSetup {
     /// Topics subscribed beyond those of the modules (records are committed unhandled).
     pub extra_topics: Vec<String>,
     pub wakers: Wakers,
+    /// Panic counts that outlive a thread (the poison rule, see `router`).
+    pub panics: crate::router::SharedPanicLedger,
 }
 
 pub struct BatchConsumer {
@@ -395,13 +343,9 @@ pub struct BatchConsumer {
 
 impl BatchConsumer {
     /// Creates the client and subscribes to every routed topic.
-    pub fn new(
-        setup: &ConsumerSetup,
-        heartbeat: Arc<Heartbeat>,
-        stop: Arc<AtomicBool>,
-    ) -> Result<Self, ConsumerError> {
+    pub fn new(setup: &ConsumerSetup, heartbeat: Arc<Heartbeat>, stop: Arc<AtomicBool>) -> Result<Self, ConsumerError> {
         let s = &setup.settings;
-        let router = Router::new((setup.modules)(), &s.kafka.topic_prefix);
+        let router = Router::new((setup.modules)(), &s.kafka.topic_prefix, setup.panics.clone());
         let mut topics = router.topics();
         topics.extend(setup.extra_topics.iter().cloned());
         let pipeline = Pipeline {
@@ -416,22 +360,11 @@ impl BatchConsumer {
             panicked: None,
         };
         let consumer: BaseConsumer<Ctx> = crate::kafka::consumer_config(s)
-            .create_with_context(Ctx {
-                pipeline: Mutex::new(pipeline),
-            })
+            .create_with_context(Ctx { pipeline: Mutex::new(pipeline) })
             .map_err(ConsumerError::Create)?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&names)
-            .map_err(|source| ConsumerError::Subscribe {
-                topics: topics.clone(),
-                source,
-            })?;
-        log::info!(
-            "consumer subscribed group={} topics={}",
-            s.kafka.group_id,
-            topics.join(",")
-        );
+        consumer.subscribe(&names).map_err(|source| ConsumerError::Subscribe { topics: topics.clone(), source })?;
+        log::info!("consumer subscribed group={} topics={}", s.kafka.group_id, topics.join(","));
         Ok(BatchConsumer {
             consumer,
             stop,
@@ -500,9 +433,7 @@ impl BatchConsumer {
     fn finish(&mut self) -> Result<(), ConsumerError> {
         let deadline = Instant::now() + self.shutdown_timeout;
         let mut p = self.consumer.context().pipeline();
-        let done = p
-            .drain(&self.consumer, deadline)
-            .map_err(ConsumerError::Panicked)?;
+        let done = p.drain(&self.consumer, deadline).map_err(ConsumerError::Panicked)?;
         if !done {
             log::warn!("shutdown timeout reached with uncommitted records; they will be consumed again on restart");
         }
@@ -519,13 +450,11 @@ pub fn spawn(
     heartbeat: Arc<Heartbeat>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<Result<(), ConsumerError>>> {
-    std::thread::Builder::new()
-        .name("consumer".into())
-        .spawn(move || {
-            let result = BatchConsumer::new(&setup, heartbeat, stop).and_then(BatchConsumer::run);
-            if let Err(e) = &result {
-                log::error!("consumer thread ended: {e}");
-            }
-            result
-        })
+    std::thread::Builder::new().name("consumer".into()).spawn(move || {
+        let result = BatchConsumer::new(&setup, heartbeat, stop).and_then(BatchConsumer::run);
+        if let Err(e) = &result {
+            log::error!("consumer thread ended: {e}");
+        }
+        result
+    })
 }

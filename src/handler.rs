@@ -68,12 +68,7 @@ pub struct HandlerContext<'a> {
 
 impl<'a> HandlerContext<'a> {
     pub fn new(pool: &'a Pool, max_record_bytes: usize) -> Self {
-        HandlerContext {
-            pool,
-            max_record_bytes,
-            rejected: Vec::new(),
-            wake: Vec::new(),
-        }
+        HandlerContext { pool, max_record_bytes, rejected: Vec::new(), wake: Vec::new() }
     }
 
     /// A pooled database connection.

@@ -36,18 +36,8 @@ impl Health {
         supervisor: Option<Arc<Mutex<Supervisor>>>,
         jobs: Arc<JobContext>,
     ) -> Self {
-        let admin = if settings.kafka.enabled {
-            crate::kafka::admin_client(&settings).ok()
-        } else {
-            None
-        };
-        Health {
-            settings,
-            pool,
-            supervisor,
-            jobs,
-            admin,
-        }
+        let admin = if settings.kafka.enabled { crate::kafka::admin_client(&settings).ok() } else { None };
+        Health { settings, pool, supervisor, jobs, admin }
     }
 
     /// Problems that make the service unhealthy (empty: healthy).
@@ -60,10 +50,9 @@ impl Health {
             } else if let Some(hb) = s.heartbeat() {
                 let stall = self.settings.consumer.stall_timeout;
                 match hb.since_poll() {
-                    Some(age) if age > stall => problems.push(format!(
-                        "consumer thread has not polled for {} ms",
-                        age.as_millis()
-                    )),
+                    Some(age) if age > stall => {
+                        problems.push(format!("consumer thread has not polled for {} ms", age.as_millis()))
+                    }
                     _ => {}
                 }
                 if hb.retrying() {
@@ -113,13 +102,8 @@ impl Health {
 }
 
 fn respond(req: tiny_http::Request, status: u16, content_type: &str, body: String) {
-    let header = tiny_http::Header::from_bytes("Content-Type", content_type)
-        .expect("static header is valid");
-    let _ = req.respond(
-        tiny_http::Response::from_string(body)
-            .with_status_code(status)
-            .with_header(header),
-    );
+    let header = tiny_http::Header::from_bytes("Content-Type", content_type).expect("static header is valid");
+    let _ = req.respond(tiny_http::Response::from_string(body).with_status_code(status).with_header(header));
 }
 
 fn report(req: tiny_http::Request, problems: Vec<String>) {
@@ -133,49 +117,36 @@ fn report(req: tiny_http::Request, problems: Vec<String>) {
 
 /// Binds `HTTP_ADDR` and serves until shutdown; returns the bound address
 /// (useful with port 0).
-pub fn serve(
-    addr: SocketAddr,
-    health: Arc<Health>,
-    shutdown: Shutdown,
-) -> std::io::Result<SocketAddr> {
-    let server = tiny_http::Server::http(addr)
-        .map_err(|e| std::io::Error::other(format!("cannot listen on {addr}: {e}")))?;
+pub fn serve(addr: SocketAddr, health: Arc<Health>, shutdown: Shutdown) -> std::io::Result<SocketAddr> {
+    let server =
+        tiny_http::Server::http(addr).map_err(|e| std::io::Error::other(format!("cannot listen on {addr}: {e}")))?;
     let bound = server.server_addr().to_ip().unwrap_or(addr);
     log::info!("http listening on {bound}");
-    std::thread::Builder::new()
-        .name("http".into())
-        .spawn(move || {
-            while !shutdown.is_triggered() {
-                let req = match server.recv_timeout(Duration::from_millis(200)) {
-                    Ok(Some(r)) => r,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        log::warn!("http accept failed: {e}");
-                        continue;
-                    }
-                };
-                match req.url() {
-                    "/healthz" => report(req, health.liveness()),
-                    "/readyz" => report(req, health.readiness()),
-                    "/metrics" => {
-                        let state = health.pool.state();
-                        let m = metrics::get();
-                        m.db_pool_connections
-                            .with_label_values(&["idle"])
-                            .set(state.idle_connections as i64);
-                        m.db_pool_connections
-                            .with_label_values(&["active"])
-                            .set((state.connections - state.idle_connections) as i64);
-                        respond(req, 200, "text/plain; version=0.0.4", m.render())
-                    }
-                    _ => respond(
-                        req,
-                        404,
-                        "text/plain",
-                        "not found: try /healthz, /readyz or /metrics\n".into(),
-                    ),
+    std::thread::Builder::new().name("http".into()).spawn(move || {
+        while !shutdown.is_triggered() {
+            let req = match server.recv_timeout(Duration::from_millis(200)) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e) => {
+                    log::warn!("http accept failed: {e}");
+                    continue;
                 }
+            };
+            match req.url() {
+                "/healthz" => report(req, health.liveness()),
+                "/readyz" => report(req, health.readiness()),
+                "/metrics" => {
+                    let state = health.pool.state();
+                    let m = metrics::get();
+                    m.db_pool_connections.with_label_values(&["idle"]).set(state.idle_connections as i64);
+                    m.db_pool_connections
+                        .with_label_values(&["active"])
+                        .set((state.connections - state.idle_connections) as i64);
+                    respond(req, 200, "text/plain; version=0.0.4", m.render())
+                }
+                _ => respond(req, 404, "text/plain", "not found: try /healthz, /readyz or /metrics\n".into()),
             }
-        })?;
+        }
+    })?;
     Ok(bound)
 }

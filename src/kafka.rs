@@ -22,11 +22,7 @@ pub const DEFAULT_PARTITIONS: i32 = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("cannot reach Kafka at {servers} after {attempts} attempt(s): {last} (check KAFKA_BOOTSTRAP_SERVERS and that the broker is running)")]
-    Unreachable {
-        servers: String,
-        attempts: u32,
-        last: String,
-    },
+    Unreachable { servers: String, attempts: u32, last: String },
     #[error("required Kafka topic(s) missing: {}; create them with `cronsumer topics --create` or set KAFKA_AUTO_CREATE_TOPICS=true", .0.join(", "))]
     MissingTopics(Vec<String>),
     #[error("cannot create topic {topic}: {reason}")]
@@ -41,10 +37,7 @@ pub fn base_config(settings: &Settings) -> ClientConfig {
     let k = &settings.kafka;
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.bootstrap_servers);
-    c.set(
-        "security.protocol",
-        k.security_protocol.to_ascii_lowercase(),
-    );
+    c.set("security.protocol", k.security_protocol.to_ascii_lowercase());
     if let Some(m) = &k.sasl_mechanism {
         c.set("sasl.mechanism", m);
     }
@@ -66,10 +59,7 @@ pub fn consumer_config(settings: &Settings) -> ClientConfig {
     c.set("group.id", &settings.kafka.group_id);
     c.set("enable.auto.commit", "false");
     c.set("enable.auto.offset.store", "false");
-    c.set(
-        "auto.offset.reset",
-        settings.kafka.auto_offset_reset.as_str(),
-    );
+    c.set("auto.offset.reset", settings.kafka.auto_offset_reset.as_str());
     c.set("enable.partition.eof", "false");
     for (k, v) in base_config(settings).config_map() {
         c.set(k, v);
@@ -153,11 +143,8 @@ pub fn ensure_topics(
     create: bool,
 ) -> Result<Vec<String>, SetupError> {
     let existing = existing_topics(metadata);
-    let missing: Vec<String> = required
-        .iter()
-        .filter(|r| !existing.iter().any(|(name, _)| name == *r))
-        .cloned()
-        .collect();
+    let missing: Vec<String> =
+        required.iter().filter(|r| !existing.iter().any(|(name, _)| name == *r)).cloned().collect();
     if missing.is_empty() {
         return Ok(vec![]);
     }
@@ -174,10 +161,8 @@ pub fn create_topics(
     names: &[String],
     partitions: i32,
 ) -> Result<(), SetupError> {
-    let topics: Vec<NewTopic<'_>> = names
-        .iter()
-        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
-        .collect();
+    let topics: Vec<NewTopic<'_>> =
+        names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = futures_executor::block_on(admin.create_topics(topics.iter(), &opts))?;
     for r in results {
@@ -186,12 +171,7 @@ pub fn create_topics(
             Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
                 log::info!("topic={name} already exists")
             }
-            Err((name, code)) => {
-                return Err(SetupError::CreateFailed {
-                    topic: name,
-                    reason: code.to_string(),
-                })
-            }
+            Err((name, code)) => return Err(SetupError::CreateFailed { topic: name, reason: code.to_string() }),
         }
     }
     Ok(())
@@ -216,11 +196,7 @@ pub fn lag(settings: &Settings, topics: &[String]) -> Result<Vec<PartitionLag>, 
     let c: BaseConsumer = consumer_config(settings).create()?;
     let metadata = c.fetch_metadata(None, METADATA_TIMEOUT)?;
     let mut tpl = rdkafka::TopicPartitionList::new();
-    for t in metadata
-        .topics()
-        .iter()
-        .filter(|t| topics.iter().any(|n| n == t.name()))
-    {
+    for t in metadata.topics().iter().filter(|t| topics.iter().any(|n| n == t.name())) {
         for p in t.partitions() {
             tpl.add_partition(t.name(), p.id());
         }

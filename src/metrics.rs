@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -30,15 +30,13 @@ pub struct Metrics {
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(c.clone()))
-        .expect("metric registered once");
+    r.register(Box::new(c.clone())).expect("metric registered once");
     c
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
-    r.register(Box::new(c.clone()))
-        .expect("metric registered once");
+    r.register(Box::new(c.clone())).expect("metric registered once");
     c
 }
 
@@ -46,51 +44,33 @@ impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
         let batch_size = Histogram::with_opts(
-            HistogramOpts::new("cronsumer_batch_size", "Records per handled batch").buckets(vec![
-                1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
-            ]),
+            HistogramOpts::new("cronsumer_batch_size", "Records per handled batch")
+                .buckets(vec![1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0]),
         )
         .expect("valid metric");
-        r.register(Box::new(batch_size.clone()))
-            .expect("metric registered once");
+        r.register(Box::new(batch_size.clone())).expect("metric registered once");
         let job_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "cronsumer_job_duration_seconds",
-                "Duration of scheduled job runs",
-            )
-            .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0]),
+            HistogramOpts::new("cronsumer_job_duration_seconds", "Duration of scheduled job runs")
+                .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0]),
             &["job"],
         )
         .expect("valid metric");
-        r.register(Box::new(job_duration.clone()))
-            .expect("metric registered once");
+        r.register(Box::new(job_duration.clone())).expect("metric registered once");
         let consumer_lag = IntGaugeVec::new(
-            Opts::new(
-                "cronsumer_consumer_lag",
-                "High watermark minus committed offset, per partition",
-            ),
+            Opts::new("cronsumer_consumer_lag", "High watermark minus committed offset, per partition"),
             &["topic", "partition"],
         )
         .expect("valid metric");
-        r.register(Box::new(consumer_lag.clone()))
-            .expect("metric registered once");
-        let assigned_partitions = IntGauge::new(
-            "cronsumer_assigned_partitions",
-            "Partitions assigned to this copy",
-        )
-        .expect("valid metric");
-        r.register(Box::new(assigned_partitions.clone()))
-            .expect("metric registered once");
+        r.register(Box::new(consumer_lag.clone())).expect("metric registered once");
+        let assigned_partitions =
+            IntGauge::new("cronsumer_assigned_partitions", "Partitions assigned to this copy").expect("valid metric");
+        r.register(Box::new(assigned_partitions.clone())).expect("metric registered once");
         let db_pool_connections = IntGaugeVec::new(
-            Opts::new(
-                "cronsumer_db_pool_connections",
-                "Database pool connections by state",
-            ),
+            Opts::new("cronsumer_db_pool_connections", "Database pool connections by state"),
             &["state"],
         )
         .expect("valid metric");
-        r.register(Box::new(db_pool_connections.clone()))
-            .expect("metric registered once");
+        r.register(Box::new(db_pool_connections.clone())).expect("metric registered once");
         Metrics {
             records_consumed: counter_vec(
                 &r,
@@ -98,11 +78,7 @@ impl Metrics {
                 "Records handled and committed",
                 &["topic"],
             ),
-            batches: counter(
-                &r,
-                "cronsumer_batches_total",
-                "Batches handled and committed",
-            ),
+            batches: counter(&r, "cronsumer_batches_total", "Batches handled and committed"),
             batch_size,
             handler_errors: counter_vec(
                 &r,
@@ -138,12 +114,7 @@ impl Metrics {
                 &["cause"],
             ),
             assigned_partitions,
-            job_runs: counter_vec(
-                &r,
-                "cronsumer_job_runs_total",
-                "Scheduled job runs by outcome",
-                &["job", "outcome"],
-            ),
+            job_runs: counter_vec(&r, "cronsumer_job_runs_total", "Scheduled job runs by outcome", &["job", "outcome"]),
             job_duration,
             notifications: counter_vec(
                 &r,

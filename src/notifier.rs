@@ -30,8 +30,7 @@ pub fn idempotency_key(n: &Notification) -> String {
 
 /// The JSON body a webhook receives.
 pub fn body(n: &Notification) -> serde_json::Value {
-    let users: serde_json::Value =
-        serde_json::from_str(&n.users).unwrap_or(serde_json::Value::Null);
+    let users: serde_json::Value = serde_json::from_str(&n.users).unwrap_or(serde_json::Value::Null);
     serde_json::json!({
         "id": n.id,
         "idempotency_key": idempotency_key(n),
@@ -47,13 +46,7 @@ pub struct LogNotifier;
 
 impl Notifier for LogNotifier {
     fn deliver(&self, n: &Notification) -> Delivery {
-        log::info!(
-            "notify id={} users={} event={} message={:?}",
-            n.id,
-            n.users,
-            n.event,
-            n.message
-        );
+        log::info!("notify id={} users={} event={} message={:?}", n.id, n.users, n.event, n.message);
         Delivery::Sent
     }
 }
@@ -73,20 +66,13 @@ impl WebhookNotifier {
             .http_status_as_error(false)
             .build()
             .into();
-        WebhookNotifier {
-            agent,
-            url: url.to_string(),
-        }
+        WebhookNotifier { agent, url: url.to_string() }
     }
 }
 
 impl Notifier for WebhookNotifier {
     fn deliver(&self, n: &Notification) -> Delivery {
-        let result = self
-            .agent
-            .post(&self.url)
-            .header("Idempotency-Key", idempotency_key(n))
-            .send_json(body(n));
+        let result = self.agent.post(&self.url).header("Idempotency-Key", idempotency_key(n)).send_json(body(n));
         match result {
             Ok(mut resp) => {
                 let status = resp.status().as_u16();

@@ -16,12 +16,7 @@ pub enum ProduceError {
     #[error("cannot create the Kafka producer: {0}")]
     Create(KafkaError),
     #[error("{failed} of {sent} record(s) not delivered to {topic}; first error: {first}")]
-    NotDelivered {
-        topic: String,
-        sent: u64,
-        failed: u64,
-        first: String,
-    },
+    NotDelivered { topic: String, sent: u64, failed: u64, first: String },
     #[error("cannot queue a record for {topic}: {source}")]
     Enqueue { topic: String, source: KafkaError },
     #[error("records to {topic} still undelivered after {secs} s (is the broker up?)")]
@@ -73,12 +68,7 @@ impl RecordProducer {
     }
 
     /// Queues one record, waiting while the local queue is full.
-    pub fn send(
-        &mut self,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: &[u8],
-    ) -> Result<(), ProduceError> {
+    pub fn send(&mut self, topic: &str, key: Option<&[u8]>, payload: &[u8]) -> Result<(), ProduceError> {
         loop {
             let mut record = BaseRecord::to(topic).payload(payload);
             if let Some(k) = key {
@@ -93,12 +83,7 @@ impl RecordProducer {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     self.producer.poll(Duration::from_millis(50));
                 }
-                Err((source, _)) => {
-                    return Err(ProduceError::Enqueue {
-                        topic: topic.into(),
-                        source,
-                    })
-                }
+                Err((source, _)) => return Err(ProduceError::Enqueue { topic: topic.into(), source }),
             }
         }
     }
@@ -112,26 +97,13 @@ impl RecordProducer {
     /// Waits for every delivery report; fails if any record was not delivered.
     pub fn finish(self, topic: &str) -> Result<u64, ProduceError> {
         if self.producer.flush(FLUSH_TIMEOUT).is_err() {
-            return Err(ProduceError::FlushTimeout {
-                topic: topic.into(),
-                secs: FLUSH_TIMEOUT.as_secs(),
-            });
+            return Err(ProduceError::FlushTimeout { topic: topic.into(), secs: FLUSH_TIMEOUT.as_secs() });
         }
         let ctx = self.producer.context();
         let failed = ctx.failed.load(Ordering::Relaxed);
         if failed > 0 {
-            let first = ctx
-                .first_error
-                .lock()
-                .ok()
-                .and_then(|f| f.clone())
-                .unwrap_or_default();
-            return Err(ProduceError::NotDelivered {
-                topic: topic.into(),
-                sent: self.sent,
-                failed,
-                first,
-            });
+            let first = ctx.first_error.lock().ok().and_then(|f| f.clone()).unwrap_or_default();
+            return Err(ProduceError::NotDelivered { topic: topic.into(), sent: self.sent, failed, first });
         }
         Ok(ctx.delivered.load(Ordering::Relaxed))
     }

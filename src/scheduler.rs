@@ -30,9 +30,7 @@ pub struct JobReport {
 
 impl JobReport {
     pub fn new(details: impl Into<String>) -> Self {
-        JobReport {
-            details: details.into(),
-        }
+        JobReport { details: details.into() }
     }
 }
 
@@ -78,10 +76,7 @@ impl JobContext {
 
     /// Time since the scheduler last ticked; `None` before the first tick.
     pub fn since_tick(&self) -> Option<Duration> {
-        self.last_tick
-            .lock()
-            .ok()
-            .and_then(|t| t.map(|t| t.elapsed()))
+        self.last_tick.lock().ok().and_then(|t| t.map(|t| t.elapsed()))
     }
 }
 
@@ -151,10 +146,7 @@ pub fn period_of(cron: &str) -> Duration {
         return Duration::from_secs(60);
     };
     let now = Utc::now();
-    match c
-        .find_next_occurrence(&now, false)
-        .and_then(|a| c.find_next_occurrence(&a, false).map(|b| (a, b)))
-    {
+    match c.find_next_occurrence(&now, false).and_then(|a| c.find_next_occurrence(&a, false).map(|b| (a, b))) {
         Ok((a, b)) => (b - a).to_std().unwrap_or(Duration::from_secs(60)),
         Err(_) => Duration::from_secs(60),
     }
@@ -162,10 +154,7 @@ pub fn period_of(cron: &str) -> Duration {
 
 /// The next time `cron` fires after now.
 pub fn next_run(cron: &str) -> Option<chrono::DateTime<Utc>> {
-    parse_cron(cron)
-        .ok()?
-        .find_next_occurrence(&Utc::now(), false)
-        .ok()
+    parse_cron(cron).ok()?.find_next_occurrence(&Utc::now(), false).ok()
 }
 
 impl JobRunner {
@@ -173,12 +162,7 @@ impl JobRunner {
         // Held for half a period: long enough that no other copy runs the same
         // tick, short enough that a copy that died hands over by the next one.
         let lease_for = (period_of(&job.schedule(&ctx.settings)) / 2).max(Duration::from_secs(1));
-        JobRunner {
-            job,
-            ctx,
-            running: AtomicBool::new(false),
-            lease_for,
-        }
+        JobRunner { job, ctx, running: AtomicBool::new(false), lease_for }
     }
 
     pub fn name(&self) -> &'static str {
@@ -199,9 +183,7 @@ impl JobRunner {
             }
         }
         if self.running.swap(true, Ordering::SeqCst) {
-            m.job_runs
-                .with_label_values(&[name, "skipped_overlap"])
-                .inc();
+            m.job_runs.with_label_values(&[name, "skipped_overlap"]).inc();
             if trigger == Trigger::Tick {
                 log::warn!("job={name} tick skipped: the previous run is still going");
             }
@@ -248,10 +230,7 @@ impl JobRunner {
         let outcome = match result {
             Ok(Ok(report)) => RunOutcome::Ok(report),
             Ok(Err(e)) => RunOutcome::Failed(e.to_string()),
-            Err(panic) => RunOutcome::Failed(format!(
-                "panicked: {}",
-                crate::router::panic_message(panic.as_ref())
-            )),
+            Err(panic) => RunOutcome::Failed(format!("panicked: {}", crate::router::panic_message(panic.as_ref()))),
         };
         let (label, error, details) = match &outcome {
             RunOutcome::Ok(r) => ("ok", None, Some(r.details.as_str())),
@@ -259,9 +238,7 @@ impl JobRunner {
             _ => unreachable!("skips return early"),
         };
         m.job_runs.with_label_values(&[name, label]).inc();
-        m.job_duration
-            .with_label_values(&[name])
-            .observe(elapsed.as_secs_f64());
+        m.job_duration.with_label_values(&[name]).observe(elapsed.as_secs_f64());
         match &outcome {
             RunOutcome::Failed(e) => {
                 log::error!("job={name} failed after {} ms: {e}", elapsed.as_millis())
@@ -294,46 +271,28 @@ pub struct Scheduler {
 impl Scheduler {
     /// Registers every job on its cron expression, plus wake-ups for the jobs
     /// that have a waker, and starts ticking.
-    pub async fn start(
-        jobs: Vec<Arc<dyn Job>>,
-        ctx: Arc<JobContext>,
-        wakers: &Wakers,
-    ) -> Result<Scheduler, JobError> {
-        let inner = tokio_cron_scheduler::JobScheduler::new()
-            .await
-            .map_err(|e| JobError::Other(e.to_string()))?;
+    pub async fn start(jobs: Vec<Arc<dyn Job>>, ctx: Arc<JobContext>, wakers: &Wakers) -> Result<Scheduler, JobError> {
+        let inner = tokio_cron_scheduler::JobScheduler::new().await.map_err(|e| JobError::Other(e.to_string()))?;
         let mut runners = Vec::new();
         for job in jobs {
             let cron = job.schedule(&ctx.settings);
             let runner = Arc::new(JobRunner::new(job, ctx.clone()));
             let r = runner.clone();
-            let cron_job =
-                tokio_cron_scheduler::Job::new_async_tz(cron.as_str(), Utc, move |_, _| {
-                    let r = r.clone();
-                    Box::pin(async move {
-                        let _ = tokio::task::spawn_blocking(move || r.run(Trigger::Tick)).await;
-                    })
+            let cron_job = tokio_cron_scheduler::Job::new_async_tz(cron.as_str(), Utc, move |_, _| {
+                let r = r.clone();
+                Box::pin(async move {
+                    let _ = tokio::task::spawn_blocking(move || r.run(Trigger::Tick)).await;
                 })
-                .map_err(|e| {
-                    JobError::Other(format!(
-                        "job {} has a bad schedule {cron:?}: {e}",
-                        runner.name()
-                    ))
-                })?;
-            inner
-                .add(cron_job)
-                .await
-                .map_err(|e| JobError::Other(e.to_string()))?;
+            })
+            .map_err(|e| JobError::Other(format!("job {} has a bad schedule {cron:?}: {e}", runner.name())))?;
+            inner.add(cron_job).await.map_err(|e| JobError::Other(e.to_string()))?;
             if let Some(notify) = wakers.get(runner.name()) {
                 tokio::spawn(wake_loop(runner.clone(), notify, ctx.shutdown.clone()));
             }
             log::info!("scheduled job={} cron={cron:?}", runner.name());
             runners.push(runner);
         }
-        inner
-            .start()
-            .await
-            .map_err(|e| JobError::Other(e.to_string()))?;
+        inner.start().await.map_err(|e| JobError::Other(e.to_string()))?;
         Ok(Scheduler { inner, runners })
     }
 
@@ -367,9 +326,7 @@ async fn wake_loop(runner: Arc<JobRunner>, notify: Arc<tokio::sync::Notify>, shu
         loop {
             let r = runner.clone();
             match tokio::task::spawn_blocking(move || r.run(Trigger::Wake)).await {
-                Ok(RunOutcome::SkippedOverlap) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
-                }
+                Ok(RunOutcome::SkippedOverlap) => tokio::time::sleep(Duration::from_millis(100)).await,
                 _ => break,
             }
             if shutdown.is_triggered() {

@@ -14,10 +14,7 @@ pub struct Shutdown {
 
 impl Default for Shutdown {
     fn default() -> Self {
-        Shutdown {
-            flag: Arc::new(AtomicBool::new(false)),
-            tx: Arc::new(watch::channel(false).0),
-        }
+        Shutdown { flag: Arc::new(AtomicBool::new(false)), tx: Arc::new(watch::channel(false).0) }
     }
 }
 

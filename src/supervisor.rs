@@ -67,12 +67,7 @@ impl Supervisor {
         let heartbeat = Arc::new(Heartbeat::default());
         let stop = Arc::new(AtomicBool::new(false));
         let handle = spawn(self.setup.clone(), heartbeat.clone(), stop.clone())?;
-        self.running = Some(Running {
-            handle,
-            stop,
-            heartbeat,
-            started: Instant::now(),
-        });
+        self.running = Some(Running { handle, stop, heartbeat, started: Instant::now() });
         Ok(())
     }
 
@@ -82,9 +77,7 @@ impl Supervisor {
     }
 
     pub fn is_alive(&self) -> bool {
-        self.running
-            .as_ref()
-            .is_some_and(|r| !r.handle.is_finished())
+        self.running.as_ref().is_some_and(|r| !r.handle.is_finished())
     }
 
     pub fn restarts(&self) -> u64 {
@@ -97,10 +90,7 @@ impl Supervisor {
         if r.handle.is_finished() {
             return Some(RestartCause::Ended("thread ended".into()));
         }
-        let since = r
-            .heartbeat
-            .since_poll()
-            .unwrap_or_else(|| r.started.elapsed());
+        let since = r.heartbeat.since_poll().unwrap_or_else(|| r.started.elapsed());
         (since >= self.stall_timeout).then_some(RestartCause::Stalled(since))
     }
 
@@ -131,11 +121,13 @@ impl Supervisor {
         let delay = self.backoff.next_delay();
         self.not_before = Instant::now() + delay;
         self.restarts += 1;
-        metrics::get()
-            .consumer_restarts
-            .with_label_values(&[cause.label()])
-            .inc();
-        log::warn!("restarting consumer cause={} detail={cause:?} restarts={} next_restart_not_before_ms={}", cause.label(), self.restarts, delay.as_millis());
+        metrics::get().consumer_restarts.with_label_values(&[cause.label()]).inc();
+        log::warn!(
+            "restarting consumer cause={} detail={cause:?} restarts={} next_restart_not_before_ms={}",
+            cause.label(),
+            self.restarts,
+            delay.as_millis()
+        );
         if let Err(e) = self.start() {
             log::error!("cannot start consumer thread: {e}");
         }
@@ -159,10 +151,7 @@ impl Supervisor {
             match r.handle.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => log::warn!("consumer ended with error during shutdown: {e}"),
-                Err(p) => log::error!(
-                    "consumer thread panicked: {}",
-                    crate::router::panic_message(p.as_ref())
-                ),
+                Err(p) => log::error!("consumer thread panicked: {}", crate::router::panic_message(p.as_ref())),
             }
         }
     }

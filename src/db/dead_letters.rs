@@ -44,26 +44,15 @@ pub fn insert_all(conn: &mut DbConnection, rows: &[NewDeadLetter]) -> Result<usi
         let mut inserted = 0;
         // Small chunks: payloads can be up to CONSUMER_MAX_RECORD_BYTES each.
         for chunk in rows.chunks(50) {
-            inserted += diesel::insert_into(dead_letters::table)
-                .values(chunk)
-                .on_conflict_do_nothing()
-                .execute(c)?;
+            inserted += diesel::insert_into(dead_letters::table).values(chunk).on_conflict_do_nothing().execute(c)?;
         }
         Ok::<_, diesel::result::Error>(inserted)
     })?)
 }
 
-pub fn list(
-    conn: &mut DbConnection,
-    topic: Option<&str>,
-    limit: i64,
-) -> Result<Vec<DeadLetter>, DbError> {
+pub fn list(conn: &mut DbConnection, topic: Option<&str>, limit: i64) -> Result<Vec<DeadLetter>, DbError> {
     Ok(on_backend!(conn, |c| {
-        let mut q = d::dead_letters
-            .select(DeadLetter::as_select())
-            .order(d::id.desc())
-            .limit(limit)
-            .into_boxed();
+        let mut q = d::dead_letters.select(DeadLetter::as_select()).order(d::id.desc()).limit(limit).into_boxed();
         if let Some(t) = topic {
             q = q.filter(d::topic.eq(t.to_string()));
         }
@@ -72,16 +61,10 @@ pub fn list(
 }
 
 /// Dead letters not yet replayed, oldest first, optionally of one topic.
-pub fn unreplayed(
-    conn: &mut DbConnection,
-    topic: Option<&str>,
-) -> Result<Vec<DeadLetter>, DbError> {
+pub fn unreplayed(conn: &mut DbConnection, topic: Option<&str>) -> Result<Vec<DeadLetter>, DbError> {
     Ok(on_backend!(conn, |c| {
-        let mut q = d::dead_letters
-            .select(DeadLetter::as_select())
-            .filter(d::replayed_at.is_null())
-            .order(d::id)
-            .into_boxed();
+        let mut q =
+            d::dead_letters.select(DeadLetter::as_select()).filter(d::replayed_at.is_null()).order(d::id).into_boxed();
         if let Some(t) = topic {
             q = q.filter(d::topic.eq(t.to_string()));
         }
@@ -90,28 +73,18 @@ pub fn unreplayed(
 }
 
 pub fn find(conn: &mut DbConnection, id: i64) -> Result<Option<DeadLetter>, DbError> {
-    Ok(on_backend!(conn, |c| d::dead_letters
-        .find(id)
-        .select(DeadLetter::as_select())
-        .first(c)
-        .optional())?)
+    Ok(on_backend!(conn, |c| d::dead_letters.find(id).select(DeadLetter::as_select()).first(c).optional())?)
 }
 
 pub fn mark_replayed(conn: &mut DbConnection, id: i64) -> Result<(), DbError> {
     let t = now();
-    on_backend!(conn, |c| diesel::update(d::dead_letters.find(id))
-        .set(d::replayed_at.eq(Some(t)))
-        .execute(c))?;
+    on_backend!(conn, |c| diesel::update(d::dead_letters.find(id)).set(d::replayed_at.eq(Some(t))).execute(c))?;
     Ok(())
 }
 
 /// Deletes dead letters that failed before `before`; with `replayed_only`,
 /// only those already replayed (the retention job's rule).
-pub fn purge_before(
-    conn: &mut DbConnection,
-    before: NaiveDateTime,
-    replayed_only: bool,
-) -> Result<usize, DbError> {
+pub fn purge_before(conn: &mut DbConnection, before: NaiveDateTime, replayed_only: bool) -> Result<usize, DbError> {
     Ok(on_backend!(conn, |c| {
         if replayed_only {
             diesel::delete(d::dead_letters.filter(d::replayed_at.lt(before))).execute(c)
@@ -122,7 +95,5 @@ pub fn purge_before(
 }
 
 pub fn count(conn: &mut DbConnection) -> Result<i64, DbError> {
-    Ok(on_backend!(conn, |c| d::dead_letters
-        .count()
-        .get_result(c))?)
+    Ok(on_backend!(conn, |c| d::dead_letters.count().get_result(c))?)
 }

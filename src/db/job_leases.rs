@@ -9,20 +9,11 @@ use crate::write_tx;
 
 /// Takes (or renews) the lease on `job` for `holder` until `until`. Returns
 /// false when another holder's lease has not expired yet.
-pub fn acquire(
-    conn: &mut DbConnection,
-    job: &str,
-    holder: &str,
-    until: NaiveDateTime,
-) -> Result<bool, DbError> {
+pub fn acquire(conn: &mut DbConnection, job: &str, holder: &str, until: NaiveDateTime) -> Result<bool, DbError> {
     let t = now();
     Ok(write_tx!(conn, |c| {
         let inserted = diesel::insert_into(job_leases::table)
-            .values((
-                l::job.eq(job),
-                l::holder.eq(holder),
-                l::lease_until.eq(until),
-            ))
+            .values((l::job.eq(job), l::holder.eq(holder), l::lease_until.eq(until)))
             .on_conflict_do_nothing()
             .execute(c)?;
         if inserted == 1 {
@@ -30,13 +21,10 @@ pub fn acquire(
         }
         // Take it over only if it is ours or has expired; the row lock of the
         // UPDATE makes two copies racing here agree on one winner.
-        let taken = diesel::update(
-            l::job_leases
-                .filter(l::job.eq(job))
-                .filter(l::holder.eq(holder).or(l::lease_until.lt(t))),
-        )
-        .set((l::holder.eq(holder), l::lease_until.eq(until)))
-        .execute(c)?;
+        let taken =
+            diesel::update(l::job_leases.filter(l::job.eq(job)).filter(l::holder.eq(holder).or(l::lease_until.lt(t))))
+                .set((l::holder.eq(holder), l::lease_until.eq(until)))
+                .execute(c)?;
         Ok::<_, diesel::result::Error>(taken == 1)
     })?)
 }
@@ -44,12 +32,8 @@ pub fn acquire(
 /// Gives the lease back early (the run finished).
 pub fn release(conn: &mut DbConnection, job: &str, holder: &str) -> Result<(), DbError> {
     let t = now();
-    write_tx!(conn, |c| diesel::update(
-        l::job_leases
-            .filter(l::job.eq(job))
-            .filter(l::holder.eq(holder))
-    )
-    .set(l::lease_until.eq(t))
-    .execute(c))?;
+    write_tx!(conn, |c| diesel::update(l::job_leases.filter(l::job.eq(job)).filter(l::holder.eq(holder)))
+        .set(l::lease_until.eq(t))
+        .execute(c))?;
     Ok(())
 }

@@ -24,12 +24,7 @@ pub struct JobRun {
 pub fn start(conn: &mut DbConnection, job: &str, holder: &str) -> Result<i64, DbError> {
     let t = now();
     Ok(on_backend!(conn, |c| diesel::insert_into(job_runs::table)
-        .values((
-            j::job.eq(job),
-            j::holder.eq(holder),
-            j::started_at.eq(t),
-            j::outcome.eq("running")
-        ))
+        .values((j::job.eq(job), j::holder.eq(holder), j::started_at.eq(t), j::outcome.eq("running")))
         .returning(j::id)
         .get_result::<i64>(c))?)
 }
@@ -59,12 +54,7 @@ pub fn finish(
 ) -> Result<(), DbError> {
     let t = now();
     on_backend!(conn, |c| diesel::update(j::job_runs.find(id))
-        .set((
-            j::finished_at.eq(Some(t)),
-            j::outcome.eq(outcome),
-            j::error.eq(error),
-            j::details.eq(details)
-        ))
+        .set((j::finished_at.eq(Some(t)), j::outcome.eq(outcome), j::error.eq(error), j::details.eq(details)))
         .execute(c))?;
     Ok(())
 }
@@ -80,17 +70,9 @@ pub fn last(conn: &mut DbConnection, job: &str) -> Result<Option<JobRun>, DbErro
         .optional())?)
 }
 
-pub fn list(
-    conn: &mut DbConnection,
-    job: Option<&str>,
-    limit: i64,
-) -> Result<Vec<JobRun>, DbError> {
+pub fn list(conn: &mut DbConnection, job: Option<&str>, limit: i64) -> Result<Vec<JobRun>, DbError> {
     Ok(on_backend!(conn, |c| {
-        let mut q = j::job_runs
-            .select(JobRun::as_select())
-            .order(j::id.desc())
-            .limit(limit)
-            .into_boxed();
+        let mut q = j::job_runs.select(JobRun::as_select()).order(j::id.desc()).limit(limit).into_boxed();
         if let Some(name) = job {
             q = q.filter(j::job.eq(name.to_string()));
         }
@@ -100,8 +82,5 @@ pub fn list(
 
 /// Deletes runs that started before `before`.
 pub fn prune_before(conn: &mut DbConnection, before: NaiveDateTime) -> Result<usize, DbError> {
-    Ok(on_backend!(conn, |c| diesel::delete(
-        j::job_runs.filter(j::started_at.lt(before))
-    )
-    .execute(c))?)
+    Ok(on_backend!(conn, |c| diesel::delete(j::job_runs.filter(j::started_at.lt(before))).execute(c))?)
 }

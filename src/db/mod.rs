@@ -61,10 +61,7 @@ impl DbError {
             DbError::Connect { .. } | DbError::Pool(_) => true,
             DbError::Migration(_) => false,
             DbError::Query(E::DatabaseError(kind, info)) => match kind {
-                K::UniqueViolation
-                | K::ForeignKeyViolation
-                | K::NotNullViolation
-                | K::CheckViolation => false,
+                K::UniqueViolation | K::ForeignKeyViolation | K::NotNullViolation | K::CheckViolation => false,
                 K::SerializationFailure | K::ClosedConnection | K::ReadOnlyTransaction => true,
                 _ => {
                     let m = info.message().to_ascii_lowercase();
@@ -110,9 +107,7 @@ pub fn redact_url(url: &str) -> String {
 
 /// The file path of a SQLite URL (`sqlite://x.db`, `sqlite:x.db` or `x.db`).
 fn sqlite_path(url: &str) -> &str {
-    url.strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url)
+    url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url)
 }
 
 #[derive(Debug)]
@@ -135,18 +130,12 @@ impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SqlitePragmas {
 /// Opens a pool on `url` (creating a SQLite file's parent directory) and
 /// checks that one connection can be made.
 pub fn connect(url: &str, size: u32) -> Result<Pool, DbError> {
-    let backend = Backend::of_url(url).map_err(|reason| DbError::Connect {
-        url: redact_url(url),
-        reason,
-    })?;
+    let backend = Backend::of_url(url).map_err(|reason| DbError::Connect { url: redact_url(url), reason })?;
     let conn_url = match backend {
         Backend::Postgres => url.to_string(),
         Backend::Sqlite => {
             let path = sqlite_path(url);
-            if let Some(parent) = Path::new(path)
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-            {
+            if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|e| DbError::Connect {
                     url: redact_url(url),
                     reason: format!("cannot create directory {}: {e}", parent.display()),
@@ -164,19 +153,13 @@ pub fn connect(url: &str, size: u32) -> Result<Pool, DbError> {
         // r2d2 logs every failed attempt itself; the caller reports the outcome.
         .error_handler(Box::new(diesel::r2d2::NopErrorHandler))
         .build(manager)
-        .map_err(|e| DbError::Connect {
-            url: redact_url(url),
-            reason: e.to_string(),
-        })
+        .map_err(|e| DbError::Connect { url: redact_url(url), reason: e.to_string() })
 }
 
 /// Connects and applies every pending migration; returns the names applied.
 pub fn connect_and_migrate(url: &str, size: u32) -> Result<(Pool, Vec<String>), DbError> {
     let pool = connect(url, size)?;
-    let mut conn = pool.get().map_err(|e| DbError::Connect {
-        url: redact_url(url),
-        reason: e.to_string(),
-    })?;
+    let mut conn = pool.get().map_err(|e| DbError::Connect { url: redact_url(url), reason: e.to_string() })?;
     let applied = migrate(&mut conn)?;
     drop(conn);
     Ok((pool, applied))
@@ -195,12 +178,12 @@ pub fn migrate(conn: &mut DbConnection) -> Result<Vec<String>, DbError> {
 /// Migrations embedded in this binary that the database has not applied yet.
 pub fn pending_migrations(conn: &mut DbConnection) -> Result<Vec<String>, DbError> {
     match conn {
-        DbConnection::Sqlite(c) => c
-            .pending_migrations(SQLITE_MIGRATIONS)
-            .map(|p| p.iter().map(|m| m.name().to_string()).collect()),
-        DbConnection::Postgresql(c) => c
-            .pending_migrations(POSTGRES_MIGRATIONS)
-            .map(|p| p.iter().map(|m| m.name().to_string()).collect()),
+        DbConnection::Sqlite(c) => {
+            c.pending_migrations(SQLITE_MIGRATIONS).map(|p| p.iter().map(|m| m.name().to_string()).collect())
+        }
+        DbConnection::Postgresql(c) => {
+            c.pending_migrations(POSTGRES_MIGRATIONS).map(|p| p.iter().map(|m| m.name().to_string()).collect())
+        }
     }
     .map_err(|e| DbError::Migration(e.to_string()))
 }

@@ -49,12 +49,7 @@ pub struct NewNotification {
 }
 
 impl NewNotification {
-    pub fn pending(
-        source: Option<(&str, i32, i64)>,
-        users: String,
-        event: String,
-        message: String,
-    ) -> Self {
+    pub fn pending(source: Option<(&str, i32, i64)>, users: String, event: String, message: String) -> Self {
         let t = now();
         NewNotification {
             source_topic: source.map(|s| s.0.to_string()),
@@ -83,10 +78,7 @@ pub fn insert_all(conn: &mut DbConnection, rows: &[NewNotification]) -> Result<u
     Ok(write_tx!(conn, |c| {
         let mut inserted = 0;
         for chunk in rows.chunks(INSERT_CHUNK) {
-            inserted += diesel::insert_into(notifications::table)
-                .values(chunk)
-                .on_conflict_do_nothing()
-                .execute(c)?;
+            inserted += diesel::insert_into(notifications::table).values(chunk).on_conflict_do_nothing().execute(c)?;
         }
         Ok::<_, diesel::result::Error>(inserted)
     })?)
@@ -102,10 +94,7 @@ pub fn claim_due(
     claimed_until: NaiveDateTime,
 ) -> Result<Vec<Notification>, DbError> {
     let t = now();
-    let due = n::status
-        .eq(PENDING)
-        .and(n::next_attempt_at.le(t))
-        .or(n::status.eq(SENDING).and(n::claimed_until.lt(t)));
+    let due = n::status.eq(PENDING).and(n::next_attempt_at.le(t)).or(n::status.eq(SENDING).and(n::claimed_until.lt(t)));
     let claim = |rows: Vec<Notification>| -> Vec<Notification> {
         rows.into_iter()
             .map(|mut r| {
@@ -128,28 +117,16 @@ pub fn claim_due(
                 .load(c)?;
             let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
             diesel::update(n::notifications.filter(n::id.eq_any(&ids)))
-                .set((
-                    n::status.eq(SENDING),
-                    n::claimed_until.eq(claimed_until),
-                    n::claimed_by.eq(holder),
-                ))
+                .set((n::status.eq(SENDING), n::claimed_until.eq(claimed_until), n::claimed_by.eq(holder)))
                 .execute(c)?;
             Ok::<_, diesel::result::Error>(rows)
         })?,
         DbConnection::Sqlite(c) => c.immediate_transaction(|c| {
-            let rows: Vec<Notification> = n::notifications
-                .filter(due)
-                .order(n::id)
-                .limit(limit)
-                .select(Notification::as_select())
-                .load(c)?;
+            let rows: Vec<Notification> =
+                n::notifications.filter(due).order(n::id).limit(limit).select(Notification::as_select()).load(c)?;
             let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
             diesel::update(n::notifications.filter(n::id.eq_any(&ids)))
-                .set((
-                    n::status.eq(SENDING),
-                    n::claimed_until.eq(claimed_until),
-                    n::claimed_by.eq(holder),
-                ))
+                .set((n::status.eq(SENDING), n::claimed_until.eq(claimed_until), n::claimed_by.eq(holder)))
                 .execute(c)?;
             Ok::<_, diesel::result::Error>(rows)
         })?,
@@ -158,19 +135,13 @@ pub fn claim_due(
 }
 
 /// Delivered, for many rows at once: only the claim's holder may say so.
-pub fn mark_sent_many(
-    conn: &mut DbConnection,
-    ids: &[i64],
-    holder: &str,
-) -> Result<usize, DbError> {
+pub fn mark_sent_many(conn: &mut DbConnection, ids: &[i64], holder: &str) -> Result<usize, DbError> {
     if ids.is_empty() {
         return Ok(0);
     }
     let t = now();
-    let target = n::notifications
-        .filter(n::id.eq_any(ids))
-        .filter(n::claimed_by.eq(holder))
-        .filter(n::status.eq(SENDING));
+    let target =
+        n::notifications.filter(n::id.eq_any(ids)).filter(n::claimed_by.eq(holder)).filter(n::status.eq(SENDING));
     Ok(write_tx!(conn, |c| diesel::update(target)
         .set((
             n::status.eq(SENT),
@@ -184,26 +155,17 @@ pub fn mark_sent_many(
 
 /// Gives claimed rows back (not attempted), due now.
 pub fn release(conn: &mut DbConnection, ids: &[i64], holder: &str) -> Result<usize, DbError> {
-    let target = n::notifications
-        .filter(n::id.eq_any(ids))
-        .filter(n::claimed_by.eq(holder))
-        .filter(n::status.eq(SENDING));
+    let target =
+        n::notifications.filter(n::id.eq_any(ids)).filter(n::claimed_by.eq(holder)).filter(n::status.eq(SENDING));
     Ok(on_backend!(conn, |c| diesel::update(target)
-        .set((
-            n::status.eq(PENDING),
-            n::claimed_until.eq(None::<NaiveDateTime>),
-            n::claimed_by.eq(None::<String>)
-        ))
+        .set((n::status.eq(PENDING), n::claimed_until.eq(None::<NaiveDateTime>), n::claimed_by.eq(None::<String>)))
         .execute(c))?)
 }
 
 /// Delivered: only the claim's holder may say so.
 pub fn mark_sent(conn: &mut DbConnection, id: i64, holder: &str) -> Result<bool, DbError> {
     let t = now();
-    let target = n::notifications
-        .filter(n::id.eq(id))
-        .filter(n::claimed_by.eq(holder))
-        .filter(n::status.eq(SENDING));
+    let target = n::notifications.filter(n::id.eq(id)).filter(n::claimed_by.eq(holder)).filter(n::status.eq(SENDING));
     let changed = on_backend!(conn, |c| diesel::update(target)
         .set((
             n::status.eq(SENT),
@@ -224,10 +186,7 @@ pub fn mark_attempt_failed(
     error: &str,
     retry_at: Option<NaiveDateTime>,
 ) -> Result<bool, DbError> {
-    let target = n::notifications
-        .filter(n::id.eq(id))
-        .filter(n::claimed_by.eq(holder))
-        .filter(n::status.eq(SENDING));
+    let target = n::notifications.filter(n::id.eq(id)).filter(n::claimed_by.eq(holder)).filter(n::status.eq(SENDING));
     let status = if retry_at.is_some() { PENDING } else { FAILED };
     let next = retry_at.unwrap_or_else(now);
     let changed = on_backend!(conn, |c| diesel::update(target)
@@ -245,53 +204,35 @@ pub fn mark_attempt_failed(
 /// Puts rows whose claim expired back to `pending`; returns how many.
 pub fn requeue_expired(conn: &mut DbConnection) -> Result<usize, DbError> {
     let t = now();
-    let target = n::notifications
-        .filter(n::status.eq(SENDING))
-        .filter(n::claimed_until.lt(t));
+    let target = n::notifications.filter(n::status.eq(SENDING)).filter(n::claimed_until.lt(t));
     Ok(on_backend!(conn, |c| diesel::update(target)
-        .set((
-            n::status.eq(PENDING),
-            n::claimed_until.eq(None::<NaiveDateTime>),
-            n::claimed_by.eq(None::<String>)
-        ))
+        .set((n::status.eq(PENDING), n::claimed_until.eq(None::<NaiveDateTime>), n::claimed_by.eq(None::<String>)))
         .execute(c))?)
 }
 
 /// Sets a row back to `pending`, due now (operator retry). Returns false when no such row.
 pub fn retry_now(conn: &mut DbConnection, id: i64) -> Result<bool, DbError> {
     let t = now();
-    let changed = on_backend!(conn, |c| diesel::update(
-        n::notifications.filter(n::id.eq(id))
-    )
-    .set((
-        n::status.eq(PENDING),
-        n::next_attempt_at.eq(t),
-        n::claimed_until.eq(None::<NaiveDateTime>),
-        n::claimed_by.eq(None::<String>),
-    ))
-    .execute(c))?;
+    let changed = on_backend!(conn, |c| diesel::update(n::notifications.filter(n::id.eq(id)))
+        .set((
+            n::status.eq(PENDING),
+            n::next_attempt_at.eq(t),
+            n::claimed_until.eq(None::<NaiveDateTime>),
+            n::claimed_by.eq(None::<String>),
+        ))
+        .execute(c))?;
     Ok(changed == 1)
 }
 
 /// Deletes `sent` rows sent before `before`.
 pub fn purge_sent_before(conn: &mut DbConnection, before: NaiveDateTime) -> Result<usize, DbError> {
-    let target = n::notifications
-        .filter(n::status.eq(SENT))
-        .filter(n::sent_at.lt(before));
+    let target = n::notifications.filter(n::status.eq(SENT)).filter(n::sent_at.lt(before));
     Ok(on_backend!(conn, |c| diesel::delete(target).execute(c))?)
 }
 
-pub fn list(
-    conn: &mut DbConnection,
-    status: Option<&str>,
-    limit: i64,
-) -> Result<Vec<Notification>, DbError> {
+pub fn list(conn: &mut DbConnection, status: Option<&str>, limit: i64) -> Result<Vec<Notification>, DbError> {
     Ok(on_backend!(conn, |c| {
-        let mut q = n::notifications
-            .select(Notification::as_select())
-            .order(n::id.desc())
-            .limit(limit)
-            .into_boxed();
+        let mut q = n::notifications.select(Notification::as_select()).order(n::id.desc()).limit(limit).into_boxed();
         if let Some(s) = status {
             q = q.filter(n::status.eq(s.to_string()));
         }
@@ -310,7 +251,5 @@ pub fn count_by_status(conn: &mut DbConnection) -> Result<Vec<(String, i64)>, Db
 }
 
 pub fn count(conn: &mut DbConnection) -> Result<i64, DbError> {
-    Ok(on_backend!(conn, |c| n::notifications
-        .count()
-        .get_result(c))?)
+    Ok(on_backend!(conn, |c| n::notifications.count().get_result(c))?)
 }

@@ -27,17 +27,12 @@ pub fn insert_all(conn: &mut DbConnection, rows: &[NewPriceEvent]) -> Result<usi
     Ok(write_tx!(conn, |c| {
         let mut inserted = 0;
         for chunk in rows.chunks(500) {
-            inserted += diesel::insert_into(price_events::table)
-                .values(chunk)
-                .on_conflict_do_nothing()
-                .execute(c)?;
+            inserted += diesel::insert_into(price_events::table).values(chunk).on_conflict_do_nothing().execute(c)?;
         }
         Ok::<_, diesel::result::Error>(inserted)
     })?)
 }
 
 pub fn count(conn: &mut DbConnection) -> Result<i64, DbError> {
-    Ok(on_backend!(conn, |c| p::price_events
-        .count()
-        .get_result(c))?)
+    Ok(on_backend!(conn, |c| p::price_events.count().get_result(c))?)
 }

@@ -31,27 +31,17 @@ fn bad_setting_prints_one_line_naming_it_and_exits_2() {
 
 #[test]
 fn unreachable_database_exits_2_naming_the_url() {
-    let (code, _, err) = cronsumer(
-        &[("DATABASE_URL", "postgres://nobody@127.0.0.1:1/x")],
-        &["migrate"],
-    );
+    let (code, _, err) = cronsumer(&[("DATABASE_URL", "postgres://nobody@127.0.0.1:1/x")], &["migrate"]);
     assert_eq!(code, 2, "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.starts_with("error: cannot open database postgres://nobody@127.0.0.1:1/x"),
-        "{err}"
-    );
+    assert!(err.starts_with("error: cannot open database postgres://nobody@127.0.0.1:1/x"), "{err}");
     assert!(!err.contains("panicked") && !err.contains("backtrace"));
 }
 
 #[test]
 fn config_prints_effective_settings_with_secrets_redacted() {
     let (code, out, _) = cronsumer(
-        &[
-            ("KAFKA_SASL_PASSWORD", "hunter2"),
-            ("KAFKA_PROP_SESSION_TIMEOUT_MS", "6000"),
-            ("CONSUMER_BATCH_SIZE", "50"),
-        ],
+        &[("KAFKA_SASL_PASSWORD", "hunter2"), ("KAFKA_PROP_SESSION_TIMEOUT_MS", "6000"), ("CONSUMER_BATCH_SIZE", "50")],
         &["config"],
     );
     assert_eq!(code, 0);

@@ -29,23 +29,17 @@ impl Running {
             modules: cronsumer::consumers::registry,
             extra_topics,
             wakers: Wakers::default(),
+            panics: Default::default(),
         };
         let heartbeat = Arc::new(Heartbeat::default());
         let stop = Arc::new(AtomicBool::new(false));
         let handle = spawn(setup, heartbeat.clone(), stop.clone()).unwrap();
-        Running {
-            stop,
-            handle,
-            heartbeat,
-        }
+        Running { stop, handle, heartbeat }
     }
 
     pub fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
-        self.handle
-            .join()
-            .expect("consumer thread panicked")
-            .expect("consumer thread failed");
+        self.handle.join().expect("consumer thread panicked").expect("consumer thread failed");
     }
 }
 
@@ -71,17 +65,10 @@ fn five_thousand_stored_once_and_a_rerun_rehandles_nothing(backend: Backend) {
 
     let started = Instant::now();
     let run = Running::start(&s, &pool, vec![]);
-    wait_for("5000 rows", Duration::from_secs(180), || {
-        count_notifications(&pool) >= 5000
-    });
+    wait_for("5000 rows", Duration::from_secs(180), || count_notifications(&pool) >= 5000);
     let secs = started.elapsed().as_secs_f64();
-    println!(
-        "FIGURE consumer {backend:?}: 5000 records in {secs:.2} s = {:.0} records/s (batch 25)",
-        5000.0 / secs
-    );
-    wait_for("commits of all 5000", Duration::from_secs(30), || {
-        sum(&committed(&s, &topic, 4)) == 5000
-    });
+    println!("FIGURE consumer {backend:?}: 5000 records in {secs:.2} s = {:.0} records/s (batch 25)", 5000.0 / secs);
+    wait_for("commits of all 5000", Duration::from_secs(30), || sum(&committed(&s, &topic, 4)) == 5000);
     run.stop();
     assert_eq!(count_notifications(&pool), 5000);
     assert_eq!(count_dead_letters(&pool), 0);
@@ -94,9 +81,7 @@ fn five_thousand_stored_once_and_a_rerun_rehandles_nothing(backend: Backend) {
 
     // A fresh run of the same group starts after the commits: nothing comes again.
     let again = Running::start(&s, &pool, vec![]);
-    wait_for("partitions assigned", Duration::from_secs(60), || {
-        again.heartbeat.assigned() > 0
-    });
+    wait_for("partitions assigned", Duration::from_secs(60), || again.heartbeat.assigned() > 0);
     std::thread::sleep(Duration::from_secs(2));
     let rehandled = again.heartbeat.records();
     again.stop();
@@ -108,30 +93,14 @@ both_backends!(five_thousand_stored_once_and_a_rerun_rehandles_nothing);
 fn poison_records_go_to_dead_letters_with_reasons(backend: Backend) {
     let tdb = TestDb::new(backend);
     let pool = tdb.pool();
-    let s = settings(
-        &tdb.url,
-        &unique("poison"),
-        &[("CONSUMER_MAX_RECORD_BYTES", "2048")],
-    );
+    let s = settings(&tdb.url, &unique("poison"), &[("CONSUMER_MAX_RECORD_BYTES", "2048")]);
     let topic = create_registry_topics(&s, 2);
     let poisons: [(&[u8], &str); 5] = [
         (b"not json at all", "payload is not valid JSON"),
-        (
-            b"{\"user_id\": 1, \"event\": \"e\", \"content\": \"\xff\xfe\"}",
-            "payload is not valid UTF-8",
-        ),
-        (
-            br#"{"event": "e", "content": "c"}"#,
-            "field `user_id` (or `users`) is missing",
-        ),
-        (
-            br#"{"user_id": "7", "event": "e", "content": "c"}"#,
-            "field `user_id` must be an integer, got string",
-        ),
-        (
-            &[b'x'; 4096],
-            "payload is 4096 bytes, over CONSUMER_MAX_RECORD_BYTES=2048",
-        ),
+        (b"{\"user_id\": 1, \"event\": \"e\", \"content\": \"\xff\xfe\"}", "payload is not valid UTF-8"),
+        (br#"{"event": "e", "content": "c"}"#, "field `user_id` (or `users`) is missing"),
+        (br#"{"user_id": "7", "event": "e", "content": "c"}"#, "field `user_id` must be an integer, got string"),
+        (&[b'x'; 4096], "payload is 4096 bytes, over CONSUMER_MAX_RECORD_BYTES=2048"),
     ];
     let mut payloads = Vec::new();
     let mut expected_reasons = Vec::new();
@@ -146,33 +115,23 @@ fn poison_records_go_to_dead_letters_with_reasons(backend: Backend) {
     }
     produce(&s, &topic, &payloads);
     let run = Running::start(&s, &pool, vec![]);
-    wait_for(
-        "990 rows and 10 dead letters",
-        Duration::from_secs(120),
-        || count_notifications(&pool) >= 990 && count_dead_letters(&pool) >= 10,
-    );
-    wait_for("commits of all 1000", Duration::from_secs(30), || {
-        sum(&committed(&s, &topic, 2)) == 1000
+    wait_for("990 rows and 10 dead letters", Duration::from_secs(120), || {
+        count_notifications(&pool) >= 990 && count_dead_letters(&pool) >= 10
     });
+    wait_for("commits of all 1000", Duration::from_secs(30), || sum(&committed(&s, &topic, 2)) == 1000);
     run.stop();
     assert_eq!(count_notifications(&pool), 990);
-    let dead =
-        cronsumer::db::dead_letters::list(&mut pool.get().unwrap(), Some(&topic), 100).unwrap();
+    let dead = cronsumer::db::dead_letters::list(&mut pool.get().unwrap(), Some(&topic), 100).unwrap();
     assert_eq!(dead.len(), 10);
     let mut reasons: Vec<String> = dead.iter().map(|d| d.error.clone()).collect();
     reasons.sort();
     let mut expected: Vec<&str> = expected_reasons.clone();
     expected.sort();
     for (got, want) in reasons.iter().zip(expected) {
-        assert!(
-            got.starts_with(want),
-            "reason {got:?} does not start with {want:?}"
-        );
+        assert!(got.starts_with(want), "reason {got:?} does not start with {want:?}");
     }
     // each dead letter keeps the original payload
-    assert!(dead.iter().all(|d| poisons
-        .iter()
-        .any(|(p, _)| d.payload.as_deref() == Some(*p))));
+    assert!(dead.iter().all(|d| poisons.iter().any(|(p, _)| d.payload.as_deref() == Some(*p))));
     assert_commits_covered(&s, &pool, &topic, 2);
 }
 both_backends!(poison_records_go_to_dead_letters_with_reasons);
@@ -186,8 +145,7 @@ fn database_outage(tdb: &TestDb, outage: Duration, during: impl FnMut()) {
             use diesel::connection::SimpleConnection;
             use diesel::Connection;
             let mut c = diesel::SqliteConnection::establish(&tdb.url).unwrap();
-            c.batch_execute("PRAGMA busy_timeout = 10000; BEGIN EXCLUSIVE;")
-                .unwrap();
+            c.batch_execute("PRAGMA busy_timeout = 10000; BEGIN EXCLUSIVE;").unwrap();
             let end = Instant::now() + outage;
             while Instant::now() < end {
                 during();
@@ -216,9 +174,7 @@ fn database_outage_mid_stream_loses_nothing(backend: Backend) {
     produce(&s, &topic, &payloads);
     // A pool of its own for the checks, so the outage does not hide in the consumer's pool.
     let run = Running::start(&s, &pool, vec![]);
-    wait_for("first rows", Duration::from_secs(60), || {
-        count_notifications(&pool) >= 100
-    });
+    wait_for("first rows", Duration::from_secs(60), || count_notifications(&pool) >= 100);
     let mut samples = 0;
     database_outage(&tdb, Duration::from_secs(12), || {
         // Commits never pass a record that is not stored. (Reads of SQLite go on under the write lock.)
@@ -230,18 +186,9 @@ fn database_outage_mid_stream_loses_nothing(backend: Backend) {
     if backend == Backend::Postgres {
         samples = 1;
     }
-    assert!(
-        run.heartbeat.last_error().is_some(),
-        "the outage was never seen by the consumer"
-    );
-    wait_for(
-        "3000 rows after the outage",
-        Duration::from_secs(120),
-        || count_notifications(&pool) >= 3000,
-    );
-    wait_for("commits of all 3000", Duration::from_secs(60), || {
-        sum(&committed(&s, &topic, 4)) == 3000
-    });
+    assert!(run.heartbeat.last_error().is_some(), "the outage was never seen by the consumer");
+    wait_for("3000 rows after the outage", Duration::from_secs(120), || count_notifications(&pool) >= 3000);
+    wait_for("commits of all 3000", Duration::from_secs(60), || sum(&committed(&s, &topic, 4)) == 3000);
     run.stop();
     assert!(samples > 0);
     assert_eq!(count_notifications(&pool), 3000);
@@ -257,21 +204,11 @@ fn topic_without_module_is_committed_and_consumption_goes_on(backend: Backend) {
     let topic = create_registry_topics(&s, 1);
     let orphan = s.topic("orphans");
     create_topic(&s, &orphan, 1);
-    produce(
-        &s,
-        &orphan,
-        &(0..50)
-            .map(|i| format!("{{\"n\":{i}}}").into_bytes())
-            .collect::<Vec<_>>(),
-    );
+    produce(&s, &orphan, &(0..50).map(|i| format!("{{\"n\":{i}}}").into_bytes()).collect::<Vec<_>>());
     produce(&s, &topic, &(0..100).map(notification).collect::<Vec<_>>());
     let run = Running::start(&s, &pool, vec![orphan.clone()]);
-    wait_for("100 rows", Duration::from_secs(60), || {
-        count_notifications(&pool) >= 100
-    });
-    wait_for("orphan topic committed", Duration::from_secs(30), || {
-        committed(&s, &orphan, 1).get(&0) == Some(&50)
-    });
+    wait_for("100 rows", Duration::from_secs(60), || count_notifications(&pool) >= 100);
+    wait_for("orphan topic committed", Duration::from_secs(30), || committed(&s, &orphan, 1).get(&0) == Some(&50));
     assert!(run.handle.is_finished() == false, "consumer thread ended");
     run.stop();
     assert_eq!(count_notifications(&pool), 100);
@@ -284,11 +221,7 @@ fn sigterm_mid_stream_exits_0_with_commits_matching_rows(backend: Backend) {
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("sigterm"), &[]);
     let topic = create_registry_topics(&s, 4);
-    produce(
-        &s,
-        &topic,
-        &(0..20_000).map(notification).collect::<Vec<_>>(),
-    );
+    produce(&s, &topic, &(0..20_000).map(notification).collect::<Vec<_>>());
     let dir = std::env::temp_dir().join(unique("sigterm-"));
     std::fs::create_dir_all(&dir).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cronsumer"))
@@ -299,38 +232,23 @@ fn sigterm_mid_stream_exits_0_with_commits_matching_rows(backend: Backend) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("rows flowing", Duration::from_secs(60), || {
-        count_notifications(&pool) >= 500
-    });
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    wait_for("rows flowing", Duration::from_secs(60), || count_notifications(&pool) >= 500);
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(30);
     let code = loop {
         if let Some(st) = child.try_wait().unwrap() {
             break st.code();
         }
-        assert!(
-            Instant::now() < deadline,
-            "cronsumer did not exit within 30 s of SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "cronsumer did not exit within 30 s of SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(code, Some(0));
     let stored = count_notifications(&pool);
-    assert!(
-        stored < 20_000,
-        "the stream was not interrupted ({stored} rows): the test proves nothing"
-    );
+    assert!(stored < 20_000, "the stream was not interrupted ({stored} rows): the test proves nothing");
     // Every stored row is covered by a commit and every commit by stored rows.
     let commits = committed(&s, &topic, 4);
-    assert_eq!(
-        sum(&commits),
-        stored,
-        "commits {commits:?} vs {stored} stored rows"
-    );
+    assert_eq!(sum(&commits), stored, "commits {commits:?} vs {stored} stored rows");
     assert_commits_covered(&s, &pool, &topic, 4);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,22 +15,13 @@ use crate::common::*;
 use crate::sink::Sink;
 
 fn webhook_settings(db_url: &str, url: &str, extra: &[(&str, &str)]) -> Settings {
-    let mut vars = vec![
-        ("NOTIFIER", "webhook"),
-        ("NOTIFY_WEBHOOK_URL", url),
-        ("NOTIFICATIONS_RETRY_BASE_MS", "300"),
-    ];
+    let mut vars = vec![("NOTIFIER", "webhook"), ("NOTIFY_WEBHOOK_URL", url), ("NOTIFICATIONS_RETRY_BASE_MS", "300")];
     vars.extend_from_slice(extra);
     settings(db_url, &unique("sched"), &vars)
 }
 
 fn context(s: &Settings, pool: &Pool) -> Arc<JobContext> {
-    Arc::new(JobContext::new(
-        Arc::new(s.clone()),
-        pool.clone(),
-        None,
-        Shutdown::new(),
-    ))
+    Arc::new(JobContext::new(Arc::new(s.clone()), pool.clone(), None, Shutdown::new()))
 }
 
 fn insert_pending(pool: &Pool, n: usize) {
@@ -44,17 +35,11 @@ fn insert_pending(pool: &Pool, n: usize) {
             )
         })
         .collect();
-    assert_eq!(
-        notifications::insert_all(&mut pool.get().unwrap(), &rows).unwrap(),
-        n
-    );
+    assert_eq!(notifications::insert_all(&mut pool.get().unwrap(), &rows).unwrap(), n);
 }
 
 fn by_status(pool: &Pool) -> std::collections::BTreeMap<String, i64> {
-    notifications::count_by_status(&mut pool.get().unwrap())
-        .unwrap()
-        .into_iter()
-        .collect()
+    notifications::count_by_status(&mut pool.get().unwrap()).unwrap().into_iter().collect()
 }
 
 fn send_job() -> Arc<dyn Job> {
@@ -71,22 +56,15 @@ fn thousand_pending_are_delivered_exactly_once(backend: Backend) {
     let started = Instant::now();
     assert!(matches!(runner.run(Trigger::Manual), RunOutcome::Ok(_)));
     let secs = started.elapsed().as_secs_f64();
-    println!(
-        "FIGURE send_notifications {backend:?}: 1000 delivered in {secs:.2} s = {:.0}/s",
-        1000.0 / secs
-    );
+    println!("FIGURE send_notifications {backend:?}: 1000 delivered in {secs:.2} s = {:.0}/s", 1000.0 / secs);
     let delivered = sink.delivered();
     assert_eq!(delivered.len(), 1000);
     assert!(delivered.values().all(|&c| c == 1));
     assert_eq!(by_status(&pool).get("sent"), Some(&1000));
     // the ledger has the run
-    let runs =
-        db::job_runs::list(&mut pool.get().unwrap(), Some("send_notifications"), 10).unwrap();
+    let runs = db::job_runs::list(&mut pool.get().unwrap(), Some("send_notifications"), 10).unwrap();
     assert_eq!(runs[0].outcome, "ok");
-    assert_eq!(
-        runs[0].details.as_deref(),
-        Some("sent=1000 retried=0 failed=0")
-    );
+    assert_eq!(runs[0].details.as_deref(), Some("sent=1000 retried=0 failed=0"));
 }
 both_backends!(thousand_pending_are_delivered_exactly_once);
 
@@ -96,13 +74,7 @@ fn server_errors_are_retried_with_backoff_then_delivered_once(backend: Backend) 
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
     // The first 40 calls fail with 500, then everything succeeds.
-    let sink = Sink::start(Box::new(move |_| {
-        if c.fetch_add(1, Ordering::SeqCst) < 40 {
-            500
-        } else {
-            200
-        }
-    }));
+    let sink = Sink::start(Box::new(move |_| if c.fetch_add(1, Ordering::SeqCst) < 40 { 500 } else { 200 }));
     let s = webhook_settings(&tdb.url, &sink.url, &[]);
     insert_pending(&pool, 30);
     let runner = JobRunner::new(send_job(), context(&s, &pool));
@@ -112,19 +84,12 @@ fn server_errors_are_retried_with_backoff_then_delivered_once(backend: Backend) 
     });
     let delivered = sink.delivered();
     assert_eq!(delivered.len(), 30);
-    assert!(
-        delivered.values().all(|&c| c == 1),
-        "a notification was delivered twice"
-    );
+    assert!(delivered.values().all(|&c| c == 1), "a notification was delivered twice");
     let rows = notifications::list(&mut pool.get().unwrap(), None, 100).unwrap();
     let retried: Vec<_> = rows.iter().filter(|r| r.attempts > 1).collect();
     assert!(!retried.is_empty(), "no row needed a retry");
     let total_attempts: i32 = rows.iter().map(|r| r.attempts).sum();
-    assert_eq!(
-        total_attempts as usize,
-        sink.hits().len(),
-        "attempts recorded != calls made"
-    );
+    assert_eq!(total_attempts as usize, sink.hits().len(), "attempts recorded != calls made");
     // Backoff: a key's next call comes no sooner than 300 ms * 2^(n-1) after its n-th failure.
     let hits = sink.hits();
     for key in delivered.keys() {
@@ -132,10 +97,7 @@ fn server_errors_are_retried_with_backoff_then_delivered_once(backend: Backend) 
         for (n, pair) in mine.windows(2).enumerate() {
             let gap = pair[1].at - pair[0].at;
             let min = Duration::from_millis(300 << n);
-            assert!(
-                gap >= min - Duration::from_millis(20),
-                "key {key}: retry {n} came after {gap:?} < {min:?}"
-            );
+            assert!(gap >= min - Duration::from_millis(20), "key {key}: retry {n} came after {gap:?} < {min:?}");
         }
     }
 }
@@ -166,10 +128,7 @@ fn unreachable_webhook_gives_up_after_max_attempts() {
     let s = webhook_settings(
         &tdb.url,
         "http://127.0.0.1:9/hook",
-        &[
-            ("NOTIFICATIONS_MAX_ATTEMPTS", "3"),
-            ("NOTIFICATIONS_RETRY_BASE_MS", "50"),
-        ],
+        &[("NOTIFICATIONS_MAX_ATTEMPTS", "3"), ("NOTIFICATIONS_RETRY_BASE_MS", "50")],
     );
     insert_pending(&pool, 2);
     let runner = JobRunner::new(send_job(), context(&s, &pool));
@@ -195,19 +154,14 @@ fn two_copies_on_postgres_deliver_each_notification_once() {
     let b = Arc::new(JobRunner::new(send_job(), context(&s, &pool_b)));
     let threads: Vec<_> = [a, b]
         .into_iter()
-        .map(|r| {
-            std::thread::spawn(move || (0..5).map(|_| r.run(Trigger::Wake)).collect::<Vec<_>>())
-        })
+        .map(|r| std::thread::spawn(move || (0..5).map(|_| r.run(Trigger::Wake)).collect::<Vec<_>>()))
         .collect();
     for t in threads {
         t.join().unwrap();
     }
     let delivered = sink.delivered();
     assert_eq!(delivered.len(), 1000);
-    assert!(
-        delivered.values().all(|&c| c == 1),
-        "a notification was delivered twice"
-    );
+    assert!(delivered.values().all(|&c| c == 1), "a notification was delivered twice");
     assert_eq!(by_status(&pool_a).get("sent"), Some(&1000));
 }
 
@@ -241,44 +195,25 @@ fn a_long_run_is_not_started_twice_and_a_panic_is_recorded(backend: Backend) {
     let s = settings(&tdb.url, &unique("guard"), &[]);
     let runs = Arc::new(AtomicUsize::new(0));
     let slow = Arc::new(JobRunner::new(
-        Arc::new(TestJob {
-            sleep: Duration::from_millis(800),
-            panic: false,
-            runs: runs.clone(),
-        }),
+        Arc::new(TestJob { sleep: Duration::from_millis(800), panic: false, runs: runs.clone() }),
         context(&s, &pool),
     ));
     let first = {
         let r = slow.clone();
         std::thread::spawn(move || r.run(Trigger::Manual))
     };
-    wait_for("first run started", Duration::from_secs(5), || {
-        slow.is_running()
-    });
+    wait_for("first run started", Duration::from_secs(5), || slow.is_running());
     assert_eq!(slow.run(Trigger::Tick), RunOutcome::SkippedOverlap);
-    assert_eq!(
-        first.join().unwrap(),
-        RunOutcome::Ok(JobReport::new("done"))
-    );
+    assert_eq!(first.join().unwrap(), RunOutcome::Ok(JobReport::new("done")));
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 
     let boom = JobRunner::new(
-        Arc::new(TestJob {
-            sleep: Duration::ZERO,
-            panic: true,
-            runs: runs.clone(),
-        }),
+        Arc::new(TestJob { sleep: Duration::ZERO, panic: true, runs: runs.clone() }),
         context(&s, &pool),
     );
-    assert_eq!(
-        boom.run(Trigger::Manual),
-        RunOutcome::Failed("panicked: job exploded".into())
-    );
+    assert_eq!(boom.run(Trigger::Manual), RunOutcome::Failed("panicked: job exploded".into()));
     // and it runs again next time
-    assert_eq!(
-        boom.run(Trigger::Manual),
-        RunOutcome::Failed("panicked: job exploded".into())
-    );
+    assert_eq!(boom.run(Trigger::Manual), RunOutcome::Failed("panicked: job exploded".into()));
     assert_eq!(runs.load(Ordering::SeqCst), 3);
     let ledger = db::job_runs::list(&mut pool.get().unwrap(), Some("test_job"), 10).unwrap();
     assert_eq!(ledger.iter().filter(|r| r.outcome == "failed").count(), 2);
@@ -292,13 +227,8 @@ fn one_copy_per_tick_under_the_lease() {
     let tdb = TestDb::new(Backend::Postgres);
     let s = settings(&tdb.url, &unique("lease"), &[]);
     let runs = Arc::new(AtomicUsize::new(0));
-    let job = || {
-        Arc::new(TestJob {
-            sleep: Duration::from_millis(100),
-            panic: false,
-            runs: runs.clone(),
-        }) as Arc<dyn Job>
-    };
+    let job =
+        || Arc::new(TestJob { sleep: Duration::from_millis(100), panic: false, runs: runs.clone() }) as Arc<dyn Job>;
     let a = Arc::new(JobRunner::new(job(), context(&s, &tdb.pool())));
     let b = Arc::new(JobRunner::new(job(), context(&s, &tdb.pool())));
     let outcomes = Arc::new(Mutex::new(Vec::new()));

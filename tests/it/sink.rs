@@ -61,12 +61,7 @@ impl Sink {
                 let _ = req.respond(tiny_http::Response::from_string("").with_status_code(status));
             }
         });
-        Sink {
-            url,
-            hits,
-            plan,
-            stop,
-        }
+        Sink { url, hits, plan, stop }
     }
 
     pub fn set_plan(&self, plan: Plan) {
@@ -80,11 +75,7 @@ impl Sink {
     /// Successful deliveries per idempotency key.
     pub fn delivered(&self) -> HashMap<String, usize> {
         let mut m = HashMap::new();
-        for h in self
-            .hits()
-            .iter()
-            .filter(|h| (200..300).contains(&h.status))
-        {
+        for h in self.hits().iter().filter(|h| (200..300).contains(&h.status)) {
             *m.entry(h.key.clone()).or_default() += 1;
         }
         m

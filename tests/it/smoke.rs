@@ -32,8 +32,7 @@ fn produce_consume_commit_and_resume_in_a_group() {
     let (p, o, payload) = poll_one(&first, Duration::from_secs(30));
     assert_eq!((p, o, payload.as_slice()), (0, 0, &b"first"[..]));
     let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, p, rdkafka::Offset::Offset(o + 1))
-        .unwrap();
+    tpl.add_partition_offset(&topic, p, rdkafka::Offset::Offset(o + 1)).unwrap();
     first.commit(&tpl, CommitMode::Sync).unwrap();
     drop(first);
 

@@ -62,26 +62,15 @@ fn with_stall_once() -> Vec<Box<dyn Consumer>> {
 
 /// Runs the `supervise_consumer` job (as the scheduler would every 5 s, here
 /// every 200 ms) until the supervisor restarted the thread once.
-fn supervise_until_restart(
-    supervisor: &Arc<Mutex<Supervisor>>,
-    ctx: &Arc<JobContext>,
-    limit: Duration,
-) {
-    let runner = JobRunner::new(
-        Arc::new(cronsumer::jobs::supervise_consumer::SuperviseConsumer),
-        ctx.clone(),
-    );
+fn supervise_until_restart(supervisor: &Arc<Mutex<Supervisor>>, ctx: &Arc<JobContext>, limit: Duration) {
+    let runner = JobRunner::new(Arc::new(cronsumer::jobs::supervise_consumer::SuperviseConsumer), ctx.clone());
     wait_for("a restart", limit, || {
         runner.run(Trigger::Tick);
         supervisor.lock().unwrap().restarts() >= 1
     });
 }
 
-fn run_fault(
-    modules: fn() -> Vec<Box<dyn Consumer>>,
-    extra_topic: &str,
-    extra: &[(&str, &str)],
-) -> RestartCause {
+fn run_fault(modules: fn() -> Vec<Box<dyn Consumer>>, extra_topic: &str, extra: &[(&str, &str)]) -> RestartCause {
     let tdb = TestDb::new(Backend::Sqlite);
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("sup"), extra);
@@ -97,15 +86,11 @@ fn run_fault(
         modules,
         extra_topics: vec![],
         wakers: Wakers::default(),
+        panics: Default::default(),
     };
     let supervisor = Arc::new(Mutex::new(Supervisor::new(setup)));
     supervisor.lock().unwrap().start().unwrap();
-    let ctx = Arc::new(JobContext::new(
-        Arc::new(s.clone()),
-        pool.clone(),
-        Some(supervisor.clone()),
-        Shutdown::new(),
-    ));
+    let ctx = Arc::new(JobContext::new(Arc::new(s.clone()), pool.clone(), Some(supervisor.clone()), Shutdown::new()));
     let wait_fault = Instant::now();
     wait_for("the fault", Duration::from_secs(60), || {
         let sup = supervisor.lock().unwrap();
@@ -120,25 +105,13 @@ fn run_fault(
     );
     let cause = supervisor.lock().unwrap().diagnose();
     assert!(cause.is_none() || supervisor.lock().unwrap().is_alive());
-    wait_for(
-        "500 rows after the restart",
-        Duration::from_secs(90),
-        || count_notifications(&pool) >= 500,
-    );
-    wait_for("fault record committed", Duration::from_secs(60), || {
-        committed(&s, &fault_topic, 1).get(&0) == Some(&1)
-    });
+    wait_for("500 rows after the restart", Duration::from_secs(90), || count_notifications(&pool) >= 500);
+    wait_for("fault record committed", Duration::from_secs(60), || committed(&s, &fault_topic, 1).get(&0) == Some(&1));
     supervisor.lock().unwrap().stop();
     assert_eq!(count_notifications(&pool), 500);
     assert_commits_covered(&s, &pool, &topic, 2);
-    let restarts = cronsumer::metrics::get()
-        .consumer_restarts
-        .with_label_values(&["ended"])
-        .get()
-        + cronsumer::metrics::get()
-            .consumer_restarts
-            .with_label_values(&["stalled"])
-            .get();
+    let restarts = cronsumer::metrics::get().consumer_restarts.with_label_values(&["ended"]).get()
+        + cronsumer::metrics::get().consumer_restarts.with_label_values(&["stalled"]).get();
     assert!(restarts >= 1);
     cause.unwrap_or(RestartCause::Ended(String::new()))
 }
@@ -151,11 +124,7 @@ fn a_panicking_consumer_thread_is_restarted_and_nothing_is_lost() {
 
 #[test]
 fn a_stalled_consumer_thread_is_restarted_and_nothing_is_lost() {
-    run_fault(
-        with_stall_once,
-        "slow",
-        &[("CONSUMER_STALL_TIMEOUT_MS", "1000")],
-    );
+    run_fault(with_stall_once, "slow", &[("CONSUMER_STALL_TIMEOUT_MS", "1000")]);
     assert!(STALLED.load(Ordering::SeqCst));
 }
 
@@ -193,9 +162,7 @@ fn end_to_end_a_produced_record_reaches_the_webhook() {
         producer.delivered(); // serve delivery reports
     }
     producer.finish(&topic).unwrap();
-    wait_for("200 deliveries", Duration::from_secs(60), || {
-        sink.delivered().len() >= n
-    });
+    wait_for("200 deliveries", Duration::from_secs(60), || sink.delivered().len() >= n);
     shutdown.trigger();
     service.join().unwrap().unwrap();
     let mut lat: Vec<Duration> = sink
