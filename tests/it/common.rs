@@ -120,22 +120,19 @@ pub fn settings(db_url: &str, prefix: &str, extra: &[(&str, &str)]) -> Settings 
     Settings::from_vars(vars).unwrap()
 }
 
-/// The same settings as environment variables, for the binary.
+/// The same settings as environment variables, for the binary (test
+/// settings hold no secrets, so the described values are the real ones).
 pub fn env_of(s: &Settings, db_url: &str) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("KAFKA_BOOTSTRAP_SERVERS".to_string(), s.kafka.bootstrap_servers.clone()),
-        ("KAFKA_TOPIC_PREFIX".to_string(), s.kafka.topic_prefix.clone()),
-        ("KAFKA_GROUP_ID".to_string(), s.kafka.group_id.clone()),
-        ("DATABASE_URL".to_string(), db_url.to_string()),
-        ("CONSUMER_BATCH_SIZE".to_string(), s.consumer.batch_size.to_string()),
-        ("CONSUMER_BATCH_TIMEOUT_MS".to_string(), s.consumer.batch_timeout.as_millis().to_string()),
-        ("SHUTDOWN_TIMEOUT_MS".to_string(), s.shutdown_timeout.as_millis().to_string()),
-        ("HTTP_ADDR".to_string(), "127.0.0.1:0".to_string()),
-        ("RUST_LOG".to_string(), "info".to_string()),
-    ];
-    for (name, value) in &s.kafka.props {
-        env.push((format!("KAFKA_PROP_{}", name.replace('.', "_").to_uppercase()), value.clone()));
-    }
+    let mut env: Vec<(String, String)> = s
+        .describe()
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.split(" (").next().unwrap_or(&k).to_string(), v))
+        .collect();
+    env.retain(|(k, _)| k != "DATABASE_URL" && k != "RUST_LOG");
+    env.push(("DATABASE_URL".into(), db_url.into()));
+    env.push(("RUST_LOG".into(), "info".into()));
+    env.push(("HTTP_ADDR".into(), "127.0.0.1:0".into()));
     env
 }
 
@@ -246,4 +243,115 @@ macro_rules! both_backends {
             }
         }
     };
+}
+
+/// A free loopback port for HTTP_ADDR.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// `GET http://addr/path`: (status, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// The `cronsumer` binary run as a service; killed when dropped.
+pub struct Service {
+    pub child: std::process::Child,
+    pub http: String,
+    pub log: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl Service {
+    pub fn start(s: &Settings, db_url: &str, extra_env: &[(&str, &str)]) -> Service {
+        let dir = std::env::temp_dir().join(unique("svc-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let http = free_addr();
+        let log = dir.join("service.log");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cronsumer"));
+        cmd.arg("run").current_dir(&dir).envs(env_of(s, db_url)).env("HTTP_ADDR", &http);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let f = std::fs::File::create(&log).unwrap();
+        cmd.stdout(f.try_clone().unwrap()).stderr(f);
+        Service { child: cmd.spawn().unwrap(), http, log, dir }
+    }
+
+    /// [`wait_for`], printing the service's log when it times out.
+    pub fn wait_for(&mut self, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !cond() {
+            if Instant::now() >= deadline || !self.is_running() {
+                panic!("waiting for {what}: timed out or the service exited; its log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn healthz(&self) -> Option<(u16, String)> {
+        http_get(&self.http, "/healthz")
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(&self.http, "/metrics").map(|(_, b)| b).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit code (fails the test after 30 s).
+    pub fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(Instant::now() < deadline, "no exit within 30 s of SIGTERM; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs the binary to completion: (exit code, stdout, stderr).
+pub fn cli(s: &Settings, db_url: &str, args: &[&str]) -> (i32, String, String) {
+    let dir = std::env::temp_dir().join(unique("cli-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cronsumer"))
+        .args(args)
+        .current_dir(&dir)
+        .envs(env_of(s, db_url))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }

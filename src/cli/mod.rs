@@ -1,0 +1,239 @@
+//! The command line: `run` (default), `migrate`, `config`, `produce`, `tail`,
+//! `topics`, `diagnose`, `dead-letters`, `notifications`, `jobs`. Each command
+//! loads the settings itself so that `--help` works without a valid `.env`.
+
+mod diagnose;
+mod output;
+mod records;
+mod store;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::config::{ConfigError, Settings};
+use crate::db::DbError;
+use crate::kafka::SetupError;
+use crate::shutdown::Shutdown;
+use crate::{app, db, kafka};
+
+pub use output::Output;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cronsumer",
+    version,
+    about = "A batch Kafka consumer and an embedded cron scheduler in one service.",
+    long_about = "A batch Kafka consumer and an embedded cron scheduler in one service.\n\n\
+Settings come from the environment and ./.env (the environment wins); see .env.example.\n\
+Without a command, `run` is assumed. Exit codes: 0 ok, 1 failure, 2 bad configuration or usage."
+)]
+pub struct Cli {
+    /// Print JSON lines instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the service: consumer thread, scheduler, HTTP endpoints (default).
+    Run,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print the effective settings, secrets redacted.
+    Config,
+    /// Produce records to a topic (acks=all, idempotent); exits 1 if any is not delivered.
+    Produce {
+        /// Topic to produce to (taken literally, no KAFKA_TOPIC_PREFIX).
+        topic: String,
+        /// Record key.
+        #[arg(long)]
+        key: Option<String>,
+        /// The payload of one record (usually JSON).
+        #[arg(conflicts_with = "file")]
+        json_payload: Option<String>,
+        /// Produce one record per non-empty line of this file (`-` for standard input).
+        #[arg(long, short)]
+        file: Option<PathBuf>,
+    },
+    /// Print a topic's records as they arrive, without joining the service's group.
+    Tail {
+        topic: String,
+        /// Start at the oldest record instead of new ones.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        max: Option<u64>,
+    },
+    /// List the topics the consumer modules need and check that they exist.
+    Topics {
+        /// Create the missing topics.
+        #[arg(long)]
+        create: bool,
+        /// Partitions for created topics.
+        #[arg(long, default_value_t = kafka::DEFAULT_PARTITIONS)]
+        partitions: i32,
+    },
+    /// Check broker, topics, consumer group and lag, database and jobs; exit 1 if anything is wrong.
+    Diagnose,
+    /// Records the consumer modules rejected.
+    #[command(name = "dead-letters")]
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
+    /// Stored notifications.
+    Notifications {
+        #[command(subcommand)]
+        command: NotificationsCommand,
+    },
+    /// Scheduled jobs: list them, or run one now.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeadLettersCommand {
+    /// Newest first.
+    List {
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One dead letter with its payload.
+    Show { id: i64 },
+    /// Produce the original key and payload to its topic again and mark it replayed.
+    Replay {
+        /// The dead letter to replay.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Replay every dead letter not replayed yet.
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this topic's.
+        #[arg(long, requires = "all")]
+        topic: Option<String>,
+    },
+    /// Delete dead letters that failed before DATE (YYYY-MM-DD or RFC 3339, UTC).
+    Purge {
+        #[arg(long)]
+        before: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NotificationsCommand {
+    /// Newest first.
+    List {
+        /// pending, sending, sent or failed.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Put a notification back to pending, due now.
+    Retry { id: i64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobsCommand {
+    /// Each job with its schedule, last run, outcome and next run.
+    List,
+    /// Run one job once, now, with the same overlap guard and ledger as the scheduler.
+    Run {
+        /// The job's name (see `cronsumer jobs list`).
+        name: String,
+    },
+}
+
+/// A usage problem found after parsing (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// 2 for configuration and usage problems, 1 for the rest.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<ConfigError>() || cause.is::<UsageError>() {
+            return 2;
+        }
+        if let Some(SetupError::MissingTopics(_)) = cause.downcast_ref::<SetupError>() {
+            return 2;
+        }
+        if let Some(DbError::Connect { .. }) = cause.downcast_ref::<DbError>() {
+            return 2;
+        }
+    }
+    1
+}
+
+/// Panics become one log line; no backtrace is printed to the user.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let msg = crate::router::panic_message(info.payload());
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        log::error!("panic in thread {}{at}: {msg}", thread.name().unwrap_or("unnamed"));
+    }));
+}
+
+fn init_logging(settings: &Settings) {
+    let _ = env_logger::Builder::new().parse_filters(&settings.rust_log).format_target(false).try_init();
+}
+
+/// Opens the database (applying migrations, so every command sees the tables).
+fn pool(settings: &Settings) -> anyhow::Result<db::Pool> {
+    Ok(db::connect_and_migrate(&settings.database_url, 2)?.0)
+}
+
+pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load()?;
+    init_logging(&settings);
+    let out = Output { json: cli.json };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let shutdown = Shutdown::new();
+            app::watch_signals(shutdown.clone()).context("cannot watch for signals")?;
+            app::run(settings, shutdown)?;
+        }
+        Command::Migrate => {
+            let (_, applied) = db::connect_and_migrate(&settings.database_url, 1)?;
+            if applied.is_empty() {
+                println!("database {} is up to date", db::redact_url(&settings.database_url));
+            } else {
+                for m in applied {
+                    println!("applied {m}");
+                }
+            }
+        }
+        Command::Config => {
+            let rows: Vec<Vec<serde_json::Value>> =
+                settings.describe().into_iter().map(|(k, v)| vec![k.into(), v.into()]).collect();
+            if out.json {
+                out.rows(&["NAME", "VALUE"], &rows);
+            } else {
+                for r in rows {
+                    println!("{}={}", r[0].as_str().unwrap_or(""), r[1].as_str().unwrap_or(""));
+                }
+            }
+        }
+        Command::Produce { topic, key, json_payload, file } => {
+            records::produce(&settings, &topic, key.as_deref(), json_payload, file)?
+        }
+        Command::Tail { topic, from_beginning, max } => records::tail(&settings, &out, &topic, from_beginning, max)?,
+        Command::Topics { create, partitions } => return records::topics(&settings, &out, create, partitions),
+        Command::Diagnose => return diagnose::run(&settings, &out),
+        Command::DeadLetters { command } => return store::dead_letters(&settings, &out, command),
+        Command::Notifications { command } => return store::notifications(&settings, &out, command),
+        Command::Jobs { command } => return store::jobs(settings, &out, command),
+    }
+    Ok(ExitCode::SUCCESS)
+}

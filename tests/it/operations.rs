@@ -1,0 +1,233 @@
+//! The operator surface: every CLI command against the real broker and
+//! database (table and `--json` output, exit codes, failure cases), the
+//! health and metrics endpoints, and dead-letter replay.
+
+use std::time::Duration;
+
+use cronsumer::db::{self, Backend};
+use serde_json::Value;
+
+use crate::common::*;
+use crate::consumer::create_registry_topics;
+
+fn json_lines(out: &str) -> Vec<Value> {
+    out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}"))).collect()
+}
+
+#[test]
+fn topics_lists_checks_and_creates() {
+    let tdb = TestDb::new(Backend::Sqlite);
+    let s = settings(&tdb.url, &unique("ops"), &[]);
+    let (code, out, err) = cli(&s, &tdb.url, &["topics"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.starts_with("TOPIC"), "{out}");
+    assert!(err.contains("missing:") && err.contains("cronsumer topics --create"), "{err}");
+    let (code, out, _) = cli(&s, &tdb.url, &["topics", "--create", "--partitions", "2"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out, _) = cli(&s, &tdb.url, &["--json", "topics"]);
+    assert_eq!(code, 0);
+    let rows = json_lines(&out);
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        assert_eq!((r["exists"].as_bool(), r["partitions"].as_i64()), (Some(true), Some(2)), "{r}");
+    }
+}
+
+#[test]
+fn diagnose_reports_healthy_and_a_down_broker() {
+    let tdb = TestDb::new(Backend::Sqlite);
+    let s = settings(&tdb.url, &unique("diag"), &[]);
+    create_registry_topics(&s, 2);
+    let (code, out, _) = cli(&s, &tdb.url, &["diagnose"]);
+    assert_eq!(code, 1, "a fresh database has pending migrations: {out}");
+    assert!(out.contains("run `cronsumer migrate`"), "{out}");
+    tdb.pool();
+    let (code, out, err) = cli(&s, &tdb.url, &["diagnose"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("broker") && out.contains("librdkafka") && out.contains("healthy"), "{out}");
+    assert!(out.contains(&format!("topic {}", s.topic("notifications"))), "{out}");
+    assert!(out.contains("migrations") && out.contains("up to date"), "{out}");
+    let (code, out, _) = cli(&s, &tdb.url, &["--json", "diagnose"]);
+    assert_eq!(code, 0);
+    assert!(json_lines(&out).iter().all(|r| r["status"] == "ok"), "{out}");
+
+    // Nothing listens on port 1: the broker is down.
+    let down = settings(&tdb.url, &unique("diag"), &[("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")]);
+    let (code, out, _) = cli(&down, &tdb.url, &["diagnose"]);
+    assert_eq!(code, 1, "{out}");
+    let line = out.lines().find(|l| l.starts_with("broker")).unwrap_or_default();
+    assert!(line.contains("PROBLEM") && line.contains("no broker answers at 127.0.0.1:1"), "{out}");
+}
+
+#[test]
+fn dead_letters_list_show_replay_purge_and_unknown_ids() {
+    let tdb = TestDb::new(Backend::Sqlite);
+    let pool = tdb.pool();
+    // A record dead-lettered as oversize under a small limit...
+    let small = settings(&tdb.url, &unique("dl"), &[("CONSUMER_MAX_RECORD_BYTES", "90")]);
+    let topic = create_registry_topics(&small, 1);
+    let big = br#"{"user_id": 7, "event": "e", "content": "this content makes the record longer than ninety bytes, which is the limit here"}"#;
+    produce(&small, &topic, &[notification(1), big.to_vec()]);
+    let mut svc = Service::start(&small, &tdb.url, &[]);
+    svc.wait_for("one row and one dead letter", Duration::from_secs(60), || {
+        count_notifications(&pool) == 1 && count_dead_letters(&pool) == 1
+    });
+    assert_eq!(svc.terminate(), Some(0));
+
+    let (code, out, _) = cli(&small, &tdb.url, &["dead-letters", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().nth(1).unwrap().contains("over CONSUMER_MAX_RECORD_BYTES=90"), "{out}");
+    let (_, out, _) = cli(&small, &tdb.url, &["--json", "dead-letters", "list"]);
+    let rows = json_lines(&out);
+    let id = rows[0]["id"].as_i64().unwrap();
+    let (code, out, _) = cli(&small, &tdb.url, &["--json", "dead-letters", "show", &id.to_string()]);
+    assert_eq!(code, 0);
+    assert_eq!(json_lines(&out)[0]["payload"].as_str().unwrap().as_bytes(), big);
+
+    let (code, _, err) = cli(&small, &tdb.url, &["dead-letters", "show", "999999"]);
+    assert_eq!(code, 2);
+    assert_eq!(err.trim(), "error: no dead letter with id 999999 (see `cronsumer dead-letters list`)");
+    let (code, _, err) = cli(&small, &tdb.url, &["dead-letters", "replay", "999999"]);
+    assert_eq!(code, 2, "{err}");
+
+    // ...replayed after the limit is raised, ends up stored once.
+    let raised = settings(&tdb.url, &small.kafka.topic_prefix, &[]);
+    let (code, out, err) = cli(&raised, &tdb.url, &["dead-letters", "replay", &id.to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("replayed 1"), "{out}");
+    let mut svc = Service::start(&raised, &tdb.url, &[]);
+    svc.wait_for("the replayed record stored", Duration::from_secs(60), || count_notifications(&pool) == 2);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(svc.terminate(), Some(0));
+    assert_eq!(count_notifications(&pool), 2);
+    assert_eq!(count_dead_letters(&pool), 1);
+    let d = db::dead_letters::find(&mut pool.get().unwrap(), id).unwrap().unwrap();
+    assert!(d.replayed_at.is_some());
+
+    let (code, out, _) = cli(&raised, &tdb.url, &["dead-letters", "purge", "--before", "2999-01-01"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("purged 1"), "{out}");
+    let (code, _, err) = cli(&raised, &tdb.url, &["dead-letters", "purge", "--before", "yesterday"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("expected YYYY-MM-DD"), "{err}");
+}
+
+#[test]
+fn notifications_list_and_retry() {
+    let tdb = TestDb::new(Backend::Postgres);
+    let pool = tdb.pool();
+    let s = settings(&tdb.url, &unique("nl"), &[]);
+    let row = db::notifications::NewNotification::pending(None, "[0]".into(), "signup".into(), "hello".into());
+    db::notifications::insert_all(&mut pool.get().unwrap(), &[row]).unwrap();
+    let (code, out, _) = cli(&s, &tdb.url, &["notifications", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("ID") && out.contains("pending") && out.contains("signup"), "{out}");
+    let (_, out, _) = cli(&s, &tdb.url, &["--json", "notifications", "list", "--status", "pending"]);
+    let rows = json_lines(&out);
+    assert_eq!(rows.len(), 1);
+    let id = rows[0]["id"].as_i64().unwrap();
+    let (code, out, _) = cli(&s, &tdb.url, &["notifications", "retry", &id.to_string()]);
+    assert_eq!(code, 0, "{out}");
+    let (code, _, err) = cli(&s, &tdb.url, &["notifications", "retry", "424242"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no notification with id 424242"), "{err}");
+    let (code, _, err) = cli(&s, &tdb.url, &["notifications", "list", "--status", "lost"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("expected one of pending, sending, sent, failed"), "{err}");
+}
+
+#[test]
+fn jobs_list_and_run() {
+    let tdb = TestDb::new(Backend::Sqlite);
+    let s = settings(&tdb.url, &unique("jobs"), &[]);
+    let (code, out, _) = cli(&s, &tdb.url, &["jobs", "run", "maintenance_15m"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok"), "{out}");
+    let (code, out, _) = cli(&s, &tdb.url, &["--json", "jobs", "list"]);
+    assert_eq!(code, 0);
+    let rows = json_lines(&out);
+    assert_eq!(rows.len(), 4);
+    let m15 = rows.iter().find(|r| r["job"] == "maintenance_15m").unwrap();
+    assert_eq!(m15["outcome"], "ok");
+    assert!(m15["next_run"].is_string());
+    let (code, _, err) = cli(&s, &tdb.url, &["jobs", "run", "nope"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no job named \"nope\""), "{err}");
+}
+
+#[test]
+fn produce_from_a_file_and_tail_without_joining_the_group() {
+    let tdb = TestDb::new(Backend::Sqlite);
+    let s = settings(&tdb.url, &unique("tail"), &[]);
+    let topic = s.topic("raw");
+    create_topic(&s, &topic, 2);
+    let file = std::env::temp_dir().join(unique("records-"));
+    std::fs::write(&file, "{\"n\":1}\n\n{\"n\":2}\n{\"n\":3}\n").unwrap();
+    let (code, out, err) = cli(&s, &tdb.url, &["produce", &topic, "--key", "k", "--file", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("delivered 3 record(s)"), "{out}");
+    let (code, out, _) = cli(&s, &tdb.url, &["--json", "tail", &topic, "--from-beginning", "--max", "3"]);
+    assert_eq!(code, 0);
+    let mut payloads: Vec<String> =
+        json_lines(&out).iter().map(|r| r["payload"].as_str().unwrap().to_string()).collect();
+    payloads.sort();
+    assert_eq!(payloads, vec!["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"]);
+    // the service's group has committed nothing
+    assert!(committed(&s, &topic, 2).values().all(|&o| o < 0));
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn healthz_turns_503_when_the_consumer_dies_and_200_after_restart_and_metrics_move() {
+    let tdb = TestDb::new(Backend::Sqlite);
+    let pool = tdb.pool();
+    let s = settings(&tdb.url, &unique("health"), &[]);
+    let topic = create_registry_topics(&s, 1);
+    let svc = Service::start(&s, &tdb.url, &[("CRONSUMER_FAULT_PANIC_PAYLOAD", "PANIC-ME")]);
+    wait_for("healthy", Duration::from_secs(60), || svc.healthz().is_some_and(|(c, _)| c == 200));
+    let before = svc.metrics();
+
+    produce(
+        &s,
+        &topic,
+        &[notification(1), br#"{"user_id":2,"event":"e","content":"PANIC-ME"}"#.to_vec(), notification(3)],
+    );
+    let mut saw_503 = None;
+    wait_for("503 naming the dead consumer", Duration::from_secs(60), || {
+        match svc.healthz() {
+            Some((503, body)) if body.contains("consumer thread is not running") => saw_503 = Some(body),
+            _ => {}
+        }
+        saw_503.is_some()
+    });
+    // The supervisor restarts it; after 3 panics on the record it is dead-lettered.
+    wait_for("rows and the poison dead-lettered", Duration::from_secs(120), || {
+        count_notifications(&pool) == 2 && count_dead_letters(&pool) == 1
+    });
+    wait_for("healthy again", Duration::from_secs(30), || svc.healthz().is_some_and(|(c, _)| c == 200));
+    let after = svc.metrics();
+    assert_prometheus_text(&after);
+    let value = |text: &str, prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert!(value(&after, "cronsumer_consumer_restarts_total") >= 1.0, "{after}");
+    assert!(value(&after, &format!("cronsumer_records_consumed_total{{topic=\"{topic}\"}}")) >= 2.0, "{after}");
+    assert!(value(&after, "cronsumer_dead_letters_total") >= 1.0);
+    assert!(value(&after, "cronsumer_handler_panics_total") >= 1.0);
+    assert!(value(&after, "cronsumer_commits_total") > value(&before, "cronsumer_commits_total"));
+    let (code, body) = http_get(&svc.http, "/readyz").unwrap();
+    assert_eq!(code, 200, "{body}");
+}
+
+/// Every line is a comment or `name{labels} value` with a number.
+fn assert_prometheus_text(text: &str) {
+    assert!(text.contains("# TYPE cronsumer_records_consumed_total counter"), "{text}");
+    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad metric line {line:?}"));
+        assert!(name.starts_with("cronsumer_"), "{line}");
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+}
