@@ -50,24 +50,30 @@ broker_start() {
     log "broker already answers on 127.0.0.1:$BROKER_PORT"
     return
   fi
-  # The storage path is relative to the working directory.
+  # The storage path is relative to the working directory; setsid detaches
+  # the broker from the caller's session so it outlives the calling shell.
   (cd "$STATE/broker" && RUST_LOG=warn setsid nohup nisshi broker \
       --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
       --storage-engine sqlite://data/broker.db \
-      --group-initial-rebalance-delay 0s >>"$STATE/broker/broker.log" 2>&1 & echo $! >"$STATE/broker/pid")
+      --group-initial-rebalance-delay 0s >>"$STATE/broker/broker.log" 2>&1 &)
   wait_port 127.0.0.1 "$BROKER_PORT" 30 "broker (log: $STATE/broker/broker.log)"
-  log "broker answers on 127.0.0.1:$BROKER_PORT (pid $(cat "$STATE/broker/pid"))"
+  log "broker answers on 127.0.0.1:$BROKER_PORT (pid $(broker_pids | tr '\n' ' '))"
 }
 
+# The broker this script starts is found by its command line (setsid may fork,
+# so the PID of the background job is not the broker's).
+broker_pids() { pgrep -f "nisshi broker --listener-url tcp://127.0.0.1:$BROKER_PORT " || true; }
+
 broker_stop() { # signal
-  local pidfile="$STATE/broker/pid"
-  [ -f "$pidfile" ] || return 0
-  local pid; pid=$(cat "$pidfile")
-  kill "-$1" "$pid" 2>/dev/null || true
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$pidfile"
+  local pids; pids=$(broker_pids)
+  [ -n "$pids" ] || return 0
+  # shellcheck disable=SC2086
+  kill "-$1" $pids 2>/dev/null || true
+  for _ in $(seq 1 100); do [ -n "$(broker_pids)" ] || break; sleep 0.1; done
+  pids=$(broker_pids)
+  # shellcheck disable=SC2086
+  [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
   for _ in $(seq 1 50); do port_open 127.0.0.1 "$BROKER_PORT" || break; sleep 0.1; done
 }
 

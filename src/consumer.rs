@@ -3,6 +3,10 @@
 //! batch closes hands it to the router and commits its offsets, only after
 //! every handler succeeded or dead-lettered its bad records.
 //!
+//! Commits go out asynchronously, at most every 200 ms while records stream
+//! in and at once when the stream goes quiet, and synchronously before
+//! partitions are revoked and at shutdown; they only ever cover handled records.
+//!
 //! A transient failure keeps the batch in hand and retries it with capped
 //! backoff while the assigned partitions are paused and polling goes on, so
 //! the group membership survives an outage of any length and nothing is
@@ -16,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::backoff::Backoff;
@@ -34,6 +38,8 @@ const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
 /// Retry delays for a batch that failed transiently.
 const RETRY_INITIAL: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Longest time handled records wait for their commit while records stream in.
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// How long a revocation may spend finishing the batch in hand.
 const REVOKE_BUDGET: Duration = Duration::from_secs(10);
 
@@ -76,11 +82,25 @@ struct Pipeline {
     paused: bool,
     /// A handler panic seen inside a rebalance callback, reported by the next step.
     panicked: Option<DispatchError>,
+    /// Next offsets of handled records, not committed yet.
+    uncommitted: BTreeMap<(String, i32), i64>,
+    last_commit: Instant,
+}
+
+/// When handled offsets are committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CommitWhen {
+    /// Asynchronously, at most every [`COMMIT_EVERY`] while records stream in.
+    Throttled,
+    /// Asynchronously, now: the stream went quiet.
+    Idle,
+    /// Synchronously, now: partitions are leaving or the thread is ending.
+    Sync,
 }
 
 /// The outcome of handling one batch.
 enum Handled {
-    Committed,
+    Done,
     Retry(String),
 }
 
@@ -117,7 +137,11 @@ impl Pipeline {
                 m.dead_letters.with_label_values(&[&d.topic]).inc();
             }
         }
-        commit(consumer, batch);
+        for r in batch {
+            let next = self.uncommitted.entry((r.topic.clone(), r.partition)).or_insert(r.offset + 1);
+            *next = (*next).max(r.offset + 1);
+        }
+        self.commit(consumer, CommitWhen::Throttled);
         for (topic, n) in &dispatched.handled {
             m.records_consumed.with_label_values(&[topic]).inc_by(*n as u64);
         }
@@ -128,11 +152,11 @@ impl Pipeline {
         }
         m.batches.inc();
         m.batch_size.observe(batch.len() as f64);
-        self.heartbeat.committed(batch.len());
+        self.heartbeat.handled(batch.len());
         for job in wake {
             self.wakers.wake(job);
         }
-        Ok(Handled::Committed)
+        Ok(Handled::Done)
     }
 
     /// Retries the batch in hand if its time has come. Returns true when
@@ -146,7 +170,7 @@ impl Pipeline {
             return Ok(false);
         }
         match self.handle(consumer, &held.records)? {
-            Handled::Committed => {
+            Handled::Done => {
                 log::info!("batch recovered after {} retries, records={}", held.backoff.attempts(), held.records.len());
                 self.heartbeat.set_retrying(None);
                 self.set_paused(consumer, false);
@@ -205,6 +229,38 @@ impl Pipeline {
         }
     }
 
+    /// Commits the next offsets of every handled record (never more). A
+    /// failed commit is logged, not fatal: the records come again and the
+    /// handlers are idempotent.
+    fn commit(&mut self, consumer: &BaseConsumer<Ctx>, when: CommitWhen) {
+        if self.uncommitted.is_empty() || (when == CommitWhen::Throttled && self.last_commit.elapsed() < COMMIT_EVERY) {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.uncommitted {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+                log::error!("cannot build commit for topic={topic} partition={partition}: {e}");
+                return;
+            }
+        }
+        let mode = if when == CommitWhen::Sync { CommitMode::Sync } else { CommitMode::Async };
+        match consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                metrics::get().commits.inc();
+                for ((topic, partition), offset) in &self.uncommitted {
+                    log::debug!("commit topic={topic} partition={partition} offset={offset} mode={mode:?}");
+                }
+                self.uncommitted.clear();
+                self.last_commit = Instant::now();
+                self.heartbeat.committed();
+            }
+            Err(e) => {
+                metrics::get().commit_errors.inc();
+                log::warn!("commit failed (records will be redelivered, handlers are idempotent): {e}");
+            }
+        }
+    }
+
     /// Finishes everything in memory (in hand and waiting) until `deadline`,
     /// retrying transient failures. Returns false if something is left.
     fn drain(&mut self, consumer: &BaseConsumer<Ctx>, deadline: Instant) -> Result<bool, DispatchError> {
@@ -226,36 +282,6 @@ impl Pipeline {
     }
 }
 
-/// Commits the offset after the last record of each partition in `batch`.
-/// A failed commit is logged, not fatal: the records come again and the
-/// handlers are idempotent.
-fn commit(consumer: &BaseConsumer<Ctx>, batch: &[Record]) {
-    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-    for r in batch {
-        let e = next.entry((r.topic.as_str(), r.partition)).or_insert(r.offset + 1);
-        *e = (*e).max(r.offset + 1);
-    }
-    let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), offset) in &next {
-        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
-            log::error!("cannot build commit for topic={topic} partition={partition}: {e}");
-            return;
-        }
-    }
-    match consumer.commit(&tpl, CommitMode::Sync) {
-        Ok(()) => {
-            metrics::get().commits.inc();
-            for ((topic, partition), offset) in &next {
-                log::debug!("committed topic={topic} partition={partition} offset={offset}");
-            }
-        }
-        Err(e) => {
-            metrics::get().commit_errors.inc();
-            log::warn!("commit failed (records will be redelivered, handlers are idempotent): {e}");
-        }
-    }
-}
-
 /// The rdkafka context: owns the pipeline so the rebalance callback can
 /// finish and commit the batch in hand before partitions are revoked.
 pub struct Ctx {
@@ -272,6 +298,14 @@ impl Ctx {
 impl ClientContext for Ctx {}
 
 impl ConsumerContext for Ctx {
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        // A later commit covers the same records; until then they would only be read again.
+        if let Err(e) = result {
+            metrics::get().commit_errors.inc();
+            log::warn!("commit failed: {e}");
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let revoked: Vec<(String, i32)> =
@@ -279,7 +313,9 @@ impl ConsumerContext for Ctx {
             log::info!("partitions revoked: {}", describe(&revoked));
             let mut p = self.pipeline();
             let deadline = Instant::now() + REVOKE_BUDGET;
-            match p.drain(consumer, deadline) {
+            let drained = p.drain(consumer, deadline);
+            p.commit(consumer, CommitWhen::Sync);
+            match drained {
                 Ok(true) => {}
                 Ok(false) => {
                     // Still failing: the new owner reads these again from the committed offset.
@@ -358,6 +394,8 @@ impl BatchConsumer {
             wakers: setup.wakers.clone(),
             paused: false,
             panicked: None,
+            uncommitted: BTreeMap::new(),
+            last_commit: Instant::now(),
         };
         let consumer: BaseConsumer<Ctx> = crate::kafka::consumer_config(s)
             .create_with_context(Ctx { pipeline: Mutex::new(pipeline) })
@@ -406,8 +444,10 @@ impl BatchConsumer {
             next = self.consumer.poll(Duration::ZERO);
         }
         self.heartbeat.polled();
+        let idle = received.is_empty();
         let mut p = self.consumer.context().pipeline();
         if let Some(e) = p.panicked.take() {
+            p.commit(&self.consumer, CommitWhen::Sync);
             return Err(ConsumerError::Panicked(e));
         }
         for r in received {
@@ -418,6 +458,15 @@ impl BatchConsumer {
             Ok(false) => Ok(()),
             Err(e) => Err(e),
         };
+        // What was handled before a panic is still committed.
+        let when = if result.is_err() {
+            CommitWhen::Sync
+        } else if idle {
+            CommitWhen::Idle
+        } else {
+            CommitWhen::Throttled
+        };
+        p.commit(&self.consumer, when);
         result.map_err(ConsumerError::Panicked)?;
         Ok(Step::Continue)
     }
@@ -433,7 +482,9 @@ impl BatchConsumer {
     fn finish(&mut self) -> Result<(), ConsumerError> {
         let deadline = Instant::now() + self.shutdown_timeout;
         let mut p = self.consumer.context().pipeline();
-        let done = p.drain(&self.consumer, deadline).map_err(ConsumerError::Panicked)?;
+        let drained = p.drain(&self.consumer, deadline);
+        p.commit(&self.consumer, CommitWhen::Sync);
+        let done = drained.map_err(ConsumerError::Panicked)?;
         if !done {
             log::warn!("shutdown timeout reached with uncommitted records; they will be consumed again on restart");
         }

@@ -48,10 +48,14 @@ impl Heartbeat {
         self.last_poll.store(self.stamp(), Ordering::Relaxed);
     }
 
-    pub fn committed(&self, records: usize) {
-        self.last_commit.store(self.stamp(), Ordering::Relaxed);
+    /// A batch of `records` was handled (its commit may follow shortly).
+    pub fn handled(&self, records: usize) {
         self.records.fetch_add(records as u64, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn committed(&self) {
+        self.last_commit.store(self.stamp(), Ordering::Relaxed);
     }
 
     pub fn set_assigned(&self, n: i64) {

@@ -8,6 +8,7 @@
 //! [`POISON_AFTER_PANICS`] times in a row is dead-lettered with the panic
 //! message and the partition goes on.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
@@ -157,7 +158,15 @@ impl Router {
     /// the batch boundary, and reported as [`DispatchError::Panicked`].
     pub fn dispatch(&mut self, batch: &[Record], ctx: &mut HandlerContext<'_>) -> Result<Dispatched, DispatchError> {
         let mut out = Dispatched::default();
-        for (topic, records) in Self::group(batch) {
+        // The common case, one topic, needs no copy: arrival order is already
+        // offset order within each partition.
+        let groups: Vec<(String, Cow<'_, [Record]>)> = match batch.first() {
+            Some(first) if batch.iter().all(|r| r.topic == first.topic) => {
+                vec![(first.topic.clone(), Cow::Borrowed(batch))]
+            }
+            _ => Self::group(batch).into_iter().map(|(t, g)| (t, Cow::Owned(g))).collect(),
+        };
+        for (topic, records) in groups {
             let Some(module) = self.routes.get(&topic) else {
                 if self.warned.insert(topic.clone()) {
                     log::warn!("unhandled topic={topic}: no consumer module; its records are committed unprocessed");
@@ -179,7 +188,7 @@ impl Router {
                 Ok(Err(source)) => return Err(DispatchError::Failed { topic, source }),
                 Err(message) => {
                     let mut l = ledger(&self.panics);
-                    for r in &records {
+                    for r in records.iter() {
                         l.suspects.insert((r.topic.clone(), r.partition));
                     }
                     return Err(DispatchError::Panicked { topic, first: records[0].position(), message });

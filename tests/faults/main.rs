@@ -1064,10 +1064,10 @@ fn produce_raw(s: &Settings, topic: &str, records: &[FuzzRecord]) {
 fn price_sources(pool: &Pool) -> Vec<(i32, i64)> {
     use cronsumer::db::schema::price_events::dsl as p;
     let mut conn = pool.get().unwrap();
-    cronsumer::on_backend!(conn, |c| p::price_events
-        .select((p::source_partition, p::source_offset))
-        .load::<(i32, i64)>(c))
-    .unwrap()
+    let rows: Vec<(i32, i64)> =
+        cronsumer::on_backend!(conn, |c| p::price_events.select((p::source_partition, p::source_offset)).load(c))
+            .unwrap();
+    rows
 }
 
 fn count_prices(pool: &Pool) -> i64 {

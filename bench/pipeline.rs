@@ -1,0 +1,451 @@
+//! The benchmark harness (`bench/run.sh`): prints throughput, latency, RSS
+//! and start-up figures, each throughput beside a reference measured in the
+//! same invocation on the same topic. Figures are printed, never asserted.
+//!
+//! Cases: (1) a bare rdkafka BaseConsumer draining the topic (reference);
+//! (2) cronsumer's consumer with a no-op module, batch 25 and 500; (3) the
+//! service binary storing notifications into SQLite and PostgreSQL, batch 25
+//! and 500, with its RSS; (4) produce→row and produce→webhook latency;
+//! (5) draining 20,000 pending notifications to a local webhook; (6) time
+//! from start to /readyz 200.
+
+#[path = "../tests/it/common.rs"]
+#[allow(dead_code, unused_imports)]
+mod common;
+#[path = "../tests/it/sink.rs"]
+#[allow(dead_code)]
+mod sink;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use cronsumer::config::Settings;
+use cronsumer::consumer::{spawn, ConsumerSetup};
+use cronsumer::db::Backend;
+use cronsumer::handler::{Consumer, HandlerContext, HandlerError, Wakers};
+use cronsumer::heartbeat::Heartbeat;
+use cronsumer::record::Record;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+struct Stats {
+    name: String,
+    values: Vec<f64>,
+    unit: &'static str,
+    target: String,
+}
+
+impl Stats {
+    fn median(&self) -> f64 {
+        let mut v = self.values.clone();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    }
+    fn min(&self) -> f64 {
+        self.values.iter().cloned().fold(f64::INFINITY, f64::min)
+    }
+    fn max(&self) -> f64 {
+        self.values.iter().cloned().fold(0.0, f64::max)
+    }
+}
+
+struct Table {
+    rows: Vec<(Stats, Option<f64>)>,
+}
+
+impl Table {
+    fn add(&mut self, stats: Stats, reference: Option<f64>) {
+        let ratio = reference.map(|r| stats.median() / r);
+        println!(
+            "  {:<48} median {:>10.0} {:<10} (min {:.0}, max {:.0}){}",
+            stats.name,
+            stats.median(),
+            stats.unit,
+            stats.min(),
+            stats.max(),
+            ratio.map(|r| format!("  ratio {r:.2}")).unwrap_or_default()
+        );
+        self.rows.push((stats, ratio));
+    }
+
+    fn print(&self) {
+        println!("\n| case | median | min | max | unit | ratio to (1) | target |");
+        println!("|---|---:|---:|---:|---|---:|---|");
+        for (s, ratio) in &self.rows {
+            println!(
+                "| {} | {:.0} | {:.0} | {:.0} | {} | {} | {} |",
+                s.name,
+                s.median(),
+                s.min(),
+                s.max(),
+                s.unit,
+                ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()),
+                s.target
+            );
+        }
+    }
+}
+
+/// ~150-byte notification payloads.
+fn payload(i: usize) -> Vec<u8> {
+    format!(
+        r#"{{"user_id": {i}, "event": "order_shipped", "content": "Your order #{i:08} has shipped and will arrive within 3 business days. Track it in the app."}}"#
+    )
+    .into_bytes()
+}
+
+fn prepare(s: &Settings, topic: &str, n: usize) {
+    create_topic(s, topic, 4);
+    let started = Instant::now();
+    let mut p = cronsumer::producer::RecordProducer::new(s).unwrap();
+    for i in 0..n {
+        p.send(topic, Some(format!("k{i}").as_bytes()), &payload(i)).unwrap();
+    }
+    p.finish(topic).unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    println!("prepared {n} records in {topic}: {:.0} records/s produced", n as f64 / secs);
+}
+
+/// (1) a bare BaseConsumer in a fresh group, no batching, no handler, no commit.
+fn reference_drain(s: &Settings, topic: &str, n: usize) -> f64 {
+    let mut cfg = cronsumer::kafka::consumer_config(s);
+    cfg.set("group.id", unique("bench-ref-"));
+    let c: BaseConsumer = cfg.create().unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let mut seen = 0;
+    let mut started = None;
+    while seen < n {
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            m.unwrap();
+            started.get_or_insert_with(Instant::now);
+            seen += 1;
+        }
+    }
+    n as f64 / started.unwrap().elapsed().as_secs_f64()
+}
+
+struct NoOp;
+impl Consumer for NoOp {
+    fn topic(&self) -> &'static str {
+        "notifications"
+    }
+    fn handle(&self, _: &[Record], _: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+fn noop_modules() -> Vec<Box<dyn Consumer>> {
+    vec![Box::new(NoOp)]
+}
+
+/// (2) the consumer thread with a no-op module; timed from the first record handled.
+fn noop_drain(s: &Settings, n: usize, batch: usize) -> f64 {
+    let tdb = TestDb::new(Backend::Sqlite);
+    let mut vars = vec![("CONSUMER_BATCH_SIZE", batch.to_string())];
+    vars.push(("KAFKA_GROUP_ID", unique("bench-noop-")));
+    let s = with(s, &tdb.url, &vars);
+    let heartbeat = Arc::new(Heartbeat::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let setup = ConsumerSetup {
+        settings: Arc::new(s),
+        pool: tdb.pool(),
+        modules: noop_modules,
+        extra_topics: vec![],
+        wakers: Wakers::default(),
+        panics: Default::default(),
+    };
+    let handle = spawn(setup, heartbeat.clone(), stop.clone()).unwrap();
+    while heartbeat.records() == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (started, first) = (Instant::now(), heartbeat.records());
+    while heartbeat.records() < n as u64 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let rate = (n as u64 - first) as f64 / started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::SeqCst);
+    handle.join().unwrap().unwrap();
+    rate
+}
+
+/// Settings `s` with another database and overrides.
+fn with(s: &Settings, db_url: &str, vars: &[(&str, String)]) -> Settings {
+    let mut env: std::collections::HashMap<String, String> = env_of(s, db_url).into_iter().collect();
+    env.insert("RUST_LOG".into(), "warn".into());
+    for (k, v) in vars {
+        env.insert(k.to_string(), v.clone());
+    }
+    Settings::from_vars(env).unwrap()
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// (3) + (6) the service binary storing notifications; returns (records/s, peak RSS MiB, steady RSS MiB, ready ms).
+fn service_drain(s: &Settings, backend: Backend, n: usize, batch: usize) -> (f64, f64, f64, f64) {
+    let tdb = TestDb::new(backend);
+    tdb.pool(); // migrated before the clock starts
+    let s = with(s, &tdb.url, &[("CONSUMER_BATCH_SIZE", batch.to_string()), ("KAFKA_GROUP_ID", unique("bench-svc-"))]);
+    let started = Instant::now();
+    let mut svc = Service::start(&s, &tdb.url, &[("RUST_LOG", "warn")]);
+    svc.wait_for("ready", Duration::from_secs(60), || {
+        http_get(&svc_http(&svc), "/readyz").is_some_and(|(c, _)| c == 200)
+    });
+    let ready_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let http = svc.http.clone();
+    let consumed =
+        || metric(&http_get(&http, "/metrics").map(|(_, b)| b).unwrap_or_default(), "cronsumer_records_consumed_total");
+    let mut first = (Instant::now(), 0.0);
+    svc.wait_for("first records", Duration::from_secs(60), || {
+        first = (Instant::now(), consumed());
+        first.1 > 0.0
+    });
+    let mut steady = Vec::new();
+    svc.wait_for("all records", Duration::from_secs(600), || {
+        steady.push(rss_kib(svc.child.id(), "VmRSS:"));
+        std::thread::sleep(Duration::from_millis(100));
+        consumed() >= n as f64
+    });
+    let rate = (n as f64 - first.1) / first.0.elapsed().as_secs_f64();
+    let peak = rss_kib(svc.child.id(), "VmHWM:") as f64 / 1024.0;
+    steady.sort();
+    let steady_mib = steady[steady.len() / 2] as f64 / 1024.0;
+    assert_eq!(svc.terminate(), Some(0));
+    assert_eq!(count_notifications(&tdb.pool()), n as i64, "bench run lost or duplicated rows");
+    (rate, peak, steady_mib, ready_ms)
+}
+
+fn svc_http(svc: &Service) -> String {
+    svc.http.clone()
+}
+
+fn percentiles(mut v: Vec<f64>) -> (f64, f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    (p(0.5), p(0.95), p(0.99), v[v.len() - 1])
+}
+
+/// (4) produce at 10/s for `secs`; latency to the row (polled every 5 ms) and to the webhook.
+fn latency(s: &Settings, batch_timeout_ms: u64, secs: usize) {
+    let tdb = TestDb::new(Backend::Sqlite);
+    let pool = tdb.pool();
+    let sink = sink::Sink::ok();
+    let prefix = unique("lat");
+    let s = with(
+        s,
+        &tdb.url,
+        &[
+            ("KAFKA_TOPIC_PREFIX", prefix.clone()),
+            ("KAFKA_GROUP_ID", unique("bench-lat-")),
+            ("CONSUMER_BATCH_TIMEOUT_MS", batch_timeout_ms.to_string()),
+            ("NOTIFIER", "webhook".into()),
+            ("NOTIFY_WEBHOOK_URL", sink.url.clone()),
+        ],
+    );
+    for t in cronsumer::app::required_topics(&s) {
+        create_topic(&s, &t, 4);
+    }
+    let topic = s.topic("notifications");
+    let mut svc = Service::start(&s, &tdb.url, &[("RUST_LOG", "warn")]);
+    let http = svc.http.clone();
+    svc.wait_for("ready", Duration::from_secs(60), || http_get(&http, "/readyz").is_some_and(|(c, _)| c == 200));
+    let mut p = cronsumer::producer::RecordProducer::new(&s).unwrap();
+    let n = secs * 10;
+    let mut sent = Vec::with_capacity(n);
+    let mut to_row = Vec::with_capacity(n);
+    let start = Instant::now();
+    let mut stored = 0i64;
+    for i in 0..n {
+        let due = start + Duration::from_millis(100 * i as u64);
+        // Between sends, watch the table for rows arriving.
+        while Instant::now() < due {
+            let c = count_notifications(&pool);
+            while stored < c {
+                to_row.push(sent[stored as usize]);
+                stored += 1;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        p.send(&topic, None, &notification(i)).unwrap();
+        sent.push(Instant::now());
+        p.delivered();
+    }
+    p.finish(&topic).unwrap();
+    let mut row_lat = Vec::new();
+    svc.wait_for("all rows", Duration::from_secs(60), || {
+        let c = count_notifications(&pool);
+        while stored < c {
+            to_row.push(sent[stored as usize]);
+            row_lat.push(Instant::now());
+            stored += 1;
+        }
+        c as usize >= n
+    });
+    // Rows arrive in produce order only per partition; pair them by user_id instead.
+    let _ = (to_row, row_lat);
+    let rows = cronsumer::db::notifications::list(&mut pool.get().unwrap(), None, n as i64).unwrap();
+    let row_ms: Vec<f64> = rows
+        .iter()
+        .map(|r| {
+            let i: usize = r.users.trim_matches(['[', ']']).parse().unwrap();
+            let created = r.created_at.and_utc().timestamp_millis();
+            created as f64 - wall_ms(sent[i], start)
+        })
+        .collect();
+    svc.wait_for("all deliveries", Duration::from_secs(60), || sink.delivered().len() >= n);
+    let hook_ms: Vec<f64> = sink
+        .hits()
+        .iter()
+        .map(|h| {
+            let i = h.body["users"][0].as_u64().unwrap() as usize;
+            (h.at - sent[i]).as_secs_f64() * 1000.0
+        })
+        .collect();
+    assert_eq!(svc.terminate(), Some(0));
+    let (a, b, c, d) = percentiles(row_ms);
+    println!("  latency produce->row     batch timeout {batch_timeout_ms:>4} ms: p50 {a:.0} ms, p95 {b:.0} ms, p99 {c:.0} ms, max {d:.0} ms (target p99 <= {} ms)", batch_timeout_ms + 50);
+    let (a, b, c, d) = percentiles(hook_ms);
+    println!("  latency produce->webhook batch timeout {batch_timeout_ms:>4} ms: p50 {a:.0} ms, p95 {b:.0} ms, p99 {c:.0} ms, max {d:.0} ms (target p99 <= 1000 ms at 100 ms)");
+}
+
+/// The wall-clock time (ms since the epoch) of an Instant, anchored at `start`.
+fn wall_ms(t: Instant, start: Instant) -> f64 {
+    static ANCHOR: std::sync::OnceLock<(Instant, f64)> = std::sync::OnceLock::new();
+    let (i0, w0) = *ANCHOR
+        .get_or_init(|| (start, chrono::Utc::now().timestamp_millis() as f64 - start.elapsed().as_secs_f64() * 1000.0));
+    w0 + (t - i0).as_secs_f64() * 1000.0
+}
+
+/// (5) 20,000 pending notifications drained to a local webhook by one job run.
+fn delivery(s: &Settings, backend: Backend, n: usize) -> f64 {
+    use cronsumer::scheduler::{JobContext, JobRunner, Trigger};
+    let tdb = TestDb::new(backend);
+    let pool = tdb.pool();
+    let sink = sink::Sink::ok();
+    let rows: Vec<_> = (0..n)
+        .map(|i| {
+            cronsumer::db::notifications::NewNotification::pending(
+                Some(("bench", 0, i as i64)),
+                format!("[{i}]"),
+                "e".into(),
+                "m".into(),
+            )
+        })
+        .collect();
+    cronsumer::db::notifications::insert_all(&mut pool.get().unwrap(), &rows).unwrap();
+    let s = with(s, &tdb.url, &[("NOTIFIER", "webhook".into()), ("NOTIFY_WEBHOOK_URL", sink.url.clone())]);
+    let ctx = Arc::new(JobContext::new(Arc::new(s), pool, None, cronsumer::shutdown::Shutdown::new()));
+    let runner = JobRunner::new(Arc::new(cronsumer::jobs::send_notifications::SendNotifications), ctx);
+    let started = Instant::now();
+    runner.run(Trigger::Manual);
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(sink.delivered().len(), n);
+    rate
+}
+
+fn main() {
+    let runs = env_usize("BENCH_RUNS", 3);
+    let n = env_usize("BENCH_RECORDS", 200_000);
+    let latency_secs = env_usize("BENCH_LATENCY_SECS", 60);
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let want = |case: &str| only.is_empty() || only.split(',').any(|c| c == case);
+    println!("cronsumer benchmarks: {runs} run(s) per case, {n} records, 4 partitions, ~150-byte JSON");
+    println!("machine: {} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), cpu_model());
+    let base = settings("unused.db", &unique("bench"), &[("RUST_LOG", "warn")]);
+    let topic = base.topic("notifications");
+    prepare(&base, &topic, n);
+    for t in cronsumer::app::required_topics(&base).into_iter().filter(|t| *t != topic) {
+        create_topic(&base, &t, 4);
+    }
+    let mut table = Table { rows: vec![] };
+    let reference = Stats {
+        name: "(1) reference: bare BaseConsumer drain".into(),
+        values: (0..runs).map(|_| reference_drain(&base, &topic, n)).collect(),
+        unit: "records/s",
+        target: "-".into(),
+    };
+    let r = reference.median();
+    table.add(reference, Some(r));
+    if want("noop") {
+        for (batch, target) in [(25, "-"), (500, ">= 0.8")] {
+            let st = Stats {
+                name: format!("(2) consumer, no-op module, batch {batch}"),
+                values: (0..runs).map(|_| noop_drain(&base, n, batch)).collect(),
+                unit: "records/s",
+                target: target.into(),
+            };
+            table.add(st, Some(r));
+        }
+    }
+    let mut memory = Vec::new();
+    if want("db") {
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            for (batch, target) in [
+                (25, if backend == Backend::Sqlite { ">= 0.5" } else { "reported" }),
+                (500, if backend == Backend::Sqlite { ">= 0.8" } else { "reported" }),
+            ] {
+                let mut values = Vec::new();
+                for _ in 0..runs {
+                    let (rate, peak, steady, ready) = service_drain(&base, backend, n, batch);
+                    values.push(rate);
+                    memory.push((backend, batch, peak, steady, ready));
+                }
+                let st = Stats {
+                    name: format!("(3) service -> {backend:?}, batch {batch}"),
+                    values,
+                    unit: "records/s",
+                    target: target.into(),
+                };
+                table.add(st, Some(r));
+            }
+        }
+    }
+    if want("delivery") {
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            let st = Stats {
+                name: format!("(5) delivery to webhook, {backend:?}"),
+                values: (0..runs).map(|_| delivery(&base, backend, 20_000)).collect(),
+                unit: "notifications/s",
+                target: ">= 1000".into(),
+            };
+            table.add(st, None);
+        }
+    }
+    table.print();
+    if !memory.is_empty() {
+        println!("\n(6) memory and start-up of the service during (3) (target: steady RSS <= 40 MB, ready < 1 s):");
+        for (backend, batch, peak, steady, ready) in &memory {
+            println!("  {backend:?} batch {batch}: peak RSS {peak:.1} MiB, steady RSS {steady:.1} MiB, start to /readyz 200 in {ready:.0} ms");
+        }
+    }
+    if want("latency") {
+        println!("\n(4) latency at 10 records/s for {latency_secs} s:");
+        latency(&base, 5000, latency_secs);
+        latency(&base, 100, latency_secs);
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into())
+}
