@@ -183,10 +183,6 @@ fn with(s: &Settings, db_url: &str, vars: &[(&str, String)]) -> Settings {
     Settings::from_vars(env).unwrap()
 }
 
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
-}
-
 fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -203,13 +199,13 @@ fn service_drain(s: &Settings, backend: Backend, n: usize, batch: usize) -> (f64
     let s = with(s, &tdb.url, &[("CONSUMER_BATCH_SIZE", batch.to_string()), ("KAFKA_GROUP_ID", unique("bench-svc-"))]);
     let started = Instant::now();
     let mut svc = Service::start(&s, &tdb.url, &[("RUST_LOG", "warn")]);
-    svc.wait_for("ready", Duration::from_secs(60), || {
-        http_get(&svc_http(&svc), "/readyz").is_some_and(|(c, _)| c == 200)
-    });
+    let (http, pid) = (svc.http.clone(), svc.child.id());
+    svc.wait_for("ready", Duration::from_secs(60), || http_get(&http, "/readyz").is_some_and(|(c, _)| c == 200));
     let ready_ms = started.elapsed().as_secs_f64() * 1000.0;
     let http = svc.http.clone();
-    let consumed =
-        || metric(&http_get(&http, "/metrics").map(|(_, b)| b).unwrap_or_default(), "cronsumer_records_consumed_total");
+    let consumed = || {
+        metric_sum(&http_get(&http, "/metrics").map(|(_, b)| b).unwrap_or_default(), "cronsumer_records_consumed_total")
+    };
     let mut first = (Instant::now(), 0.0);
     svc.wait_for("first records", Duration::from_secs(60), || {
         first = (Instant::now(), consumed());
@@ -217,7 +213,7 @@ fn service_drain(s: &Settings, backend: Backend, n: usize, batch: usize) -> (f64
     });
     let mut steady = Vec::new();
     svc.wait_for("all records", Duration::from_secs(600), || {
-        steady.push(rss_kib(svc.child.id(), "VmRSS:"));
+        steady.push(rss_kib(pid, "VmRSS:"));
         std::thread::sleep(Duration::from_millis(100));
         consumed() >= n as f64
     });
@@ -228,10 +224,6 @@ fn service_drain(s: &Settings, backend: Backend, n: usize, batch: usize) -> (f64
     assert_eq!(svc.terminate(), Some(0));
     assert_eq!(count_notifications(&tdb.pool()), n as i64, "bench run lost or duplicated rows");
     (rate, peak, steady_mib, ready_ms)
-}
-
-fn svc_http(svc: &Service) -> String {
-    svc.http.clone()
 }
 
 fn percentiles(mut v: Vec<f64>) -> (f64, f64, f64, f64) {

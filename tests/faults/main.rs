@@ -81,28 +81,8 @@ fn report(name: &str, backend: Backend, produced: usize, stored: usize, dead: us
 // ---------------------------------------------------------------------------
 // Small helpers: ports, HTTP, signals, committed offsets.
 
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn port_open(addr: &str) -> bool {
     addr.parse::<SocketAddr>().is_ok_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
-}
-
-/// A plain HTTP/1.0 GET: `(status, body)`, or `None` when nothing answered.
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let sock: SocketAddr = addr.parse().ok()?;
-    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
-    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((status, body))
 }
 
 /// The value of one Prometheus series (`name{labels}` exactly as rendered).
@@ -110,35 +90,9 @@ fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// The sum of every series of metric `name`, whatever its labels (0 when absent).
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
-        .sum()
-}
-
 fn send_signal(pid: u32, sig: &str) {
     let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().expect("run kill");
     assert!(status.success(), "kill -{sig} {pid} failed");
-}
-
-/// The group's committed offsets of `topic` (-1: none), or `None` when the
-/// broker did not answer (unlike `common::committed`, never panics: used while
-/// the broker restarts).
-fn try_committed(s: &Settings, topic: &str) -> Option<BTreeMap<i32, i64>> {
-    let c: BaseConsumer = cronsumer::kafka::consumer_config(s).create().ok()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(topic, p);
-    }
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).ok()?;
-    Some(
-        got.elements()
-            .iter()
-            .map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { o } else { -1 }))
-            .collect(),
-    )
 }
 
 fn sum_offsets(m: &BTreeMap<i32, i64>) -> i64 {
@@ -318,7 +272,7 @@ impl Fixture {
     /// output to `<dir>/<label>/cronsumer.log`) with the fixture's settings
     /// and `extra` on top.
     fn start(&self, label: &str, extra: &[(&str, &str)]) -> Service {
-        let http = format!("127.0.0.1:{}", free_port());
+        let http = free_addr();
         let dir = self.dir.join(label);
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("cronsumer.log");
@@ -351,7 +305,7 @@ impl Fixture {
 
     /// Sum of the group's committed offsets of `topic` (`None`: the broker did not answer).
     fn commits(&self, topic: &str) -> Option<i64> {
-        try_committed(&self.s, topic).map(|m| sum_offsets(&m))
+        try_committed(&self.s, topic, PARTITIONS).map(|m| sum_offsets(&m))
     }
 
     /// Produces `notification(0..n)` to the notifications topic.
@@ -558,12 +512,12 @@ fn postgres_outage_mid_stream() {
     let blocked = Instant::now();
     // A commit of rows stored just before the block may still be on its way.
     std::thread::sleep(Duration::from_secs(1));
-    let at_start = try_committed(&fx.s, &fx.topic).expect("committed offsets at the start of the outage");
+    let at_start = try_committed(&fx.s, &fx.topic, PARTITIONS).expect("committed offsets at the start of the outage");
     let mut max_seen = at_start.clone();
     let mut retrying_seen: Option<String> = None;
     while blocked.elapsed() < Duration::from_secs(20) {
         svc.assert_running("during the PostgreSQL outage");
-        if let Some(now) = try_committed(&fx.s, &fx.topic) {
+        if let Some(now) = try_committed(&fx.s, &fx.topic, PARTITIONS) {
             for (p, o) in now {
                 let e = max_seen.entry(p).or_insert(o);
                 *e = (*e).max(o);
@@ -578,7 +532,7 @@ fn postgres_outage_mid_stream() {
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-    let at_end = try_committed(&fx.s, &fx.topic).expect("committed offsets at the end of the outage");
+    let at_end = try_committed(&fx.s, &fx.topic, PARTITIONS).expect("committed offsets at the end of the outage");
     fx.tdb.pg_block(false);
     println!("postgres_outage_mid_stream: commits during the outage {at_start:?}; /healthz said {retrying_seen:?}");
     // Nothing could be stored, so nothing may have been committed.
@@ -648,7 +602,7 @@ fn sigterm_mid_batch_then_restart(backend: Backend) {
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status}");
     let stored = fx.rows();
     assert!(stored < STREAM as i64, "the stream was not interrupted ({stored} rows): the test proves nothing");
-    let commits = try_committed(&fx.s, &fx.topic).expect("committed offsets");
+    let commits = try_committed(&fx.s, &fx.topic, PARTITIONS).expect("committed offsets");
     assert_eq!(sum_offsets(&commits), stored, "after a clean stop, commits {commits:?} vs {stored} stored rows");
     assert_commits_covered(&fx.s, &fx.pool, &fx.topic, PARTITIONS);
 
@@ -1166,8 +1120,8 @@ fn bad_input_fuzz() {
     assert_eq!(stored + dead, 2 * N, "every record stored once");
     assert_dead_letters_are(&fx.pool, &fx.topic, &notes);
     assert_dead_letters_are(&fx.pool, &price_topic, &prices);
-    let note_commits = try_committed(&fx.s, &fx.topic).expect("committed offsets");
-    let price_commits = try_committed(&fx.s, &price_topic).expect("committed offsets");
+    let note_commits = try_committed(&fx.s, &fx.topic, PARTITIONS).expect("committed offsets");
+    let price_commits = try_committed(&fx.s, &price_topic, PARTITIONS).expect("committed offsets");
     assert_covered(&note_commits, &note_set, &fx.topic);
     assert_covered(&price_commits, &price_set, &price_topic);
 

@@ -176,13 +176,23 @@ pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 
 /// The group's committed offsets for every partition of `topic` (-1: none).
 pub fn committed(settings: &Settings, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
-    let c: BaseConsumer = cronsumer::kafka::consumer_config(settings).create().unwrap();
+    try_committed(settings, topic, partitions).expect("committed offsets")
+}
+
+/// [`committed`], or `None` when the broker did not answer (used while it restarts).
+pub fn try_committed(settings: &Settings, topic: &str, partitions: i32) -> Option<BTreeMap<i32, i64>> {
+    let c: BaseConsumer = cronsumer::kafka::consumer_config(settings).create().ok()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    got.elements().iter().map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { o } else { -1 })).collect()
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).ok()?;
+    Some(
+        got.elements()
+            .iter()
+            .map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { o } else { -1 }))
+            .collect(),
+    )
 }
 
 /// Stored (partition, offset) sources of `topic` across notifications and dead_letters.
@@ -251,17 +261,28 @@ pub fn free_addr() -> String {
     l.local_addr().unwrap().to_string()
 }
 
-/// `GET http://addr/path`: (status, body).
+/// A plain HTTP/1.0 GET: `(status, body)`, or `None` when nothing answered.
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
+    let sock: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
+}
+
+/// The sum of every series of metric `name` (`name` or `name{labels}`), 0 when absent.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// The `cronsumer` binary run as a service; killed when dropped.
