@@ -18,7 +18,7 @@ pub struct SendNotifications;
 pub const NAME: &str = "send_notifications";
 
 /// Rows claimed per round trip.
-const CHUNK: i64 = 50;
+const CHUNK: i64 = 200;
 /// How long a claim lasts; a sender that dies mid-chunk hands its rows over after this.
 const CLAIM_FOR: Duration = Duration::from_secs(300);
 /// Deliveries stop this long before the claim ends, so no row is ever sent
@@ -46,6 +46,11 @@ impl Job for SendNotifications {
         let max_attempts = ctx.settings.notifications_max_attempts as i32;
         let (mut sent, mut retried, mut failed) = (0usize, 0usize, 0usize);
         let mut conn = ctx.pool.get().map_err(db::DbError::Pool)?;
+        // Rows a crashed sender left claimed are due again once their claim expired.
+        let requeued = notifications::requeue_expired(&mut conn)?;
+        if requeued > 0 {
+            log::warn!("requeued {requeued} notification(s) whose claim expired");
+        }
         'chunks: loop {
             if ctx.shutdown.is_triggered() {
                 break;

@@ -215,13 +215,10 @@ impl JobRunner {
                 }
             }
         }
-        let run_id = match job_runs::start(&mut conn, name, &ctx.holder) {
-            Ok(id) => Some(id),
-            Err(e) => {
-                log::warn!("job={name} run not recorded: {e}");
-                None
-            }
-        };
+        // Wake-ups can come many times a second under load: they are counted
+        // in the metrics, and enter the ledger only when they fail.
+        let ledger = trigger != Trigger::Wake;
+        let run_id = if ledger { start_run(&mut conn, name, &ctx.holder) } else { None };
         // The job gets its own connections; this one is only for the ledger.
         drop(conn);
         let started = Instant::now();
@@ -248,6 +245,12 @@ impl JobRunner {
             }
             _ => log::debug!("job={name} ok in {} ms", elapsed.as_millis()),
         }
+        let run_id = match (run_id, &outcome) {
+            (None, RunOutcome::Failed(_)) if !ledger => {
+                ctx.pool.get().ok().and_then(|mut c| start_run(&mut c, name, &ctx.holder))
+            }
+            _ => run_id,
+        };
         if let Some(id) = run_id {
             let recorded = ctx
                 .pool
@@ -259,6 +262,16 @@ impl JobRunner {
             }
         }
         outcome
+    }
+}
+
+fn start_run(conn: &mut db::DbConnection, name: &str, holder: &str) -> Option<i64> {
+    match job_runs::start(conn, name, holder) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            log::warn!("job={name} run not recorded: {e}");
+            None
+        }
     }
 }
 

@@ -85,8 +85,10 @@ pub fn insert_all(conn: &mut DbConnection, rows: &[NewNotification]) -> Result<u
 }
 
 /// Claims up to `limit` due rows for `holder` until `claimed_until`: pending
-/// rows whose `next_attempt_at` has come, and rows whose earlier claim expired
-/// (a sender that crashed mid-send). PostgreSQL skips rows another copy holds.
+/// rows whose `next_attempt_at` has come, oldest due first. (Rows whose claim
+/// expired are first put back by [`requeue_expired`].) The filter and order
+/// follow the `(status, next_attempt_at)` index, so a claim costs the same
+/// however many sent rows the table holds. PostgreSQL skips rows another copy holds.
 pub fn claim_due(
     conn: &mut DbConnection,
     holder: &str,
@@ -94,7 +96,7 @@ pub fn claim_due(
     claimed_until: NaiveDateTime,
 ) -> Result<Vec<Notification>, DbError> {
     let t = now();
-    let due = n::status.eq(PENDING).and(n::next_attempt_at.le(t)).or(n::status.eq(SENDING).and(n::claimed_until.lt(t)));
+    let due = n::status.eq(PENDING).and(n::next_attempt_at.le(t));
     let claim = |rows: Vec<Notification>| -> Vec<Notification> {
         rows.into_iter()
             .map(|mut r| {
@@ -109,7 +111,7 @@ pub fn claim_due(
         DbConnection::Postgresql(c) => c.transaction(|c| {
             let rows: Vec<Notification> = n::notifications
                 .filter(due)
-                .order(n::id)
+                .order(n::next_attempt_at)
                 .limit(limit)
                 .for_update()
                 .skip_locked()
@@ -122,8 +124,12 @@ pub fn claim_due(
             Ok::<_, diesel::result::Error>(rows)
         })?,
         DbConnection::Sqlite(c) => c.immediate_transaction(|c| {
-            let rows: Vec<Notification> =
-                n::notifications.filter(due).order(n::id).limit(limit).select(Notification::as_select()).load(c)?;
+            let rows: Vec<Notification> = n::notifications
+                .filter(due)
+                .order(n::next_attempt_at)
+                .limit(limit)
+                .select(Notification::as_select())
+                .load(c)?;
             let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
             diesel::update(n::notifications.filter(n::id.eq_any(&ids)))
                 .set((n::status.eq(SENDING), n::claimed_until.eq(claimed_until), n::claimed_by.eq(holder)))
