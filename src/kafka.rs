@@ -65,6 +65,10 @@ pub fn consumer_config(settings: &Settings) -> ClientConfig {
     // much latency on a quiet topic; 25 ms keeps produce-to-row within the batch
     // timeout + 50 ms. (KAFKA_PROP_FETCH_WAIT_MAX_MS overrides it.)
     c.set("fetch.wait.max.ms", "25");
+    // librdkafka prefetches up to 64 MB per partition by default; when the
+    // database is slower than the broker that becomes resident memory. 4 MB
+    // per partition keeps the fetch pipeline full at a fraction of the RSS.
+    c.set("queued.max.messages.kbytes", "4096");
     for (k, v) in base_config(settings).config_map() {
         c.set(k, v);
     }
