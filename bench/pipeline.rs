@@ -111,10 +111,15 @@ fn prepare(s: &Settings, topic: &str, n: usize) {
     println!("prepared {n} records in {topic}: {:.0} records/s produced", n as f64 / secs);
 }
 
-/// (1) a bare BaseConsumer in a fresh group, no batching, no handler, no commit.
+/// (1) a bare BaseConsumer with librdkafka's defaults in a fresh group: no
+/// batching, no handler, no commit.
 fn reference_drain(s: &Settings, topic: &str, n: usize) -> f64 {
-    let mut cfg = cronsumer::kafka::consumer_config(s);
-    cfg.set("group.id", unique("bench-ref-"));
+    let mut cfg = rdkafka::ClientConfig::new();
+    cfg.set("bootstrap.servers", &s.kafka.bootstrap_servers).set("group.id", unique("bench-ref-"));
+    cfg.set("auto.offset.reset", "earliest").set("enable.auto.commit", "false");
+    for (k, v) in std::env::var("BENCH_REF_PROPS").unwrap_or_default().split(',').filter_map(|kv| kv.split_once('=')) {
+        cfg.set(k, v);
+    }
     let c: BaseConsumer = cfg.create().unwrap();
     c.subscribe(&[topic]).unwrap();
     let mut seen = 0;

@@ -168,22 +168,6 @@ pub fn release(conn: &mut DbConnection, ids: &[i64], holder: &str) -> Result<usi
         .execute(c))?)
 }
 
-/// Delivered: only the claim's holder may say so.
-pub fn mark_sent(conn: &mut DbConnection, id: i64, holder: &str) -> Result<bool, DbError> {
-    let t = now();
-    let target = n::notifications.filter(n::id.eq(id)).filter(n::claimed_by.eq(holder)).filter(n::status.eq(SENDING));
-    let changed = on_backend!(conn, |c| diesel::update(target)
-        .set((
-            n::status.eq(SENT),
-            n::sent_at.eq(Some(t)),
-            n::attempts.eq(n::attempts + 1),
-            n::claimed_until.eq(None::<NaiveDateTime>),
-            n::last_error.eq(None::<String>),
-        ))
-        .execute(c))?;
-    Ok(changed == 1)
-}
-
 /// Not delivered: back to `pending` for `retry_at`, or `failed` when `retry_at` is `None`.
 pub fn mark_attempt_failed(
     conn: &mut DbConnection,
