@@ -50,19 +50,20 @@ broker_start() {
     log "broker already answers on 127.0.0.1:$BROKER_PORT"
     return
   fi
-  # The storage path is relative to the working directory; setsid detaches
-  # the broker from the caller's session so it outlives the calling shell.
-  (cd "$STATE/broker" && RUST_LOG=warn setsid nohup nisshi broker \
+  # The storage path is relative to the working directory. `setsid -f` forks
+  # the broker into a session of its own and returns at once; with every
+  # stream redirected, nothing of the caller (e.g. a `$(...)`) waits on it.
+  (cd "$STATE/broker" && RUST_LOG=warn setsid -f nisshi broker \
       --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
       --storage-engine sqlite://data/broker.db \
-      --group-initial-rebalance-delay 0s >>"$STATE/broker/broker.log" 2>&1 &)
+      --group-initial-rebalance-delay 0s </dev/null >>"$STATE/broker/broker.log" 2>&1)
   wait_port 127.0.0.1 "$BROKER_PORT" 30 "broker (log: $STATE/broker/broker.log)"
   log "broker answers on 127.0.0.1:$BROKER_PORT (pid $(broker_pids | tr '\n' ' '))"
 }
 
-# The broker this script starts is found by its command line (setsid may fork,
-# so the PID of the background job is not the broker's).
+# The broker this script starts is found by its command line (it runs in a
+# session of its own, forked by setsid, so no PID of ours is the broker's).
 broker_pids() { pgrep -f "nisshi broker --listener-url tcp://127.0.0.1:$BROKER_PORT " || true; }
 
 broker_stop() { # signal

@@ -3,12 +3,10 @@
 //! scheduler and the HTTP endpoint until the shutdown signal; then lets the
 //! running jobs and the batch in hand finish (bounded by `SHUTDOWN_TIMEOUT_MS`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-
-use std::sync::Mutex;
 
 use crate::config::Settings;
 use crate::consumer::ConsumerSetup;
@@ -29,7 +27,6 @@ pub fn prepare_kafka(settings: &Settings, shutdown: &Shutdown) -> Result<(), kaf
     let admin = kafka::admin_client(settings)?;
     let metadata = kafka::wait_for_broker(settings, &admin, &|| shutdown.is_triggered())?;
     let created = kafka::ensure_topics(
-        settings,
         &admin,
         &metadata,
         &required_topics(settings),

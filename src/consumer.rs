@@ -105,8 +105,9 @@ enum Handled {
 }
 
 impl Pipeline {
-    /// Handles `batch` and commits it. A transient failure returns the reason
-    /// (nothing committed); a panic is an error.
+    /// Handles `batch`, stores its dead letters and marks its offsets for the
+    /// next commit. A transient failure returns the reason (nothing marked);
+    /// a panic is an error.
     fn handle(&mut self, consumer: &BaseConsumer<Ctx>, batch: &[Record]) -> Result<Handled, DispatchError> {
         let m = metrics::get();
         let mut ctx = HandlerContext::new(&self.pool, self.max_record_bytes);

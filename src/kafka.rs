@@ -144,7 +144,6 @@ pub fn existing_topics(metadata: &Metadata) -> Vec<(String, usize)> {
 /// Checks that every required topic exists; creates the missing ones when
 /// `create` is set, else names them in the error.
 pub fn ensure_topics(
-    settings: &Settings,
     admin: &AdminClient<DefaultClientContext>,
     metadata: &Metadata,
     required: &[String],
@@ -159,12 +158,11 @@ pub fn ensure_topics(
     if !create {
         return Err(SetupError::MissingTopics(missing));
     }
-    create_topics(settings, admin, &missing, DEFAULT_PARTITIONS)?;
+    create_topics(admin, &missing, DEFAULT_PARTITIONS)?;
     Ok(missing)
 }
 
 pub fn create_topics(
-    _settings: &Settings,
     admin: &AdminClient<DefaultClientContext>,
     names: &[String],
     partitions: i32,

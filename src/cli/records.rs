@@ -114,7 +114,7 @@ pub fn topics(settings: &Settings, out: &Output, create: bool, partitions: i32) 
     let required = app::required_topics(settings);
     let missing: Vec<String> = required.iter().filter(|t| !existing.iter().any(|(n, _)| n == *t)).cloned().collect();
     if create && !missing.is_empty() {
-        kafka::create_topics(settings, &admin, &missing, partitions)?;
+        kafka::create_topics(&admin, &missing, partitions)?;
     }
     let rows: Vec<Vec<serde_json::Value>> = required
         .iter()

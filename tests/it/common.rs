@@ -138,7 +138,7 @@ pub fn env_of(s: &Settings, db_url: &str) -> Vec<(String, String)> {
 
 pub fn create_topic(settings: &Settings, name: &str, partitions: i32) {
     let admin = cronsumer::kafka::admin_client(settings).unwrap();
-    cronsumer::kafka::create_topics(settings, &admin, &[name.to_string()], partitions).unwrap();
+    cronsumer::kafka::create_topics(&admin, &[name.to_string()], partitions).unwrap();
     // Wait until the metadata shows every partition.
     wait_for(&format!("topic {name} in metadata"), Duration::from_secs(20), || {
         admin
