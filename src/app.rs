@@ -26,12 +26,8 @@ pub fn required_topics(settings: &Settings) -> Vec<String> {
 pub fn prepare_kafka(settings: &Settings, shutdown: &Shutdown) -> Result<(), kafka::SetupError> {
     let admin = kafka::admin_client(settings)?;
     let metadata = kafka::wait_for_broker(settings, &admin, &|| shutdown.is_triggered())?;
-    let created = kafka::ensure_topics(
-        &admin,
-        &metadata,
-        &required_topics(settings),
-        settings.kafka.auto_create_topics,
-    )?;
+    let created =
+        kafka::ensure_topics(&admin, &metadata, &required_topics(settings), settings.kafka.auto_create_topics)?;
     if !created.is_empty() {
         log::info!("created missing topics: {}", created.join(", "));
     }

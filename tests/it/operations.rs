@@ -205,24 +205,12 @@ fn healthz_turns_503_when_the_consumer_dies_and_200_after_restart_and_metrics_mo
         count_notifications(&pool) == 2 && count_dead_letters(&pool) == 1
     });
     wait_for("healthy again", Duration::from_secs(30), || svc.healthz().is_some_and(|(c, _)| c == 200));
-    let value = |text: &str, prefix: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(prefix))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .sum()
-    };
     // Commits go out asynchronously: wait for the one covering the last batch.
     wait_for("commits counted", Duration::from_secs(30), || {
         metric_sum(&svc.metrics(), "cronsumer_commits_total") > metric_sum(&before, "cronsumer_commits_total")
     });
     let after = svc.metrics();
     assert_prometheus_text(&after);
-    let value = |text: &str, prefix: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(prefix))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .sum()
-    };
     assert!(metric_sum(&after, "cronsumer_consumer_restarts_total") >= 1.0, "{after}");
     assert!(metric_sum(&after, "cronsumer_records_consumed_total") >= 2.0, "{after}");
     assert!(metric_sum(&after, "cronsumer_dead_letters_total") >= 1.0);
