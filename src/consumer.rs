@@ -121,6 +121,11 @@ impl Pipeline {
                 if let DispatchError::Panicked { topic, .. } = &e {
                     m.handler_panics.with_label_values(&[topic]).inc();
                 }
+                // The thread ends here. Whatever else is in memory must not be
+                // handled (and committed past this batch) by the revocation that
+                // closing the client triggers: the next thread reads it again.
+                self.batcher.discard(|_, _| true);
+                self.in_hand = None;
                 return Err(e);
             }
         };

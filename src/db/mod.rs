@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, PooledConnection};
+use diesel::r2d2::{CustomizeConnection, ManageConnection, PooledConnection, R2D2Connection};
 use diesel::sqlite::SqliteConnection;
+use diesel::Connection as _;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use crate::config::redact_url_userinfo;
@@ -37,8 +38,38 @@ pub enum DbConnection {
     Sqlite(SqliteConnection),
 }
 
-pub type Pool = diesel::r2d2::Pool<ConnectionManager<DbConnection>>;
-pub type Conn = PooledConnection<ConnectionManager<DbConnection>>;
+pub type Pool = diesel::r2d2::Pool<Manager>;
+pub type Conn = PooledConnection<Manager>;
+
+/// Opens connections of the backend `DATABASE_URL` names. (diesel's generic
+/// manager tries every backend in turn and reports only "invalid connection
+/// url" when the server is down; this one keeps the backend's own error.)
+#[derive(Debug, Clone)]
+pub struct Manager {
+    url: String,
+    backend: Backend,
+}
+
+impl ManageConnection for Manager {
+    type Connection = DbConnection;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<DbConnection, Self::Error> {
+        match self.backend {
+            Backend::Postgres => PgConnection::establish(&self.url).map(DbConnection::Postgresql),
+            Backend::Sqlite => SqliteConnection::establish(&self.url).map(DbConnection::Sqlite),
+        }
+        .map_err(diesel::r2d2::Error::ConnectionError)
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), Self::Error> {
+        conn.ping().map_err(diesel::r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        conn.is_broken()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -144,7 +175,7 @@ pub fn connect(url: &str, size: u32) -> Result<Pool, DbError> {
             path.to_string()
         }
     };
-    let manager = ConnectionManager::<DbConnection>::new(conn_url);
+    let manager = Manager { url: conn_url, backend };
     diesel::r2d2::Pool::builder()
         .max_size(size)
         .min_idle(Some(0))
