@@ -807,14 +807,18 @@ impl WriteLock {
 fn sqlite_locked_by_another_process() {
     let _serial = serial();
     const N: usize = 5000;
+    const DURING: usize = 1000;
     let hold = Duration::from_secs(20);
     let fx = Fixture::new("sqlite_locked_by_another_process", Backend::Sqlite, &[]);
-    fx.produce_notifications(N);
+    fx.produce_notifications(N - DURING);
     let svc = fx.start("service", &[]);
     wait_running(&[&svc], "1000 rows", Duration::from_secs(120), || fx.rows() >= 1000);
 
     let mut write_lock = WriteLock::take(&fx.tdb.url, hold);
     let locked = Instant::now();
+    // Records that arrive while the lock is held: the service must try to
+    // write during the outage, however fast it drained the first ones.
+    fx.produce_notifications(DURING);
     let mut retrying_seen: Option<String> = None;
     while locked.elapsed() < hold {
         svc.assert_running("while the database was locked");
