@@ -77,7 +77,7 @@ pub enum DbError {
     Connect { url: String, reason: String },
     #[error("database query failed: {0}")]
     Query(#[from] diesel::result::Error),
-    #[error("database unavailable: {0}")]
+    #[error("database unavailable: {}", one_line(&.0.to_string()))]
     Pool(#[from] diesel::r2d2::PoolError),
     #[error("database migration failed: {0}")]
     Migration(String),
@@ -129,6 +129,11 @@ impl Backend {
             Err("a file path, sqlite://PATH or postgres://USER@HOST/DB".into())
         }
     }
+}
+
+/// libpq's messages span lines; errors and log lines here are one line each.
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The URL with any password replaced, for logs and errors.
@@ -184,13 +189,14 @@ pub fn connect(url: &str, size: u32) -> Result<Pool, DbError> {
         // r2d2 logs every failed attempt itself; the caller reports the outcome.
         .error_handler(Box::new(diesel::r2d2::NopErrorHandler))
         .build(manager)
-        .map_err(|e| DbError::Connect { url: redact_url(url), reason: e.to_string() })
+        .map_err(|e| DbError::Connect { url: redact_url(url), reason: one_line(&e.to_string()) })
 }
 
 /// Connects and applies every pending migration; returns the names applied.
 pub fn connect_and_migrate(url: &str, size: u32) -> Result<(Pool, Vec<String>), DbError> {
     let pool = connect(url, size)?;
-    let mut conn = pool.get().map_err(|e| DbError::Connect { url: redact_url(url), reason: e.to_string() })?;
+    let mut conn =
+        pool.get().map_err(|e| DbError::Connect { url: redact_url(url), reason: one_line(&e.to_string()) })?;
     let applied = migrate(&mut conn)?;
     drop(conn);
     Ok((pool, applied))
