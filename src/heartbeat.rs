@@ -11,7 +11,6 @@ pub struct Heartbeat {
     last_poll: AtomicU64,
     last_commit: AtomicU64,
     records: AtomicU64,
-    batches: AtomicU64,
     assigned: AtomicI64,
     retrying: AtomicBool,
     last_error: Mutex<Option<String>>,
@@ -24,7 +23,6 @@ impl Default for Heartbeat {
             last_poll: AtomicU64::new(0),
             last_commit: AtomicU64::new(0),
             records: AtomicU64::new(0),
-            batches: AtomicU64::new(0),
             assigned: AtomicI64::new(0),
             retrying: AtomicBool::new(false),
             last_error: Mutex::new(None),
@@ -51,7 +49,6 @@ impl Heartbeat {
     /// A batch of `records` was handled (its commit may follow shortly).
     pub fn handled(&self, records: usize) {
         self.records.fetch_add(records as u64, Ordering::Relaxed);
-        self.batches.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn committed(&self) {
@@ -82,10 +79,6 @@ impl Heartbeat {
 
     pub fn records(&self) -> u64 {
         self.records.load(Ordering::Relaxed)
-    }
-
-    pub fn batches(&self) -> u64 {
-        self.batches.load(Ordering::Relaxed)
     }
 
     pub fn assigned(&self) -> i64 {

@@ -191,36 +191,41 @@ impl JobRunner {
         }
         let _guard = Running(&self.running);
         let ctx = &self.ctx;
-        let mut conn = match ctx.pool.get() {
-            Ok(c) => c,
-            Err(e) => {
-                m.job_runs.with_label_values(&[name, "failed"]).inc();
-                log::error!("job={name} cannot start: database unavailable: {e}");
-                return RunOutcome::Failed(format!("database unavailable: {e}"));
-            }
-        };
-        if self.job.exclusive() && trigger == Trigger::Tick {
-            let until = db::now() + chrono::Duration::from_std(self.lease_for).unwrap_or_default();
-            match job_leases::acquire(&mut conn, name, &ctx.holder, until) {
-                Ok(true) => {}
-                Ok(false) => {
-                    m.job_runs.with_label_values(&[name, "skipped_lease"]).inc();
-                    log::debug!("job={name} tick skipped: another copy holds the lease");
-                    return RunOutcome::SkippedLease;
-                }
+        // Wake-ups can come many times a second under load: they take no lease,
+        // are counted in the metrics, and enter the ledger only when they fail.
+        let ledger = trigger != Trigger::Wake;
+        let lease = self.job.exclusive() && trigger == Trigger::Tick;
+        let mut run_id = None;
+        if ledger || lease {
+            let mut conn = match ctx.pool.get() {
+                Ok(c) => c,
                 Err(e) => {
                     m.job_runs.with_label_values(&[name, "failed"]).inc();
-                    log::error!("job={name} cannot take its lease: {e}");
-                    return RunOutcome::Failed(format!("cannot take lease: {e}"));
+                    log::error!("job={name} cannot start: database unavailable: {e}");
+                    return RunOutcome::Failed(format!("database unavailable: {e}"));
+                }
+            };
+            if lease {
+                let until = db::now() + chrono::Duration::from_std(self.lease_for).unwrap_or_default();
+                match job_leases::acquire(&mut conn, name, &ctx.holder, until) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        m.job_runs.with_label_values(&[name, "skipped_lease"]).inc();
+                        log::debug!("job={name} tick skipped: another copy holds the lease");
+                        return RunOutcome::SkippedLease;
+                    }
+                    Err(e) => {
+                        m.job_runs.with_label_values(&[name, "failed"]).inc();
+                        log::error!("job={name} cannot take its lease: {e}");
+                        return RunOutcome::Failed(format!("cannot take lease: {e}"));
+                    }
                 }
             }
+            if ledger {
+                run_id = start_run(&mut conn, name, &ctx.holder);
+            }
+            // The job gets its own connections; this one is only for the lease and ledger.
         }
-        // Wake-ups can come many times a second under load: they are counted
-        // in the metrics, and enter the ledger only when they fail.
-        let ledger = trigger != Trigger::Wake;
-        let run_id = if ledger { start_run(&mut conn, name, &ctx.holder) } else { None };
-        // The job gets its own connections; this one is only for the ledger.
-        drop(conn);
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| self.job.run(ctx)));
         let elapsed = started.elapsed();

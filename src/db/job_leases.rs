@@ -28,12 +28,3 @@ pub fn acquire(conn: &mut DbConnection, job: &str, holder: &str, until: NaiveDat
         Ok::<_, diesel::result::Error>(taken == 1)
     })?)
 }
-
-/// Gives the lease back early (the run finished).
-pub fn release(conn: &mut DbConnection, job: &str, holder: &str) -> Result<(), DbError> {
-    let t = now();
-    write_tx!(conn, |c| diesel::update(l::job_leases.filter(l::job.eq(job)).filter(l::holder.eq(holder)))
-        .set(l::lease_until.eq(t))
-        .execute(c))?;
-    Ok(())
-}

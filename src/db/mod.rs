@@ -83,35 +83,6 @@ pub enum DbError {
     Migration(String),
 }
 
-impl DbError {
-    /// Whether retrying later may succeed (the database is down or busy), as
-    /// opposed to a bug or a constraint the data itself breaks.
-    pub fn is_transient(&self) -> bool {
-        use diesel::result::{DatabaseErrorKind as K, Error as E};
-        match self {
-            DbError::Connect { .. } | DbError::Pool(_) => true,
-            DbError::Migration(_) => false,
-            DbError::Query(E::DatabaseError(kind, info)) => match kind {
-                K::UniqueViolation | K::ForeignKeyViolation | K::NotNullViolation | K::CheckViolation => false,
-                K::SerializationFailure | K::ClosedConnection | K::ReadOnlyTransaction => true,
-                _ => {
-                    let m = info.message().to_ascii_lowercase();
-                    // SQLite "database is locked"/"disk I/O error", PostgreSQL shutdown/connection messages
-                    m.contains("locked")
-                        || m.contains("busy")
-                        || m.contains("i/o")
-                        || m.contains("disk")
-                        || m.contains("connection")
-                        || m.contains("terminat")
-                        || m.contains("shut")
-                }
-            },
-            DbError::Query(E::BrokenTransactionManager) => true,
-            DbError::Query(_) => true,
-        }
-    }
-}
-
 /// Which database `DATABASE_URL` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -230,13 +201,6 @@ pub fn ping(conn: &mut DbConnection) -> Result<(), DbError> {
     use diesel::RunQueryDsl;
     diesel::sql_query("SELECT 1").execute(conn)?;
     Ok(())
-}
-
-pub fn backend_of(conn: &DbConnection) -> Backend {
-    match conn {
-        DbConnection::Sqlite(_) => Backend::Sqlite,
-        DbConnection::Postgresql(_) => Backend::Postgres,
-    }
 }
 
 /// Now, in the UTC wall-clock form the tables store.
