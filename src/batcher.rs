@@ -6,20 +6,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+pub use crate::clock::{Clock, SystemClock};
 use crate::record::Record;
-
-pub trait Clock: Send {
-    fn now(&self) -> Instant;
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-}
 
 pub struct Batcher<C: Clock = SystemClock> {
     size: usize,
@@ -88,6 +76,9 @@ mod tests {
     impl Clock for FakeClock {
         fn now(&self) -> Instant {
             *self.0.lock().unwrap()
+        }
+        fn sleep(&self, d: Duration) {
+            *self.0.lock().unwrap() += d;
         }
     }
     impl FakeClock {

@@ -4,13 +4,16 @@
 //!
 //! Three outcomes stay distinct: `Ok(())` (done, offsets may be committed),
 //! [`HandlerContext::reject`] (that record is dead-lettered, the rest goes on),
-//! and `Err(_)` (a transient failure: the whole batch is retried later).
+//! and `Err(_)`: a transient failure retries the whole batch later; a value
+//! the database refuses, or an error that repeats on one record, gets that
+//! record dead-lettered (see [`HandlerError::kind`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::db::dead_letters::NewDeadLetter;
 use crate::db::{Conn, DbError, Pool};
+use crate::pipeline::FailureKind;
 use crate::record::Record;
 
 pub trait Consumer: Send + Sync {
@@ -23,13 +26,100 @@ pub trait Consumer: Send + Sync {
     fn handle(&self, records: &[Record], ctx: &mut HandlerContext<'_>) -> Result<(), HandlerError>;
 }
 
-/// A failure that makes the whole batch retry later (nothing is committed).
+/// A failed batch: nothing of it is committed.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
     #[error(transparent)]
     Db(#[from] DbError),
+    /// Retried for as long as it lasts (an API that is down, say).
+    #[error("{0}")]
+    Transient(String),
+    /// Retried; a record that keeps failing with it is dead-lettered.
     #[error("{0}")]
     Other(String),
+}
+
+impl HandlerError {
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            HandlerError::Db(e) => db_failure_kind(e),
+            HandlerError::Transient(_) => FailureKind::Transient,
+            HandlerError::Other(_) => FailureKind::Unknown,
+        }
+    }
+}
+
+/// Messages of passing conditions: locks, timeouts, connections, shutdowns.
+const TRANSIENT_TEXT: &[&str] = &[
+    "database is locked",
+    "database is busy",
+    "database table is locked",
+    "timeout",
+    "canceling statement",
+    "could not serialize",
+    "deadlock",
+    "terminating connection",
+    "shutting down",
+    "starting up",
+    "recovery mode",
+    "connection",
+    "too many clients",
+    "could not send",
+    "could not receive",
+    "no space left",
+    "disk i/o error",
+];
+/// Messages of values the database refuses (PostgreSQL class 22, SQLite
+/// mismatch and too big) whatever the moment.
+const REFUSED_TEXT: &[&str] = &[
+    "invalid byte sequence",
+    "out of range",
+    "value too long",
+    "invalid input",
+    "numeric field overflow",
+    "datatype mismatch",
+    "too big",
+    "constraint failed",
+    "violates",
+    "division by zero",
+    "character not in repertoire",
+    "untranslatable character",
+    "unsupported unicode escape",
+];
+
+/// How the pipeline treats a database error.
+pub fn db_failure_kind(e: &DbError) -> FailureKind {
+    use diesel::result::{DatabaseErrorKind as K, Error as E};
+    match e {
+        DbError::Pool(_) | DbError::Connect { .. } => FailureKind::Transient,
+        DbError::Migration(_) => FailureKind::Unknown,
+        DbError::Query(E::DatabaseError(kind, info)) => match kind {
+            K::ClosedConnection | K::SerializationFailure | K::ReadOnlyTransaction => FailureKind::Transient,
+            K::UniqueViolation
+            | K::ForeignKeyViolation
+            | K::NotNullViolation
+            | K::CheckViolation
+            | K::RestrictViolation
+            | K::ExclusionViolation => FailureKind::Permanent,
+            _ => kind_of_message(info.message()),
+        },
+        DbError::Query(E::BrokenTransactionManager) => FailureKind::Transient,
+        DbError::Query(E::SerializationError(_) | E::QueryBuilderError(_) | E::InvalidCString(_)) => {
+            FailureKind::Permanent
+        }
+        DbError::Query(_) => FailureKind::Unknown,
+    }
+}
+
+fn kind_of_message(message: &str) -> FailureKind {
+    let m = message.to_ascii_lowercase();
+    if TRANSIENT_TEXT.iter().any(|t| m.contains(t)) {
+        FailureKind::Transient
+    } else if REFUSED_TEXT.iter().any(|t| m.contains(t)) {
+        FailureKind::Permanent
+    } else {
+        FailureKind::Unknown
+    }
 }
 
 impl From<diesel::result::Error> for HandlerError {
@@ -91,15 +181,7 @@ impl<'a> HandlerContext<'a> {
             record.partition,
             record.offset
         );
-        self.rejected.push(NewDeadLetter {
-            topic: record.topic.clone(),
-            partition: record.partition,
-            offset: record.offset,
-            key: record.key.clone(),
-            payload: record.payload.clone(),
-            error: reason,
-            failed_at: crate::db::now(),
-        });
+        self.rejected.push(NewDeadLetter::of(record, &reason));
     }
 
     /// Asks the job `name` to run as soon as this batch is committed.
@@ -115,5 +197,25 @@ impl<'a> HandlerContext<'a> {
 
     pub(crate) fn into_parts(self) -> (Vec<NewDeadLetter>, Vec<&'static str>) {
         (self.rejected, self.wake)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_told_apart() {
+        let cases = [
+            ("invalid byte sequence for encoding \"UTF8\": 0x00", FailureKind::Permanent),
+            ("timestamp out of range", FailureKind::Permanent),
+            ("database is locked", FailureKind::Transient),
+            ("canceling statement due to statement timeout", FailureKind::Transient),
+            ("terminating connection due to administrator command", FailureKind::Transient),
+            ("something new", FailureKind::Unknown),
+        ];
+        for (m, kind) in cases {
+            assert_eq!(kind_of_message(m), kind, "{m}");
+        }
     }
 }

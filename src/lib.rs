@@ -4,9 +4,11 @@
 //! - [`config`]: settings from `.env` and the environment, validated once.
 //! - [`db`]: the diesel pool (SQLite or PostgreSQL), migrations, one model per table.
 //! - [`kafka`]: client configuration, broker wait, topic checks; [`producer`].
-//! - [`batcher`] → [`router`] → [`handler`] (the consumer-module contract) →
-//!   commit, all driven by the consumer thread in [`consumer`], watched by
-//!   the [`supervisor`] through its [`heartbeat`].
+//! - [`pipeline`]: the consumer state machine ([`batcher`] → [`router`] →
+//!   [`handler`], the consumer-module contract → [`offsets`] commit), which
+//!   reaches Kafka only through the [`broker`] seam and time only through a
+//!   [`clock`]; [`consumer`] runs it on rdkafka in a thread watched by the
+//!   [`supervisor`] through its [`heartbeat`].
 //! - [`payload`]: validation helpers the consumer modules share.
 //! - [`consumers`] and [`jobs`]: the user's extension points, one file per
 //!   topic and per periodic job.
@@ -16,7 +18,9 @@
 pub mod app;
 pub mod backoff;
 pub mod batcher;
+pub mod broker;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod consumer;
 pub mod db;
@@ -26,7 +30,10 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod notifier;
+pub mod offsets;
 pub mod payload;
+pub mod pipeline;
+pub mod poison;
 pub mod producer;
 pub mod record;
 pub mod router;

@@ -1,19 +1,18 @@
 //! The router: splits a batch by topic and hands each group, in offset order
 //! per partition, to that topic's consumer module. A topic without a module
 //! is logged once and treated as handled, so its offsets are committed.
-//!
-//! Poison rule: after a handler panics on a batch, that batch's partitions
-//! are handled one record at a time (the [`PanicLedger`] outlives the thread),
-//! so the next panic names its record; a record that panics the handler
-//! [`POISON_AFTER_PANICS`] times in a row is dead-lettered with the panic
-//! message and the partition goes on.
+//! [`Handlers`] is the pipeline's [`Sink`]: the router, the database the
+//! handlers write to, and `dead_letters`.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex};
 
-use crate::handler::{Consumer, HandlerContext, HandlerError};
+use crate::db::dead_letters::{insert_all, NewDeadLetter};
+use crate::db::{DbError, Pool};
+use crate::handler::{Consumer, HandlerContext, HandlerError, Wakers};
+use crate::metrics;
+use crate::pipeline::{Failure, FailureKind, Sink};
 use crate::record::Record;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,40 +31,22 @@ pub struct Dispatched {
     pub unrouted: usize,
 }
 
-/// Panics a record may cause before it is dead-lettered.
-pub const POISON_AFTER_PANICS: u32 = 3;
-
 /// Fault injection for tests and drills: a record whose payload contains this
 /// text makes the router panic as a handler would.
 pub const FAULT_PANIC_ENV: &str = "CRONSUMER_FAULT_PANIC_PAYLOAD";
 
-/// Which partitions panicked lately, and how often each record did; shared
-/// by every consumer thread the supervisor starts.
-#[derive(Debug, Default)]
-pub struct PanicLedger {
-    suspects: HashSet<(String, i32)>,
-    counts: HashMap<(String, i32, i64), u32>,
-}
-
-pub type SharedPanicLedger = Arc<Mutex<PanicLedger>>;
-
-fn ledger(l: &SharedPanicLedger) -> std::sync::MutexGuard<'_, PanicLedger> {
-    l.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 pub struct Router {
     routes: HashMap<String, Box<dyn Consumer>>,
     warned: HashSet<String>,
-    panics: SharedPanicLedger,
     fault_panic: Option<Vec<u8>>,
 }
 
 impl Router {
     /// Routes `KAFKA_TOPIC_PREFIX` + each module's topic to that module.
-    pub fn new(modules: Vec<Box<dyn Consumer>>, prefix: &str, panics: SharedPanicLedger) -> Router {
+    pub fn new(modules: Vec<Box<dyn Consumer>>, prefix: &str) -> Router {
         let routes = modules.into_iter().map(|m| (format!("{prefix}{}", m.topic()), m)).collect();
         let fault_panic = std::env::var(FAULT_PANIC_ENV).ok().filter(|v| !v.is_empty()).map(String::into_bytes);
-        Router { routes, warned: HashSet::new(), panics, fault_panic }
+        Router { routes, warned: HashSet::new(), fault_panic }
     }
 
     /// Calls the module, turning a panic into its message.
@@ -87,43 +68,6 @@ impl Router {
             module.handle(records, ctx)
         }))
         .map_err(|p| panic_message(p.as_ref()))
-    }
-
-    /// Handles a suspect group one record at a time, counting panics per record.
-    fn isolate(
-        &self,
-        topic: &str,
-        module: &dyn Consumer,
-        records: &[Record],
-        ctx: &mut HandlerContext<'_>,
-    ) -> Result<(), DispatchError> {
-        for r in records {
-            let key = (r.topic.clone(), r.partition, r.offset);
-            match self.call(module, std::slice::from_ref(r), ctx) {
-                Ok(Ok(())) => {
-                    ledger(&self.panics).counts.remove(&key);
-                }
-                Ok(Err(source)) => return Err(DispatchError::Failed { topic: topic.to_string(), source }),
-                Err(message) => {
-                    let n = {
-                        let mut l = ledger(&self.panics);
-                        let n = l.counts.entry(key.clone()).or_default();
-                        *n += 1;
-                        *n
-                    };
-                    if n < POISON_AFTER_PANICS {
-                        return Err(DispatchError::Panicked { topic: topic.to_string(), first: r.position(), message });
-                    }
-                    ledger(&self.panics).counts.remove(&key);
-                    ctx.reject(r, format!("handler panicked {n} times in a row on this record: {message}"));
-                }
-            }
-        }
-        let mut l = ledger(&self.panics);
-        for r in records {
-            l.suspects.remove(&(r.topic.clone(), r.partition));
-        }
-        Ok(())
     }
 
     /// The topics with a module, sorted.
@@ -174,28 +118,85 @@ impl Router {
                 out.unrouted += records.len();
                 continue;
             };
-            let suspect = {
-                let l = ledger(&self.panics);
-                records.iter().any(|r| l.suspects.contains(&(r.topic.clone(), r.partition)))
-            };
-            if suspect {
-                self.isolate(&topic, module.as_ref(), &records, ctx)?;
-                *out.handled.entry(topic).or_default() += records.len();
-                continue;
-            }
             match self.call(module.as_ref(), &records, ctx) {
                 Ok(Ok(())) => *out.handled.entry(topic).or_default() += records.len(),
                 Ok(Err(source)) => return Err(DispatchError::Failed { topic, source }),
                 Err(message) => {
-                    let mut l = ledger(&self.panics);
-                    for r in records.iter() {
-                        l.suspects.insert((r.topic.clone(), r.partition));
-                    }
                     return Err(DispatchError::Panicked { topic, first: records[0].position(), message });
                 }
             }
         }
         Ok(out)
+    }
+}
+
+/// The pipeline's sink in production: the consumer modules through the
+/// router, their database, and `dead_letters`.
+pub struct Handlers {
+    router: Router,
+    pool: Pool,
+    max_record_bytes: usize,
+    wakers: Wakers,
+}
+
+impl Handlers {
+    pub fn new(router: Router, pool: Pool, max_record_bytes: usize, wakers: Wakers) -> Self {
+        Handlers { router, pool, max_record_bytes, wakers }
+    }
+
+    fn store(&self, rows: &[NewDeadLetter]) -> Result<(), Failure> {
+        let stored = self.pool.get().map_err(DbError::Pool).and_then(|mut c| insert_all(&mut c, rows));
+        stored.map_err(|e| Failure {
+            kind: crate::handler::db_failure_kind(&e),
+            message: format!("storing dead letters: {e}"),
+        })?;
+        for d in rows {
+            metrics::get().dead_letters.with_label_values(&[&d.topic]).inc();
+        }
+        Ok(())
+    }
+}
+
+impl Sink for Handlers {
+    fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {
+        let m = metrics::get();
+        let mut ctx = HandlerContext::new(&self.pool, self.max_record_bytes);
+        let dispatched = match self.router.dispatch(batch, &mut ctx) {
+            Ok(d) => d,
+            Err(DispatchError::Failed { topic, source }) => {
+                m.handler_errors.with_label_values(&[&topic]).inc();
+                return Err(Failure { kind: source.kind(), message: format!("topic={topic}: {source}") });
+            }
+            Err(DispatchError::Panicked { topic, message, .. }) => {
+                m.handler_panics.with_label_values(&[&topic]).inc();
+                return Err(Failure { kind: FailureKind::Panic, message });
+            }
+        };
+        let (rejected, wake) = ctx.into_parts();
+        if !rejected.is_empty() {
+            self.store(&rejected)?;
+        }
+        for (topic, n) in &dispatched.handled {
+            m.records_consumed.with_label_values(&[topic]).inc_by(*n as u64);
+        }
+        if dispatched.unrouted > 0 {
+            for r in batch.iter().filter(|r| !dispatched.handled.contains_key(&r.topic)) {
+                m.unrouted_records.with_label_values(&[&r.topic]).inc();
+            }
+        }
+        for job in wake {
+            self.wakers.wake(job);
+        }
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, record: &Record, reason: &str) -> Result<(), Failure> {
+        log::warn!("dead-lettering position={} reason={reason}", record.position());
+        self.store(&[NewDeadLetter::of(record, reason)])
+    }
+
+    fn healthy(&mut self) -> bool {
+        self.pool.get().map_err(DbError::Pool).and_then(|mut c| crate::db::ping(&mut c)).is_ok()
     }
 }
 
@@ -221,50 +222,6 @@ mod tests {
         seen: Arc<Mutex<Vec<(i32, i64)>>>,
         fail: bool,
         panic: bool,
-    }
-
-    /// Panics on every batch that holds offset 7.
-    struct PoisonAt7;
-    impl Consumer for PoisonAt7 {
-        fn topic(&self) -> &'static str {
-            "t"
-        }
-        fn handle(&self, records: &[Record], _ctx: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
-            assert!(records.iter().all(|r| r.offset != 7), "poison");
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn a_record_that_keeps_panicking_is_dead_lettered_and_the_rest_goes_on() {
-        let pool = pool();
-        let panics = SharedPanicLedger::default();
-        let batch: Vec<Record> = (5..10).map(|o| rec("t", 0, o)).collect();
-        // Each attempt is a fresh router, as after a thread restart.
-        let attempt = || {
-            let mut router = Router::new(vec![Box::new(PoisonAt7)], "", panics.clone());
-            let mut ctx = HandlerContext::new(&pool, 100);
-            let r = router.dispatch(&batch, &mut ctx);
-            (r, ctx.rejected().to_vec())
-        };
-        // 1st: the whole batch panics, no record is blamed yet.
-        assert!(matches!(attempt().0, Err(DispatchError::Panicked { first, .. }) if first == "t/0@5"));
-        // 2nd and 3rd: one record at a time, the panic names offset 7.
-        for _ in 0..2 {
-            assert!(matches!(attempt().0, Err(DispatchError::Panicked { first, .. }) if first == "t/0@7"));
-        }
-        // 4th: the third panic on offset 7 dead-letters it; the others are handled.
-        let (r, rejected) = attempt();
-        assert_eq!(r.unwrap().handled.get("t"), Some(&5));
-        assert_eq!(rejected.len(), 1);
-        assert_eq!(rejected[0].offset, 7);
-        assert!(
-            rejected[0].error.starts_with("handler panicked 3 times in a row on this record: poison"),
-            "{}",
-            rejected[0].error
-        );
-        // The partition is no longer suspect: batches go whole again.
-        assert!(ledger(&panics).suspects.is_empty() && ledger(&panics).counts.is_empty());
     }
 
     impl Consumer for Recorder {
@@ -305,7 +262,7 @@ mod tests {
     #[test]
     fn routes_with_prefix_and_skips_unknown_topics() {
         let (m, seen) = recorder("orders", false, false);
-        let mut router = Router::new(vec![m], "dev.", Default::default());
+        let mut router = Router::new(vec![m], "dev.");
         assert_eq!(router.topics(), vec!["dev.orders".to_string()]);
         let pool = pool();
         let mut ctx = HandlerContext::new(&pool, 100);
@@ -320,12 +277,12 @@ mod tests {
     fn handler_error_and_panic_are_reported_distinctly() {
         let pool = pool();
         let (m, _) = recorder("t", true, false);
-        let mut router = Router::new(vec![m], "", Default::default());
+        let mut router = Router::new(vec![m], "");
         let mut ctx = HandlerContext::new(&pool, 100);
         assert!(matches!(router.dispatch(&[rec("t", 0, 0)], &mut ctx), Err(DispatchError::Failed { .. })));
 
         let (m, _) = recorder("t", false, true);
-        let mut router = Router::new(vec![m], "", Default::default());
+        let mut router = Router::new(vec![m], "");
         match router.dispatch(&[rec("t", 2, 40)], &mut ctx) {
             Err(DispatchError::Panicked { topic, first, message }) => {
                 assert_eq!((topic.as_str(), first.as_str(), message.as_str()), ("t", "t/2@40", "boom at 40"));

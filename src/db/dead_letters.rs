@@ -34,6 +34,22 @@ pub struct NewDeadLetter {
     pub failed_at: NaiveDateTime,
 }
 
+impl NewDeadLetter {
+    /// The dead letter of `record`. PostgreSQL text cannot hold NUL, so a
+    /// reason that quotes one stores it as U+FFFD.
+    pub fn of(record: &crate::record::Record, reason: &str) -> Self {
+        NewDeadLetter {
+            topic: record.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+            key: record.key.clone(),
+            payload: record.payload.clone(),
+            error: reason.replace('\0', "\u{fffd}"),
+            failed_at: now(),
+        }
+    }
+}
+
 /// Stores the rejected records in one transaction; a record already
 /// dead-lettered (redelivery) is skipped. Returns how many rows were new.
 pub fn insert_all(conn: &mut DbConnection, rows: &[NewDeadLetter]) -> Result<usize, DbError> {

@@ -1,0 +1,551 @@
+//! The consumer pipeline: everything between the poll and the commit, as one
+//! state machine with no Kafka client in it. It talks to the cluster through
+//! the [`Broker`] seam, hands records to a [`Sink`] (the router and the
+//! database in production), and reads time from a [`Clock`], so the same
+//! code runs against rdkafka and against the simulated cluster of the tests.
+//!
+//! The data path of one step ([`Pipeline::run_once`]):
+//! 1. poll: records of assigned partitions go to the batcher as they arrive,
+//!    rebalance events and commit answers are applied at once, in order;
+//! 2. the batch in hand is retried when its backoff is over, else a batch
+//!    that closed (full, or timed out) is handled;
+//! 3. partitions are paused or resumed to match what is in hand;
+//! 4. handled offsets are committed ([`Pipeline::commit`], the one place).
+//!
+//! A batch fails in one of four ways (see [`FailureKind`]): transient
+//! failures keep it in hand, retried with backoff however long they last;
+//! a refused value, an unknown error or a panic makes it go one record at a
+//! time, and the record at fault is dead-lettered (at once for a refused
+//! value, after [`POISON_AFTER`] failures in a row otherwise).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backoff::Backoff;
+use crate::batcher::Batcher;
+use crate::broker::{Broker, CommitMode, Event, Tp};
+use crate::clock::Clock;
+use crate::heartbeat::Heartbeat;
+use crate::metrics;
+use crate::offsets::Offsets;
+use crate::poison::{PoisonLedger, POISON_AFTER};
+use crate::record::Record;
+
+/// Longest single poll: keeps the stop flag and the batch clock responsive.
+pub const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
+/// Retry delays of a batch that failed transiently.
+pub const RETRY_INITIAL: Duration = Duration::from_millis(200);
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Longest time handled records wait for their commit while records stream in.
+pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
+/// How long a revocation may spend finishing what is in memory.
+pub const REVOKE_BUDGET: Duration = Duration::from_secs(10);
+/// Records held in memory (in hand and waiting), in batches, above which
+/// every partition is paused until half of them are through.
+pub const BUFFER_BATCHES: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The database is unreachable, busy or shutting down: retry the batch.
+    Transient,
+    /// The database refused a value (PostgreSQL classes 22 and 23, SQLite
+    /// constraint, mismatch, too big): that record is dead-lettered.
+    Permanent,
+    /// Neither is known: a record that keeps failing is dead-lettered.
+    Unknown,
+    /// The handler panicked: the thread ends and is restarted.
+    Panic,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+/// Where records go: handlers, the database, `dead_letters`.
+pub trait Sink {
+    /// Handles the records (a bad one may be dead-lettered by its handler);
+    /// on failure nothing of them counts as handled.
+    fn handle(&mut self, batch: &[Record]) -> Result<(), Failure>;
+    /// Dead-letters a record the pipeline gave up on.
+    fn dead_letter(&mut self, record: &Record, reason: &str) -> Result<(), Failure>;
+    /// Does the database answer? Tells a record's fault from an outage.
+    fn healthy(&mut self) -> bool;
+}
+
+/// A handler panicked: the thread ends, nothing past the last handled batch
+/// is committed, and the records are read again after the restart.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("handler panicked on {at}: {message}")]
+pub struct Panicked {
+    pub at: String,
+    pub message: String,
+}
+
+/// When handled offsets are committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum When {
+    /// Asynchronously, at most every [`COMMIT_EVERY`] while records stream in.
+    Throttled,
+    /// Asynchronously, now: the stream went quiet.
+    Idle,
+    /// Synchronously, now: partitions are leaving or the thread is ending.
+    Sync,
+}
+
+/// A batch that failed transiently, waiting for its next attempt.
+struct InHand {
+    records: Vec<Record>,
+    backoff: Backoff,
+    retry_at: Instant,
+}
+
+enum Outcome {
+    Done,
+    Retry(String),
+}
+
+pub struct Pipeline<C: Clock + Clone> {
+    clock: C,
+    batcher: Batcher<C>,
+    in_hand: Option<InHand>,
+    offsets: Offsets,
+    /// Partitions this pipeline paused.
+    paused: BTreeSet<Tp>,
+    backpressure: bool,
+    poison: PoisonLedger,
+    heartbeat: Arc<Heartbeat>,
+    batch_size: usize,
+    last_commit: Option<Instant>,
+}
+
+impl<C: Clock + Clone> Pipeline<C> {
+    pub fn new(
+        batch_size: usize,
+        batch_timeout: Duration,
+        clock: C,
+        poison: PoisonLedger,
+        heartbeat: Arc<Heartbeat>,
+    ) -> Self {
+        let batch_size = batch_size.max(1);
+        Pipeline {
+            batcher: Batcher::new(batch_size, batch_timeout, clock.clone()),
+            clock,
+            in_hand: None,
+            offsets: Offsets::default(),
+            paused: BTreeSet::new(),
+            backpressure: false,
+            poison,
+            heartbeat,
+            batch_size,
+            last_commit: None,
+        }
+    }
+
+    /// Records held in memory: the batch in hand and those waiting.
+    pub fn buffered(&self) -> usize {
+        self.batcher.len() + self.in_hand.as_ref().map_or(0, |h| h.records.len())
+    }
+
+    /// Most records [`buffered`](Self::buffered) may reach: the pause limit
+    /// plus what one poll drains.
+    pub fn memory_bound(&self) -> usize {
+        (BUFFER_BATCHES + 1) * self.batch_size
+    }
+
+    pub fn assignment(&self) -> impl Iterator<Item = &Tp> {
+        self.offsets.assigned()
+    }
+
+    pub fn paused(&self) -> &BTreeSet<Tp> {
+        &self.paused
+    }
+
+    /// True when nothing is in memory and every handled offset is confirmed.
+    pub fn is_settled(&self) -> bool {
+        self.buffered() == 0 && self.offsets.settled()
+    }
+
+    /// How long the next poll may wait: until a retry or a batch is due.
+    pub fn poll_wait(&self) -> Duration {
+        let now = self.clock.now();
+        match &self.in_hand {
+            Some(h) => h.retry_at.saturating_duration_since(now),
+            None => self.batcher.time_left().unwrap_or(MAX_POLL_WAIT),
+        }
+        .min(MAX_POLL_WAIT)
+    }
+
+    /// One step: poll (up to a batch of records), handle what is due,
+    /// adjust pauses, commit.
+    pub fn run_once<B: Broker, S: Sink>(&mut self, broker: &mut B, sink: &mut S) -> Result<(), Panicked> {
+        let mut wait = self.poll_wait();
+        let mut received = 0;
+        while let Some(event) = broker.poll(wait) {
+            wait = Duration::ZERO;
+            match event {
+                Event::Record(r) => {
+                    received += 1;
+                    self.accept(r);
+                    if received >= self.batch_size {
+                        break;
+                    }
+                }
+                Event::Error(e) => {
+                    log::warn!("kafka poll error: {e}");
+                    break;
+                }
+                other => self.on_event(broker, sink, other)?,
+            }
+        }
+        self.heartbeat.polled();
+        if self.in_hand.is_some() {
+            self.retry_in_hand(sink)?;
+        }
+        if self.in_hand.is_none() {
+            self.handle_ready(sink, false)?;
+        }
+        self.reconcile_pauses(broker);
+        self.commit(broker, if received == 0 { When::Idle } else { When::Throttled });
+        Ok(())
+    }
+
+    /// Finishes what is in memory until `deadline` and commits it; false
+    /// when something is left (it is read again by whoever comes next).
+    pub fn finish<B: Broker, S: Sink>(
+        &mut self,
+        broker: &mut B,
+        sink: &mut S,
+        deadline: Instant,
+    ) -> Result<bool, Panicked> {
+        let drained = self.drain(sink, deadline);
+        self.commit(broker, When::Sync);
+        drained
+    }
+
+    fn accept(&mut self, r: Record) {
+        // A record fetched before its partition left: the next owner reads it.
+        if self.offsets.is_assigned(&(r.topic.clone(), r.partition)) {
+            self.batcher.push(r);
+        } else {
+            log::debug!("dropping a record of a partition not assigned position={}", r.position());
+        }
+    }
+
+    fn on_event<B: Broker, S: Sink>(&mut self, broker: &mut B, sink: &mut S, event: Event) -> Result<(), Panicked> {
+        match event {
+            Event::Record(r) => self.accept(r),
+            Event::Error(e) => log::warn!("kafka poll error: {e}"),
+            Event::Assigned(tps) => self.assign(broker, &tps),
+            Event::Revoked(tps) => {
+                log::info!("partitions revoked: {}", describe(&tps));
+                let drained = self.drain(sink, self.clock.now() + REVOKE_BUDGET);
+                // What was handled, even before a panic, is committed while the partitions are ours.
+                self.commit(broker, When::Sync);
+                self.release(broker, &tps);
+                drained?;
+            }
+            Event::Lost(tps) => {
+                log::warn!(
+                    "partitions lost (session expired): {}; their uncommitted records go to the next owner",
+                    describe(&tps)
+                );
+                self.release(broker, &tps);
+            }
+            Event::Committed { offsets, result: Ok(()) } => {
+                self.offsets.confirmed(&offsets);
+                self.heartbeat.committed();
+            }
+            Event::Committed { offsets, result: Err(e) } => {
+                self.offsets.failed(&offsets);
+                metrics::get().commit_errors.inc();
+                log::warn!("commit failed, will retry: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn assign<B: Broker>(&mut self, broker: &mut B, tps: &[Tp]) {
+        log::info!("partitions assigned: {}", describe(tps));
+        for tp in tps {
+            self.offsets.assign(tp);
+            self.paused.remove(tp);
+        }
+        if let Err(e) = broker.assign(tps) {
+            log::error!("cannot take assigned partitions {}: {e}", describe(tps));
+        }
+        // The client keeps a pause across unassign and assign: start every new partition fetching,
+        // unless too much is in memory already.
+        if let Err(e) = broker.resume(tps) {
+            log::warn!("cannot resume assigned partitions: {e}");
+        }
+        self.reconcile_pauses(broker);
+        self.assigned_changed();
+    }
+
+    /// Lets partitions go: their records in memory and pending offsets are
+    /// dropped (the next owner reads them from the committed offset), and
+    /// what was paused is resumed.
+    fn release<B: Broker>(&mut self, broker: &mut B, tps: &[Tp]) {
+        let leaving = |t: &str, p: i32| tps.iter().any(|(rt, rp)| rt == t && *rp == p);
+        let mut dropped = self.batcher.discard(leaving);
+        if let Some(held) = &mut self.in_hand {
+            let before = held.records.len();
+            held.records.retain(|r| !leaving(&r.topic, r.partition));
+            dropped += before - held.records.len();
+            if held.records.is_empty() {
+                self.in_hand = None;
+                self.heartbeat.set_retrying(None);
+            }
+        }
+        for tp in tps {
+            self.offsets.remove(tp);
+        }
+        let resume: Vec<Tp> = tps.iter().filter(|tp| self.paused.remove(*tp)).cloned().collect();
+        if !resume.is_empty() {
+            if let Err(e) = broker.resume(&resume) {
+                log::warn!("cannot resume leaving partitions: {e}");
+            }
+        }
+        if let Err(e) = broker.unassign(tps) {
+            log::error!("cannot release partitions {}: {e}", describe(tps));
+        }
+        if dropped > 0 {
+            log::warn!("left {dropped} uncommitted records to the partitions' next owner");
+        }
+        self.assigned_changed();
+    }
+
+    fn assigned_changed(&self) {
+        let n = self.offsets.len() as i64;
+        self.heartbeat.set_assigned(n);
+        metrics::get().assigned_partitions.set(n);
+    }
+
+    /// Retries the batch in hand if its time has come.
+    fn retry_in_hand<S: Sink>(&mut self, sink: &mut S) -> Result<(), Panicked> {
+        let Some(mut held) = self.in_hand.take() else { return Ok(()) };
+        if self.clock.now() < held.retry_at {
+            self.in_hand = Some(held);
+            return Ok(());
+        }
+        let records = held.records.len();
+        match self.process(sink, &mut held.records)? {
+            Outcome::Done => {
+                log::info!("batch recovered after {} retries, records={records}", held.backoff.attempts());
+                self.heartbeat.set_retrying(None);
+            }
+            Outcome::Retry(reason) => {
+                let delay = held.backoff.next_delay();
+                log::warn!(
+                    "batch retry failed first={} records={} attempt={} retry_in_ms={} error={reason}",
+                    held.records[0].position(),
+                    held.records.len(),
+                    held.backoff.attempts(),
+                    delay.as_millis()
+                );
+                self.heartbeat.set_retrying(Some(reason));
+                held.retry_at = self.clock.now() + delay;
+                self.in_hand = Some(held);
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles the next batch when it closed (with `force`, whatever waits).
+    fn handle_ready<S: Sink>(&mut self, sink: &mut S, force: bool) -> Result<(), Panicked> {
+        if self.in_hand.is_some() || self.batcher.is_empty() || !(force || self.batcher.is_ready()) {
+            return Ok(());
+        }
+        let mut batch = self.batcher.take();
+        if let Outcome::Retry(reason) = self.process(sink, &mut batch)? {
+            let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+            let delay = backoff.next_delay();
+            log::warn!(
+                "batch failed, keeping it uncommitted first={} records={} retry_in_ms={} error={reason}",
+                batch[0].position(),
+                batch.len(),
+                delay.as_millis()
+            );
+            self.heartbeat.set_retrying(Some(reason));
+            self.in_hand = Some(InHand { records: batch, backoff, retry_at: self.clock.now() + delay });
+        }
+        Ok(())
+    }
+
+    /// Handles a batch whole, or one record at a time when it (or an earlier
+    /// batch of its partitions) failed in a way a single record may cause.
+    /// Records that went through one at a time leave `batch` at once, so a
+    /// retry never handles (or dead-letters) them twice.
+    fn process<S: Sink>(&mut self, sink: &mut S, batch: &mut Vec<Record>) -> Result<Outcome, Panicked> {
+        if !self.poison.any_suspect(batch) {
+            match sink.handle(batch) {
+                Ok(()) => {
+                    self.handled(batch);
+                    batch.clear();
+                    return Ok(Outcome::Done);
+                }
+                Err(f) if f.kind == FailureKind::Transient => return Ok(Outcome::Retry(f.message)),
+                Err(f) => {
+                    self.poison.suspect(batch);
+                    if f.kind == FailureKind::Panic {
+                        return Err(Panicked { at: batch[0].position(), message: f.message });
+                    }
+                    log::warn!(
+                        "batch failed ({:?}), handling it one record at a time first={} error={}",
+                        f.kind,
+                        batch[0].position(),
+                        f.message
+                    );
+                }
+            }
+        }
+        let mut done = 0;
+        let outcome = self.isolate(sink, batch, &mut done);
+        self.handled(&batch[..done]);
+        if matches!(outcome, Ok(Outcome::Done)) {
+            self.poison.cleared(batch);
+        }
+        batch.drain(..done);
+        outcome
+    }
+
+    /// Handles records one at a time, counting in `done` those through.
+    fn isolate<S: Sink>(&mut self, sink: &mut S, batch: &[Record], done: &mut usize) -> Result<Outcome, Panicked> {
+        for r in batch {
+            let Err(f) = sink.handle(std::slice::from_ref(r)) else {
+                self.poison.settled(r);
+                *done += 1;
+                continue;
+            };
+            let reason = match f.kind {
+                FailureKind::Transient => return Ok(Outcome::Retry(f.message)),
+                FailureKind::Permanent => format!("the database refused this record: {}", f.message),
+                FailureKind::Unknown if !sink.healthy() => return Ok(Outcome::Retry(f.message)),
+                FailureKind::Unknown if self.poison.failed(r) < POISON_AFTER => return Ok(Outcome::Retry(f.message)),
+                FailureKind::Unknown => format!("failed {POISON_AFTER} times in a row on this record: {}", f.message),
+                FailureKind::Panic if self.poison.failed(r) < POISON_AFTER => {
+                    return Err(Panicked { at: r.position(), message: f.message })
+                }
+                FailureKind::Panic => {
+                    format!("handler panicked {POISON_AFTER} times in a row on this record: {}", f.message)
+                }
+            };
+            if let Err(e) = sink.dead_letter(r, &reason) {
+                return Ok(Outcome::Retry(format!("storing a dead letter: {}", e.message)));
+            }
+            self.poison.settled(r);
+            *done += 1;
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// Marks a batch's offsets for the next commit.
+    fn handled(&mut self, batch: &[Record]) {
+        if batch.is_empty() {
+            return;
+        }
+        for run in batch.chunk_by(|a, b| a.partition == b.partition && a.topic == b.topic) {
+            let next = run.iter().map(|r| r.offset).max().unwrap_or_default() + 1;
+            self.offsets.handled(&(run[0].topic.clone(), run[0].partition), next);
+        }
+        self.heartbeat.handled(batch.len());
+        let m = metrics::get();
+        m.batches.inc();
+        m.batch_size.observe(batch.len() as f64);
+    }
+
+    /// Finishes everything in memory until `deadline`, retrying transient
+    /// failures. Returns false if something is left.
+    fn drain<S: Sink>(&mut self, sink: &mut S, deadline: Instant) -> Result<bool, Panicked> {
+        loop {
+            if let Some(held) = &mut self.in_hand {
+                held.retry_at = held.retry_at.min(deadline);
+                self.clock.sleep(held.retry_at.saturating_duration_since(self.clock.now()));
+                self.retry_in_hand(sink)?;
+            } else if !self.batcher.is_empty() {
+                self.handle_ready(sink, true)?;
+            } else {
+                return Ok(true);
+            }
+            if self.clock.now() >= deadline {
+                return Ok(self.buffered() == 0);
+            }
+        }
+    }
+
+    /// Pauses the partitions of the batch in hand (all of them while too
+    /// much is in memory) and resumes the rest.
+    fn reconcile_pauses<B: Broker>(&mut self, broker: &mut B) {
+        let buffered = self.buffered();
+        let limit = BUFFER_BATCHES * self.batch_size;
+        if buffered >= limit {
+            self.backpressure = true;
+        } else if buffered <= limit / 2 {
+            self.backpressure = false;
+        }
+        if !self.backpressure && self.in_hand.is_none() && self.paused.is_empty() {
+            return;
+        }
+        let want: BTreeSet<Tp> = if self.backpressure {
+            self.offsets.assigned().cloned().collect()
+        } else {
+            let held = self.in_hand.iter().flat_map(|h| &h.records);
+            held.map(|r| (r.topic.clone(), r.partition)).filter(|tp| self.offsets.is_assigned(tp)).collect()
+        };
+        let pause: Vec<Tp> = want.difference(&self.paused).cloned().collect();
+        let resume: Vec<Tp> = self.paused.difference(&want).cloned().collect();
+        if !pause.is_empty() {
+            match broker.pause(&pause) {
+                Ok(()) => self.paused.extend(pause),
+                Err(e) => log::warn!("cannot pause partitions: {e}"),
+            }
+        }
+        if !resume.is_empty() {
+            match broker.resume(&resume) {
+                Ok(()) => resume.iter().for_each(|tp| _ = self.paused.remove(tp)),
+                Err(e) => log::warn!("cannot resume partitions: {e}"),
+            }
+        }
+    }
+
+    /// The one place that decides what to commit and when: handled offsets
+    /// of assigned partitions, never more, until the broker confirms them.
+    fn commit<B: Broker>(&mut self, broker: &mut B, when: When) {
+        let now = self.clock.now();
+        if when == When::Throttled && self.last_commit.is_some_and(|t| now.saturating_duration_since(t) < COMMIT_EVERY)
+        {
+            return;
+        }
+        let mode = if when == When::Sync { CommitMode::Sync } else { CommitMode::Async };
+        let due = self.offsets.due(mode);
+        if due.is_empty() {
+            return;
+        }
+        self.last_commit = Some(now);
+        match broker.commit(&due, mode) {
+            Ok(()) => {
+                metrics::get().commits.inc();
+                if mode == CommitMode::Sync {
+                    self.offsets.confirmed(&due);
+                    self.heartbeat.committed();
+                } else {
+                    self.offsets.sent(&due);
+                }
+            }
+            Err(e) => {
+                metrics::get().commit_errors.inc();
+                log::warn!("commit failed, will retry: {e}");
+            }
+        }
+    }
+}
+
+fn describe(tps: &[Tp]) -> String {
+    if tps.is_empty() {
+        return "none".into();
+    }
+    tps.iter().map(|(t, p)| format!("{t}/{p}")).collect::<Vec<_>>().join(",")
+}

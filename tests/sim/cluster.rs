@@ -1,0 +1,403 @@
+//! The simulated Kafka cluster: partition logs, one consumer group with
+//! eager or cooperative rebalances and generations, members whose session is
+//! lost when they stop polling, commits that fail or answer late, and a
+//! client-side pause that survives unassign and assign (as librdkafka's
+//! does). Invariants I2 (no backwards commit) and I4 (no commit outside the
+//! committing member's assignment) are checked on every commit.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use cronsumer::broker::{Broker, CommitMode, Event, Tp};
+use cronsumer::clock::Clock;
+use cronsumer::record::Record;
+
+use crate::rng::Rng;
+use crate::SimClock;
+
+/// A member that has not polled for this long loses its session.
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default)]
+pub struct Client {
+    pub joined: bool,
+    /// What the client fetches: taken by `assign`, let go by `unassign`.
+    pub owned: BTreeSet<Tp>,
+    /// Survives unassign and assign, like librdkafka's application pause.
+    pub paused: BTreeSet<Tp>,
+    fetch: BTreeMap<Tp, i64>,
+    events: VecDeque<(Instant, Event)>,
+    generation: u64,
+    /// An `Assigned` event not completed yet.
+    assigning: bool,
+    /// Partitions a `Revoked` event asked for, not let go yet.
+    revoking: BTreeSet<Tp>,
+    /// The session expired: commits fail until the `Lost` is completed.
+    lost: bool,
+    last_poll: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Stable,
+    /// Waiting for revocations; then the target assignment is handed out.
+    Revoking,
+    /// Waiting for members to complete their `Assigned`.
+    Assigning,
+}
+
+pub struct Cluster {
+    pub clock: SimClock,
+    rng: Rng,
+    /// Each record's payload, by partition; the offset is the index.
+    pub logs: BTreeMap<Tp, Vec<Vec<u8>>>,
+    pub committed: BTreeMap<Tp, i64>,
+    pub members: Vec<Client>,
+    pub cooperative: bool,
+    generation: u64,
+    phase: Phase,
+    target: BTreeMap<usize, BTreeSet<Tp>>,
+    again: bool,
+    pub commit_fail: f64,
+    pub poll_error: f64,
+    /// Chance that a rebalance starts inside a poll (as rdkafka serves it).
+    pub rebalance_in_poll: f64,
+    /// Starts a rebalance inside the poll after this many more polls.
+    pub rebalance_after_polls: Option<u32>,
+    pub violations: Vec<String>,
+    pub commits: u64,
+}
+
+impl Cluster {
+    pub fn new(clock: SimClock, seed: u64, tps: &[Tp], members: usize, cooperative: bool) -> Self {
+        Cluster {
+            clock,
+            rng: Rng::new(seed ^ 0xc1u64),
+            logs: tps.iter().map(|tp| (tp.clone(), Vec::new())).collect(),
+            committed: BTreeMap::new(),
+            members: (0..members).map(|_| Client::default()).collect(),
+            cooperative,
+            generation: 1,
+            phase: Phase::Stable,
+            target: BTreeMap::new(),
+            again: false,
+            commit_fail: 0.0,
+            poll_error: 0.0,
+            rebalance_in_poll: 0.0,
+            rebalance_after_polls: None,
+            violations: Vec::new(),
+            commits: 0,
+        }
+    }
+
+    fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    pub fn describe(&self, m: usize) -> String {
+        let c = &self.members[m];
+        format!(
+            "joined={} lost={} gen={}/{} owned={:?} paused={:?} fetch={:?} assigning={} revoking={:?} events={:?} phase={:?}",
+            c.joined, c.lost, c.generation, self.generation, c.owned, c.paused, c.fetch, c.assigning, c.revoking,
+            c.events, self.phase
+        )
+    }
+
+    pub fn is_stable(&self) -> bool {
+        self.phase == Phase::Stable && !self.again
+    }
+
+    pub fn join(&mut self, m: usize) {
+        self.members[m] = Client { joined: true, last_poll: Some(self.now()), ..Client::default() };
+        self.rebalance();
+    }
+
+    /// The member closed its client (stopped, or its thread ended).
+    pub fn leave(&mut self, m: usize) {
+        self.members[m] = Client::default();
+        self.rebalance();
+    }
+
+    /// The member's session expired: its partitions are handed out again
+    /// while its client still thinks it has them, until it sees `Lost`.
+    pub fn expire(&mut self, m: usize) {
+        let now = self.now();
+        let c = &mut self.members[m];
+        if !c.joined {
+            return;
+        }
+        c.joined = false;
+        c.lost = true;
+        c.assigning = false;
+        c.revoking.clear();
+        c.events.retain(|(_, e)| matches!(e, Event::Committed { .. }));
+        let gone: Vec<Tp> = c.owned.iter().cloned().collect();
+        c.events.push_back((now, Event::Lost(gone)));
+        self.rebalance();
+    }
+
+    /// Expires the sessions of members that stopped polling.
+    pub fn tick(&mut self) {
+        let now = self.now();
+        for m in 0..self.members.len() {
+            let c = &self.members[m];
+            if c.joined && c.last_poll.is_some_and(|t| now.saturating_duration_since(t) > MAX_POLL_INTERVAL) {
+                self.expire(m);
+            }
+        }
+        self.progress();
+    }
+
+    /// Starts a rebalance, or asks for one after the current one.
+    pub fn rebalance(&mut self) {
+        if self.phase != Phase::Stable {
+            self.again = true;
+            self.progress();
+            return;
+        }
+        self.again = false;
+        let joined: Vec<usize> = (0..self.members.len()).filter(|&m| self.members[m].joined).collect();
+        self.target = self.plan(&joined);
+        let now = self.now();
+        for &m in &joined {
+            let c = &mut self.members[m];
+            let leaving: BTreeSet<Tp> = if self.cooperative {
+                c.owned.difference(&self.target[&m]).cloned().collect()
+            } else {
+                c.owned.clone()
+            };
+            if !leaving.is_empty() {
+                c.events.push_back((now, Event::Revoked(leaving.iter().cloned().collect())));
+                c.revoking = leaving;
+            }
+        }
+        self.phase = Phase::Revoking;
+        self.progress();
+    }
+
+    /// The target assignment: balanced; sticky when cooperative, rotated
+    /// at random when eager.
+    fn plan(&mut self, joined: &[usize]) -> BTreeMap<usize, BTreeSet<Tp>> {
+        let mut target: BTreeMap<usize, BTreeSet<Tp>> = joined.iter().map(|&m| (m, BTreeSet::new())).collect();
+        if joined.is_empty() {
+            return target;
+        }
+        let tps: Vec<Tp> = self.logs.keys().cloned().collect();
+        let share = tps.len().div_ceil(joined.len());
+        let mut free = Vec::new();
+        for tp in &tps {
+            let owner = joined.iter().find(|&&m| self.members[m].owned.contains(tp));
+            match owner {
+                Some(&m) if self.cooperative && target[&m].len() < share => {
+                    target.get_mut(&m).unwrap().insert(tp.clone());
+                }
+                _ => free.push(tp.clone()),
+            }
+        }
+        let rotate = self.rng.below(joined.len() as u64) as usize;
+        let mut i = 0;
+        for tp in free {
+            loop {
+                let m = joined[(i + rotate) % joined.len()];
+                i += 1;
+                if target[&m].len() < share {
+                    target.get_mut(&m).unwrap().insert(tp);
+                    break;
+                }
+            }
+        }
+        target
+    }
+
+    /// Moves the rebalance on once every member did its part.
+    fn progress(&mut self) {
+        if self.phase == Phase::Revoking && self.members.iter().all(|c| !c.joined || c.revoking.is_empty()) {
+            self.generation += 1;
+            let now = self.now();
+            for (&m, tps) in &self.target {
+                let c = &mut self.members[m];
+                if !c.joined {
+                    continue;
+                }
+                c.generation = self.generation;
+                let new: Vec<Tp> = tps.difference(&c.owned).cloned().collect();
+                if !new.is_empty() {
+                    c.events.push_back((now, Event::Assigned(new)));
+                    c.assigning = true;
+                }
+            }
+            self.phase = Phase::Assigning;
+        }
+        if self.phase == Phase::Assigning && self.members.iter().all(|c| !c.joined || !c.assigning) {
+            self.phase = Phase::Stable;
+            if self.again {
+                self.rebalance();
+            }
+        }
+    }
+
+    pub fn produce(&mut self, tp: &Tp, payload: Vec<u8>) {
+        self.logs.get_mut(tp).expect("known partition").push(payload);
+    }
+
+    fn answer(&mut self, m: usize, offsets: &[(Tp, i64)], result: Result<(), String>) {
+        let at = self.now() + Duration::from_millis(self.rng.below(300));
+        let c = &mut self.members[m];
+        let pos = c.events.iter().rposition(|(t, _)| *t <= at).map_or(0, |i| i + 1);
+        c.events.insert(pos, (at, Event::Committed { offsets: offsets.to_vec(), result }));
+    }
+
+    fn next_event(&mut self, m: usize) -> Option<Event> {
+        let now = self.now();
+        let c = &mut self.members[m];
+        if c.events.front().is_some_and(|(t, _)| *t <= now) {
+            return c.events.pop_front().map(|(_, e)| e);
+        }
+        None
+    }
+
+    fn poll(&mut self, m: usize, timeout: Duration) -> Option<Event> {
+        self.members[m].last_poll = Some(self.now());
+        let countdown = self.rebalance_after_polls.map(|n| n.saturating_sub(1));
+        self.rebalance_after_polls = countdown.filter(|n| *n > 0);
+        if countdown == Some(0) || self.rng.chance(self.rebalance_in_poll) {
+            self.rebalance();
+        }
+        if let Some(e) = self.next_event(m) {
+            return Some(e);
+        }
+        if self.rng.chance(self.poll_error) {
+            return Some(Event::Error("sim: all brokers down".into()));
+        }
+        let c = &self.members[m];
+        let ready: Vec<Tp> = c
+            .owned
+            .iter()
+            .filter(|tp| !c.paused.contains(*tp) && c.fetch[*tp] < self.logs[*tp].len() as i64)
+            .cloned()
+            .collect();
+        if ready.is_empty() {
+            self.clock.sleep(timeout);
+            self.members[m].last_poll = Some(self.now());
+            return self.next_event(m);
+        }
+        let tp = ready[self.rng.below(ready.len() as u64) as usize].clone();
+        let c = &mut self.members[m];
+        let offset = c.fetch[&tp];
+        c.fetch.insert(tp.clone(), offset + 1);
+        Some(Event::Record(Record {
+            topic: tp.0.clone(),
+            partition: tp.1,
+            offset,
+            key: None,
+            payload: Some(self.logs[&tp][offset as usize].clone()),
+            timestamp: None,
+        }))
+    }
+
+    fn commit(&mut self, m: usize, offsets: &[(Tp, i64)], mode: CommitMode) -> Result<(), String> {
+        for (tp, o) in offsets {
+            if !self.members[m].owned.contains(tp) {
+                self.violations.push(format!("I4: member {m} committed {}/{}@{o} outside its assignment", tp.0, tp.1));
+            }
+        }
+        let result = if self.rng.chance(self.commit_fail) {
+            Err("sim: commit failed (coordinator unavailable)".to_string())
+        } else {
+            let c = &self.members[m];
+            if c.joined && !c.lost && c.generation == self.generation {
+                for (tp, o) in offsets {
+                    let before = self.committed.get(tp).copied().unwrap_or(0);
+                    if *o < before {
+                        self.violations.push(format!("I2: {}/{} commit moved back from {before} to {o}", tp.0, tp.1));
+                    }
+                    self.committed.insert(tp.clone(), *o);
+                }
+                self.commits += 1;
+                Ok(())
+            } else {
+                Err("sim: illegal generation".to_string())
+            }
+        };
+        match mode {
+            CommitMode::Sync => result,
+            CommitMode::Async => {
+                self.answer(m, offsets, result);
+                Ok(())
+            }
+        }
+    }
+
+    fn assign(&mut self, m: usize, tps: &[Tp]) {
+        let c = &mut self.members[m];
+        for tp in tps {
+            c.owned.insert(tp.clone());
+            c.fetch.insert(tp.clone(), self.committed.get(tp).copied().unwrap_or(0));
+        }
+        c.assigning = false;
+        self.progress();
+    }
+
+    fn unassign(&mut self, m: usize, tps: &[Tp]) {
+        let c = &mut self.members[m];
+        for tp in tps {
+            c.owned.remove(tp);
+            c.revoking.remove(tp);
+        }
+        if c.lost && c.owned.is_empty() {
+            // librdkafka rejoins by itself after a lost assignment.
+            self.join_again(m);
+            return;
+        }
+        self.progress();
+    }
+
+    fn join_again(&mut self, m: usize) {
+        let c = &mut self.members[m];
+        c.lost = false;
+        c.joined = true;
+        c.last_poll = Some(self.clock.now());
+        self.rebalance();
+    }
+}
+
+/// One member's view of the cluster: the [`Broker`] the pipeline drives.
+pub struct SimBroker {
+    pub cluster: Rc<RefCell<Cluster>>,
+    pub member: usize,
+}
+
+impl Broker for SimBroker {
+    fn poll(&mut self, timeout: Duration) -> Option<Event> {
+        self.cluster.borrow_mut().poll(self.member, timeout)
+    }
+
+    fn commit(&mut self, offsets: &[(Tp, i64)], mode: CommitMode) -> Result<(), String> {
+        self.cluster.borrow_mut().commit(self.member, offsets, mode)
+    }
+
+    fn pause(&mut self, tps: &[Tp]) -> Result<(), String> {
+        self.cluster.borrow_mut().members[self.member].paused.extend(tps.iter().cloned());
+        Ok(())
+    }
+
+    fn resume(&mut self, tps: &[Tp]) -> Result<(), String> {
+        let mut c = self.cluster.borrow_mut();
+        for tp in tps {
+            c.members[self.member].paused.remove(tp);
+        }
+        Ok(())
+    }
+
+    fn assign(&mut self, tps: &[Tp]) -> Result<(), String> {
+        self.cluster.borrow_mut().assign(self.member, tps);
+        Ok(())
+    }
+
+    fn unassign(&mut self, tps: &[Tp]) -> Result<(), String> {
+        self.cluster.borrow_mut().unassign(self.member, tps);
+        Ok(())
+    }
+}

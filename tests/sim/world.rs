@@ -1,0 +1,382 @@
+//! A simulated world: the cluster, a database that stores records and dead
+//! letters (and goes down, blips, refuses values), and the members, each
+//! the real `Pipeline` driven as the consumer thread drives it. Invariants
+//! are checked after every step ([`World::check`]) and at the end
+//! ([`World::settle`]).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cronsumer::broker::Tp;
+use cronsumer::clock::Clock;
+use cronsumer::heartbeat::Heartbeat;
+use cronsumer::pipeline::{Failure, FailureKind, Pipeline, Sink, REVOKE_BUDGET};
+use cronsumer::poison::PoisonLedger;
+use cronsumer::record::Record;
+
+use crate::cluster::{Cluster, SimBroker};
+use crate::rng::Rng;
+use crate::SimClock;
+
+/// What a record is, written in its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nature {
+    /// Stored.
+    Ok,
+    /// Rejected by its handler (bad payload): dead-lettered by the handler.
+    Reject,
+    /// Refused by the database (a class 22/23 value): a permanent failure.
+    Refused,
+    /// Fails with an error nobody classified, every time.
+    Poison,
+    /// Panics the handler, every time.
+    Panic,
+}
+
+impl Nature {
+    pub fn payload(self, n: u64) -> Vec<u8> {
+        format!("{self:?}:{n}").into_bytes()
+    }
+
+    fn of(r: &Record) -> Nature {
+        let p = r.payload.as_deref().unwrap_or_default();
+        [Nature::Reject, Nature::Refused, Nature::Poison, Nature::Panic]
+            .into_iter()
+            .find(|n| p.starts_with(format!("{n:?}:").as_bytes()))
+            .unwrap_or(Nature::Ok)
+    }
+}
+
+type Pos = (Tp, i64);
+
+fn pos(r: &Record) -> Pos {
+    ((r.topic.clone(), r.partition), r.offset)
+}
+
+pub struct Db {
+    rng: Rng,
+    pub up: bool,
+    /// Chance that one call fails transiently while up.
+    pub blip: f64,
+    pub stored: BTreeSet<Pos>,
+    pub dead: BTreeMap<Pos, String>,
+    pub violations: Vec<String>,
+}
+
+impl Db {
+    fn fail(kind: FailureKind, message: &str) -> Result<(), Failure> {
+        Err(Failure { kind, message: message.into() })
+    }
+
+    fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {
+        if !self.up || self.rng.chance(self.blip) {
+            return Self::fail(FailureKind::Transient, "sim: connection refused");
+        }
+        for (nature, kind) in [
+            (Nature::Panic, FailureKind::Panic),
+            (Nature::Refused, FailureKind::Permanent),
+            (Nature::Poison, FailureKind::Unknown),
+        ] {
+            if let Some(r) = batch.iter().find(|r| Nature::of(r) == nature) {
+                return Self::fail(kind, &format!("sim: {nature:?} at {}", r.position()));
+            }
+        }
+        for r in batch {
+            if Nature::of(r) == Nature::Reject {
+                self.dead_letter(r, "sim: bad payload")?;
+            } else {
+                if self.dead.contains_key(&pos(r)) {
+                    self.violations.push(format!("{} stored after it was dead-lettered", r.position()));
+                }
+                self.stored.insert(pos(r));
+            }
+        }
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, r: &Record, reason: &str) -> Result<(), Failure> {
+        if !self.up {
+            return Self::fail(FailureKind::Transient, "sim: connection refused");
+        }
+        if self.stored.contains(&pos(r)) {
+            self.violations.push(format!("{} dead-lettered after it was stored", r.position()));
+        }
+        self.dead.entry(pos(r)).or_insert_with(|| reason.to_string());
+        Ok(())
+    }
+}
+
+pub struct SimSink(pub Rc<RefCell<Db>>);
+
+impl Sink for SimSink {
+    fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {
+        self.0.borrow_mut().handle(batch)
+    }
+
+    fn dead_letter(&mut self, record: &Record, reason: &str) -> Result<(), Failure> {
+        self.0.borrow_mut().dead_letter(record, reason)
+    }
+
+    fn healthy(&mut self) -> bool {
+        self.0.borrow().up
+    }
+}
+
+pub struct Member {
+    pub pipeline: Option<Pipeline<SimClock>>,
+    broker: SimBroker,
+    sink: SimSink,
+    /// Outlives the member's threads, as the supervisor's does.
+    poison: PoisonLedger,
+    pub restart_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub seed: u64,
+    pub members: usize,
+    pub topics: usize,
+    pub partitions: usize,
+    pub cooperative: bool,
+    pub batch_size: usize,
+    pub batch_timeout: Duration,
+}
+
+pub struct World {
+    pub config: Config,
+    pub clock: SimClock,
+    pub cluster: Rc<RefCell<Cluster>>,
+    pub db: Rc<RefCell<Db>>,
+    pub members: Vec<Member>,
+    pub produced: BTreeMap<Pos, Nature>,
+    /// Per partition, the offset below which I1 was already checked.
+    checked: BTreeMap<Tp, i64>,
+    pub steps: u64,
+    pub max_buffered: usize,
+}
+
+impl World {
+    pub fn new(config: Config) -> World {
+        let clock = SimClock::default();
+        let tps: Vec<Tp> = (0..config.topics)
+            .flat_map(|t| (0..config.partitions).map(move |p| (format!("topic{t}"), p as i32)))
+            .collect();
+        let cluster =
+            Rc::new(RefCell::new(Cluster::new(clock.clone(), config.seed, &tps, config.members, config.cooperative)));
+        let db = Rc::new(RefCell::new(Db {
+            rng: Rng::new(config.seed ^ 0xdb),
+            up: true,
+            blip: 0.0,
+            stored: BTreeSet::new(),
+            dead: BTreeMap::new(),
+            violations: Vec::new(),
+        }));
+        let members = (0..config.members)
+            .map(|m| Member {
+                pipeline: None,
+                broker: SimBroker { cluster: cluster.clone(), member: m },
+                sink: SimSink(db.clone()),
+                poison: PoisonLedger::default(),
+                restart_at: None,
+            })
+            .collect();
+        let mut w = World {
+            config,
+            clock,
+            cluster,
+            db,
+            members,
+            produced: BTreeMap::new(),
+            checked: BTreeMap::new(),
+            steps: 0,
+            max_buffered: 0,
+        };
+        for m in 0..w.members.len() {
+            w.start(m);
+        }
+        w
+    }
+
+    pub fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    pub fn partitions(&self) -> Vec<Tp> {
+        self.cluster.borrow().logs.keys().cloned().collect()
+    }
+
+    pub fn produce(&mut self, tp: &Tp, nature: Nature) {
+        let offset = self.cluster.borrow().logs[tp].len() as i64;
+        self.cluster.borrow_mut().produce(tp, nature.payload(self.produced.len() as u64));
+        self.produced.insert((tp.clone(), offset), nature);
+    }
+
+    /// Starts the member's consumer thread: a fresh pipeline joins the group.
+    pub fn start(&mut self, m: usize) {
+        let c = &self.config;
+        let member = &mut self.members[m];
+        member.pipeline = Some(Pipeline::new(
+            c.batch_size,
+            c.batch_timeout,
+            self.clock.clone(),
+            member.poison.clone(),
+            Arc::new(Heartbeat::default()),
+        ));
+        member.restart_at = None;
+        self.cluster.borrow_mut().join(m);
+    }
+
+    /// The thread ended (panic, kill): the client closes, nothing more is
+    /// committed; the supervisor starts a new one after `restart_in`.
+    pub fn crash(&mut self, m: usize, restart_in: Duration) {
+        self.members[m].pipeline = None;
+        self.members[m].restart_at = Some(self.now() + restart_in);
+        self.cluster.borrow_mut().leave(m);
+    }
+
+    /// Graceful stop, as on SIGTERM: finish and commit, then leave.
+    pub fn stop(&mut self, m: usize, restart_in: Duration) {
+        let deadline = self.now() + REVOKE_BUDGET;
+        let member = &mut self.members[m];
+        if let Some(p) = &mut member.pipeline {
+            _ = p.finish(&mut member.broker, &mut member.sink, deadline);
+        }
+        self.crash(m, restart_in);
+    }
+
+    pub fn is_running(&self, m: usize) -> bool {
+        self.members[m].pipeline.is_some()
+    }
+
+    /// One step of member `m` (restarting it first when its time came).
+    pub fn step(&mut self, m: usize) {
+        self.steps += 1;
+        if self.members[m].restart_at.is_some_and(|t| t <= self.now()) {
+            self.start(m);
+        }
+        let member = &mut self.members[m];
+        let Some(p) = &mut member.pipeline else {
+            self.clock.sleep(Duration::from_millis(10));
+            return;
+        };
+        let result = p.run_once(&mut member.broker, &mut member.sink);
+        self.max_buffered = self.max_buffered.max(p.buffered());
+        if result.is_err() {
+            self.crash(m, Duration::from_millis(500));
+        }
+        self.cluster.borrow_mut().tick();
+    }
+
+    /// I1, I4, I2 (the last two recorded by the cluster), I5, and the
+    /// database's own (nothing both stored and dead-lettered).
+    pub fn check(&mut self) -> Result<(), String> {
+        let cluster = self.cluster.borrow();
+        let db = self.db.borrow();
+        if let Some(v) = cluster.violations.first().or(db.violations.first()) {
+            return Err(v.clone());
+        }
+        for (tp, &c) in &cluster.committed {
+            let from = self.checked.get(tp).copied().unwrap_or(0);
+            for o in from..c {
+                let p = (tp.clone(), o);
+                if !db.stored.contains(&p) && !db.dead.contains_key(&p) {
+                    return Err(format!(
+                        "I1: {}/{} committed {c} past {o}, neither stored nor dead-lettered",
+                        tp.0, tp.1
+                    ));
+                }
+            }
+            self.checked.insert(tp.clone(), c.max(from));
+        }
+        for (m, member) in self.members.iter().enumerate() {
+            if let Some(p) = &member.pipeline {
+                if p.buffered() > p.memory_bound() {
+                    return Err(format!("I5: member {m} holds {} records, bound {}", p.buffered(), p.memory_bound()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything is done: each record stored once or dead-lettered once as
+    /// its nature says, every commit caught up, nothing paused, nothing in memory.
+    pub fn done(&self) -> Result<(), String> {
+        let cluster = self.cluster.borrow();
+        let db = self.db.borrow();
+        for (tp, log) in &cluster.logs {
+            let c = cluster.committed.get(tp).copied().unwrap_or(0);
+            if c != log.len() as i64 {
+                return Err(format!("{}/{} committed {c} of {}", tp.0, tp.1, log.len()));
+            }
+        }
+        if !cluster.is_stable() {
+            return Err("rebalance in progress".into());
+        }
+        for (m, member) in self.members.iter().enumerate() {
+            let Some(p) = &member.pipeline else { return Err(format!("member {m} is down")) };
+            let client = &cluster.members[m];
+            if !client.joined {
+                return Err(format!("member {m} is not in the group"));
+            }
+            if let Some(tp) = client.owned.intersection(&client.paused).next() {
+                return Err(format!("I3: member {m} keeps {}/{} paused", tp.0, tp.1));
+            }
+            if !p.paused().is_empty() || !p.is_settled() {
+                return Err(format!("member {m} not settled: buffered={} paused={:?}", p.buffered(), p.paused()));
+            }
+        }
+        for (p, nature) in &self.produced {
+            let (stored, dead) = (db.stored.contains(p), db.dead.contains_key(p));
+            let ok = if *nature == Nature::Ok { stored && !dead } else { dead && !stored };
+            if !ok {
+                return Err(format!("{}/{}@{} ({nature:?}): stored={stored} dead={dead}", p.0 .0, p.0 .1, p.1));
+            }
+        }
+        Ok(())
+    }
+
+    /// The state of every member, for a failure message.
+    pub fn describe(&self) -> String {
+        let cluster = self.cluster.borrow();
+        let mut out = format!("{:?}\ncommitted={:?}\n", self.config, cluster.committed);
+        for (m, member) in self.members.iter().enumerate() {
+            out += &format!("member {m}: client {}\n", cluster.describe(m));
+            if let Some(p) = &member.pipeline {
+                let assigned: Vec<_> = p.assignment().collect();
+                out += &format!("  pipeline assigned={assigned:?} paused={:?} buffered={}\n", p.paused(), p.buffered());
+            }
+        }
+        out
+    }
+
+    /// I3: with the faults over, steps every member until everything is
+    /// done, within `limit` of simulated time.
+    pub fn settle(&mut self, limit: Duration) -> Result<Duration, String> {
+        {
+            let mut c = self.cluster.borrow_mut();
+            c.commit_fail = 0.0;
+            c.poll_error = 0.0;
+            c.rebalance_in_poll = 0.0;
+            let mut db = self.db.borrow_mut();
+            db.up = true;
+            db.blip = 0.0;
+        }
+        let start = self.now();
+        let mut rng = Rng::new(self.config.seed ^ 0x5e771e);
+        loop {
+            self.check()?;
+            if self.done().is_ok() {
+                return Ok(self.now() - start);
+            }
+            if self.now() - start > limit {
+                let why = self.done().unwrap_err();
+                return Err(format!("I3: not done {limit:?} after the faults stopped: {why}\n{}", self.describe()));
+            }
+            let m = rng.below(self.members.len() as u64) as usize;
+            self.step(m);
+        }
+    }
+}
