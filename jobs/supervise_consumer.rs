@@ -1,8 +1,10 @@
 //! `supervise_consumer` (every 5 s): restarts the consumer thread when it has
-//! ended or made no poll for `CONSUMER_STALL_TIMEOUT_MS` (see `supervisor`).
+//! ended, stops it when it made no poll for `CONSUMER_STALL_TIMEOUT_MS`, and
+//! ends the process when a stalled thread would not stop (see `supervisor`).
 
 use crate::config::Settings;
 use crate::scheduler::{Job, JobContext, JobError, JobReport};
+use crate::supervisor::Verdict;
 
 pub struct SuperviseConsumer;
 
@@ -26,7 +28,15 @@ impl Job for SuperviseConsumer {
         };
         let mut s = supervisor.lock().map_err(|_| JobError::Other("supervisor lock poisoned".into()))?;
         Ok(match s.check() {
-            Some(cause) => JobReport::new(format!("restarted consumer ({}): {cause:?}", cause.label())),
+            Some(Verdict::Restarted(cause)) => {
+                JobReport::new(format!("restarted consumer ({}): {cause:?}", cause.label()))
+            }
+            Some(Verdict::Stopping(since)) => {
+                JobReport::new(format!("consumer stalled for {} ms, stopping it", since.as_millis()))
+            }
+            // Its thread still holds the group membership: a second member in this process
+            // would stall every rebalance, so the service manager restarts the whole process.
+            Some(Verdict::Wedged(_)) => std::process::exit(1),
             None => JobReport::default(),
         })
     }

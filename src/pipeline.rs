@@ -179,8 +179,17 @@ impl<C: Clock + Clone> Pipeline<C> {
     }
 
     /// One step: poll (up to a batch of records), handle what is due,
-    /// adjust pauses, commit.
+    /// adjust pauses, commit. After a panic, what was handled before it is
+    /// still committed, so the restarted thread starts at the failing record.
     pub fn run_once<B: Broker, S: Sink>(&mut self, broker: &mut B, sink: &mut S) -> Result<(), Panicked> {
+        let stepped = self.step(broker, sink);
+        if stepped.is_err() {
+            self.commit(broker, When::Sync);
+        }
+        stepped
+    }
+
+    fn step<B: Broker, S: Sink>(&mut self, broker: &mut B, sink: &mut S) -> Result<(), Panicked> {
         let mut wait = self.poll_wait();
         let mut received = 0;
         while let Some(event) = broker.poll(wait) {

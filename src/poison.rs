@@ -1,9 +1,10 @@
-//! The poison rule's memory: partitions whose last batch failed in a way
-//! that may be one record's fault (a panic, a refused value, an unknown
-//! error), and how often each record failed in a row. It outlives a consumer
+//! The poison rule's memory: the ranges of records whose batch failed in a
+//! way that may be one record's fault (a panic, a refused value, an unknown
+//! error), handled one record at a time until past them; and how often each
+//! record failed in a row. It outlives a consumer
 //! thread, so a record that panics the handler is recognised after restarts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::broker::Tp;
@@ -14,7 +15,8 @@ pub const POISON_AFTER: u32 = 3;
 
 #[derive(Debug, Default)]
 struct Ledger {
-    suspects: HashSet<Tp>,
+    /// Per partition, the last offset of a batch that failed.
+    suspects: HashMap<Tp, i64>,
     failures: HashMap<(Tp, i64), u32>,
 }
 
@@ -32,16 +34,19 @@ impl PoisonLedger {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// True when a record of the batch is on a suspect partition: the batch
-    /// is then handled one record at a time.
+    /// True when a record of the batch is in a suspect range: the batch is
+    /// then handled one record at a time.
     pub fn any_suspect(&self, batch: &[Record]) -> bool {
         let l = self.lock();
-        !l.suspects.is_empty() && batch.iter().any(|r| l.suspects.contains(&tp(r)))
+        !l.suspects.is_empty() && batch.iter().any(|r| l.suspects.get(&tp(r)).is_some_and(|last| r.offset <= *last))
     }
 
     pub fn suspect(&self, batch: &[Record]) {
         let mut l = self.lock();
-        l.suspects.extend(batch.iter().map(tp));
+        for r in batch {
+            let last = l.suspects.entry(tp(r)).or_insert(r.offset);
+            *last = (*last).max(r.offset);
+        }
     }
 
     /// Counts one more failure of `r` in a row; returns the count.
@@ -57,11 +62,15 @@ impl PoisonLedger {
         self.lock().failures.remove(&(tp(r), r.offset));
     }
 
-    /// The batch went through one record at a time: its partitions are trusted again.
+    /// The batch went through one record at a time: ranges it went past are
+    /// trusted again. (Records before them may come again after a restart
+    /// without their commit; they are handled whole, the range still is not.)
     pub fn cleared(&self, batch: &[Record]) {
         let mut l = self.lock();
         for r in batch {
-            l.suspects.remove(&tp(r));
+            if l.suspects.get(&tp(r)).is_some_and(|last| r.offset >= *last) {
+                l.suspects.remove(&tp(r));
+            }
         }
     }
 }

@@ -1,6 +1,11 @@
 //! The supervisor: owns the consumer thread, and restarts it (with a fresh
-//! client) when it has ended or stopped polling for
-//! `CONSUMER_STALL_TIMEOUT_MS`. Repeated restarts back off exponentially.
+//! client) when it has ended. Repeated restarts back off exponentially.
+//!
+//! A thread that made no poll for `CONSUMER_STALL_TIMEOUT_MS` still holds
+//! its group membership, so no second one is started beside it: it is told
+//! to stop (and `/healthz` fails meanwhile), it is restarted once it ended,
+//! and if it has not ended after a further grace ([`Verdict::Wedged`]) the
+//! process exits with status 1 for the service manager to restart it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,6 +33,20 @@ impl RestartCause {
     }
 }
 
+/// What [`Supervisor::check`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The thread was restarted.
+    Restarted(RestartCause),
+    /// The thread stalled and was told to stop; it is restarted once it ended.
+    Stopping(Duration),
+    /// The stalled thread did not end within the grace: only a new process helps.
+    Wedged(Duration),
+}
+
+/// Least time a stalled thread is given to end before the process exits.
+pub const MIN_STALL_GRACE: Duration = Duration::from_secs(30);
+
 struct Running {
     handle: JoinHandle<Result<(), ConsumerError>>,
     stop: Arc<AtomicBool>,
@@ -43,6 +62,8 @@ pub struct Supervisor {
     not_before: Instant,
     restarts: u64,
     stopping: bool,
+    /// When the running thread was told to stop because it stalled.
+    stalled_at: Option<(Instant, Duration)>,
 }
 
 /// A run that lasted this long resets the restart backoff.
@@ -59,6 +80,7 @@ impl Supervisor {
             not_before: Instant::now(),
             restarts: 0,
             stopping: false,
+            stalled_at: None,
         }
     }
 
@@ -94,26 +116,46 @@ impl Supervisor {
         (since >= self.stall_timeout).then_some(RestartCause::Stalled(since))
     }
 
-    /// Restarts the thread when it ended or stalled and the backoff allows.
-    /// Returns the cause when it restarted.
-    pub fn check(&mut self) -> Option<RestartCause> {
+    /// Restarts the thread when it ended and the backoff allows; stops a
+    /// stalled one first (see the module doc).
+    pub fn check(&mut self) -> Option<Verdict> {
         if self.stopping {
             return None;
         }
         let cause = self.diagnose()?;
+        if let RestartCause::Stalled(since) = cause {
+            let Some((at, stalled)) = self.stalled_at else {
+                log::error!(
+                    "consumer stalled: no poll for {} ms; asking it to stop before a restart",
+                    since.as_millis()
+                );
+                if let Some(r) = &self.running {
+                    r.stop.store(true, Ordering::SeqCst);
+                }
+                self.stalled_at = Some((Instant::now(), since));
+                return Some(Verdict::Stopping(since));
+            };
+            let grace = self.stall_timeout.max(MIN_STALL_GRACE);
+            if at.elapsed() >= grace {
+                let total = stalled + at.elapsed();
+                log::error!(
+                    "consumer wedged: no poll for {} ms and it did not stop within {} ms; exiting for a restart",
+                    total.as_millis(),
+                    grace.as_millis()
+                );
+                return Some(Verdict::Wedged(total));
+            }
+            return Some(Verdict::Stopping(since));
+        }
         if Instant::now() < self.not_before {
             return None;
         }
         let old = self.running.take()?;
-        old.stop.store(true, Ordering::SeqCst);
-        let cause = match cause {
-            RestartCause::Ended(_) if old.handle.is_finished() => match old.handle.join() {
-                Ok(Ok(())) => RestartCause::Ended("thread returned".into()),
-                Ok(Err(e)) => RestartCause::Ended(e.to_string()),
-                Err(p) => RestartCause::Ended(crate::router::panic_message(p.as_ref())),
-            },
-            // A stalled thread cannot be killed: it was told to stop and is left to end on its own.
-            other => other,
+        let cause = match (self.stalled_at.take(), old.handle.join()) {
+            (Some((_, stalled)), _) => RestartCause::Stalled(stalled),
+            (None, Ok(Ok(()))) => RestartCause::Ended("thread returned".into()),
+            (None, Ok(Err(e))) => RestartCause::Ended(e.to_string()),
+            (None, Err(p)) => RestartCause::Ended(crate::router::panic_message(p.as_ref())),
         };
         if old.started.elapsed() >= HEALTHY_RUN {
             self.backoff.reset();
@@ -131,7 +173,7 @@ impl Supervisor {
         if let Err(e) = self.start() {
             log::error!("cannot start consumer thread: {e}");
         }
-        Some(cause)
+        Some(Verdict::Restarted(cause))
     }
 
     /// Asks the thread to finish its batch and stop, without waiting; no

@@ -31,6 +31,32 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/po
 
 /// How long a SQLite writer waits for another writer's lock before erroring.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+/// Longest PostgreSQL statement: a stall ends by itself (as a transient error).
+const PG_STATEMENT_TIMEOUT_MS: u32 = 60_000;
+/// libpq settings that bound every wait on a PostgreSQL connection: connect,
+/// a peer that vanished silently (keepalives), unacknowledged sends. A value
+/// the URL gives wins.
+const PG_BOUNDS: &[(&str, &str)] = &[
+    ("connect_timeout", "5"),
+    ("keepalives", "1"),
+    ("keepalives_idle", "30"),
+    ("keepalives_interval", "10"),
+    ("keepalives_count", "3"),
+    ("tcp_user_timeout", "30000"),
+];
+
+/// `url` with the [`PG_BOUNDS`] it does not set itself.
+fn bounded_pg_url(url: &str) -> String {
+    let mut out = url.to_string();
+    for (key, value) in PG_BOUNDS {
+        let query = out.split_once('?').map_or("", |(_, q)| q);
+        if !query.split('&').any(|kv| kv.split('=').next() == Some(*key)) {
+            out.push(if out.contains('?') { '&' } else { '?' });
+            out.push_str(&format!("{key}={value}"));
+        }
+    }
+    out
+}
 
 #[derive(diesel::MultiConnection)]
 pub enum DbConnection {
@@ -118,19 +144,21 @@ fn sqlite_path(url: &str) -> &str {
 }
 
 #[derive(Debug)]
-struct SqlitePragmas;
+struct SessionSettings;
 
-impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SqlitePragmas {
+impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SessionSettings {
     fn on_acquire(&self, conn: &mut DbConnection) -> Result<(), diesel::r2d2::Error> {
-        if let DbConnection::Sqlite(c) = conn {
+        match conn {
             // busy_timeout first: switching to WAL itself needs the lock.
-            c.batch_execute(&format!(
+            DbConnection::Sqlite(c) => c.batch_execute(&format!(
                 "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL; \
                  PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;"
-            ))
-            .map_err(diesel::r2d2::Error::QueryError)?;
+            )),
+            DbConnection::Postgresql(c) => {
+                c.batch_execute(&format!("SET statement_timeout = {PG_STATEMENT_TIMEOUT_MS}"))
+            }
         }
-        Ok(())
+        .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -139,7 +167,7 @@ impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SqlitePragmas {
 pub fn connect(url: &str, size: u32) -> Result<Pool, DbError> {
     let backend = Backend::of_url(url).map_err(|reason| DbError::Connect { url: redact_url(url), reason })?;
     let conn_url = match backend {
-        Backend::Postgres => url.to_string(),
+        Backend::Postgres => bounded_pg_url(url),
         Backend::Sqlite => {
             let path = sqlite_path(url);
             if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -156,7 +184,7 @@ pub fn connect(url: &str, size: u32) -> Result<Pool, DbError> {
         .max_size(size)
         .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(5))
-        .connection_customizer(Box::new(SqlitePragmas))
+        .connection_customizer(Box::new(SessionSettings))
         // r2d2 logs every failed attempt itself; the caller reports the outcome.
         .error_handler(Box::new(diesel::r2d2::NopErrorHandler))
         .build(manager)
@@ -206,6 +234,18 @@ pub fn ping(conn: &mut DbConnection) -> Result<(), DbError> {
 /// Now, in the UTC wall-clock form the tables store.
 pub fn now() -> chrono::NaiveDateTime {
     chrono::Utc::now().naive_utc()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn postgres_urls_get_the_bounds_they_do_not_set() {
+        let url = super::bounded_pg_url("postgres://u@h/db?connect_timeout=9");
+        assert!(url.starts_with("postgres://u@h/db?connect_timeout=9&keepalives=1&"), "{url}");
+        assert_eq!(url.matches("connect_timeout").count(), 1);
+        assert!(url.ends_with("&tcp_user_timeout=30000"), "{url}");
+        assert!(super::bounded_pg_url("postgres://h/db").starts_with("postgres://h/db?connect_timeout=5&"));
+    }
 }
 
 /// Runs `$body` with `$c` bound to the backend's own connection type, so a

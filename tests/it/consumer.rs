@@ -257,3 +257,45 @@ fn sigterm_mid_stream_exits_0_with_commits_matching_rows(backend: Backend) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 both_backends!(sigterm_mid_stream_exits_0_with_commits_matching_rows);
+
+/// Values PostgreSQL refuses (a NUL in text, a timestamp before its range)
+/// are dead-lettered with the database's own message, and every other
+/// record of the partition is stored after them; SQLite stores them.
+fn values_the_database_refuses_are_dead_lettered_and_the_rest_is_stored(backend: Backend) {
+    let tdb = TestDb::new(backend);
+    let pool = tdb.pool();
+    let s = settings(&tdb.url, &unique("refused"), &[]);
+    let notifications = create_registry_topics(&s, 1);
+    let prices = s.topic("price-events");
+    let mut payloads: Vec<Vec<u8>> = (0..20).map(notification).collect();
+    payloads.insert(5, br#"{"user_id": 1, "event": "a\u0000b", "content": "x"}"#.to_vec());
+    produce(&s, &notifications, &payloads);
+    let price = |ts: &str| format!(r#"{{"symbol":"ACME","price":1.5,"timestamp":{ts},"source":"t"}}"#).into_bytes();
+    let mut price_payloads: Vec<Vec<u8>> = (0..20).map(|i| price(&(1_700_000_000 + i).to_string())).collect();
+    price_payloads.insert(3, price("-300000000000"));
+    produce(&s, &prices, &price_payloads);
+
+    let run = Running::start(&s, &pool, vec![]);
+    let refused = if backend == Backend::Postgres { 2 } else { 0 };
+    let price_rows = |pool: &Pool| cronsumer::db::price_events::count(&mut pool.get().unwrap()).unwrap();
+    wait_for("every record stored or dead-lettered", Duration::from_secs(60), || {
+        count_notifications(&pool) + price_rows(&pool) + count_dead_letters(&pool) >= 42
+    });
+    wait_for("commits of all 42", Duration::from_secs(30), || {
+        sum(&committed(&s, &notifications, 1)) + sum(&committed(&s, &prices, 1)) == 42
+    });
+    run.stop();
+    assert_eq!(count_notifications(&pool), 21 - refused / 2);
+    assert_eq!(price_rows(&pool), 21 - refused / 2);
+    let dead = cronsumer::db::dead_letters::list(&mut pool.get().unwrap(), None, 10).unwrap();
+    assert_eq!(dead.len() as i64, refused);
+    if backend == Backend::Postgres {
+        let reason = |topic: &str| dead.iter().find(|d| d.topic == topic).map(|d| d.error.clone()).unwrap();
+        let (n, p) = (reason(&notifications), reason(&prices));
+        assert!(n.starts_with("the database refused this record:") && n.contains("0x00"), "{n}");
+        assert!(p.starts_with("the database refused this record:") && p.contains("out of range"), "{p}");
+        assert_eq!(dead.iter().map(|d| d.offset).collect::<std::collections::BTreeSet<_>>(), [3, 5].into());
+    }
+    assert_commits_covered(&s, &pool, &notifications, 1);
+}
+both_backends!(values_the_database_refuses_are_dead_lettered_and_the_rest_is_stored);

@@ -11,7 +11,7 @@ use cronsumer::handler::{Consumer, HandlerContext, HandlerError, Wakers};
 use cronsumer::record::Record;
 use cronsumer::scheduler::{JobContext, JobRunner, Trigger};
 use cronsumer::shutdown::Shutdown;
-use cronsumer::supervisor::{RestartCause, Supervisor};
+use cronsumer::supervisor::{RestartCause, Supervisor, Verdict, MIN_STALL_GRACE};
 
 use crate::common::*;
 use crate::consumer::create_registry_topics;
@@ -46,6 +46,22 @@ impl Consumer for StallOnce {
         }
         Ok(())
     }
+}
+
+/// Blocks every batch for longer than the stall grace: a wedged thread.
+struct Wedged;
+impl Consumer for Wedged {
+    fn topic(&self) -> &'static str {
+        "wedged"
+    }
+    fn handle(&self, _: &[Record], _: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
+        std::thread::sleep(MIN_STALL_GRACE + Duration::from_secs(15));
+        Ok(())
+    }
+}
+
+fn wedged_only() -> Vec<Box<dyn Consumer>> {
+    vec![Box::new(Wedged)]
 }
 
 fn with_panic_once() -> Vec<Box<dyn Consumer>> {
@@ -183,4 +199,43 @@ fn end_to_end_a_produced_record_reaches_the_webhook() {
     );
     assert_eq!(sink.delivered().len(), n);
     assert!(sink.delivered().values().all(|&c| c == 1));
+}
+
+/// A stalled thread still holds its group membership: the supervisor asks it
+/// to stop and never starts a second member beside it; when it does not end
+/// within the grace, the verdict is to end the process.
+#[test]
+fn a_wedged_consumer_thread_gets_no_second_member_and_ends_the_process() {
+    let tdb = TestDb::new(Backend::Sqlite);
+    let pool = tdb.pool();
+    let s = settings(&tdb.url, &unique("wedge"), &[("CONSUMER_STALL_TIMEOUT_MS", "1000")]);
+    let topic = s.topic("wedged");
+    create_topic(&s, &topic, 1);
+    produce(&s, &topic, &[b"{}".to_vec()]);
+    let setup = ConsumerSetup {
+        settings: Arc::new(s.clone()),
+        pool,
+        modules: wedged_only,
+        extra_topics: vec![],
+        wakers: Wakers::default(),
+        panics: Default::default(),
+    };
+    let mut supervisor = Supervisor::new(setup);
+    supervisor.start().unwrap();
+    let first = supervisor.heartbeat().unwrap();
+    wait_for("the stall", Duration::from_secs(60), || matches!(supervisor.diagnose(), Some(RestartCause::Stalled(_))));
+    assert!(matches!(supervisor.check(), Some(Verdict::Stopping(_))));
+    let stalled = Instant::now();
+    let verdict = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let v = supervisor.check();
+        assert_eq!(supervisor.restarts(), 0, "a second consumer was started beside the stalled one");
+        assert!(Arc::ptr_eq(&first, &supervisor.heartbeat().unwrap()));
+        match v {
+            Some(Verdict::Stopping(_)) => assert!(stalled.elapsed() < MIN_STALL_GRACE + Duration::from_secs(5)),
+            other => break other,
+        }
+    };
+    assert!(matches!(verdict, Some(Verdict::Wedged(d)) if d >= MIN_STALL_GRACE), "{verdict:?}");
+    assert!(stalled.elapsed() >= MIN_STALL_GRACE - Duration::from_secs(1));
 }

@@ -172,3 +172,19 @@ fn sim_regression_a_stalled_member_commits_nothing_after_losing_its_partitions()
     produce(&mut w, &tp(1), 10);
     w.settle(Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// A record that panics the handler is dead-lettered after its third panic,
+/// even when nothing is committed between the restarts and the records
+/// before it come again in batches of their own.
+#[test]
+fn sim_regression_a_panicking_record_is_dead_lettered_across_restarts_without_commits() {
+    let mut w = world(1, 1, false, 5);
+    w.cluster.borrow_mut().commit_fail = 1.0;
+    produce(&mut w, &tp(0), 12);
+    w.produce(&tp(0), Nature::Panic);
+    produce(&mut w, &tp(0), 12);
+    run(&mut w, "the panicking record dead-lettered", 20_000, |w| w.db.borrow().dead.len() == 1);
+    w.settle(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    let reason = &w.db.borrow().dead[&(tp(0), 12)];
+    assert!(reason.starts_with("handler panicked 3 times in a row on this record"), "{reason}");
+}
