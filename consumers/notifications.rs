@@ -3,7 +3,9 @@
 //!
 //! Payload: `{"user_id": 42, "event": "order_shipped", "content": "..."}`;
 //! `users` (a non-empty array of ids) may stand for `user_id`, and `message`
-//! for `content`. `user_id: 0` is a valid id.
+//! for `content`. An id is a non-negative integer (0 included) or a non-empty
+//! string of at most 128 characters ("u-17", a UUID, "0042"), stored as sent:
+//! `users` holds the JSON array, strings kept as strings.
 
 use serde_json::{Map, Value};
 
@@ -17,7 +19,7 @@ pub struct Notifications;
 /// A valid notification payload.
 #[derive(Debug, PartialEq)]
 pub struct Parsed {
-    pub users: Vec<i64>,
+    pub users: Vec<Value>,
     pub event: String,
     pub content: String,
 }
@@ -85,10 +87,22 @@ mod tests {
     #[test]
     fn accepts_both_spellings_and_user_zero() {
         let p = parse_str(r#"{"user_id": 0, "event": "e", "content": "c"}"#).unwrap();
-        assert_eq!(p, Parsed { users: vec![0], event: "e".into(), content: "c".into() });
+        assert_eq!(p, Parsed { users: vec![0.into()], event: "e".into(), content: "c".into() });
         let p = parse_str(r#"{"users": [1, 2], "event": "e", "message": "m"}"#).unwrap();
-        assert_eq!(p.users, vec![1, 2]);
+        assert_eq!(p.users, vec![Value::from(1), Value::from(2)]);
         assert_eq!(p.content, "m");
+    }
+
+    #[test]
+    fn string_ids_are_kept_as_sent_beside_integers() {
+        let uuid = "7f1c2a4e-9b0d-4c55-8e21-3f6a9d0b1c2e";
+        let p = parse_str(&format!(r#"{{"users": [17, "u-17", "0042", "{uuid}"], "event": "e", "content": "c"}}"#))
+            .unwrap();
+        assert_eq!(serde_json::to_string(&p.users).unwrap(), format!(r#"[17,"u-17","0042","{uuid}"]"#));
+        assert_eq!(
+            parse_str(r#"{"user_id": "u-1", "event": "e", "content": "c"}"#).unwrap().users,
+            vec![Value::from("u-1")]
+        );
     }
 
     #[test]
@@ -99,14 +113,29 @@ mod tests {
                 r#"{"user_id": 1, "users": [1], "event": "e", "content": "c"}"#,
                 "fields `user_id` and `users` are both given; send one",
             ),
-            (r#"{"user_id": "1", "event": "e", "content": "c"}"#, "field `user_id` must be an integer, got string"),
+            (r#"{"user_id": "", "event": "e", "content": "c"}"#, "field `user_id` is an empty string"),
             (
                 r#"{"user_id": -3, "event": "e", "content": "c"}"#,
-                "field `user_id` must be a non-negative integer, got -3",
+                "field `user_id` must be a non-negative integer or a non-empty string, got -3",
+            ),
+            (
+                r#"{"user_id": 1.5, "event": "e", "content": "c"}"#,
+                "field `user_id` must be a non-negative integer or a non-empty string, got 1.5",
+            ),
+            (
+                r#"{"user_id": true, "event": "e", "content": "c"}"#,
+                "field `user_id` must be a non-negative integer or a non-empty string, got boolean",
+            ),
+            (
+                r#"{"users": [1, {"id": 2}], "event": "e", "content": "c"}"#,
+                "field `users[1]` must be a non-negative integer or a non-empty string, got object",
+            ),
+            (
+                r#"{"users": [1, null], "event": "e", "content": "c"}"#,
+                "field `users[1]` must be a non-negative integer or a non-empty string, got null",
             ),
             (r#"{"users": [], "event": "e", "content": "c"}"#, "field `users` is an empty array"),
             (r#"{"users": 5, "event": "e", "content": "c"}"#, "field `users` must be an array, got number"),
-            (r#"{"users": [1, "x"], "event": "e", "content": "c"}"#, "field `users[1]` must be an integer, got string"),
             (r#"{"user_id": 1, "content": "c"}"#, "field `event` is missing"),
             (r#"{"user_id": 1, "event": 7, "content": "c"}"#, "field `event` must be a string, got number"),
             (r#"{"user_id": 1, "event": "e"}"#, "field `content` (or `message`) is missing"),

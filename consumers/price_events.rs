@@ -1,6 +1,8 @@
 //! Topic `price-events`: stores `{"symbol", "price", "timestamp", "source"}`
 //! records in `price_events`, one transaction per batch. `timestamp` is an
-//! RFC 3339 string or a number of seconds since the Unix epoch.
+//! RFC 3339 string or a number of seconds since the Unix epoch. An optional
+//! `raw_response_id` (string or integer: the market-data producer's raw
+//! answer) is kept as text; other extra fields are allowed and ignored.
 
 use chrono::{DateTime, NaiveDateTime};
 use serde_json::{Map, Value};
@@ -18,6 +20,7 @@ pub struct Parsed {
     pub price: f64,
     pub timestamp: NaiveDateTime,
     pub source: String,
+    pub raw_response_id: Option<String>,
 }
 
 pub fn parse(map: &Map<String, Value>) -> Result<Parsed, String> {
@@ -47,7 +50,16 @@ pub fn parse(map: &Map<String, Value>) -> Result<Parsed, String> {
             ))
         }
     };
-    Ok(Parsed { symbol, price, timestamp, source: payload::string(map, "source")? })
+    let raw_response_id = match map.get("raw_response_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => return Err("field `raw_response_id` is an empty string".into()),
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        Some(other) => {
+            return Err(format!("field `raw_response_id` must be a string or an integer, got {}", payload::kind(other)))
+        }
+    };
+    Ok(Parsed { symbol, price, timestamp, source: payload::string(map, "source")?, raw_response_id })
 }
 
 impl Consumer for PriceEvents {
@@ -64,6 +76,7 @@ impl Consumer for PriceEvents {
                     price: p.price,
                     timestamp: p.timestamp,
                     source: p.source,
+                    raw_response_id: p.raw_response_id,
                     source_topic: r.topic.clone(),
                     source_partition: r.partition,
                     source_offset: r.offset,
@@ -94,6 +107,19 @@ mod tests {
         let b = parse_str(r#"{"symbol":"ACME","price":12.5,"timestamp":1795428000,"source":"x"}"#).unwrap();
         assert_eq!(a.timestamp, b.timestamp);
         assert_eq!(a.price, 12.5);
+    }
+
+    #[test]
+    fn raw_response_id_is_kept_as_text_and_extra_fields_are_allowed() {
+        let base = r#""symbol":"A","price":1,"timestamp":1,"source":"x""#;
+        let id = |extra: &str| parse_str(&format!("{{{base}{extra}}}")).map(|p| p.raw_response_id);
+        assert_eq!(id(r#","raw_response_id":"9f1c-uuid","extra":[1]"#), Ok(Some("9f1c-uuid".into())));
+        assert_eq!(id(r#","raw_response_id":42"#), Ok(Some("42".into())));
+        assert_eq!(id(""), Ok(None));
+        assert_eq!(
+            id(r#","raw_response_id":1.5"#),
+            Err("field `raw_response_id` must be a string or an integer, got number".into())
+        );
     }
 
     #[test]

@@ -67,11 +67,15 @@ pub struct KafkaSettings {
     pub sasl_username: Option<String>,
     pub sasl_password: Option<String>,
     pub connect_max_retries: u32,
+    /// The producer's `compression.type`.
+    pub producer_compression: String,
     /// Prepended to every registered topic name (e.g. `staging.`).
     pub topic_prefix: String,
     /// `KAFKA_PROP_<NAME>` pass-through properties, already turned into
     /// librdkafka names (`session.timeout.ms`).
     pub props: BTreeMap<String, String>,
+    /// `KAFKA_TOPIC_<MODULE>` topic names by module key (`PRICE_EVENTS`).
+    pub topics: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +118,7 @@ pub const DEFAULTS: &[(&str, Option<&str>)] = &[
     ("KAFKA_SASL_USERNAME", None),
     ("KAFKA_SASL_PASSWORD", None),
     ("KAFKA_CONNECT_MAX_RETRIES", Some("5")),
+    ("KAFKA_PRODUCER_COMPRESSION", Some("lz4")),
     ("CONSUMER_BATCH_SIZE", Some("25")),
     ("CONSUMER_BATCH_TIMEOUT_MS", Some("5000")),
     ("CONSUMER_STALL_TIMEOUT_MS", Some("60000")),
@@ -131,6 +136,7 @@ pub const DEFAULTS: &[(&str, Option<&str>)] = &[
     ("RUST_LOG", Some("info")),
 ];
 
+const COMPRESSIONS: &[&str] = &["NONE", "GZIP", "SNAPPY", "LZ4", "ZSTD"];
 const SECURITY_PROTOCOLS: &[&str] = &["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"];
 const SASL_MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
 
@@ -161,7 +167,9 @@ impl Settings {
             sasl_username: r.raw("KAFKA_SASL_USERNAME").filter(|v| !v.is_empty()),
             sasl_password: r.raw("KAFKA_SASL_PASSWORD").filter(|v| !v.is_empty()),
             connect_max_retries: r.number("KAFKA_CONNECT_MAX_RETRIES", 0, 1000) as u32,
+            producer_compression: r.one_of("KAFKA_PRODUCER_COMPRESSION", COMPRESSIONS).to_ascii_lowercase(),
             props: kafka_props(&vars),
+            topics: kafka_topics(&mut r, &vars),
         };
         let consumer = ConsumerSettings {
             batch_size: r.number("CONSUMER_BATCH_SIZE", 1, 100_000) as usize,
@@ -235,6 +243,7 @@ impl Settings {
             ("KAFKA_SASL_USERNAME".into(), opt(&k.sasl_username)),
             ("KAFKA_SASL_PASSWORD".into(), k.sasl_password.as_ref().map(|_| REDACTED.to_string()).unwrap_or_default()),
             ("KAFKA_CONNECT_MAX_RETRIES".into(), k.connect_max_retries.to_string()),
+            ("KAFKA_PRODUCER_COMPRESSION".into(), k.producer_compression.clone()),
             ("CONSUMER_BATCH_SIZE".into(), c.batch_size.to_string()),
             ("CONSUMER_BATCH_TIMEOUT_MS".into(), c.batch_timeout.as_millis().to_string()),
             ("CONSUMER_STALL_TIMEOUT_MS".into(), c.stall_timeout.as_millis().to_string()),
@@ -260,6 +269,9 @@ impl Settings {
             ("SHUTDOWN_TIMEOUT_MS".into(), self.shutdown_timeout.as_millis().to_string()),
             ("RUST_LOG".into(), self.rust_log.clone()),
         ];
+        for (module, name) in &k.topics {
+            out.push((format!("KAFKA_TOPIC_{module}"), name.clone()));
+        }
         for (name, value) in &k.props {
             let env = format!("KAFKA_PROP_{}", name.replace('.', "_").to_uppercase());
             let shown = if is_secret_name(name) { REDACTED.to_string() } else { value.clone() };
@@ -268,9 +280,11 @@ impl Settings {
         out
     }
 
-    /// Full topic name for a registered (unprefixed) topic.
+    /// Full topic name of a module's topic: `KAFKA_TOPIC_PREFIX` + its
+    /// `KAFKA_TOPIC_<MODULE>` name, or + the module's own name.
     pub fn topic(&self, base: &str) -> String {
-        format!("{}{}", self.kafka.topic_prefix, base)
+        let name = self.kafka.topics.get(&module_key(base)).map_or(base, String::as_str);
+        format!("{}{name}", self.kafka.topic_prefix)
     }
 }
 
@@ -309,6 +323,42 @@ fn kafka_props(vars: &HashMap<String, String>) -> BTreeMap<String, String> {
             (!name.is_empty()).then(|| (name.to_ascii_lowercase().replace('_', "."), v.clone()))
         })
         .collect()
+}
+
+/// The `<MODULE>` of `KAFKA_TOPIC_<MODULE>` for a module's topic: `price-events` → `PRICE_EVENTS`.
+pub fn module_key(topic: &str) -> String {
+    topic.to_ascii_uppercase().replace(['-', '.'], "_")
+}
+
+/// The seed's name for the price topic, accepted as an alias of `KAFKA_TOPIC_PRICE_EVENTS`.
+const PRICE_TOPIC_ALIAS: &str = "KAFKA_PRICE_EVENTS_TOPIC";
+
+/// `KAFKA_TOPIC_PRICE_EVENTS=market.prices.v1` → `PRICE_EVENTS → market.prices.v1`.
+fn kafka_topics(r: &mut Reader<'_>, vars: &HashMap<String, String>) -> BTreeMap<String, String> {
+    let mut named: Vec<(String, String, String)> = vars
+        .iter()
+        .filter_map(|(var, v)| {
+            let module = var.strip_prefix("KAFKA_TOPIC_").filter(|m| !m.is_empty() && *m != "PREFIX")?;
+            Some((module.to_string(), var.clone(), v.trim().to_string()))
+        })
+        .collect();
+    named.sort();
+    if let Some(v) = vars.get(PRICE_TOPIC_ALIAS) {
+        named.push(("PRICE_EVENTS".into(), PRICE_TOPIC_ALIAS.into(), v.trim().to_string()));
+    }
+    let mut topics = BTreeMap::new();
+    for (module, var, value) in named {
+        let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if value.is_empty() || value.len() > 249 || !value.chars().all(legal) {
+            r.problem(&var, &value, "a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)");
+        } else if let Some(other) = topics.get(&module).filter(|other| **other != value) {
+            let expected = format!("the name KAFKA_TOPIC_{module}={other} gives, or only one of the two");
+            r.problem(&var, &value, &expected);
+        } else {
+            topics.insert(module, value);
+        }
+    }
+    topics
 }
 
 /// Reads one variable at a time, collecting problems instead of stopping.
@@ -456,6 +506,9 @@ mod tests {
         assert_eq!(s.kafka.auto_offset_reset, OffsetReset::Earliest);
         assert!(!s.kafka.auto_create_topics);
         assert_eq!(s.kafka.connect_max_retries, 5);
+        assert_eq!(s.kafka.producer_compression, "lz4");
+        assert_eq!(load(&[("KAFKA_PRODUCER_COMPRESSION", "snappy")]).unwrap().kafka.producer_compression, "snappy");
+        assert!(problems(&[("KAFKA_PRODUCER_COMPRESSION", "brotli")])[0].contains("KAFKA_PRODUCER_COMPRESSION"));
         assert_eq!(s.consumer.batch_size, 25);
         assert_eq!(s.consumer.batch_timeout, Duration::from_millis(5000));
         assert_eq!(s.consumer.stall_timeout, Duration::from_millis(60000));
@@ -541,6 +594,20 @@ mod tests {
         assert!(p[0].contains("DATABASE_URL") && !p[0].contains("hunter2"), "{p:?}");
         assert!(load(&[("DATABASE_URL", "postgres://u:p@h/db")]).is_ok());
         assert!(load(&[("DATABASE_URL", "sqlite:///tmp/x.db")]).is_ok());
+    }
+
+    #[test]
+    fn topic_names_per_module_with_the_seed_alias_and_the_prefix() {
+        let s = load(&[("KAFKA_PRICE_EVENTS_TOPIC", "market.prices.v1"), ("KAFKA_TOPIC_PREFIX", "dev.")]).unwrap();
+        assert_eq!(s.topic("price-events"), "dev.market.prices.v1");
+        assert_eq!(s.topic("notifications"), "dev.notifications");
+        let s = load(&[("KAFKA_TOPIC_NOTIFICATIONS", "alerts")]).unwrap();
+        assert_eq!(s.topic("notifications"), "alerts");
+        assert!(s.describe().contains(&("KAFKA_TOPIC_NOTIFICATIONS".into(), "alerts".into())));
+        let e = load(&[("KAFKA_TOPIC_PRICE_EVENTS", "a"), ("KAFKA_PRICE_EVENTS_TOPIC", "b")]).unwrap_err().to_string();
+        assert!(e.contains("KAFKA_PRICE_EVENTS_TOPIC"), "{e}");
+        let e = load(&[("KAFKA_TOPIC_ORDERS", "no spaces")]).unwrap_err().to_string();
+        assert!(e.contains("KAFKA_TOPIC_ORDERS"), "{e}");
     }
 
     #[test]

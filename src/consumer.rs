@@ -220,7 +220,7 @@ pub struct ConsumerSetup {
 /// memory (bounded by `SHUTDOWN_TIMEOUT_MS`) and leaves the group.
 fn run(setup: &ConsumerSetup, heartbeat: Arc<Heartbeat>, stop: &AtomicBool) -> Result<(), ConsumerError> {
     let s = &setup.settings;
-    let router = Router::new((setup.modules)(), &s.kafka.topic_prefix);
+    let router = Router::new((setup.modules)(), |t| s.topic(t));
     let mut topics = router.topics();
     topics.extend(setup.extra_topics.iter().cloned());
     let mut sink = Handlers::new(router, setup.pool.clone(), s.consumer.max_record_bytes, setup.wakers.clone());

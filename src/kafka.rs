@@ -83,7 +83,7 @@ pub fn producer_config(settings: &Settings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("acks", "all");
     c.set("enable.idempotence", "true");
-    c.set("compression.type", "lz4");
+    c.set("compression.type", &settings.kafka.producer_compression);
     c.set("linger.ms", "5");
     c.set("message.timeout.ms", "30000");
     for (k, v) in base_config(settings).config_map() {

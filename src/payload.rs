@@ -53,16 +53,25 @@ pub fn one_string_of(map: &Map<String, Value>, a: &str, b: &str) -> Result<Strin
     }
 }
 
-/// A non-negative integer (0 is a valid id).
-pub fn id(v: &Value, what: &str) -> Result<i64, String> {
+/// An id as sent: a non-negative integer or a non-empty string of at most
+/// [`MAX_ID_CHARS`] characters.
+pub fn id(v: &Value, what: &str) -> Result<Value, String> {
     match v {
-        Value::Number(n) => match n.as_i64() {
-            Some(i) if i >= 0 => Ok(i),
-            _ => Err(format!("{what} must be a non-negative integer, got {n}")),
+        Value::Number(n) => match n.as_u64() {
+            Some(_) => Ok(v.clone()),
+            None => Err(format!("{what} must be a non-negative integer or a non-empty string, got {n}")),
         },
-        other => Err(format!("{what} must be an integer, got {}", kind(other))),
+        Value::String(s) if s.is_empty() => Err(format!("{what} is an empty string")),
+        Value::String(s) if s.chars().count() > MAX_ID_CHARS => {
+            Err(format!("{what} is {} characters, at most {MAX_ID_CHARS} allowed", s.chars().count()))
+        }
+        Value::String(_) => Ok(v.clone()),
+        other => Err(format!("{what} must be a non-negative integer or a non-empty string, got {}", kind(other))),
     }
 }
+
+/// Longest string id (user ids are often UUIDs: 36).
+pub const MAX_ID_CHARS: usize = 128;
 
 /// A finite number.
 pub fn number(map: &Map<String, Value>, field: &str) -> Result<f64, String> {
@@ -112,10 +121,14 @@ mod tests {
         assert_eq!(string(&m, "missing").unwrap_err(), "field `missing` is missing");
         assert_eq!(string(&m, "e").unwrap_err(), "field `e` is empty");
         assert_eq!(string(&m, "n").unwrap_err(), "field `n` must be a string, got number");
-        assert_eq!(id(&m["z"], "user_id").unwrap(), 0);
-        assert_eq!(id(&m["neg"], "user_id").unwrap_err(), "user_id must be a non-negative integer, got -1");
-        assert_eq!(id(&m["f"], "user_id").unwrap_err(), "user_id must be a non-negative integer, got 1.5");
-        assert_eq!(id(&m["s"], "user_id").unwrap_err(), "user_id must be an integer, got string");
+        assert_eq!(id(&m["z"], "user_id").unwrap(), serde_json::json!(0));
+        assert_eq!(id(&m["s"], "user_id").unwrap(), serde_json::json!("x"));
+        let either = "user_id must be a non-negative integer or a non-empty string, got";
+        assert_eq!(id(&m["neg"], "user_id").unwrap_err(), format!("{either} -1"));
+        assert_eq!(id(&m["f"], "user_id").unwrap_err(), format!("{either} 1.5"));
+        let long = serde_json::Value::String("u".repeat(MAX_ID_CHARS + 1));
+        assert_eq!(id(&long, "user_id").unwrap_err(), "user_id is 129 characters, at most 128 allowed");
+        assert!(id(&serde_json::Value::String("é".repeat(MAX_ID_CHARS)), "user_id").is_ok());
         assert_eq!(number(&m, "f").unwrap(), 1.5);
         assert_eq!(number(&m, "s").unwrap_err(), "field `s` must be a number, got string");
         assert_eq!(one_string_of(&m, "s", "e").unwrap_err(), "fields `s` and `e` are both given; send one");

@@ -42,9 +42,9 @@ pub struct Router {
 }
 
 impl Router {
-    /// Routes `KAFKA_TOPIC_PREFIX` + each module's topic to that module.
-    pub fn new(modules: Vec<Box<dyn Consumer>>, prefix: &str) -> Router {
-        let routes = modules.into_iter().map(|m| (format!("{prefix}{}", m.topic()), m)).collect();
+    /// Routes each module's topic, as `name` resolves it (`Settings::topic`), to that module.
+    pub fn new(modules: Vec<Box<dyn Consumer>>, name: impl Fn(&str) -> String) -> Router {
+        let routes = modules.into_iter().map(|m| (name(m.topic()), m)).collect();
         let fault_panic = std::env::var(FAULT_PANIC_ENV).ok().filter(|v| !v.is_empty()).map(String::into_bytes);
         Router { routes, warned: HashSet::new(), fault_panic }
     }
@@ -262,7 +262,7 @@ mod tests {
     #[test]
     fn routes_with_prefix_and_skips_unknown_topics() {
         let (m, seen) = recorder("orders", false, false);
-        let mut router = Router::new(vec![m], "dev.");
+        let mut router = Router::new(vec![m], |t| format!("dev.{t}"));
         assert_eq!(router.topics(), vec!["dev.orders".to_string()]);
         let pool = pool();
         let mut ctx = HandlerContext::new(&pool, 100);
@@ -277,12 +277,12 @@ mod tests {
     fn handler_error_and_panic_are_reported_distinctly() {
         let pool = pool();
         let (m, _) = recorder("t", true, false);
-        let mut router = Router::new(vec![m], "");
+        let mut router = Router::new(vec![m], str::to_string);
         let mut ctx = HandlerContext::new(&pool, 100);
         assert!(matches!(router.dispatch(&[rec("t", 0, 0)], &mut ctx), Err(DispatchError::Failed { .. })));
 
         let (m, _) = recorder("t", false, true);
-        let mut router = Router::new(vec![m], "");
+        let mut router = Router::new(vec![m], str::to_string);
         match router.dispatch(&[rec("t", 2, 40)], &mut ctx) {
             Err(DispatchError::Panicked { topic, first, message }) => {
                 assert_eq!((topic.as_str(), first.as_str(), message.as_str()), ("t", "t/2@40", "boom at 40"));

@@ -17,6 +17,7 @@ pub struct NewPriceEvent {
     pub source_topic: String,
     pub source_partition: i32,
     pub source_offset: i64,
+    pub raw_response_id: Option<String>,
 }
 
 /// Inserts all rows in one transaction, skipping sources already stored.

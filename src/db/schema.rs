@@ -66,5 +66,6 @@ diesel::table! {
         source_topic -> Text,
         source_partition -> Integer,
         source_offset -> BigInt,
+        raw_response_id -> Nullable<Text>,
     }
 }

@@ -885,7 +885,8 @@ struct FuzzRecord {
 const HUGE_BYTES: usize = 2 * 1024 * 1024;
 
 const BAD_NOTIFICATIONS: &[&str] = &[
-    r#"{"user_id":"7","event":"e","content":"c"}"#,
+    r#"{"user_id":"","event":"e","content":"c"}"#,
+    r#"{"users":[1,{"id":2}],"event":"e","content":"c"}"#,
     r#"{"user_id":-1,"event":"e","content":"c"}"#,
     r#"{"user_id":1.5,"event":"e","content":"c"}"#,
     r#"{"user_id":true,"event":"e","content":"c"}"#,

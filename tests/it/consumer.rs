@@ -99,7 +99,7 @@ fn poison_records_go_to_dead_letters_with_reasons(backend: Backend) {
         (b"not json at all", "payload is not valid JSON"),
         (b"{\"user_id\": 1, \"event\": \"e\", \"content\": \"\xff\xfe\"}", "payload is not valid UTF-8"),
         (br#"{"event": "e", "content": "c"}"#, "field `user_id` (or `users`) is missing"),
-        (br#"{"user_id": "7", "event": "e", "content": "c"}"#, "field `user_id` must be an integer, got string"),
+        (br#"{"user_id": "", "event": "e", "content": "c"}"#, "field `user_id` is an empty string"),
         (&[b'x'; 4096], "payload is 4096 bytes, over CONSUMER_MAX_RECORD_BYTES=2048"),
     ];
     let mut payloads = Vec::new();

@@ -1,0 +1,1 @@
+ALTER TABLE price_events DROP COLUMN raw_response_id;
