@@ -31,8 +31,8 @@ impl Job for SuperviseConsumer {
             Some(Verdict::Restarted(cause)) => {
                 JobReport::new(format!("restarted consumer ({}): {cause:?}", cause.label()))
             }
-            Some(Verdict::Stopping(since)) => {
-                JobReport::new(format!("consumer stalled for {} ms, stopping it", since.as_millis()))
+            Some(Verdict::Stopping(cause)) => {
+                JobReport::new(format!("stopping the consumer for a restart ({}): {cause:?}", cause.label()))
             }
             // Its thread still holds the group membership: a second member in this process
             // would stall every rebalance, so the service manager restarts the whole process.

@@ -39,6 +39,9 @@ pub enum ConsumerError {
     Panicked(Panicked),
 }
 
+/// Longest wait for the answer to a synchronous commit.
+const SYNC_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Queues rebalances and commit answers for [`RdBroker::poll`].
 pub struct Ctx {
     events: Mutex<VecDeque<Event>>,
@@ -134,6 +137,13 @@ impl RdBroker {
         Ok(RdBroker { consumer })
     }
 
+    fn poll_client(&self, timeout: Duration) -> Option<Event> {
+        self.consumer.poll(timeout).map(|m| match m {
+            Ok(m) => Event::Record(Record::from_message(&m)),
+            Err(e) => Event::Error(e.to_string()),
+        })
+    }
+
     /// Leaves the group: rebalances still queued, and those closing brings,
     /// are completed without the pipeline (nothing more is committed).
     pub fn close(self) {
@@ -160,10 +170,7 @@ impl Broker for RdBroker {
         if let Some(e) = self.consumer.context().queue().pop_front() {
             return Some(e);
         }
-        let polled = self.consumer.poll(timeout).map(|m| match m {
-            Ok(m) => Event::Record(Record::from_message(&m)),
-            Err(e) => Event::Error(e.to_string()),
-        });
+        let polled = self.poll_client(timeout);
         // A rebalance served inside this poll comes before what the poll returned.
         let mut queue = self.consumer.context().queue();
         if queue.is_empty() {
@@ -173,16 +180,42 @@ impl Broker for RdBroker {
         queue.pop_front()
     }
 
+    /// A synchronous commit is an asynchronous one whose answer is awaited
+    /// for at most [`SYNC_COMMIT_TIMEOUT`] (librdkafka's own waits as long as
+    /// the coordinator is away); what polling brings meanwhile stays queued.
     fn commit(&mut self, offsets: &[(Tp, i64)], mode: CommitMode) -> Result<(), String> {
         let mut tpl = TopicPartitionList::new();
         for ((t, p), o) in offsets {
             tpl.add_partition_offset(t, *p, Offset::Offset(*o)).map_err(|e| e.to_string())?;
         }
-        let mode = match mode {
-            CommitMode::Sync => RdCommitMode::Sync,
-            CommitMode::Async => RdCommitMode::Async,
-        };
-        self.consumer.commit(&tpl, mode).map_err(|e| e.to_string())
+        self.consumer.commit(&tpl, RdCommitMode::Async).map_err(|e| e.to_string())?;
+        if mode == CommitMode::Async {
+            return Ok(());
+        }
+        let mut want = offsets.to_vec();
+        want.sort();
+        let deadline = Instant::now() + SYNC_COMMIT_TIMEOUT;
+        loop {
+            let mut queue = self.consumer.context().queue();
+            let answer = queue.iter().position(|e| match e {
+                Event::Committed { offsets, .. } => {
+                    let mut got = offsets.clone();
+                    got.sort();
+                    got == want
+                }
+                _ => false,
+            });
+            if let Some(Event::Committed { result, .. }) = answer.and_then(|i| queue.remove(i)) {
+                return result;
+            }
+            drop(queue);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("commit not confirmed within {} s", SYNC_COMMIT_TIMEOUT.as_secs()));
+            }
+            let polled = self.poll_client(left.min(Duration::from_millis(100)));
+            self.consumer.context().queue().extend(polled);
+        }
     }
 
     fn pause(&mut self, tps: &[Tp]) -> Result<(), String> {

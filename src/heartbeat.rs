@@ -14,7 +14,20 @@ pub struct Heartbeat {
     assigned: AtomicI64,
     retrying: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// The Kafka client's errors: since when, the last one, and when.
+    client_errors: Mutex<Option<ClientErrors>>,
 }
+
+#[derive(Debug, Clone)]
+struct ClientErrors {
+    since: Instant,
+    last_at: Instant,
+    last: String,
+}
+
+/// Client errors end when none came for this long (librdkafka repeats them
+/// while a broker stays unreachable, and says nothing when it is back).
+const CLIENT_ERRORS_QUIET: Duration = Duration::from_secs(30);
 
 impl Default for Heartbeat {
     fn default() -> Self {
@@ -26,6 +39,7 @@ impl Default for Heartbeat {
             assigned: AtomicI64::new(0),
             retrying: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            client_errors: Mutex::new(None),
         }
     }
 }
@@ -88,6 +102,30 @@ impl Heartbeat {
     /// True while a batch waits for a transient failure to clear.
     pub fn retrying(&self) -> bool {
         self.retrying.load(Ordering::Relaxed)
+    }
+
+    /// The Kafka client reported an error (broker unreachable, authentication, ...).
+    pub fn client_error(&self, error: &str) {
+        let now = Instant::now();
+        if let Ok(mut e) = self.client_errors.lock() {
+            let since = e.as_ref().filter(|c| now - c.last_at < CLIENT_ERRORS_QUIET).map_or(now, |c| c.since);
+            *e = Some(ClientErrors { since, last_at: now, last: error.to_string() });
+        }
+    }
+
+    /// The client works (records arrived, a commit went through).
+    pub fn client_ok(&self) {
+        if let Ok(mut e) = self.client_errors.lock() {
+            *e = None;
+        }
+    }
+
+    /// The client's last error, when errors have kept coming for at least `limit`.
+    pub fn client_failing_for(&self, limit: Duration) -> Option<(Duration, String)> {
+        let e = self.client_errors.lock().ok()?.clone()?;
+        let now = Instant::now();
+        let lasting = now - e.since;
+        (lasting >= limit && now - e.last_at < CLIENT_ERRORS_QUIET).then_some((lasting, e.last))
     }
 
     pub fn last_error(&self) -> Option<String> {

@@ -55,6 +55,9 @@ impl Health {
                     }
                     _ => {}
                 }
+                if let Some((lasting, error)) = hb.client_failing_for(stall) {
+                    problems.push(format!("kafka client failing for {} s: {error}", lasting.as_secs()));
+                }
                 if hb.retrying() {
                     problems.push(format!(
                         "consumer is retrying a batch: {}",

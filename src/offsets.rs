@@ -104,11 +104,6 @@ impl Offsets {
             }
         }
     }
-
-    /// True when every handled offset is confirmed.
-    pub fn settled(&self) -> bool {
-        self.due(CommitMode::Sync).is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -134,7 +129,7 @@ mod tests {
         assert_eq!(o.due(CommitMode::Async), vec![(tp(0), 5)]);
         o.sent(&[(tp(0), 5)]);
         o.confirmed(&[(tp(0), 5)]);
-        assert!(o.settled());
+        assert!(o.due(CommitMode::Sync).is_empty());
         o.handled(&tp(0), 9);
         o.sent(&[(tp(0), 9)]);
         // A late answer for an older commit neither settles nor clears the newer one.

@@ -145,27 +145,14 @@ impl<C: Clock + Clone> Pipeline<C> {
     }
 
     /// Records held in memory: the batch in hand and those waiting.
-    pub fn buffered(&self) -> usize {
+    fn buffered(&self) -> usize {
         self.batcher.len() + self.in_hand.as_ref().map_or(0, |h| h.records.len())
     }
 
-    /// Most records [`buffered`](Self::buffered) may reach: the pause limit
-    /// plus what one poll drains.
+    /// Most records this pipeline holds in memory: the pause limit plus
+    /// what one poll drains.
     pub fn memory_bound(&self) -> usize {
         (BUFFER_BATCHES + 1) * self.batch_size
-    }
-
-    pub fn assignment(&self) -> impl Iterator<Item = &Tp> {
-        self.offsets.assigned()
-    }
-
-    pub fn paused(&self) -> &BTreeSet<Tp> {
-        &self.paused
-    }
-
-    /// True when nothing is in memory and every handled offset is confirmed.
-    pub fn is_settled(&self) -> bool {
-        self.buffered() == 0 && self.offsets.settled()
     }
 
     /// How long the next poll may wait: until a retry or a batch is due.
@@ -197,6 +184,7 @@ impl<C: Clock + Clone> Pipeline<C> {
             match event {
                 Event::Record(r) => {
                     received += 1;
+                    self.heartbeat.client_ok();
                     self.accept(r);
                     if received >= self.batch_size {
                         break;
@@ -204,6 +192,7 @@ impl<C: Clock + Clone> Pipeline<C> {
                 }
                 Event::Error(e) => {
                     log::warn!("kafka poll error: {e}");
+                    self.heartbeat.client_error(&e);
                     break;
                 }
                 other => self.on_event(broker, sink, other)?,
@@ -266,6 +255,7 @@ impl<C: Clock + Clone> Pipeline<C> {
             Event::Committed { offsets, result: Ok(()) } => {
                 self.offsets.confirmed(&offsets);
                 self.heartbeat.committed();
+                self.heartbeat.client_ok();
             }
             Event::Committed { offsets, result: Err(e) } => {
                 self.offsets.failed(&offsets);

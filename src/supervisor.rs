@@ -1,11 +1,13 @@
 //! The supervisor: owns the consumer thread, and restarts it (with a fresh
 //! client) when it has ended. Repeated restarts back off exponentially.
 //!
-//! A thread that made no poll for `CONSUMER_STALL_TIMEOUT_MS` still holds
-//! its group membership, so no second one is started beside it: it is told
-//! to stop (and `/healthz` fails meanwhile), it is restarted once it ended,
-//! and if it has not ended after a further grace ([`Verdict::Wedged`]) the
-//! process exits with status 1 for the service manager to restart it.
+//! A thread that made no poll for `CONSUMER_STALL_TIMEOUT_MS`, or whose
+//! client kept failing that long (broker unreachable, authentication), still
+//! holds its group membership, so no second one is started beside it: it is
+//! told to stop (and `/healthz` fails meanwhile), it is restarted with a
+//! fresh client once it ended, and if it has not ended after a further grace
+//! ([`Verdict::Wedged`]) the process exits with status 1 for the service
+//! manager to restart it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,6 +24,9 @@ use crate::metrics;
 pub enum RestartCause {
     Ended(String),
     Stalled(Duration),
+    /// The client kept failing (broker unreachable, authentication) for
+    /// `CONSUMER_STALL_TIMEOUT_MS`: a fresh client may get through.
+    ClientErrors(String),
 }
 
 impl RestartCause {
@@ -29,6 +34,7 @@ impl RestartCause {
         match self {
             RestartCause::Ended(_) => "ended",
             RestartCause::Stalled(_) => "stalled",
+            RestartCause::ClientErrors(_) => "client_errors",
         }
     }
 }
@@ -38,9 +44,11 @@ impl RestartCause {
 pub enum Verdict {
     /// The thread was restarted.
     Restarted(RestartCause),
-    /// The thread stalled and was told to stop; it is restarted once it ended.
-    Stopping(Duration),
-    /// The stalled thread did not end within the grace: only a new process helps.
+    /// The thread stalled, or its client kept failing, and it was told to
+    /// stop; it is restarted once it ended.
+    Stopping(RestartCause),
+    /// The thread did not end within the grace after it was told to stop:
+    /// only a new process helps.
     Wedged(Duration),
 }
 
@@ -62,8 +70,8 @@ pub struct Supervisor {
     not_before: Instant,
     restarts: u64,
     stopping: bool,
-    /// When the running thread was told to stop because it stalled.
-    stalled_at: Option<(Instant, Duration)>,
+    /// When and why the running thread was told to stop.
+    stopping_for: Option<(Instant, RestartCause)>,
 }
 
 /// A run that lasted this long resets the restart backoff.
@@ -80,7 +88,7 @@ impl Supervisor {
             not_before: Instant::now(),
             restarts: 0,
             stopping: false,
-            stalled_at: None,
+            stopping_for: None,
         }
     }
 
@@ -113,50 +121,49 @@ impl Supervisor {
             return Some(RestartCause::Ended("thread ended".into()));
         }
         let since = r.heartbeat.since_poll().unwrap_or_else(|| r.started.elapsed());
-        (since >= self.stall_timeout).then_some(RestartCause::Stalled(since))
+        if since >= self.stall_timeout {
+            return Some(RestartCause::Stalled(since));
+        }
+        let (_, error) = r.heartbeat.client_failing_for(self.stall_timeout)?;
+        Some(RestartCause::ClientErrors(error))
     }
 
-    /// Restarts the thread when it ended and the backoff allows; stops a
-    /// stalled one first (see the module doc).
+    /// Restarts the thread when it ended and the backoff allows; asks a
+    /// stalled or failing one to stop first (see the module doc).
     pub fn check(&mut self) -> Option<Verdict> {
         if self.stopping {
             return None;
         }
         let cause = self.diagnose()?;
-        if let RestartCause::Stalled(since) = cause {
-            let Some((at, stalled)) = self.stalled_at else {
-                log::error!(
-                    "consumer stalled: no poll for {} ms; asking it to stop before a restart",
-                    since.as_millis()
-                );
+        if !matches!(cause, RestartCause::Ended(_)) {
+            let Some((at, why)) = &self.stopping_for else {
+                log::error!("consumer {} ({cause:?}): asking it to stop before a restart", cause.label());
                 if let Some(r) = &self.running {
                     r.stop.store(true, Ordering::SeqCst);
                 }
-                self.stalled_at = Some((Instant::now(), since));
-                return Some(Verdict::Stopping(since));
+                self.stopping_for = Some((Instant::now(), cause.clone()));
+                return Some(Verdict::Stopping(cause));
             };
             let grace = self.stall_timeout.max(MIN_STALL_GRACE);
             if at.elapsed() >= grace {
-                let total = stalled + at.elapsed();
                 log::error!(
-                    "consumer wedged: no poll for {} ms and it did not stop within {} ms; exiting for a restart",
-                    total.as_millis(),
-                    grace.as_millis()
+                    "consumer wedged: asked to stop {} ms ago ({why:?}) and still running; exiting for a restart",
+                    at.elapsed().as_millis()
                 );
-                return Some(Verdict::Wedged(total));
+                return Some(Verdict::Wedged(at.elapsed()));
             }
-            return Some(Verdict::Stopping(since));
+            return Some(Verdict::Stopping(why.clone()));
         }
         if Instant::now() < self.not_before {
             return None;
         }
         let old = self.running.take()?;
-        let cause = match (self.stalled_at.take(), old.handle.join()) {
-            (Some((_, stalled)), _) => RestartCause::Stalled(stalled),
-            (None, Ok(Ok(()))) => RestartCause::Ended("thread returned".into()),
-            (None, Ok(Err(e))) => RestartCause::Ended(e.to_string()),
-            (None, Err(p)) => RestartCause::Ended(crate::router::panic_message(p.as_ref())),
+        let joined = match old.handle.join() {
+            Ok(Ok(())) => RestartCause::Ended("thread returned".into()),
+            Ok(Err(e)) => RestartCause::Ended(e.to_string()),
+            Err(p) => RestartCause::Ended(crate::router::panic_message(p.as_ref())),
         };
+        let cause = self.stopping_for.take().map_or(joined, |(_, why)| why);
         if old.started.elapsed() >= HEALTHY_RUN {
             self.backoff.reset();
         }

@@ -53,12 +53,15 @@ pub enum Command {
         /// Record key.
         #[arg(long)]
         key: Option<String>,
-        /// The payload of one record (usually JSON).
+        /// The payload of one record; `-` reads one record per non-empty line of standard input.
         #[arg(conflicts_with = "file")]
         json_payload: Option<String>,
         /// Produce one record per non-empty line of this file (`-` for standard input).
         #[arg(long, short)]
         file: Option<PathBuf>,
+        /// Send payloads as they are; without it each must be JSON.
+        #[arg(long)]
+        raw: bool,
     },
     /// Print a topic's records as they arrive, without joining the service's group.
     Tail {
@@ -80,7 +83,11 @@ pub enum Command {
         partitions: i32,
     },
     /// Check broker, topics, consumer group and lag, database and jobs; exit 1 if anything is wrong.
-    Diagnose,
+    Diagnose {
+        /// Inspect this consumer group instead of KAFKA_GROUP_ID.
+        #[arg(long)]
+        group_id: Option<String>,
+    },
     /// Records the consumer modules rejected.
     #[command(name = "dead-letters")]
     DeadLetters {
@@ -225,12 +232,23 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Produce { topic, key, json_payload, file } => {
-            records::produce(&settings, &topic, key.as_deref(), json_payload, file)?
+        Command::Produce { topic, key, json_payload, file, raw } => {
+            // A positional `-` is standard input, as for most Unix tools.
+            let (payload, file) = match json_payload {
+                Some(p) if p == "-" => (None, Some(PathBuf::from("-"))),
+                p => (p, file),
+            };
+            records::produce(&settings, &topic, key.as_deref(), payload, file, raw)?
         }
         Command::Tail { topic, from_beginning, max } => records::tail(&settings, &out, &topic, from_beginning, max)?,
         Command::Topics { create, partitions } => return records::topics(&settings, &out, create, partitions),
-        Command::Diagnose => return diagnose::run(&settings, &out),
+        Command::Diagnose { group_id } => {
+            let mut settings = settings;
+            if let Some(g) = group_id {
+                settings.kafka.group_id = g;
+            }
+            return diagnose::run(&settings, &out);
+        }
         Command::DeadLetters { command } => return store::dead_letters(&settings, &out, command),
         Command::Notifications { command } => return store::notifications(&settings, &out, command),
         Command::Jobs { command } => return store::jobs(settings, &out, command),

@@ -21,11 +21,24 @@ pub fn produce(
     key: Option<&str>,
     payload: Option<String>,
     file: Option<PathBuf>,
+    raw: bool,
 ) -> anyhow::Result<()> {
+    check_topic(settings, topic)?;
     let mut producer = crate::producer::RecordProducer::new(settings)?;
     let key = key.map(str::as_bytes);
+    let valid = |payload: &str, what: &str| -> anyhow::Result<()> {
+        if !raw {
+            if let Err(e) = serde_json::from_str::<serde_json::Value>(payload) {
+                bail!(UsageError(format!("{what} is not JSON ({e}); send it as it is with --raw")));
+            }
+        }
+        Ok(())
+    };
     match (payload, file) {
-        (Some(payload), None) => producer.send(topic, key, payload.as_bytes())?,
+        (Some(payload), None) => {
+            valid(&payload, "the payload")?;
+            producer.send(topic, key, payload.as_bytes())?
+        }
         (None, Some(path)) => {
             let (reader, total): (Box<dyn BufRead>, u64) = if path.as_os_str() == "-" {
                 (Box::new(BufReader::new(std::io::stdin())), 0)
@@ -36,22 +49,42 @@ pub fn produce(
             };
             // Drawn only on a terminal (stderr), and only for files worth waiting on.
             let bar = if total >= 1000 { indicatif::ProgressBar::new(total) } else { indicatif::ProgressBar::hidden() };
-            for line in reader.lines() {
+            for (n, line) in reader.lines().enumerate() {
                 let line = line.context("cannot read input")?;
                 if line.trim().is_empty() {
                     continue;
                 }
+                valid(&line, &format!("line {}", n + 1))?;
                 producer.send(topic, key, line.as_bytes())?;
                 bar.inc(1);
             }
             bar.finish_and_clear();
         }
         _ => {
-            bail!(UsageError("give one payload as an argument, or --file FILE (or --file - for standard input)".into()))
+            bail!(UsageError(
+                "give one payload as an argument, - or --file - for standard input, or --file FILE".into()
+            ))
         }
     }
     let delivered = producer.finish(topic)?;
     println!("delivered {delivered} record(s) to {topic}");
+    Ok(())
+}
+
+/// A topic that does not exist is an error; one that no consumer module
+/// handles gets a warning (records there are not stored by this service).
+fn check_topic(settings: &Settings, topic: &str) -> anyhow::Result<()> {
+    let admin = kafka::admin_client(settings)?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .with_context(|| format!("cannot reach Kafka at {}", settings.kafka.bootstrap_servers))?;
+    if !kafka::existing_topics(&metadata).iter().any(|(name, _)| name == topic) {
+        bail!("topic {topic} does not exist; create it with `cronsumer topics --create` (a module's topic) or your broker's tools");
+    }
+    if !app::required_topics(settings).iter().any(|t| t == topic) {
+        eprintln!("warning: no consumer module handles topic {topic}; this service will not store its records");
+    }
     Ok(())
 }
 

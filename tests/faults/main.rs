@@ -447,7 +447,8 @@ impl Drop for Broker {
 #[test]
 fn broker_restart_mid_stream() {
     let _serial = serial();
-    let fx = Fixture::new("broker_restart_mid_stream", Backend::Sqlite, &[]);
+    // Client errors that last longer than the stall timeout make /healthz fail and the client be recreated.
+    let fx = Fixture::new("broker_restart_mid_stream", Backend::Sqlite, &[("CONSUMER_STALL_TIMEOUT_MS", "4000")]);
     fx.produce_notifications(STREAM);
     let svc = fx.start("service", &[]);
     wait_running(&[&svc], "2000 rows", Duration::from_secs(180), || fx.rows() >= 2000);
@@ -456,10 +457,9 @@ fn broker_restart_mid_stream() {
     let outage = Instant::now();
     broker.stop();
     svc.assert_running("right after the broker stopped");
-    // /healthz is liveness (consumer thread alive and polling, not retrying a
-    // failed batch, scheduler ticking): a broker outage need not show there,
-    // since polling goes on and only commits fail. So it is printed, not
-    // asserted. /readyz, which checks that the broker answers, must report it.
+    // /healthz reports client errors that last longer than
+    // CONSUMER_STALL_TIMEOUT_MS; /readyz, which checks that the broker
+    // answers, must report the outage too.
     let mut healthz_saw: Option<String> = None;
     let mut readyz_saw: Option<String> = None;
     while outage.elapsed() < Duration::from_secs(15) {
@@ -481,6 +481,10 @@ fn broker_restart_mid_stream() {
     broker.start();
     svc.assert_running("after the broker came back");
     assert!(readyz_saw.is_some(), "/readyz answered 200 throughout the 15 s broker outage");
+    let healthz = healthz_saw.unwrap_or_default();
+    assert!(healthz.starts_with("503") && healthz.contains("kafka client failing for"), "/healthz: {healthz}");
+    let recreated = metric_value(&svc.metrics(), r#"cronsumer_consumer_restarts_total{cause="client_errors"}"#);
+    assert!(recreated.unwrap_or(0.0) >= 1.0, "the client was not recreated during the outage");
 
     fx.wait_all(&[&svc], STREAM, Duration::from_secs(300));
     svc.assert_running("at the end");

@@ -50,6 +50,22 @@ fn diagnose_reports_healthy_and_a_down_broker() {
     let (code, out, _) = cli(&s, &tdb.url, &["--json", "diagnose"]);
     assert_eq!(code, 0);
     assert!(json_lines(&out).iter().all(|r| r["status"] == "ok"), "{out}");
+    // Another group: its committed offsets, not this service's.
+    let other = unique("other-group");
+    let topic = s.topic("notifications");
+    produce(&s, &topic, &[notification(1)]);
+    let c: rdkafka::consumer::BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", broker()).set("group.id", &other).create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..2 {
+        tpl.add_partition_offset(&topic, p, rdkafka::Offset::Offset(if p == 0 { 7 } else { 0 })).unwrap();
+    }
+    rdkafka::consumer::Consumer::commit(&c, &tpl, rdkafka::consumer::CommitMode::Sync).unwrap();
+    let (code, out, err) = cli(&s, &tdb.url, &["diagnose", "--group-id", &other]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("group {other}")), "{out}");
+    let lag0 = out.lines().find(|l| l.starts_with(&format!("lag {topic}/0"))).unwrap_or_default();
+    assert!(lag0.contains("committed 7"), "{out}");
 
     // Nothing listens on port 1: the broker is down.
     let down = settings(&tdb.url, &unique("diag"), &[("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")]);
@@ -166,6 +182,7 @@ fn produce_from_a_file_and_tail_without_joining_the_group() {
     let (code, out, err) = cli(&s, &tdb.url, &["produce", &topic, "--key", "k", "--file", file.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("delivered 3 record(s)"), "{out}");
+    assert!(err.contains(&format!("warning: no consumer module handles topic {topic}")), "{err}");
     let (code, out, _) = cli(&s, &tdb.url, &["--json", "tail", &topic, "--from-beginning", "--max", "3"]);
     assert_eq!(code, 0);
     let mut payloads: Vec<String> =
@@ -228,4 +245,46 @@ fn assert_prometheus_text(text: &str) {
         assert!(name.starts_with("cronsumer_"), "{line}");
         assert!(value.parse::<f64>().is_ok(), "{line}");
     }
+}
+
+/// `produce` as a new user types it: `-` reads standard input, a payload
+/// must be JSON unless `--raw`, and a topic that does not exist is an error.
+#[test]
+fn produce_reads_stdin_checks_json_and_names_a_missing_topic() {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let tdb = TestDb::new(Backend::Sqlite);
+    let s = settings(&tdb.url, &unique("produce"), &[]);
+    let topic = s.topic("orders");
+    create_topic(&s, &topic, 1);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cronsumer"))
+        .args(["produce", &topic, "-"])
+        .envs(env_of(&s, &tdb.url))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"{\"order_id\":\"A1\"}\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("delivered 1 record(s)"), "{stdout}");
+
+    let (code, _, err) = cli(&s, &tdb.url, &["produce", &topic, "not json"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the payload is not JSON") && err.contains("--raw"), "{err}");
+    let (code, out, err) = cli(&s, &tdb.url, &["produce", &topic, "--raw", "not json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("delivered 1 record(s)"), "{out}");
+
+    let (code, out, _) = cli(&s, &tdb.url, &["--json", "tail", &topic, "--from-beginning", "--max", "2"]);
+    assert_eq!(code, 0);
+    let payloads: Vec<String> = json_lines(&out).iter().map(|r| r["payload"].as_str().unwrap().to_string()).collect();
+    assert_eq!(payloads, vec!["{\"order_id\":\"A1\"}", "not json"]);
+
+    let missing = s.topic("nowhere");
+    let (code, _, err) = cli(&s, &tdb.url, &["produce", &missing, "{}"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("topic {missing} does not exist")), "{err}");
 }

@@ -27,7 +27,9 @@ pub struct Client {
     pub owned: BTreeSet<Tp>,
     /// Survives unassign and assign, like librdkafka's application pause.
     pub paused: BTreeSet<Tp>,
-    fetch: BTreeMap<Tp, i64>,
+    pub fetch: BTreeMap<Tp, i64>,
+    /// Offsets of asynchronous commits whose answer was not delivered yet.
+    in_flight: BTreeMap<Tp, i64>,
     events: VecDeque<(Instant, Event)>,
     generation: u64,
     /// An `Assigned` event not completed yet.
@@ -37,6 +39,14 @@ pub struct Client {
     /// The session expired: commits fail until the `Lost` is completed.
     lost: bool,
     last_poll: Option<Instant>,
+}
+
+impl Client {
+    /// Queues an event for `at`, in time order (among equals, last).
+    fn enqueue(&mut self, at: Instant, event: Event) {
+        let pos = self.events.iter().rposition(|(t, _)| *t <= at).map_or(0, |i| i + 1);
+        self.events.insert(pos, (at, event));
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +144,7 @@ impl Cluster {
         c.revoking.clear();
         c.events.retain(|(_, e)| matches!(e, Event::Committed { .. }));
         let gone: Vec<Tp> = c.owned.iter().cloned().collect();
-        c.events.push_back((now, Event::Lost(gone)));
+        c.enqueue(now, Event::Lost(gone));
         self.rebalance();
     }
 
@@ -169,7 +179,7 @@ impl Cluster {
                 c.owned.clone()
             };
             if !leaving.is_empty() {
-                c.events.push_back((now, Event::Revoked(leaving.iter().cloned().collect())));
+                c.enqueue(now, Event::Revoked(leaving.iter().cloned().collect()));
                 c.revoking = leaving;
             }
         }
@@ -224,7 +234,7 @@ impl Cluster {
                 c.generation = self.generation;
                 let new: Vec<Tp> = tps.difference(&c.owned).cloned().collect();
                 if !new.is_empty() {
-                    c.events.push_back((now, Event::Assigned(new)));
+                    c.enqueue(now, Event::Assigned(new));
                     c.assigning = true;
                 }
             }
@@ -244,18 +254,24 @@ impl Cluster {
 
     fn answer(&mut self, m: usize, offsets: &[(Tp, i64)], result: Result<(), String>) {
         let at = self.now() + Duration::from_millis(self.rng.below(300));
-        let c = &mut self.members[m];
-        let pos = c.events.iter().rposition(|(t, _)| *t <= at).map_or(0, |i| i + 1);
-        c.events.insert(pos, (at, Event::Committed { offsets: offsets.to_vec(), result }));
+        self.members[m].enqueue(at, Event::Committed { offsets: offsets.to_vec(), result });
     }
 
     fn next_event(&mut self, m: usize) -> Option<Event> {
         let now = self.now();
         let c = &mut self.members[m];
-        if c.events.front().is_some_and(|(t, _)| *t <= now) {
-            return c.events.pop_front().map(|(_, e)| e);
+        if !c.events.front().is_some_and(|(t, _)| *t <= now) {
+            return None;
         }
-        None
+        let event = c.events.pop_front().map(|(_, e)| e);
+        if let Some(Event::Committed { offsets, .. }) = &event {
+            for (tp, o) in offsets {
+                if c.in_flight.get(tp) == Some(o) {
+                    c.in_flight.remove(tp);
+                }
+            }
+        }
+        event
     }
 
     fn poll(&mut self, m: usize, timeout: Duration) -> Option<Event> {
@@ -263,7 +279,14 @@ impl Cluster {
         let countdown = self.rebalance_after_polls.map(|n| n.saturating_sub(1));
         self.rebalance_after_polls = countdown.filter(|n| *n > 0);
         if countdown == Some(0) || self.rng.chance(self.rebalance_in_poll) {
+            // As rdkafka serves a rebalance inside a poll that also returns a
+            // record fetched before it: the record comes after the event.
+            let fetched = self.fetch(m);
             self.rebalance();
+            let now = self.now();
+            if let Some(r) = fetched {
+                self.members[m].enqueue(now, r);
+            }
         }
         if let Some(e) = self.next_event(m) {
             return Some(e);
@@ -271,6 +294,16 @@ impl Cluster {
         if self.rng.chance(self.poll_error) {
             return Some(Event::Error("sim: all brokers down".into()));
         }
+        if let Some(r) = self.fetch(m) {
+            return Some(r);
+        }
+        self.clock.sleep(timeout);
+        self.members[m].last_poll = Some(self.now());
+        self.next_event(m)
+    }
+
+    /// The next record of a fetchable partition, picked at random.
+    fn fetch(&mut self, m: usize) -> Option<Event> {
         let c = &self.members[m];
         let ready: Vec<Tp> = c
             .owned
@@ -279,9 +312,7 @@ impl Cluster {
             .cloned()
             .collect();
         if ready.is_empty() {
-            self.clock.sleep(timeout);
-            self.members[m].last_poll = Some(self.now());
-            return self.next_event(m);
+            return None;
         }
         let tp = ready[self.rng.below(ready.len() as u64) as usize].clone();
         let c = &mut self.members[m];
@@ -324,6 +355,14 @@ impl Cluster {
         match mode {
             CommitMode::Sync => result,
             CommitMode::Async => {
+                let c = &mut self.members[m];
+                for (tp, o) in offsets {
+                    if c.in_flight.get(tp).is_some_and(|f| o <= f) {
+                        self.violations
+                            .push(format!("I6: member {m} sent {}/{}@{o} again while in flight", tp.0, tp.1));
+                    }
+                    c.in_flight.insert(tp.clone(), *o);
+                }
                 self.answer(m, offsets, result);
                 Ok(())
             }
@@ -345,6 +384,8 @@ impl Cluster {
         for tp in tps {
             c.owned.remove(tp);
             c.revoking.remove(tp);
+            // A commit still unanswered belongs to the assignment that ended.
+            c.in_flight.remove(tp);
         }
         if c.lost && c.owned.is_empty() {
             // librdkafka rejoins by itself after a lost assignment.

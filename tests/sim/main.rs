@@ -81,7 +81,7 @@ pub fn run_seed(seed: u64) -> Result<Outcome, String> {
     let steps = 200 + rng.below(1500);
     w.cluster.borrow_mut().commit_fail = rng.pick(&[0.0, 0.05, 0.3]);
     w.cluster.borrow_mut().poll_error = rng.pick(&[0.0, 0.01]);
-    w.cluster.borrow_mut().rebalance_in_poll = rng.pick(&[0.0, 0.002]);
+    w.cluster.borrow_mut().rebalance_in_poll = rng.pick(&[0.0, 0.002, 0.02]);
     w.db.borrow_mut().blip = rng.pick(&[0.0, 0.02]);
     let mut outage_until: Option<Instant> = None;
     for _ in 0..steps {

@@ -44,7 +44,7 @@ fn produce(w: &mut World, tp: &Tp, n: usize) {
 }
 
 fn in_hand(w: &World, m: usize) -> bool {
-    w.members[m].pipeline.as_ref().is_some_and(|p| !p.paused().is_empty())
+    !w.cluster.borrow().members[m].paused.is_empty()
 }
 
 /// Defect 1: a value the database refuses stalled every partition for ever.
@@ -82,6 +82,18 @@ fn sim_regression_records_fetched_before_a_revoke_never_commit_past_a_gap() {
         w.settle(Duration::from_secs(120)).unwrap_or_else(|e| panic!("cooperative={cooperative}: {e}"));
         assert_eq!(w.db.borrow().stored.len(), 25);
     }
+    // The poll that serves the revoke also returns a record fetched before
+    // it; with every commit failing, the partition comes back at offset 0
+    // and that record must not be handled ahead of the ones before it.
+    let mut w = world(1, 1, false, 5);
+    w.cluster.borrow_mut().commit_fail = 1.0;
+    produce(&mut w, &tp(0), 30);
+    run(&mut w, "10 stored", 200, |w| w.db.borrow().stored.len() >= 10);
+    w.cluster.borrow_mut().rebalance_after_polls = Some(1);
+    run(&mut w, "the revoke", 200, |w| w.cluster.borrow().rebalance_after_polls.is_none());
+    run(&mut w, "the reassignment", 200, |w| w.cluster.borrow().is_stable());
+    w.cluster.borrow_mut().commit_fail = 0.0;
+    w.settle(Duration::from_secs(60)).unwrap_or_else(|e| panic!("record fetched with the revoke: {e}"));
 }
 
 /// Defect 3: partitions paused for a retry stayed paused after a revoke

@@ -127,6 +127,7 @@ impl Sink for SimSink {
 
 pub struct Member {
     pub pipeline: Option<Pipeline<SimClock>>,
+    heartbeat: Arc<Heartbeat>,
     broker: SimBroker,
     sink: SimSink,
     /// Outlives the member's threads, as the supervisor's does.
@@ -154,6 +155,8 @@ pub struct World {
     pub produced: BTreeMap<Pos, Nature>,
     /// Per partition, the offset below which I1 was already checked.
     checked: BTreeMap<Tp, i64>,
+    /// Per partition, the offset below which every record is stored or dead-lettered.
+    settled: BTreeMap<Tp, i64>,
     pub steps: u64,
     pub max_buffered: usize,
 }
@@ -177,6 +180,7 @@ impl World {
         let members = (0..config.members)
             .map(|m| Member {
                 pipeline: None,
+                heartbeat: Arc::new(Heartbeat::default()),
                 broker: SimBroker { cluster: cluster.clone(), member: m },
                 sink: SimSink(db.clone()),
                 poison: PoisonLedger::default(),
@@ -191,6 +195,7 @@ impl World {
             members,
             produced: BTreeMap::new(),
             checked: BTreeMap::new(),
+            settled: BTreeMap::new(),
             steps: 0,
             max_buffered: 0,
         };
@@ -218,12 +223,13 @@ impl World {
     pub fn start(&mut self, m: usize) {
         let c = &self.config;
         let member = &mut self.members[m];
+        member.heartbeat = Arc::new(Heartbeat::default());
         member.pipeline = Some(Pipeline::new(
             c.batch_size,
             c.batch_timeout,
             self.clock.clone(),
             member.poison.clone(),
-            Arc::new(Heartbeat::default()),
+            member.heartbeat.clone(),
         ));
         member.restart_at = None;
         self.cluster.borrow_mut().join(m);
@@ -263,7 +269,6 @@ impl World {
             return;
         };
         let result = p.run_once(&mut member.broker, &mut member.sink);
-        self.max_buffered = self.max_buffered.max(p.buffered());
         if result.is_err() {
             self.crash(m, Duration::from_millis(500));
         }
@@ -291,14 +296,40 @@ impl World {
             }
             self.checked.insert(tp.clone(), c.max(from));
         }
-        for (m, member) in self.members.iter().enumerate() {
-            if let Some(p) = &member.pipeline {
-                if p.buffered() > p.memory_bound() {
-                    return Err(format!("I5: member {m} holds {} records, bound {}", p.buffered(), p.memory_bound()));
-                }
+        drop((cluster, db));
+        for m in 0..self.members.len() {
+            let Some(bound) = self.members[m].pipeline.as_ref().map(|p| p.memory_bound()) else { continue };
+            let held = self.in_memory(m);
+            self.max_buffered = self.max_buffered.max(held);
+            // One more: a record the poll that served a rebalance fetched, still queued.
+            if held > bound + 1 {
+                return Err(format!("I5: member {m} holds {held} records, bound {bound}"));
             }
         }
         Ok(())
+    }
+
+    /// Records member `m` holds, seen from outside: fetched by its client
+    /// and neither stored nor dead-lettered yet.
+    fn in_memory(&mut self, m: usize) -> usize {
+        let cluster = self.cluster.borrow();
+        let db = self.db.borrow();
+        let is_settled = |tp: &Tp, o: i64| {
+            let p = (tp.clone(), o);
+            db.stored.contains(&p) || db.dead.contains_key(&p)
+        };
+        let client = &cluster.members[m];
+        let mut held = 0;
+        for tp in &client.owned {
+            let fetched = client.fetch.get(tp).copied().unwrap_or(0);
+            let mut from = self.settled.get(tp).copied().unwrap_or(0);
+            while from < fetched && is_settled(tp, from) {
+                from += 1;
+            }
+            self.settled.insert(tp.clone(), from);
+            held += (from..fetched).filter(|o| !is_settled(tp, *o)).count();
+        }
+        held
     }
 
     /// Everything is done: each record stored once or dead-lettered once as
@@ -316,7 +347,9 @@ impl World {
             return Err("rebalance in progress".into());
         }
         for (m, member) in self.members.iter().enumerate() {
-            let Some(p) = &member.pipeline else { return Err(format!("member {m} is down")) };
+            if member.pipeline.is_none() {
+                return Err(format!("member {m} is down"));
+            }
             let client = &cluster.members[m];
             if !client.joined {
                 return Err(format!("member {m} is not in the group"));
@@ -324,8 +357,12 @@ impl World {
             if let Some(tp) = client.owned.intersection(&client.paused).next() {
                 return Err(format!("I3: member {m} keeps {}/{} paused", tp.0, tp.1));
             }
-            if !p.paused().is_empty() || !p.is_settled() {
-                return Err(format!("member {m} not settled: buffered={} paused={:?}", p.buffered(), p.paused()));
+            if member.heartbeat.assigned() != client.owned.len() as i64 {
+                return Err(format!(
+                    "member {m} reports {} partitions, owns {}",
+                    member.heartbeat.assigned(),
+                    client.owned.len()
+                ));
             }
         }
         for (p, nature) in &self.produced {
@@ -344,10 +381,11 @@ impl World {
         let mut out = format!("{:?}\ncommitted={:?}\n", self.config, cluster.committed);
         for (m, member) in self.members.iter().enumerate() {
             out += &format!("member {m}: client {}\n", cluster.describe(m));
-            if let Some(p) = &member.pipeline {
-                let assigned: Vec<_> = p.assignment().collect();
-                out += &format!("  pipeline assigned={assigned:?} paused={:?} buffered={}\n", p.paused(), p.buffered());
-            }
+            out += &format!(
+                "  running={} heartbeat assigned={}\n",
+                member.pipeline.is_some(),
+                member.heartbeat.assigned()
+            );
         }
         out
     }
