@@ -299,3 +299,45 @@ fn values_the_database_refuses_are_dead_lettered_and_the_rest_is_stored(backend:
     assert_commits_covered(&s, &pool, &notifications, 1);
 }
 both_backends!(values_the_database_refuses_are_dead_lettered_and_the_rest_is_stored);
+
+/// The payloads the original services send: string, integer and UUID user
+/// ids mixed, stored exactly as sent; a price event's `raw_response_id`
+/// kept; the price topic renamed by the seed's `KAFKA_PRICE_EVENTS_TOPIC`.
+fn seed_payloads_and_topic_names_are_kept(backend: Backend) {
+    use cronsumer::db::schema::{notifications::dsl as n, price_events::dsl as pe};
+    use diesel::prelude::*;
+    let tdb = TestDb::new(backend);
+    let pool = tdb.pool();
+    let s = settings(&tdb.url, &unique("seed"), &[("KAFKA_PRICE_EVENTS_TOPIC", "market.prices.v1")]);
+    let notifications = create_registry_topics(&s, 1);
+    let prices = s.topic("price-events");
+    assert!(prices.ends_with("market.prices.v1"), "{prices}");
+    let uuid = "7f1c2a4e-9b0d-4c55-8e21-3f6a9d0b1c2e";
+    let sent = [
+        r#"{"user_id": "u-17", "event": "e", "content": "c"}"#.to_string(),
+        r#"{"user_id": 0, "event": "e", "content": "c"}"#.to_string(),
+        format!(r#"{{"users": [42, "0042", "{uuid}"], "event": "e", "message": "m"}}"#),
+    ];
+    produce(&s, &notifications, &sent.iter().map(|p| p.clone().into_bytes()).collect::<Vec<_>>());
+    let price = r#"{"symbol":"AAPL","price":150.25,"timestamp":"2026-11-20T21:00:00Z","source":"alpha_vantage","raw_response_id":"r-9","note":"extra"}"#;
+    produce(&s, &prices, &[price.as_bytes().to_vec()]);
+
+    let run = Running::start(&s, &pool, vec![]);
+    let stored_prices = |pool: &Pool| cronsumer::db::price_events::count(&mut pool.get().unwrap()).unwrap();
+    wait_for("3 notifications and 1 price", Duration::from_secs(60), || {
+        count_notifications(&pool) == 3 && stored_prices(&pool) == 1
+    });
+    run.stop();
+    assert_eq!(count_dead_letters(&pool), 0);
+    let mut conn = pool.get().unwrap();
+    let users: Vec<String> = cronsumer::on_backend!(conn, |c| n::notifications
+        .order(n::source_offset)
+        .select(n::users)
+        .load::<String>(c)
+        .unwrap());
+    assert_eq!(users, vec![r#"["u-17"]"#.to_string(), "[0]".into(), format!(r#"[42,"0042","{uuid}"]"#)]);
+    let raw: Vec<Option<String>> =
+        cronsumer::on_backend!(conn, |c| pe::price_events.select(pe::raw_response_id).load(c).unwrap());
+    assert_eq!(raw, vec![Some("r-9".to_string())]);
+}
+both_backends!(seed_payloads_and_topic_names_are_kept);
