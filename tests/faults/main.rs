@@ -483,8 +483,11 @@ fn broker_restart_mid_stream() {
     assert!(readyz_saw.is_some(), "/readyz answered 200 throughout the 15 s broker outage");
     let healthz = healthz_saw.unwrap_or_default();
     assert!(healthz.starts_with("503") && healthz.contains("kafka client failing for"), "/healthz: {healthz}");
-    let recreated = metric_value(&svc.metrics(), r#"cronsumer_consumer_restarts_total{cause="client_errors"}"#);
-    assert!(recreated.unwrap_or(0.0) >= 1.0, "the client was not recreated during the outage");
+    // The failing thread finishes what it holds and leaves before the fresh client starts.
+    wait_running(&[&svc], "the client recreated", Duration::from_secs(60), || {
+        let m = svc.metrics();
+        metric_value(&m, r#"cronsumer_consumer_restarts_total{cause="client_errors"}"#).unwrap_or(0.0) >= 1.0
+    });
 
     fx.wait_all(&[&svc], STREAM, Duration::from_secs(300));
     svc.assert_running("at the end");
@@ -898,7 +901,7 @@ const BAD_NOTIFICATIONS: &[&str] = &[
     r#"{"user_id":1,"event":"e","content":null}"#,
     r#"{"users":[],"event":"e","content":"c"}"#,
     r#"{"users":"1","event":"e","content":"c"}"#,
-    r#"{"users":[1,"2"],"event":"e","content":"c"}"#,
+    r#"{"users":[1,""],"event":"e","content":"c"}"#,
     r#"{"user_id":1,"users":[1],"event":"e","content":"c"}"#,
     r#"{"user_id":1,"event":"e","content":"c","message":"m"}"#,
     r#"{"user_id":1e999,"event":"e","content":"c"}"#,
