@@ -24,10 +24,11 @@ use crate::config::Settings;
 use crate::db::Pool;
 use crate::handler::{Consumer, Wakers};
 use crate::heartbeat::Heartbeat;
-use crate::pipeline::{Panicked, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::poison::PoisonLedger;
 use crate::record::Record;
 use crate::router::{Handlers, Router};
+use crate::sink::Panicked;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use crate::db::dead_letters::NewDeadLetter;
 use crate::db::{Conn, DbError, Pool};
-use crate::pipeline::FailureKind;
 use crate::record::Record;
+use crate::sink::FailureKind;
 
 pub trait Consumer: Send + Sync {
     /// The topic this module handles, without `KAFKA_TOPIC_PREFIX`.

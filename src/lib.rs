@@ -39,6 +39,7 @@ pub mod record;
 pub mod router;
 pub mod scheduler;
 pub mod shutdown;
+pub mod sink;
 pub mod supervisor;
 
 #[path = "../consumers/mod.rs"]

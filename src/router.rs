@@ -12,8 +12,8 @@ use crate::db::dead_letters::{insert_all, NewDeadLetter};
 use crate::db::{DbError, Pool};
 use crate::handler::{Consumer, HandlerContext, HandlerError, Wakers};
 use crate::metrics;
-use crate::pipeline::{Failure, FailureKind, Sink};
 use crate::record::Record;
+use crate::sink::{Failure, FailureKind, Sink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {

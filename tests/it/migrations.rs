@@ -9,7 +9,10 @@ use crate::common::*;
 fn migrations_create_tables_and_unique_sources(backend: Backend) {
     let tdb = TestDb::new(backend);
     let (pool, applied) = db::connect_and_migrate(&tdb.url, 2).unwrap();
-    let embedded = std::fs::read_dir(format!("migrations/{}", if backend == Backend::Sqlite { "sqlite" } else { "postgres" })).unwrap().count();
+    let embedded =
+        std::fs::read_dir(format!("migrations/{}", if backend == Backend::Sqlite { "sqlite" } else { "postgres" }))
+            .unwrap()
+            .count();
     assert_eq!((applied.len(), embedded), (2, 2), "{applied:?}");
     // a second run finds nothing to apply
     let (_, again) = db::connect_and_migrate(&tdb.url, 2).unwrap();

@@ -147,24 +147,14 @@ fn sim_regression_failed_commits_are_retried_and_never_outlive_the_partition() {
 
     // Two members: the revoke's sync commit fails; the partition moves on
     // and its new owner commits further; the old offsets must not follow.
-    let mut w = world(2, 2, false, 5);
-    produce(&mut w, &tp(0), 10);
-    produce(&mut w, &tp(1), 10);
-    run(&mut w, "all stored", 500, |w| w.db.borrow().stored.len() == 20);
-    w.cluster.borrow_mut().commit_fail = 1.0;
-    produce(&mut w, &tp(0), 10);
-    produce(&mut w, &tp(1), 10);
-    run(&mut w, "the new records stored", 500, |w| w.db.borrow().stored.len() == 40);
+    let mut w = two_members_with_20_records_handled_not_committed();
     w.cluster.borrow_mut().rebalance();
     run(&mut w, "the rebalance", 500, |w| w.cluster.borrow().is_stable());
     w.settle(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// Defect 5: a member that stalls past the poll interval loses its
-/// partitions; when it wakes up, what it held is read again by the new
-/// owner and nothing it handled late is committed under a stale generation.
-#[test]
-fn sim_regression_a_stalled_member_commits_nothing_after_losing_its_partitions() {
+/// Two members, 20 records committed, then 20 more handled while every commit fails.
+fn two_members_with_20_records_handled_not_committed() -> World {
     let mut w = world(2, 2, false, 5);
     produce(&mut w, &tp(0), 10);
     produce(&mut w, &tp(1), 10);
@@ -173,6 +163,15 @@ fn sim_regression_a_stalled_member_commits_nothing_after_losing_its_partitions()
     produce(&mut w, &tp(0), 10);
     produce(&mut w, &tp(1), 10);
     run(&mut w, "handled, not committed", 500, |w| w.db.borrow().stored.len() == 40);
+    w
+}
+
+/// Defect 5: a member that stalls past the poll interval loses its
+/// partitions; when it wakes up, what it held is read again by the new
+/// owner and nothing it handled late is committed under a stale generation.
+#[test]
+fn sim_regression_a_stalled_member_commits_nothing_after_losing_its_partitions() {
+    let mut w = two_members_with_20_records_handled_not_committed();
     w.cluster.borrow_mut().commit_fail = 0.0;
     // Member 0 stalls (a hung database call): only member 1 runs, for longer than the poll interval.
     for _ in 0..1_000 {

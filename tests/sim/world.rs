@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use cronsumer::broker::Tp;
 use cronsumer::clock::Clock;
 use cronsumer::heartbeat::Heartbeat;
-use cronsumer::pipeline::{Failure, FailureKind, Pipeline, Sink, REVOKE_BUDGET};
+use cronsumer::pipeline::{Pipeline, REVOKE_BUDGET};
 use cronsumer::poison::PoisonLedger;
 use cronsumer::record::Record;
+use cronsumer::sink::{Failure, FailureKind, Sink};
 
 use crate::cluster::{Cluster, SimBroker};
 use crate::rng::Rng;

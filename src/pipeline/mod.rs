@@ -12,11 +12,11 @@
 //! 3. partitions are paused or resumed to match what is in hand;
 //! 4. handled offsets are committed ([`Pipeline::commit`], the one place).
 //!
-//! A batch fails in one of four ways (see [`FailureKind`]): transient
+//! A batch fails in one of four ways (see [`crate::sink::FailureKind`]): transient
 //! failures keep it in hand, retried with backoff however long they last;
 //! a refused value, an unknown error or a panic makes it go one record at a
 //! time, and the record at fault is dead-lettered (at once for a refused
-//! value, after [`POISON_AFTER`] failures in a row otherwise).
+//! value, after [`crate::poison::POISON_AFTER`] failures in a row otherwise).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -29,8 +29,11 @@ use crate::clock::Clock;
 use crate::heartbeat::Heartbeat;
 use crate::metrics;
 use crate::offsets::Offsets;
-use crate::poison::{PoisonLedger, POISON_AFTER};
+use crate::poison::PoisonLedger;
 use crate::record::Record;
+use crate::sink::{Panicked, Sink};
+
+mod batches;
 
 /// Longest single poll: keeps the stop flag and the batch clock responsive.
 pub const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
@@ -44,45 +47,6 @@ pub const REVOKE_BUDGET: Duration = Duration::from_secs(10);
 /// Records held in memory (in hand and waiting), in batches, above which
 /// every partition is paused until half of them are through.
 pub const BUFFER_BATCHES: usize = 4;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// The database is unreachable, busy or shutting down: retry the batch.
-    Transient,
-    /// The database refused a value (PostgreSQL classes 22 and 23, SQLite
-    /// constraint, mismatch, too big): that record is dead-lettered.
-    Permanent,
-    /// Neither is known: a record that keeps failing is dead-lettered.
-    Unknown,
-    /// The handler panicked: the thread ends and is restarted.
-    Panic,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub kind: FailureKind,
-    pub message: String,
-}
-
-/// Where records go: handlers, the database, `dead_letters`.
-pub trait Sink {
-    /// Handles the records (a bad one may be dead-lettered by its handler);
-    /// on failure nothing of them counts as handled.
-    fn handle(&mut self, batch: &[Record]) -> Result<(), Failure>;
-    /// Dead-letters a record the pipeline gave up on.
-    fn dead_letter(&mut self, record: &Record, reason: &str) -> Result<(), Failure>;
-    /// Does the database answer? Tells a record's fault from an outage.
-    fn healthy(&mut self) -> bool;
-}
-
-/// A handler panicked: the thread ends, nothing past the last handled batch
-/// is committed, and the records are read again after the restart.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("handler panicked on {at}: {message}")]
-pub struct Panicked {
-    pub at: String,
-    pub message: String,
-}
 
 /// When handled offsets are committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,158 +285,6 @@ impl<C: Clock + Clone> Pipeline<C> {
         let n = self.offsets.len() as i64;
         self.heartbeat.set_assigned(n);
         metrics::get().assigned_partitions.set(n);
-    }
-
-    /// Retries the batch in hand if its time has come.
-    fn retry_in_hand<S: Sink>(&mut self, sink: &mut S) -> Result<(), Panicked> {
-        let Some(mut held) = self.in_hand.take() else { return Ok(()) };
-        if self.clock.now() < held.retry_at {
-            self.in_hand = Some(held);
-            return Ok(());
-        }
-        let records = held.records.len();
-        match self.process(sink, &mut held.records)? {
-            Outcome::Done => {
-                log::info!("batch recovered after {} retries, records={records}", held.backoff.attempts());
-                self.heartbeat.set_retrying(None);
-            }
-            Outcome::Retry(reason) => {
-                let delay = held.backoff.next_delay();
-                log::warn!(
-                    "batch retry failed first={} records={} attempt={} retry_in_ms={} error={reason}",
-                    held.records[0].position(),
-                    held.records.len(),
-                    held.backoff.attempts(),
-                    delay.as_millis()
-                );
-                self.heartbeat.set_retrying(Some(reason));
-                held.retry_at = self.clock.now() + delay;
-                self.in_hand = Some(held);
-            }
-        }
-        Ok(())
-    }
-
-    /// Handles the next batch when it closed (with `force`, whatever waits).
-    fn handle_ready<S: Sink>(&mut self, sink: &mut S, force: bool) -> Result<(), Panicked> {
-        if self.in_hand.is_some() || self.batcher.is_empty() || !(force || self.batcher.is_ready()) {
-            return Ok(());
-        }
-        let mut batch = self.batcher.take();
-        if let Outcome::Retry(reason) = self.process(sink, &mut batch)? {
-            let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
-            let delay = backoff.next_delay();
-            log::warn!(
-                "batch failed, keeping it uncommitted first={} records={} retry_in_ms={} error={reason}",
-                batch[0].position(),
-                batch.len(),
-                delay.as_millis()
-            );
-            self.heartbeat.set_retrying(Some(reason));
-            self.in_hand = Some(InHand { records: batch, backoff, retry_at: self.clock.now() + delay });
-        }
-        Ok(())
-    }
-
-    /// Handles a batch whole, or one record at a time when it (or an earlier
-    /// batch of its partitions) failed in a way a single record may cause.
-    /// Records that went through one at a time leave `batch` at once, so a
-    /// retry never handles (or dead-letters) them twice.
-    fn process<S: Sink>(&mut self, sink: &mut S, batch: &mut Vec<Record>) -> Result<Outcome, Panicked> {
-        if !self.poison.any_suspect(batch) {
-            match sink.handle(batch) {
-                Ok(()) => {
-                    self.handled(batch);
-                    batch.clear();
-                    return Ok(Outcome::Done);
-                }
-                Err(f) if f.kind == FailureKind::Transient => return Ok(Outcome::Retry(f.message)),
-                Err(f) => {
-                    self.poison.suspect(batch);
-                    if f.kind == FailureKind::Panic {
-                        return Err(Panicked { at: batch[0].position(), message: f.message });
-                    }
-                    log::warn!(
-                        "batch failed ({:?}), handling it one record at a time first={} error={}",
-                        f.kind,
-                        batch[0].position(),
-                        f.message
-                    );
-                }
-            }
-        }
-        let mut done = 0;
-        let outcome = self.isolate(sink, batch, &mut done);
-        self.handled(&batch[..done]);
-        if matches!(outcome, Ok(Outcome::Done)) {
-            self.poison.cleared(batch);
-        }
-        batch.drain(..done);
-        outcome
-    }
-
-    /// Handles records one at a time, counting in `done` those through.
-    fn isolate<S: Sink>(&mut self, sink: &mut S, batch: &[Record], done: &mut usize) -> Result<Outcome, Panicked> {
-        for r in batch {
-            let Err(f) = sink.handle(std::slice::from_ref(r)) else {
-                self.poison.settled(r);
-                *done += 1;
-                continue;
-            };
-            let reason = match f.kind {
-                FailureKind::Transient => return Ok(Outcome::Retry(f.message)),
-                FailureKind::Permanent => format!("the database refused this record: {}", f.message),
-                FailureKind::Unknown if !sink.healthy() => return Ok(Outcome::Retry(f.message)),
-                FailureKind::Unknown if self.poison.failed(r) < POISON_AFTER => return Ok(Outcome::Retry(f.message)),
-                FailureKind::Unknown => format!("failed {POISON_AFTER} times in a row on this record: {}", f.message),
-                FailureKind::Panic if self.poison.failed(r) < POISON_AFTER => {
-                    return Err(Panicked { at: r.position(), message: f.message })
-                }
-                FailureKind::Panic => {
-                    format!("handler panicked {POISON_AFTER} times in a row on this record: {}", f.message)
-                }
-            };
-            if let Err(e) = sink.dead_letter(r, &reason) {
-                return Ok(Outcome::Retry(format!("storing a dead letter: {}", e.message)));
-            }
-            self.poison.settled(r);
-            *done += 1;
-        }
-        Ok(Outcome::Done)
-    }
-
-    /// Marks a batch's offsets for the next commit.
-    fn handled(&mut self, batch: &[Record]) {
-        if batch.is_empty() {
-            return;
-        }
-        for run in batch.chunk_by(|a, b| a.partition == b.partition && a.topic == b.topic) {
-            let next = run.iter().map(|r| r.offset).max().unwrap_or_default() + 1;
-            self.offsets.handled(&(run[0].topic.clone(), run[0].partition), next);
-        }
-        self.heartbeat.handled(batch.len());
-        let m = metrics::get();
-        m.batches.inc();
-        m.batch_size.observe(batch.len() as f64);
-    }
-
-    /// Finishes everything in memory until `deadline`, retrying transient
-    /// failures. Returns false if something is left.
-    fn drain<S: Sink>(&mut self, sink: &mut S, deadline: Instant) -> Result<bool, Panicked> {
-        loop {
-            if let Some(held) = &mut self.in_hand {
-                held.retry_at = held.retry_at.min(deadline);
-                self.clock.sleep(held.retry_at.saturating_duration_since(self.clock.now()));
-                self.retry_in_hand(sink)?;
-            } else if !self.batcher.is_empty() {
-                self.handle_ready(sink, true)?;
-            } else {
-                return Ok(true);
-            }
-            if self.clock.now() >= deadline {
-                return Ok(self.buffered() == 0);
-            }
-        }
     }
 
     /// Pauses the partitions of the batch in hand (all of them while too

@@ -1,0 +1,44 @@
+//! The handling seam: what the consumer pipeline hands records to (the
+//! router and the database in production, a simulated database in the
+//! tests), and the ways handling can fail.
+
+use crate::record::Record;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The database is unreachable, busy or shutting down: retry the batch.
+    Transient,
+    /// The database refused a value (PostgreSQL classes 22 and 23, SQLite
+    /// constraint, mismatch, too big): that record is dead-lettered.
+    Permanent,
+    /// Neither is known: a record that keeps failing is dead-lettered.
+    Unknown,
+    /// The handler panicked: the thread ends and is restarted.
+    Panic,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+/// Where records go: handlers, the database, `dead_letters`.
+pub trait Sink {
+    /// Handles the records (a bad one may be dead-lettered by its handler);
+    /// on failure nothing of them counts as handled.
+    fn handle(&mut self, batch: &[Record]) -> Result<(), Failure>;
+    /// Dead-letters a record the pipeline gave up on.
+    fn dead_letter(&mut self, record: &Record, reason: &str) -> Result<(), Failure>;
+    /// Does the database answer? Tells a record's fault from an outage.
+    fn healthy(&mut self) -> bool;
+}
+
+/// A handler panicked: the thread ends, nothing past the last handled batch
+/// is committed, and the records are read again after the restart.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("handler panicked on {at}: {message}")]
+pub struct Panicked {
+    pub at: String,
+    pub message: String,
+}
