@@ -30,6 +30,8 @@ pub struct Client {
     pub fetch: BTreeMap<Tp, i64>,
     /// Offsets of asynchronous commits whose answer was not delivered yet.
     in_flight: BTreeMap<Tp, i64>,
+    /// Highest offset per partition whose commit the member was told succeeded.
+    acked: BTreeMap<Tp, i64>,
     events: VecDeque<(Instant, Event)>,
     generation: u64,
     /// An `Assigned` event not completed yet.
@@ -42,6 +44,15 @@ pub struct Client {
 }
 
 impl Client {
+    fn ack(&mut self, offsets: &[(Tp, i64)]) {
+        for (tp, o) in offsets {
+            if self.owned.contains(tp) {
+                let a = self.acked.entry(tp.clone()).or_insert(*o);
+                *a = (*a).max(*o);
+            }
+        }
+    }
+
     /// Queues an event for `at`, in time order (among equals, last).
     fn enqueue(&mut self, at: Instant, event: Event) {
         let pos = self.events.iter().rposition(|(t, _)| *t <= at).map_or(0, |i| i + 1);
@@ -264,11 +275,14 @@ impl Cluster {
             return None;
         }
         let event = c.events.pop_front().map(|(_, e)| e);
-        if let Some(Event::Committed { offsets, .. }) = &event {
+        if let Some(Event::Committed { offsets, result }) = &event {
             for (tp, o) in offsets {
                 if c.in_flight.get(tp) == Some(o) {
                     c.in_flight.remove(tp);
                 }
+            }
+            if result.is_ok() {
+                c.ack(offsets);
             }
         }
         event
@@ -333,6 +347,9 @@ impl Cluster {
             if !self.members[m].owned.contains(tp) {
                 self.violations.push(format!("I4: member {m} committed {}/{}@{o} outside its assignment", tp.0, tp.1));
             }
+            if self.members[m].acked.get(tp).is_some_and(|a| o <= a) {
+                self.violations.push(format!("I6: member {m} committed {}/{}@{o} again after its success", tp.0, tp.1));
+            }
         }
         let result = if self.rng.chance(self.commit_fail) {
             Err("sim: commit failed (coordinator unavailable)".to_string())
@@ -353,7 +370,12 @@ impl Cluster {
             }
         };
         match mode {
-            CommitMode::Sync => result,
+            CommitMode::Sync => {
+                if result.is_ok() {
+                    self.members[m].ack(offsets);
+                }
+                result
+            }
             CommitMode::Async => {
                 let c = &mut self.members[m];
                 for (tp, o) in offsets {
@@ -386,6 +408,7 @@ impl Cluster {
             c.revoking.remove(tp);
             // A commit still unanswered belongs to the assignment that ended.
             c.in_flight.remove(tp);
+            c.acked.remove(tp);
         }
         if c.lost && c.owned.is_empty() {
             // librdkafka rejoins by itself after a lost assignment.

@@ -11,7 +11,8 @@
 //! once faults stop, every record ends up stored once or dead-lettered once
 //! within a bounded simulated time, and nothing stays paused; (I4) no member
 //! commits a partition outside its assignment; (I5) records held in memory
-//! stay under the pipeline's bound.
+//! stay under the pipeline's bound; (I6) no member commits an offset again
+//! while its commit is in flight or after it was confirmed.
 
 mod cluster;
 mod regressions;
