@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use super::{InHand, Outcome, Pipeline, RETRY_INITIAL, RETRY_MAX};
+use super::{InHand, Outcome, Pipeline, DRAIN_RETRY_MAX, RETRY_INITIAL, RETRY_MAX};
 use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::metrics;
@@ -22,25 +22,29 @@ impl<C: Clock + Clone> Pipeline<C> {
             return Ok(());
         }
         let records = held.records.len();
-        match self.process(sink, &mut held.records)? {
+        let (reason, suspect) = match self.process(sink, &mut held.records)? {
             Outcome::Done => {
                 log::info!("batch recovered after {} retries, records={records}", held.backoff.attempts());
                 self.heartbeat.set_retrying(None);
+                return Ok(());
             }
-            Outcome::Retry(reason) => {
-                let delay = held.backoff.next_delay();
-                log::warn!(
-                    "batch retry failed first={} records={} attempt={} retry_in_ms={} error={reason}",
-                    held.records[0].position(),
-                    held.records.len(),
-                    held.backoff.attempts(),
-                    delay.as_millis()
-                );
-                self.heartbeat.set_retrying(Some(reason));
-                held.retry_at = self.clock.now() + delay;
-                self.in_hand = Some(held);
-            }
+            Outcome::Retry(reason) => (reason, false),
+            Outcome::Suspect(reason) => (reason, true),
+        };
+        if suspect {
+            held.backoff.reset();
         }
+        let delay = held.backoff.next_delay();
+        log::warn!(
+            "batch retry failed first={} records={} attempt={} retry_in_ms={} error={reason}",
+            held.records[0].position(),
+            held.records.len(),
+            held.backoff.attempts(),
+            delay.as_millis()
+        );
+        self.heartbeat.set_retrying(Some(reason));
+        held.retry_at = self.clock.now() + delay;
+        self.in_hand = Some(held);
         Ok(())
     }
 
@@ -50,7 +54,7 @@ impl<C: Clock + Clone> Pipeline<C> {
             return Ok(());
         }
         let mut batch = self.batcher.take();
-        if let Outcome::Retry(reason) = self.process(sink, &mut batch)? {
+        if let Outcome::Retry(reason) | Outcome::Suspect(reason) = self.process(sink, &mut batch)? {
             let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
             let delay = backoff.next_delay();
             log::warn!(
@@ -114,7 +118,7 @@ impl<C: Clock + Clone> Pipeline<C> {
                 FailureKind::Transient => return Ok(Outcome::Retry(f.message)),
                 FailureKind::Permanent => format!("the database refused this record: {}", f.message),
                 FailureKind::Unknown if !sink.healthy() => return Ok(Outcome::Retry(f.message)),
-                FailureKind::Unknown if self.poison.failed(r) < POISON_AFTER => return Ok(Outcome::Retry(f.message)),
+                FailureKind::Unknown if self.poison.failed(r) < POISON_AFTER => return Ok(Outcome::Suspect(f.message)),
                 FailureKind::Unknown => format!("failed {POISON_AFTER} times in a row on this record: {}", f.message),
                 FailureKind::Panic if self.poison.failed(r) < POISON_AFTER => {
                     return Err(Panicked { at: r.position(), message: f.message })
@@ -152,7 +156,8 @@ impl<C: Clock + Clone> Pipeline<C> {
     pub(super) fn drain<S: Sink>(&mut self, sink: &mut S, deadline: Instant) -> Result<bool, Panicked> {
         loop {
             if let Some(held) = &mut self.in_hand {
-                held.retry_at = held.retry_at.min(deadline);
+                // Time is short: retry at least every DRAIN_RETRY_MAX, the last time at the deadline.
+                held.retry_at = held.retry_at.min(self.clock.now() + DRAIN_RETRY_MAX).min(deadline);
                 self.clock.sleep(held.retry_at.saturating_duration_since(self.clock.now()));
                 self.retry_in_hand(sink)?;
             } else if !self.batcher.is_empty() {

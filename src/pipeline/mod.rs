@@ -40,6 +40,8 @@ pub const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
 /// Retry delays of a batch that failed transiently.
 pub const RETRY_INITIAL: Duration = Duration::from_millis(200);
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Longest wait between retries while draining before a revoke or a stop.
+pub const DRAIN_RETRY_MAX: Duration = Duration::from_secs(1);
 /// Longest time handled records wait for their commit while records stream in.
 pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// How long a revocation may spend finishing what is in memory.
@@ -68,7 +70,11 @@ struct InHand {
 
 enum Outcome {
     Done,
+    /// The database (or a service) fails: back off further each time.
     Retry(String),
+    /// The database works but a record failed: retried soon, so that a
+    /// poison record is recognised in a second, whatever came before.
+    Suspect(String),
 }
 
 pub struct Pipeline<C: Clock + Clone> {

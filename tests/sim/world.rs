@@ -244,12 +244,24 @@ impl World {
         self.cluster.borrow_mut().leave(m);
     }
 
-    /// Graceful stop, as on SIGTERM: finish and commit, then leave.
+    /// Graceful stop, as on SIGTERM: finish and commit, then leave. With
+    /// the database up throughout, everything in memory must be finished.
     pub fn stop(&mut self, m: usize, restart_in: Duration) {
         let deadline = self.now() + REVOKE_BUDGET;
+        let db_works = self.db.borrow().up && self.db.borrow().blip == 0.0;
         let member = &mut self.members[m];
         if let Some(p) = &mut member.pipeline {
-            _ = p.finish(&mut member.broker, &mut member.sink, deadline);
+            let finished = p.finish(&mut member.broker, &mut member.sink, deadline);
+            let held = self.in_memory(m);
+            let ok = match finished {
+                Ok(true) => held == 0,
+                Ok(false) => !db_works,
+                Err(_) => true,
+            };
+            if !ok {
+                let v = format!("member {m} stopped: finish said {finished:?} with {held} records unsettled");
+                self.db.borrow_mut().violations.push(v);
+            }
         }
         self.crash(m, restart_in);
     }
