@@ -84,7 +84,6 @@ pub fn run_seed(seed: u64) -> Result<Outcome, String> {
     w.cluster.borrow_mut().poll_error = rng.pick(&[0.0, 0.01]);
     w.cluster.borrow_mut().rebalance_in_poll = rng.pick(&[0.0, 0.002, 0.02]);
     w.db.borrow_mut().blip = rng.pick(&[0.0, 0.02]);
-    let mut outage_until: Option<Instant> = None;
     for _ in 0..steps {
         for _ in 0..rng.below(3) {
             let tp = &tps[rng.below(tps.len() as u64) as usize];
@@ -95,12 +94,8 @@ pub fn run_seed(seed: u64) -> Result<Outcome, String> {
             };
             w.produce(tp, nature);
         }
-        if outage_until.is_some_and(|t| t <= w.now()) {
-            outage_until = None;
-            w.db.borrow_mut().up = true;
-        }
         if rng.chance(p_fault) {
-            fault(&mut w, &mut rng, &mut outage_until);
+            fault(&mut w, &mut rng);
         }
         let m = rng.below(w.members.len() as u64) as usize;
         w.step(m);
@@ -110,13 +105,10 @@ pub fn run_seed(seed: u64) -> Result<Outcome, String> {
     Ok(Outcome { steps: w.steps, records: w.produced.len(), settle })
 }
 
-fn fault(w: &mut World, rng: &mut Rng, outage_until: &mut Option<Instant>) {
+fn fault(w: &mut World, rng: &mut Rng) {
     let m = rng.below(w.members.len() as u64) as usize;
     match rng.below(7) {
-        0 => {
-            w.db.borrow_mut().up = false;
-            *outage_until = Some(w.now() + Duration::from_millis(rng.below(60_000)));
-        }
+        0 => w.db.borrow_mut().down_until = Some(w.now() + Duration::from_millis(rng.below(60_000))),
         1 => w.cluster.borrow_mut().rebalance(),
         2 if w.is_running(m) => w.crash(m, Duration::from_millis(rng.below(5_000))),
         3 if w.is_running(m) => w.stop(m, Duration::from_millis(rng.below(5_000))),

@@ -96,6 +96,23 @@ fn sim_regression_records_fetched_before_a_revoke_never_commit_past_a_gap() {
     w.settle(Duration::from_secs(60)).unwrap_or_else(|e| panic!("record fetched with the revoke: {e}"));
 }
 
+/// A revoke finishes the batch in hand while the partitions are still ours,
+/// for up to its budget: an outage shorter than that leaves nothing behind
+/// for the next owner.
+#[test]
+fn sim_regression_a_revoke_finishes_the_batch_in_hand_within_its_budget() {
+    let mut w = world(1, 1, false, 5);
+    produce(&mut w, &tp(0), 5);
+    w.db.borrow_mut().down_until = Some(w.now() + Duration::from_secs(3));
+    run(&mut w, "a batch in hand", 200, |w| in_hand(w, 0));
+    w.cluster.borrow_mut().rebalance();
+    // One step serves the revoke: the drain outlasts the outage and commits before letting go.
+    w.step(0);
+    w.check().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(w.cluster.borrow().committed.get(&tp(0)), Some(&5), "the revoke left its batch behind");
+    w.settle(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// Defect 3: partitions paused for a retry stayed paused after a revoke
 /// that gave up, and partitions assigned during a retry were never paused.
 #[test]

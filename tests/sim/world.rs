@@ -59,6 +59,9 @@ fn pos(r: &Record) -> Pos {
 
 pub struct Db {
     rng: Rng,
+    clock: SimClock,
+    /// Down until this time (an outage), or for good while `up` is false.
+    pub down_until: Option<Instant>,
     pub up: bool,
     /// Chance that one call fails transiently while up.
     pub blip: f64,
@@ -68,12 +71,16 @@ pub struct Db {
 }
 
 impl Db {
+    pub fn is_up(&self) -> bool {
+        self.up && self.down_until.is_none_or(|t| self.clock.now() >= t)
+    }
+
     fn fail(kind: FailureKind, message: &str) -> Result<(), Failure> {
         Err(Failure { kind, message: message.into() })
     }
 
     fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {
-        if !self.up || self.rng.chance(self.blip) {
+        if !self.is_up() || self.rng.chance(self.blip) {
             return Self::fail(FailureKind::Transient, "sim: connection refused");
         }
         for (nature, kind) in [
@@ -99,7 +106,7 @@ impl Db {
     }
 
     fn dead_letter(&mut self, r: &Record, reason: &str) -> Result<(), Failure> {
-        if !self.up {
+        if !self.is_up() {
             return Self::fail(FailureKind::Transient, "sim: connection refused");
         }
         if self.stored.contains(&pos(r)) {
@@ -122,7 +129,7 @@ impl Sink for SimSink {
     }
 
     fn healthy(&mut self) -> bool {
-        self.0.borrow().up
+        self.0.borrow().is_up()
     }
 }
 
@@ -172,6 +179,8 @@ impl World {
             Rc::new(RefCell::new(Cluster::new(clock.clone(), config.seed, &tps, config.members, config.cooperative)));
         let db = Rc::new(RefCell::new(Db {
             rng: Rng::new(config.seed ^ 0xdb),
+            clock: clock.clone(),
+            down_until: None,
             up: true,
             blip: 0.0,
             stored: BTreeSet::new(),
@@ -248,7 +257,7 @@ impl World {
     /// the database up throughout, everything in memory must be finished.
     pub fn stop(&mut self, m: usize, restart_in: Duration) {
         let deadline = self.now() + REVOKE_BUDGET;
-        let db_works = self.db.borrow().up && self.db.borrow().blip == 0.0;
+        let db_works = self.db.borrow().is_up() && self.db.borrow().blip == 0.0;
         let member = &mut self.members[m];
         if let Some(p) = &mut member.pipeline {
             let finished = p.finish(&mut member.broker, &mut member.sink, deadline);
@@ -413,6 +422,7 @@ impl World {
             c.rebalance_in_poll = 0.0;
             let mut db = self.db.borrow_mut();
             db.up = true;
+            db.down_until = None;
             db.blip = 0.0;
         }
         let start = self.now();
