@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use cronsumer::broker::Tp;
+use cronsumer::clock::Clock;
 
 use crate::world::{Config, Nature, World};
 
@@ -215,4 +216,25 @@ fn sim_regression_a_panicking_record_is_dead_lettered_across_restarts_without_co
     w.settle(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
     let reason = &w.db.borrow().dead[&(tp(0), 12)];
     assert!(reason.starts_with("handler panicked 3 times in a row on this record"), "{reason}");
+}
+
+/// While records stream in, commits go out at most every `COMMIT_EVERY`
+/// (the first pipeline's Python predecessor committed once per message).
+#[test]
+fn sim_commits_are_throttled_while_records_stream_in() {
+    let mut w = world(1, 1, false, 1);
+    run(&mut w, "the assignment", 100, |w| w.cluster.borrow().members[0].owned.contains(&tp(0)));
+    let before = w.cluster.borrow().commits;
+    let started = w.now();
+    for _ in 0..1_000 {
+        w.produce(&tp(0), Nature::Ok);
+        w.clock.sleep(Duration::from_millis(10));
+        w.step(0);
+        w.check().unwrap_or_else(|e| panic!("{e}"));
+    }
+    let commits = w.cluster.borrow().commits - before;
+    let most = (w.now() - started).as_millis() / cronsumer::pipeline::COMMIT_EVERY.as_millis() + 2;
+    assert!(commits as u128 <= most, "{commits} commits for 1000 records, at most {most} expected");
+    assert!(commits >= 10, "only {commits} commits while 1000 records streamed in");
+    w.settle(Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
 }
