@@ -165,7 +165,16 @@ impl<C: Clock + Clone> Pipeline<C> {
                     self.heartbeat.client_error(&e);
                     break;
                 }
-                other => self.on_event(broker, sink, other)?,
+                Event::Assigned(tps) => self.assign(broker, &tps),
+                Event::Revoked(tps) => self.revoke(broker, sink, &tps)?,
+                Event::Lost(tps) => {
+                    log::warn!(
+                        "partitions lost (session expired): {}; their records go to the next owner",
+                        describe(&tps)
+                    );
+                    self.release(broker, &tps);
+                }
+                Event::Committed { offsets, result } => self.answered(&offsets, result),
             }
         }
         self.heartbeat.polled();
@@ -202,38 +211,31 @@ impl<C: Clock + Clone> Pipeline<C> {
         }
     }
 
-    fn on_event<B: Broker, S: Sink>(&mut self, broker: &mut B, sink: &mut S, event: Event) -> Result<(), Panicked> {
-        match event {
-            Event::Record(r) => self.accept(r),
-            Event::Error(e) => log::warn!("kafka poll error: {e}"),
-            Event::Assigned(tps) => self.assign(broker, &tps),
-            Event::Revoked(tps) => {
-                log::info!("partitions revoked: {}", describe(&tps));
-                let drained = self.drain(sink, self.clock.now() + REVOKE_BUDGET);
-                // What was handled, even before a panic, is committed while the partitions are ours.
-                self.commit(broker, When::Sync);
-                self.release(broker, &tps);
-                drained?;
-            }
-            Event::Lost(tps) => {
-                log::warn!(
-                    "partitions lost (session expired): {}; their uncommitted records go to the next owner",
-                    describe(&tps)
-                );
-                self.release(broker, &tps);
-            }
-            Event::Committed { offsets, result: Ok(()) } => {
-                self.offsets.confirmed(&offsets);
+    /// Finishes what is in memory (within [`REVOKE_BUDGET`]) and commits it
+    /// while the partitions are still ours, then lets them go.
+    fn revoke<B: Broker, S: Sink>(&mut self, broker: &mut B, sink: &mut S, tps: &[Tp]) -> Result<(), Panicked> {
+        log::info!("partitions revoked: {}", describe(tps));
+        let drained = self.drain(sink, self.clock.now() + REVOKE_BUDGET);
+        // What was handled, even before a panic, is committed.
+        self.commit(broker, When::Sync);
+        self.release(broker, tps);
+        drained.map(|_| ())
+    }
+
+    /// The broker's answer to a commit.
+    fn answered(&mut self, offsets: &[(Tp, i64)], result: Result<(), String>) {
+        match result {
+            Ok(()) => {
+                self.offsets.confirmed(offsets);
                 self.heartbeat.committed();
                 self.heartbeat.client_ok();
             }
-            Event::Committed { offsets, result: Err(e) } => {
-                self.offsets.failed(&offsets);
+            Err(e) => {
+                self.offsets.failed(offsets);
                 metrics::get().commit_errors.inc();
                 log::warn!("commit failed, will retry: {e}");
             }
         }
-        Ok(())
     }
 
     fn assign<B: Broker>(&mut self, broker: &mut B, tps: &[Tp]) {

@@ -69,6 +69,15 @@ enum Phase {
     Assigning,
 }
 
+/// An asynchronous commit on its way to the coordinator.
+struct Sent {
+    due: Instant,
+    member: usize,
+    /// The member's generation when it sent the commit.
+    generation: u64,
+    offsets: Vec<(Tp, i64)>,
+}
+
 pub struct Cluster {
     pub clock: SimClock,
     rng: Rng,
@@ -89,6 +98,7 @@ pub struct Cluster {
     pub rebalance_after_polls: Option<u32>,
     pub violations: Vec<String>,
     pub commits: u64,
+    sent: VecDeque<Sent>,
 }
 
 impl Cluster {
@@ -110,6 +120,7 @@ impl Cluster {
             rebalance_after_polls: None,
             violations: Vec::new(),
             commits: 0,
+            sent: VecDeque::new(),
         }
     }
 
@@ -161,6 +172,7 @@ impl Cluster {
 
     /// Expires the sessions of members that stopped polling.
     pub fn tick(&mut self) {
+        self.land_sent(None);
         let now = self.now();
         for m in 0..self.members.len() {
             let c = &self.members[m];
@@ -263,11 +275,6 @@ impl Cluster {
         self.logs.get_mut(tp).expect("known partition").push(payload);
     }
 
-    fn answer(&mut self, m: usize, offsets: &[(Tp, i64)], result: Result<(), String>) {
-        let at = self.now() + Duration::from_millis(self.rng.below(300));
-        self.members[m].enqueue(at, Event::Committed { offsets: offsets.to_vec(), result });
-    }
-
     fn next_event(&mut self, m: usize) -> Option<Event> {
         let now = self.now();
         let c = &mut self.members[m];
@@ -342,6 +349,40 @@ impl Cluster {
         }))
     }
 
+    /// A commit reaches the coordinator: it counts if the member is in the
+    /// current generation (I2 checked here).
+    fn land(&mut self, m: usize, generation: u64, offsets: &[(Tp, i64)]) -> Result<(), String> {
+        let c = &self.members[m];
+        if !(c.joined && !c.lost && generation == self.generation) {
+            return Err("sim: illegal generation".to_string());
+        }
+        for (tp, o) in offsets {
+            let before = self.committed.get(tp).copied().unwrap_or(0);
+            if *o < before {
+                self.violations.push(format!("I2: {}/{} commit moved back from {before} to {o}", tp.0, tp.1));
+            }
+            self.committed.insert(tp.clone(), *o);
+        }
+        self.commits += 1;
+        Ok(())
+    }
+
+    /// Lands the asynchronous commits due by now (all of member `only`'s,
+    /// due or not: one connection keeps a member's commits in order).
+    fn land_sent(&mut self, only: Option<usize>) {
+        let now = self.now();
+        let mut keep = VecDeque::new();
+        while let Some(sent) = self.sent.pop_front() {
+            if sent.due <= now || only == Some(sent.member) {
+                let result = self.land(sent.member, sent.generation, &sent.offsets);
+                self.members[sent.member].enqueue(sent.due, Event::Committed { offsets: sent.offsets, result });
+            } else {
+                keep.push_back(sent);
+            }
+        }
+        self.sent = keep;
+    }
+
     fn commit(&mut self, m: usize, offsets: &[(Tp, i64)], mode: CommitMode) -> Result<(), String> {
         for (tp, o) in offsets {
             if !self.members[m].owned.contains(tp) {
@@ -351,44 +392,37 @@ impl Cluster {
                 self.violations.push(format!("I6: member {m} committed {}/{}@{o} again after its success", tp.0, tp.1));
             }
         }
-        let result = if self.rng.chance(self.commit_fail) {
-            Err("sim: commit failed (coordinator unavailable)".to_string())
-        } else {
-            let c = &self.members[m];
-            if c.joined && !c.lost && c.generation == self.generation {
-                for (tp, o) in offsets {
-                    let before = self.committed.get(tp).copied().unwrap_or(0);
-                    if *o < before {
-                        self.violations.push(format!("I2: {}/{} commit moved back from {before} to {o}", tp.0, tp.1));
-                    }
-                    self.committed.insert(tp.clone(), *o);
-                }
-                self.commits += 1;
-                Ok(())
+        let failed = self.rng.chance(self.commit_fail);
+        if mode == CommitMode::Sync {
+            self.land_sent(Some(m));
+            let generation = self.members[m].generation;
+            let result = if failed {
+                Err("sim: commit failed (coordinator unavailable)".into())
             } else {
-                Err("sim: illegal generation".to_string())
+                self.land(m, generation, offsets)
+            };
+            if result.is_ok() {
+                self.members[m].ack(offsets);
             }
-        };
-        match mode {
-            CommitMode::Sync => {
-                if result.is_ok() {
-                    self.members[m].ack(offsets);
-                }
-                result
-            }
-            CommitMode::Async => {
-                let c = &mut self.members[m];
-                for (tp, o) in offsets {
-                    if c.in_flight.get(tp).is_some_and(|f| o <= f) {
-                        self.violations
-                            .push(format!("I6: member {m} sent {}/{}@{o} again while in flight", tp.0, tp.1));
-                    }
-                    c.in_flight.insert(tp.clone(), *o);
-                }
-                self.answer(m, offsets, result);
-                Ok(())
-            }
+            return result;
         }
+        let c = &mut self.members[m];
+        for (tp, o) in offsets {
+            if c.in_flight.get(tp).is_some_and(|f| o <= f) {
+                self.violations.push(format!("I6: member {m} sent {}/{}@{o} again while in flight", tp.0, tp.1));
+            }
+            c.in_flight.insert(tp.clone(), *o);
+        }
+        let after = self.sent.iter().filter(|s| s.member == m).map(|s| s.due).max();
+        let due = (self.now() + Duration::from_millis(self.rng.below(300))).max(after.unwrap_or_else(|| self.now()));
+        if failed {
+            let result = Err("sim: commit failed (coordinator unavailable)".to_string());
+            self.members[m].enqueue(due, Event::Committed { offsets: offsets.to_vec(), result });
+        } else {
+            let generation = self.members[m].generation;
+            self.sent.push_back(Sent { due, member: m, generation, offsets: offsets.to_vec() });
+        }
+        Ok(())
     }
 
     fn assign(&mut self, m: usize, tps: &[Tp]) {
