@@ -137,6 +137,15 @@ impl Cluster {
         )
     }
 
+    /// Records fetched for member `m` but still queued behind an event (not in its pipeline yet).
+    pub fn queued_records(&self, m: usize) -> Vec<(Tp, i64)> {
+        let queued = self.members[m].events.iter().filter_map(|(_, e)| match e {
+            Event::Record(r) => Some(((r.topic.clone(), r.partition), r.offset)),
+            _ => None,
+        });
+        queued.collect()
+    }
+
     pub fn is_stable(&self) -> bool {
         self.phase == Phase::Stable && !self.again
     }
