@@ -168,10 +168,7 @@ impl<C: Clock + Clone> Pipeline<C> {
                 Event::Assigned(tps) => self.assign(broker, &tps),
                 Event::Revoked(tps) => self.revoke(broker, sink, &tps)?,
                 Event::Lost(tps) => {
-                    log::warn!(
-                        "partitions lost (session expired): {}; their records go to the next owner",
-                        describe(&tps)
-                    );
+                    log::warn!("partitions lost (session expired): {tps:?}; their records go to the next owner");
                     self.release(broker, &tps);
                 }
                 Event::Committed { offsets, result } => self.answered(&offsets, result),
@@ -214,7 +211,7 @@ impl<C: Clock + Clone> Pipeline<C> {
     /// Finishes what is in memory (within [`REVOKE_BUDGET`]) and commits it
     /// while the partitions are still ours, then lets them go.
     fn revoke<B: Broker, S: Sink>(&mut self, broker: &mut B, sink: &mut S, tps: &[Tp]) -> Result<(), Panicked> {
-        log::info!("partitions revoked: {}", describe(tps));
+        log::info!("partitions revoked: {tps:?}");
         let drained = self.drain(sink, self.clock.now() + REVOKE_BUDGET);
         // What was handled, even before a panic, is committed.
         self.commit(broker, When::Sync);
@@ -239,13 +236,13 @@ impl<C: Clock + Clone> Pipeline<C> {
     }
 
     fn assign<B: Broker>(&mut self, broker: &mut B, tps: &[Tp]) {
-        log::info!("partitions assigned: {}", describe(tps));
+        log::info!("partitions assigned: {tps:?}");
         for tp in tps {
             self.offsets.assign(tp);
             self.paused.remove(tp);
         }
         if let Err(e) = broker.assign(tps) {
-            log::error!("cannot take assigned partitions {}: {e}", describe(tps));
+            log::error!("cannot take assigned partitions {tps:?}: {e}");
         }
         // The client keeps a pause across unassign and assign: start every new partition fetching,
         // unless too much is in memory already.
@@ -261,11 +258,10 @@ impl<C: Clock + Clone> Pipeline<C> {
     /// what was paused is resumed.
     fn release<B: Broker>(&mut self, broker: &mut B, tps: &[Tp]) {
         let leaving = |t: &str, p: i32| tps.iter().any(|(rt, rp)| rt == t && *rp == p);
-        let mut dropped = self.batcher.discard(leaving);
+        let before = self.buffered();
+        self.batcher.discard(leaving);
         if let Some(held) = &mut self.in_hand {
-            let before = held.records.len();
             held.records.retain(|r| !leaving(&r.topic, r.partition));
-            dropped += before - held.records.len();
             if held.records.is_empty() {
                 self.in_hand = None;
                 self.heartbeat.set_retrying(None);
@@ -275,17 +271,16 @@ impl<C: Clock + Clone> Pipeline<C> {
             self.offsets.remove(tp);
         }
         let resume: Vec<Tp> = tps.iter().filter(|tp| self.paused.remove(*tp)).cloned().collect();
-        if !resume.is_empty() {
-            if let Err(e) = broker.resume(&resume) {
-                log::warn!("cannot resume leaving partitions: {e}");
-            }
+        if let Err(e) = broker.resume(&resume) {
+            log::warn!("cannot resume leaving partitions: {e}");
         }
         if let Err(e) = broker.unassign(tps) {
-            log::error!("cannot release partitions {}: {e}", describe(tps));
+            log::error!("cannot release partitions {tps:?}: {e}");
         }
-        if dropped > 0 {
-            log::warn!("left {dropped} uncommitted records to the partitions' next owner");
-        }
+        log::info!(
+            "released partitions {tps:?}: {} records in memory left to their next owner",
+            before - self.buffered()
+        );
         self.assigned_changed();
     }
 
@@ -360,11 +355,4 @@ impl<C: Clock + Clone> Pipeline<C> {
             }
         }
     }
-}
-
-fn describe(tps: &[Tp]) -> String {
-    if tps.is_empty() {
-        return "none".into();
-    }
-    tps.iter().map(|(t, p)| format!("{t}/{p}")).collect::<Vec<_>>().join(",")
 }
