@@ -22,6 +22,11 @@ impl Job for SuperviseConsumer {
         false
     }
 
+    /// Supervision matters most while the database is away: it never waits for it.
+    fn recorded(&self) -> bool {
+        false
+    }
+
     fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
         let Some(supervisor) = &ctx.supervisor else {
             return Ok(JobReport::new("no consumer thread in this process"));

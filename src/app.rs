@@ -4,7 +4,7 @@
 //! running jobs and the batch in hand finish (bounded by `SHUTDOWN_TIMEOUT_MS`).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
@@ -69,18 +69,21 @@ pub fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
         let scheduler = Scheduler::start(jobs::registry(), ctx, &wakers).await?;
         log::info!("cronsumer running");
         shutdown.wait().await;
-        log::info!("shutting down");
-        // The consumer finishes its batch while running jobs finish theirs.
+        let by = shutdown.deadline(settings.shutdown_timeout);
+        log::info!("shutting down timeout_ms={}", settings.shutdown_timeout.as_millis());
+        // The consumer finishes its batch while running jobs finish theirs, all by one deadline.
         if let Some(s) = &supervisor {
-            lock(s).request_stop();
+            lock(s).request_stop(by);
         }
-        scheduler.stop(settings.shutdown_timeout).await;
+        scheduler.stop(by).await;
         Ok::<_, anyhow::Error>(())
     });
+    let by = shutdown.deadline(settings.shutdown_timeout);
     if let Some(s) = &supervisor {
-        lock(s).stop();
+        lock(s).stop(by);
     }
-    rt.shutdown_timeout(Duration::from_secs(1));
+    // Blocking job runs still going are abandoned (their claims expire).
+    rt.shutdown_timeout(by.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)));
     log::info!("stopped");
     result
 }

@@ -8,7 +8,7 @@
 //! committed. A handler panic ends the thread without committing past the
 //! last handled batch; the supervisor restarts it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ use crate::pipeline::Pipeline;
 use crate::poison::PoisonLedger;
 use crate::record::Record;
 use crate::router::{Handlers, Router};
+use crate::shutdown::StopRequest;
 use crate::sink::Panicked;
 
 #[derive(Debug, thiserror::Error)]
@@ -124,18 +125,30 @@ impl ConsumerContext for Ctx {
 /// The broker seam over an rdkafka `BaseConsumer`.
 pub struct RdBroker {
     consumer: BaseConsumer<Ctx>,
+    /// A synchronous commit waits no later than a stop's deadline.
+    stop: Arc<StopRequest>,
+    /// Partitions the pipeline paused.
+    paused: BTreeSet<Tp>,
+    /// Records polled while a synchronous commit is awaited, above which
+    /// the rest of the assignment is paused until the answer (one batch:
+    /// this keeps the pipeline's memory bound).
+    wait_queue_cap: usize,
 }
 
 impl RdBroker {
     /// Creates the client and subscribes to `topics`.
-    pub fn subscribe(settings: &Settings, topics: &[String]) -> Result<RdBroker, ConsumerError> {
+    pub fn subscribe(
+        settings: &Settings,
+        topics: &[String],
+        stop: Arc<StopRequest>,
+    ) -> Result<RdBroker, ConsumerError> {
         let ctx = Ctx { events: Mutex::new(VecDeque::new()), closing: AtomicBool::new(false) };
         let consumer: BaseConsumer<Ctx> =
             crate::kafka::consumer_config(settings).create_with_context(ctx).map_err(ConsumerError::Create)?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(|source| ConsumerError::Subscribe { topics: topics.to_vec(), source })?;
         log::info!("consumer subscribed group={} topics={}", settings.kafka.group_id, topics.join(","));
-        Ok(RdBroker { consumer })
+        Ok(RdBroker { consumer, stop, paused: BTreeSet::new(), wait_queue_cap: settings.consumer.batch_size.max(1) })
     }
 
     fn poll_client(&self, timeout: Duration) -> Option<Event> {
@@ -164,6 +177,45 @@ impl RdBroker {
         self.consumer.unsubscribe();
         // Dropping the client closes it (leaves the group, waits for the revoke).
     }
+
+    /// Polls until the answer to the commit of `offsets`; pauses the
+    /// partitions not paused yet (into `held`) once a batch of records waits.
+    fn await_commit(&mut self, offsets: &[(Tp, i64)], held: &mut Vec<Tp>) -> Result<(), String> {
+        let mut want = offsets.to_vec();
+        want.sort();
+        let deadline = self.stop.by().map_or(Instant::now() + SYNC_COMMIT_TIMEOUT, |by| {
+            by.clamp(Instant::now(), Instant::now() + SYNC_COMMIT_TIMEOUT)
+        });
+        loop {
+            let mut queue = self.consumer.context().queue();
+            let answer = queue.iter().position(|e| match e {
+                Event::Committed { offsets, .. } => {
+                    let mut got = offsets.clone();
+                    got.sort();
+                    got == want
+                }
+                _ => false,
+            });
+            if let Some(Event::Committed { result, .. }) = answer.and_then(|i| queue.remove(i)) {
+                return result;
+            }
+            let waiting = queue.iter().filter(|e| matches!(e, Event::Record(_))).count();
+            drop(queue);
+            if held.is_empty() && waiting >= self.wait_queue_cap {
+                let assigned = self.consumer.assignment().map(|a| tps_of(&a)).unwrap_or_default();
+                *held = assigned.into_iter().filter(|tp| !self.paused.contains(tp)).collect();
+                if let Err(e) = self.consumer.pause(&tpl_of(held)) {
+                    log::warn!("cannot pause partitions during a commit wait partitions={held:?} error={e}");
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("commit not confirmed in time".into());
+            }
+            let polled = self.poll_client(left.min(Duration::from_millis(100)));
+            self.consumer.context().queue().extend(polled);
+        }
+    }
 }
 
 impl Broker for RdBroker {
@@ -183,7 +235,8 @@ impl Broker for RdBroker {
 
     /// A synchronous commit is an asynchronous one whose answer is awaited
     /// for at most [`SYNC_COMMIT_TIMEOUT`] (librdkafka's own waits as long as
-    /// the coordinator is away); what polling brings meanwhile stays queued.
+    /// the coordinator is away), and not past a stop's deadline; what
+    /// polling brings meanwhile stays queued, one batch at most.
     fn commit(&mut self, offsets: &[(Tp, i64)], mode: CommitMode) -> Result<(), String> {
         let mut tpl = TopicPartitionList::new();
         for ((t, p), o) in offsets {
@@ -193,38 +246,29 @@ impl Broker for RdBroker {
         if mode == CommitMode::Async {
             return Ok(());
         }
-        let mut want = offsets.to_vec();
-        want.sort();
-        let deadline = Instant::now() + SYNC_COMMIT_TIMEOUT;
-        loop {
-            let mut queue = self.consumer.context().queue();
-            let answer = queue.iter().position(|e| match e {
-                Event::Committed { offsets, .. } => {
-                    let mut got = offsets.clone();
-                    got.sort();
-                    got == want
-                }
-                _ => false,
-            });
-            if let Some(Event::Committed { result, .. }) = answer.and_then(|i| queue.remove(i)) {
-                return result;
+        let mut held = Vec::new();
+        let answer = self.await_commit(offsets, &mut held);
+        if !held.is_empty() {
+            // librdkafka fetches a resumed partition again from the last record it returned.
+            if let Err(e) = self.consumer.resume(&tpl_of(&held)) {
+                log::warn!("cannot resume partitions after a commit wait partitions={held:?} error={e}");
             }
-            drop(queue);
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!("commit not confirmed within {} s", SYNC_COMMIT_TIMEOUT.as_secs()));
-            }
-            let polled = self.poll_client(left.min(Duration::from_millis(100)));
-            self.consumer.context().queue().extend(polled);
         }
+        answer
     }
 
     fn pause(&mut self, tps: &[Tp]) -> Result<(), String> {
-        self.consumer.pause(&tpl_of(tps)).map_err(|e| e.to_string())
+        self.consumer.pause(&tpl_of(tps)).map_err(|e| e.to_string())?;
+        self.paused.extend(tps.iter().cloned());
+        Ok(())
     }
 
     fn resume(&mut self, tps: &[Tp]) -> Result<(), String> {
-        self.consumer.resume(&tpl_of(tps)).map_err(|e| e.to_string())
+        self.consumer.resume(&tpl_of(tps)).map_err(|e| e.to_string())?;
+        for tp in tps {
+            self.paused.remove(tp);
+        }
+        Ok(())
     }
 
     fn assign(&mut self, tps: &[Tp]) -> Result<(), String> {
@@ -251,22 +295,24 @@ pub struct ConsumerSetup {
 }
 
 /// Runs the pipeline until `stop`, then finishes and commits what is in
-/// memory (bounded by `SHUTDOWN_TIMEOUT_MS`) and leaves the group.
-fn run(setup: &ConsumerSetup, heartbeat: Arc<Heartbeat>, stop: &AtomicBool) -> Result<(), ConsumerError> {
+/// memory and leaves the group, by the stop's deadline.
+fn run(setup: &ConsumerSetup, heartbeat: Arc<Heartbeat>, stop: &Arc<StopRequest>) -> Result<(), ConsumerError> {
     let s = &setup.settings;
     let router = Router::new((setup.modules)(), |t| s.topic(t));
     let mut topics = router.topics();
     topics.extend(setup.extra_topics.iter().cloned());
-    let mut sink = Handlers::new(router, setup.pool.clone(), s.consumer.max_record_bytes, setup.wakers.clone());
-    let mut broker = RdBroker::subscribe(s, &topics)?;
+    let mut sink =
+        Handlers::new(router, setup.pool.clone(), s.consumer.max_record_bytes, setup.wakers.clone(), stop.clone());
+    let mut broker = RdBroker::subscribe(s, &topics, stop.clone())?;
     let mut pipeline =
-        Pipeline::new(s.consumer.batch_size, s.consumer.batch_timeout, SystemClock, setup.panics.clone(), heartbeat);
+        Pipeline::new(s.consumer.batch_size, s.consumer.batch_timeout, SystemClock, setup.panics.clone(), heartbeat)
+            .with_stop(stop.clone());
     let result = loop {
-        if stop.load(Ordering::SeqCst) {
-            match pipeline.finish(&mut broker, &mut sink, Instant::now() + s.shutdown_timeout) {
+        if let Some(drain_by) = stop.drain_by() {
+            match pipeline.finish(&mut broker, &mut sink, drain_by) {
                 Ok(true) => break Ok(()),
                 Ok(false) => {
-                    log::warn!("shutdown timeout reached with uncommitted records; they will be consumed again");
+                    log::warn!("stop deadline reached with records not stored; they will be consumed again");
                     break Ok(());
                 }
                 Err(p) => break Err(ConsumerError::Panicked(p)),
@@ -287,7 +333,7 @@ fn run(setup: &ConsumerSetup, heartbeat: Arc<Heartbeat>, stop: &AtomicBool) -> R
 pub fn spawn(
     setup: ConsumerSetup,
     heartbeat: Arc<Heartbeat>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopRequest>,
 ) -> std::io::Result<std::thread::JoinHandle<Result<(), ConsumerError>>> {
     std::thread::Builder::new().name("consumer".into()).spawn(move || {
         let result = run(&setup, heartbeat, &stop);

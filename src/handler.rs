@@ -151,6 +151,8 @@ impl Wakers {
 
 pub struct HandlerContext<'a> {
     pool: &'a Pool,
+    /// Pool waits end by then: a stop's deadline.
+    wait_until: Option<std::time::Instant>,
     max_record_bytes: usize,
     rejected: Vec<NewDeadLetter>,
     wake: Vec<&'static str>,
@@ -158,12 +160,18 @@ pub struct HandlerContext<'a> {
 
 impl<'a> HandlerContext<'a> {
     pub fn new(pool: &'a Pool, max_record_bytes: usize) -> Self {
-        HandlerContext { pool, max_record_bytes, rejected: Vec::new(), wake: Vec::new() }
+        HandlerContext { pool, wait_until: None, max_record_bytes, rejected: Vec::new(), wake: Vec::new() }
+    }
+
+    /// Database waits end by `until` (when the consumer is stopping).
+    pub(crate) fn wait_until(mut self, until: Option<std::time::Instant>) -> Self {
+        self.wait_until = until;
+        self
     }
 
     /// A pooled database connection.
     pub fn db(&self) -> Result<Conn, HandlerError> {
-        Ok(self.pool.get().map_err(DbError::Pool)?)
+        Ok(crate::db::checkout(self.pool, self.wait_until)?)
     }
 
     /// `CONSUMER_MAX_RECORD_BYTES`.

@@ -7,12 +7,14 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 use crate::db::dead_letters::{insert_all, NewDeadLetter};
-use crate::db::{DbError, Pool};
+use crate::db::{checkout, Pool};
 use crate::handler::{Consumer, HandlerContext, HandlerError, Wakers};
 use crate::metrics;
 use crate::record::Record;
+use crate::shutdown::StopRequest;
 use crate::sink::{Failure, FailureKind, Sink};
 
 #[derive(Debug, thiserror::Error)]
@@ -137,15 +139,17 @@ pub struct Handlers {
     pool: Pool,
     max_record_bytes: usize,
     wakers: Wakers,
+    /// Database waits end by a stop's drain deadline.
+    stop: Arc<StopRequest>,
 }
 
 impl Handlers {
-    pub fn new(router: Router, pool: Pool, max_record_bytes: usize, wakers: Wakers) -> Self {
-        Handlers { router, pool, max_record_bytes, wakers }
+    pub fn new(router: Router, pool: Pool, max_record_bytes: usize, wakers: Wakers, stop: Arc<StopRequest>) -> Self {
+        Handlers { router, pool, max_record_bytes, wakers, stop }
     }
 
     fn store(&self, rows: &[NewDeadLetter]) -> Result<(), Failure> {
-        let stored = self.pool.get().map_err(DbError::Pool).and_then(|mut c| insert_all(&mut c, rows));
+        let stored = checkout(&self.pool, self.stop.drain_by()).and_then(|mut c| insert_all(&mut c, rows));
         stored.map_err(|e| Failure {
             kind: crate::handler::db_failure_kind(&e),
             message: format!("storing dead letters: {e}"),
@@ -160,7 +164,7 @@ impl Handlers {
 impl Sink for Handlers {
     fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {
         let m = metrics::get();
-        let mut ctx = HandlerContext::new(&self.pool, self.max_record_bytes);
+        let mut ctx = HandlerContext::new(&self.pool, self.max_record_bytes).wait_until(self.stop.drain_by());
         let dispatched = match self.router.dispatch(batch, &mut ctx) {
             Ok(d) => d,
             Err(DispatchError::Failed { topic, source }) => {
@@ -196,7 +200,7 @@ impl Sink for Handlers {
     }
 
     fn healthy(&mut self) -> bool {
-        self.pool.get().map_err(DbError::Pool).and_then(|mut c| crate::db::ping(&mut c)).is_ok()
+        checkout(&self.pool, self.stop.drain_by()).and_then(|mut c| crate::db::ping(&mut c)).is_ok()
     }
 }
 

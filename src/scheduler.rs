@@ -103,6 +103,11 @@ pub trait Job: Send + Sync {
     fn exclusive(&self) -> bool {
         true
     }
+    /// Whether its runs are recorded in `job_runs`. Jobs that must run while
+    /// the database is away (supervision) say no: they never wait for it.
+    fn recorded(&self) -> bool {
+        true
+    }
 }
 
 /// Why a run happened.
@@ -193,7 +198,7 @@ impl JobRunner {
         let ctx = &self.ctx;
         // Wake-ups can come many times a second under load: they take no lease,
         // are counted in the metrics, and enter the ledger only when they fail.
-        let ledger = trigger != Trigger::Wake;
+        let ledger = trigger != Trigger::Wake && self.job.recorded();
         let lease = self.job.exclusive() && trigger == Trigger::Tick;
         let mut run_id = None;
         if ledger || lease {
@@ -251,7 +256,7 @@ impl JobRunner {
             _ => log::debug!("job={name} ok in {} ms", elapsed.as_millis()),
         }
         let run_id = match (run_id, &outcome) {
-            (None, RunOutcome::Failed(_)) if !ledger => {
+            (None, RunOutcome::Failed(_)) if !ledger && self.job.recorded() => {
                 ctx.pool.get().ok().and_then(|mut c| start_run(&mut c, name, &ctx.holder))
             }
             _ => run_id,
@@ -319,11 +324,10 @@ impl Scheduler {
     }
 
     /// Stops new ticks, then waits (up to `timeout`) for running jobs to finish.
-    pub async fn stop(mut self, timeout: Duration) {
+    pub async fn stop(mut self, deadline: Instant) {
         if let Err(e) = self.inner.shutdown().await {
             log::warn!("scheduler shutdown: {e}");
         }
-        let deadline = Instant::now() + timeout;
         while self.runners.iter().any(|r| r.is_running()) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

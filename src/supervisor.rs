@@ -9,7 +9,6 @@
 //! ([`Verdict::Wedged`]) the process exits with status 1 for the service
 //! manager to restart it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use crate::backoff::Backoff;
 use crate::consumer::{spawn, ConsumerError, ConsumerSetup};
 use crate::heartbeat::Heartbeat;
 use crate::metrics;
+use crate::shutdown::StopRequest;
 
 /// Why the consumer thread was restarted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +57,7 @@ pub const MIN_STALL_GRACE: Duration = Duration::from_secs(30);
 
 struct Running {
     handle: JoinHandle<Result<(), ConsumerError>>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopRequest>,
     heartbeat: Arc<Heartbeat>,
     started: Instant,
 }
@@ -95,7 +95,7 @@ impl Supervisor {
     /// Starts the consumer thread.
     pub fn start(&mut self) -> std::io::Result<()> {
         let heartbeat = Arc::new(Heartbeat::default());
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(StopRequest::default());
         let handle = spawn(self.setup.clone(), heartbeat.clone(), stop.clone())?;
         self.running = Some(Running { handle, stop, heartbeat, started: Instant::now() });
         Ok(())
@@ -139,7 +139,7 @@ impl Supervisor {
             let Some((at, why)) = &self.stopping_for else {
                 log::error!("consumer {} ({cause:?}): asking it to stop before a restart", cause.label());
                 if let Some(r) = &self.running {
-                    r.stop.store(true, Ordering::SeqCst);
+                    r.stop.request(Instant::now() + self.setup.settings.shutdown_timeout);
                 }
                 self.stopping_for = Some((Instant::now(), cause.clone()));
                 return Some(Verdict::Stopping(cause));
@@ -183,25 +183,36 @@ impl Supervisor {
         Some(Verdict::Restarted(cause))
     }
 
-    /// Asks the thread to finish its batch and stop, without waiting; no
-    /// restart happens after this.
-    pub fn request_stop(&mut self) {
+    /// Asks the thread to finish its batch and stop by `by`, without
+    /// waiting; no restart happens after this.
+    pub fn request_stop(&mut self, by: Instant) {
         self.stopping = true;
         if let Some(r) = &self.running {
-            r.stop.store(true, Ordering::SeqCst);
+            r.stop.request(by);
         }
     }
 
-    /// Asks the thread to finish its batch and stop, and waits for it.
-    pub fn stop(&mut self) {
-        self.stopping = true;
-        if let Some(r) = self.running.take() {
-            r.stop.store(true, Ordering::SeqCst);
-            match r.handle.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => log::warn!("consumer ended with error during shutdown: {e}"),
-                Err(p) => log::error!("consumer thread panicked: {}", crate::router::panic_message(p.as_ref())),
-            }
+    /// Asks the thread to finish its batch and stop by `by`, and waits for
+    /// it until then (plus [`JOIN_GRACE`]). A thread still running after
+    /// that is left behind: the process exits without it, and what it did
+    /// not commit is consumed again.
+    pub fn stop(&mut self, by: Instant) {
+        self.request_stop(by);
+        let Some(r) = self.running.take() else { return };
+        while !r.handle.is_finished() && Instant::now() < by + JOIN_GRACE {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !r.handle.is_finished() {
+            log::error!("consumer thread still running at the shutdown deadline; exiting without it");
+            return;
+        }
+        match r.handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::warn!("consumer ended with error during shutdown: {e}"),
+            Err(p) => log::error!("consumer thread panicked: {}", crate::router::panic_message(p.as_ref())),
         }
     }
 }
+
+/// How long past its deadline a stopping consumer thread is waited for.
+pub const JOIN_GRACE: Duration = Duration::from_millis(500);

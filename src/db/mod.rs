@@ -31,18 +31,20 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/po
 
 /// How long a SQLite writer waits for another writer's lock before erroring.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
-/// Longest PostgreSQL statement: a stall ends by itself (as a transient error).
-const PG_STATEMENT_TIMEOUT_MS: u32 = 60_000;
+/// Longest PostgreSQL statement: a stall ends by itself (as a transient
+/// error), well before the default `CONSUMER_STALL_TIMEOUT_MS` (60 s).
+const PG_STATEMENT_TIMEOUT_MS: u32 = 30_000;
 /// libpq settings that bound every wait on a PostgreSQL connection: connect,
-/// a peer that vanished silently (keepalives), unacknowledged sends. A value
-/// the URL gives wins.
+/// a peer that vanished silently (keepalives: 10 + 3 × 5 s), unacknowledged
+/// sends (25 s), all within half the default stall timeout. A value the URL
+/// gives wins.
 const PG_BOUNDS: &[(&str, &str)] = &[
     ("connect_timeout", "5"),
     ("keepalives", "1"),
-    ("keepalives_idle", "30"),
-    ("keepalives_interval", "10"),
+    ("keepalives_idle", "10"),
+    ("keepalives_interval", "5"),
     ("keepalives_count", "3"),
-    ("tcp_user_timeout", "30000"),
+    ("tcp_user_timeout", "25000"),
 ];
 
 /// `url` with the [`PG_BOUNDS`] it does not set itself.
@@ -225,6 +227,18 @@ pub fn pending_migrations(conn: &mut DbConnection) -> Result<Vec<String>, DbErro
 }
 
 /// A trivial query: does the database answer?
+/// A pooled connection, waiting no later than `until` (a stop's deadline)
+/// nor longer than the pool's own timeout.
+pub fn checkout(pool: &Pool, until: Option<std::time::Instant>) -> Result<Conn, DbError> {
+    let wait = until.map_or(pool.connection_timeout(), |t| {
+        t.saturating_duration_since(std::time::Instant::now()).clamp(MIN_CHECKOUT_WAIT, pool.connection_timeout())
+    });
+    pool.get_timeout(wait).map_err(DbError::Pool)
+}
+
+/// Shortest pool wait, even past a deadline: one try for an idle connection.
+const MIN_CHECKOUT_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 pub fn ping(conn: &mut DbConnection) -> Result<(), DbError> {
     use diesel::RunQueryDsl;
     diesel::sql_query("SELECT 1").execute(conn)?;
@@ -243,7 +257,7 @@ mod tests {
         let url = super::bounded_pg_url("postgres://u@h/db?connect_timeout=9");
         assert!(url.starts_with("postgres://u@h/db?connect_timeout=9&keepalives=1&"), "{url}");
         assert_eq!(url.matches("connect_timeout").count(), 1);
-        assert!(url.ends_with("&tcp_user_timeout=30000"), "{url}");
+        assert!(url.ends_with("&tcp_user_timeout=25000"), "{url}");
         assert!(super::bounded_pg_url("postgres://h/db").starts_with("postgres://h/db?connect_timeout=5&"));
     }
 }

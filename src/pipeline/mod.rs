@@ -31,6 +31,7 @@ use crate::metrics;
 use crate::offsets::Offsets;
 use crate::poison::PoisonLedger;
 use crate::record::Record;
+use crate::shutdown::StopRequest;
 use crate::sink::{Panicked, Sink};
 
 mod batches;
@@ -89,6 +90,8 @@ pub struct Pipeline<C: Clock + Clone> {
     heartbeat: Arc<Heartbeat>,
     batch_size: usize,
     last_commit: Option<Instant>,
+    /// A stop cuts every drain short, a revoke's too.
+    stop: Arc<StopRequest>,
 }
 
 impl<C: Clock + Clone> Pipeline<C> {
@@ -111,7 +114,14 @@ impl<C: Clock + Clone> Pipeline<C> {
             heartbeat,
             batch_size,
             last_commit: None,
+            stop: Arc::default(),
         }
+    }
+
+    /// Drains end by the deadline of a stop requested through `stop`.
+    pub fn with_stop(mut self, stop: Arc<StopRequest>) -> Self {
+        self.stop = stop;
+        self
     }
 
     /// Records held in memory: the batch in hand and those waiting.
@@ -120,7 +130,8 @@ impl<C: Clock + Clone> Pipeline<C> {
     }
 
     /// Most records this pipeline holds in memory: the pause limit plus
-    /// what one poll drains.
+    /// what one poll drains. (The rdkafka seam holds at most one batch more,
+    /// polled while a synchronous commit is awaited.)
     pub fn memory_bound(&self) -> usize {
         (BUFFER_BATCHES + 1) * self.batch_size
     }

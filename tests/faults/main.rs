@@ -3,7 +3,10 @@
 //! is injected from outside: SIGKILL mid-stream, a broker restart, a
 //! PostgreSQL outage, a handler panic on a poison record, SIGTERM mid-batch,
 //! one of two copies killed, a webhook outage, a SQLite file locked by another
-//! process, and malformed input of every kind.
+//! process, and malformed input of every kind; and (in [`group`]) faults
+//! combined with group changes: rebalances during an outage, a handler slower
+//! than `max.poll.interval.ms`, bounded shutdown, the broker away past the
+//! session timeout, rolling restarts under load.
 //!
 //! Each scenario produces a known set of records, injects its fault, lets the
 //! service recover by itself (no test code repairs anything but the fault it
@@ -13,7 +16,9 @@
 //!   `dead_letters` (rows + dead letters == produced);
 //! - no source `(partition, offset)` was stored twice;
 //! - the group's committed offsets sum to the records produced and never pass
-//!   a record that is not stored.
+//!   a record that is not stored;
+//! - while the scenario ran, the [`monitor`] saw no commit pass an unstored
+//!   record and none move backwards.
 //!
 //! Each scenario prints one line:
 //! `SCENARIO <name> <backend>: produced=N stored=N dead_lettered=N duplicates=N`.
@@ -26,6 +31,8 @@
 #[macro_use]
 #[path = "../it/common.rs"]
 mod common;
+mod group;
+mod monitor;
 #[path = "../it/sink.rs"]
 mod sink;
 
@@ -44,6 +51,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
 use common::*;
+use monitor::Monitor;
 use sink::Sink;
 
 /// Scenarios share one broker and some stop it: one at a time.
@@ -67,13 +75,6 @@ fn backend_name(b: Backend) -> &'static str {
         Backend::Sqlite => "sqlite",
         Backend::Postgres => "postgres",
     }
-}
-
-fn report(name: &str, backend: Backend, produced: usize, stored: usize, dead: usize, duplicates: usize) {
-    println!(
-        "SCENARIO {name} {}: produced={produced} stored={stored} dead_lettered={dead} duplicates={duplicates}",
-        backend_name(backend)
-    );
 }
 
 // ---------------------------------------------------------------------------
@@ -247,6 +248,8 @@ struct Fixture {
     env: Vec<(String, String)>,
     dir: PathBuf,
     pool: Pool,
+    /// Checks the group's commits while the scenario runs.
+    monitor: Mutex<Option<Monitor>>,
     tdb: TestDb,
 }
 
@@ -263,7 +266,26 @@ impl Fixture {
         let dir = std::env::temp_dir().join(unique(&format!("cronsumer-{scenario}-")));
         std::fs::create_dir_all(&dir).unwrap();
         let env = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Fixture { scenario, backend, prefix, s, topic, env, dir, pool, tdb }
+        let watched = vec![(topic.clone(), "notifications"), (s.topic("price-events"), "price_events")];
+        let monitor = Mutex::new(Some(Monitor::start(&s, &tdb.url, watched, PARTITIONS)));
+        Fixture { scenario, backend, prefix, s, topic, env, dir, pool, monitor, tdb }
+    }
+
+    /// Stops the commit monitor, prints the scenario's `SCENARIO` line and
+    /// asserts that the monitor saw no violation while the scenario ran.
+    fn report(&self, produced: usize, stored: usize, dead: usize, duplicates: usize) {
+        let found = lock(&self.monitor).take().expect("the scenario is reported once").finish();
+        println!(
+            "SCENARIO {} {}: produced={produced} stored={stored} dead_lettered={dead} duplicates={duplicates} \
+             commit_readings={} commit_advances_checked={} longest_reading_gap_ms={}",
+            self.scenario,
+            backend_name(self.backend),
+            found.readings,
+            found.checked,
+            found.longest_gap.as_millis()
+        );
+        assert!(found.violations.is_empty(), "the commit monitor saw: {:#?}", found.violations);
+        assert!(found.checked > 0, "the commit monitor checked no commit");
     }
 
     /// Starts `cronsumer run` (a fresh working directory, a free HTTP port,
@@ -329,7 +351,7 @@ impl Fixture {
         let (rows, dead) = stored_sources(&self.pool, &self.topic);
         let distinct: BTreeSet<(i32, i64)> = rows.iter().chain(&dead).copied().collect();
         let duplicates = rows.len() + dead.len() - distinct.len();
-        report(self.scenario, self.backend, produced, rows.len(), dead.len(), duplicates);
+        self.report(produced, rows.len(), dead.len(), duplicates);
         assert_eq!(duplicates, 0, "a source (partition, offset) is stored twice (rows and/or dead letters)");
         assert_eq!(dead.len(), want_dead, "dead letters");
         assert_eq!(rows.len(), produced - want_dead, "stored rows");
@@ -886,7 +908,26 @@ struct FuzzRecord {
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
     valid: bool,
+    /// Valid, but PostgreSQL refuses a value in it (SQLite stores it).
+    postgres_refuses: bool,
 }
+
+impl FuzzRecord {
+    fn stored_on(&self, backend: Backend) -> bool {
+        self.valid && !(self.postgres_refuses && backend == Backend::Postgres)
+    }
+}
+
+/// Values the service accepts and PostgreSQL refuses: a NUL in text, a
+/// timestamp outside PostgreSQL's range.
+const POSTGRES_REFUSES_NOTIFICATIONS: &[&str] = &[
+    r#"{"user_id":1,"event":"a\u0000b","content":"x"}"#,
+    r#"{"user_id":1,"event":"e","content":"nul \u0000 inside"}"#,
+];
+const POSTGRES_REFUSES_PRICES: &[&str] = &[
+    r#"{"symbol":"ACME","price":1.5,"timestamp":-300000000000,"source":"fuzz"}"#,
+    r#"{"symbol":"ACME","price":1.5,"timestamp":"2026-11-23T10:00:00Z","source":"a\u0000b"}"#,
+];
 
 /// Size of the oversize records: twice `CONSUMER_MAX_RECORD_BYTES`' default.
 const HUGE_BYTES: usize = 2 * 1024 * 1024;
@@ -981,6 +1022,10 @@ fn fuzz_records(which: Which, n: usize, rng: &mut Rng) -> Vec<FuzzRecord> {
         Which::Notifications => BAD_UTF8_NOTIFICATIONS,
         Which::PriceEvents => BAD_UTF8_PRICES,
     };
+    let refused = match which {
+        Which::Notifications => POSTGRES_REFUSES_NOTIFICATIONS,
+        Which::PriceEvents => POSTGRES_REFUSES_PRICES,
+    };
     (0..n)
         .map(|i| {
             let key = Some(format!("k{i}").into_bytes());
@@ -1014,7 +1059,17 @@ fn fuzz_records(which: Which, n: usize, rng: &mut Rng) -> Vec<FuzzRecord> {
                     }
                     72..=84 => ("wrong types", key, bad_json[rng.below(bad_json.len())].as_bytes().to_vec(), false),
                     85..=92 => ("invalid UTF-8", key, bad_utf8[rng.below(bad_utf8.len())].to_vec(), false),
-                    93..=96 => ("empty", key, Vec::new(), false),
+                    93..=94 => ("empty", key, Vec::new(), false),
+                    95..=96 => {
+                        let payload = refused[rng.below(refused.len())].as_bytes().to_vec();
+                        return FuzzRecord {
+                            kind: "refused by PostgreSQL",
+                            key,
+                            payload,
+                            valid: true,
+                            postgres_refuses: true,
+                        };
+                    }
                     _ => {
                         // A strict prefix of a JSON object never parses.
                         let full = valid_payload(which, i, rng);
@@ -1023,7 +1078,7 @@ fn fuzz_records(which: Which, n: usize, rng: &mut Rng) -> Vec<FuzzRecord> {
                     }
                 }
             };
-            FuzzRecord { kind, key, payload, valid }
+            FuzzRecord { kind, key, payload, valid, postgres_refuses: false }
         })
         .collect()
 }
@@ -1051,9 +1106,12 @@ fn count_prices(pool: &Pool) -> i64 {
 
 /// Asserts the dead letters of `topic` are exactly the invalid records
 /// produced to it (same key and payload bytes, as a multiset).
-fn assert_dead_letters_are(pool: &Pool, topic: &str, records: &[FuzzRecord]) {
-    let mut want: Vec<(Vec<u8>, Vec<u8>)> =
-        records.iter().filter(|r| !r.valid).map(|r| (r.key.clone().unwrap_or_default(), r.payload.clone())).collect();
+fn assert_dead_letters_are(pool: &Pool, backend: Backend, topic: &str, records: &[FuzzRecord]) {
+    let mut want: Vec<(Vec<u8>, Vec<u8>)> = records
+        .iter()
+        .filter(|r| !r.stored_on(backend))
+        .map(|r| (r.key.clone().unwrap_or_default(), r.payload.clone()))
+        .collect();
     let mut got: Vec<(Vec<u8>, Vec<u8>)> = db::dead_letters::list(&mut pool.get().unwrap(), Some(topic), 1_000_000)
         .unwrap()
         .into_iter()
@@ -1087,12 +1145,13 @@ fn assert_dead_letters_are(pool: &Pool, topic: &str, records: &[FuzzRecord]) {
 /// 2,000 records to each of `notifications` and `price-events`, a
 /// deterministic mix of valid and malformed ones: exactly the valid ones
 /// become rows, exactly the invalid ones (with their key and payload) become
-/// dead letters, nothing panics, and the process never exits.
-#[test]
-fn bad_input_fuzz() {
+/// dead letters, nothing panics, and the process never exits. On PostgreSQL,
+/// values it refuses (a NUL in text, a timestamp out of its range) count as
+/// invalid: they are dead-lettered, and the partition goes on.
+fn bad_input_fuzz(backend: Backend) {
     let _serial = serial();
     const N: usize = 2000;
-    let fx = Fixture::new("bad_input_fuzz", Backend::Sqlite, &[]);
+    let fx = Fixture::new("bad_input_fuzz", backend, &[]);
     let price_topic = fx.s.topic("price-events");
     // The producer must accept the oversize records (librdkafka's message.max.bytes is 1 MB by default).
     let producing = settings(&fx.tdb.url, &fx.prefix, &[("KAFKA_PROP_MESSAGE_MAX_BYTES", "3000000")]);
@@ -1104,8 +1163,8 @@ fn bad_input_fuzz() {
         *kinds.entry(r.kind).or_default() += 1;
     }
     println!("bad_input_fuzz: produced per kind (both topics): {kinds:?}");
-    let valid_notes = notes.iter().filter(|r| r.valid).count();
-    let valid_prices = prices.iter().filter(|r| r.valid).count();
+    let valid_notes = notes.iter().filter(|r| r.stored_on(backend)).count();
+    let valid_prices = prices.iter().filter(|r| r.stored_on(backend)).count();
     let invalid = 2 * N - valid_notes - valid_prices;
     produce_raw(&producing, &fx.topic, &notes);
     produce_raw(&producing, &price_topic, &prices);
@@ -1129,7 +1188,7 @@ fn bad_input_fuzz() {
         note_rows.len() + note_dead.len() - note_set.len() + price_rows.len() + price_dead.len() - price_set.len();
     let stored = note_rows.len() + price_rows.len();
     let dead = note_dead.len() + price_dead.len();
-    report(fx.scenario, fx.backend, 2 * N, stored, dead, duplicates);
+    fx.report(2 * N, stored, dead, duplicates);
 
     assert_eq!(duplicates, 0, "a source (partition, offset) is stored twice");
     assert_eq!(note_rows.len(), valid_notes, "notification rows vs valid notifications produced");
@@ -1139,8 +1198,8 @@ fn bad_input_fuzz() {
     assert_eq!(dead, invalid, "dead letters vs invalid records produced");
     assert_eq!(count_dead_letters(&fx.pool) as usize, invalid, "rows in dead_letters");
     assert_eq!(stored + dead, 2 * N, "every record stored once");
-    assert_dead_letters_are(&fx.pool, &fx.topic, &notes);
-    assert_dead_letters_are(&fx.pool, &price_topic, &prices);
+    assert_dead_letters_are(&fx.pool, backend, &fx.topic, &notes);
+    assert_dead_letters_are(&fx.pool, backend, &price_topic, &prices);
     let note_commits = try_committed(&fx.s, &fx.topic, PARTITIONS).expect("committed offsets");
     let price_commits = try_committed(&fx.s, &price_topic, PARTITIONS).expect("committed offsets");
     assert_covered(&note_commits, &note_set, &fx.topic);
@@ -1152,3 +1211,4 @@ fn bad_input_fuzz() {
     let health = svc.healthz();
     assert_eq!(health.as_ref().map(|(code, _)| *code), Some(200), "/healthz after the fuzz: {health:?}");
 }
+both_backends!(bad_input_fuzz);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use cronsumer::config::Settings;
 use cronsumer::db::{self, Backend, Pool};
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -37,6 +38,9 @@ pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     format!("{prefix}{}x{}x{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
 }
+
+/// The application name of connections a database outage spares.
+pub const OBSERVER: &str = "cronsumer_fault_monitor";
 
 /// A fresh, empty database of either backend, removed when dropped.
 pub struct TestDb {
@@ -74,18 +78,42 @@ impl TestDb {
         db::connect_and_migrate(&self.url, 4).unwrap().0
     }
 
-    /// PostgreSQL only: refuse new connections and end the open ones (an outage of this database).
+    /// PostgreSQL only: refuse new connections and end the open ones (an
+    /// outage of this database), except an observer's (application name
+    /// [`OBSERVER`]: the fault suite's commit monitor).
     pub fn pg_block(&self, blocked: bool) {
         let name = self.pg_name.as_ref().expect("pg_block needs PostgreSQL");
         let mut admin = PgConnection::establish(&pg_admin_url()).unwrap();
         diesel::sql_query(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {}", !blocked)).execute(&mut admin).unwrap();
         if blocked {
             diesel::sql_query(format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid() \
+                 AND application_name <> '{OBSERVER}'"
             ))
             .execute(&mut admin)
             .unwrap();
         }
+    }
+}
+
+impl TestDb {
+    /// PostgreSQL only: inserts into the consumer's tables fail as on a
+    /// read-only standby (SQLSTATE 25006) while connections and reads work:
+    /// an outage of the consumer's writes that a starting copy gets through.
+    pub fn pg_refuse_writes(&self, refused: bool) {
+        let mut conn = PgConnection::establish(&self.url).unwrap();
+        let sql = if refused {
+            "CREATE OR REPLACE FUNCTION refuse_writes() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               RAISE EXCEPTION 'cannot execute INSERT in a read-only transaction (outage drill)' \
+               USING ERRCODE = 'read_only_sql_transaction'; END $$; \
+             CREATE TRIGGER refuse_writes BEFORE INSERT ON notifications \
+               FOR EACH STATEMENT EXECUTE FUNCTION refuse_writes(); \
+             CREATE TRIGGER refuse_writes BEFORE INSERT ON dead_letters \
+               FOR EACH STATEMENT EXECUTE FUNCTION refuse_writes();"
+        } else {
+            "DROP TRIGGER refuse_writes ON notifications; DROP TRIGGER refuse_writes ON dead_letters;"
+        };
+        conn.batch_execute(sql).unwrap();
     }
 }
 

@@ -1,7 +1,6 @@
 //! The batch consumer against the real broker and both databases: counts
 //! every record into the tables or `dead_letters`, exactly once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -11,12 +10,13 @@ use cronsumer::consumer::{spawn, ConsumerError, ConsumerSetup};
 use cronsumer::db::{Backend, Pool};
 use cronsumer::handler::Wakers;
 use cronsumer::heartbeat::Heartbeat;
+use cronsumer::shutdown::StopRequest;
 
 use crate::both_backends;
 use crate::common::*;
 
 pub struct Running {
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopRequest>,
     handle: JoinHandle<Result<(), ConsumerError>>,
     pub heartbeat: Arc<Heartbeat>,
 }
@@ -32,13 +32,13 @@ impl Running {
             panics: Default::default(),
         };
         let heartbeat = Arc::new(Heartbeat::default());
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(StopRequest::default());
         let handle = spawn(setup, heartbeat.clone(), stop.clone()).unwrap();
         Running { stop, handle, heartbeat }
     }
 
     pub fn stop(self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.request(Instant::now() + Duration::from_secs(10));
         self.handle.join().expect("consumer thread panicked").expect("consumer thread failed");
     }
 }

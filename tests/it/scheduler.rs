@@ -246,3 +246,18 @@ fn one_copy_per_tick_under_the_lease() {
     assert_eq!(runs.load(Ordering::SeqCst), 1, "{outcomes:?}");
     assert!(outcomes.contains(&RunOutcome::SkippedLease), "{outcomes:?}");
 }
+
+/// Supervision must go on while the database is away (a stalled consumer
+/// thread is most likely then): its runs do not wait for the ledger.
+#[test]
+fn supervision_runs_while_the_database_is_away() {
+    let tdb = TestDb::new(Backend::Postgres);
+    let pool = tdb.pool();
+    let s = settings(&tdb.url, &unique("supervise"), &[]);
+    let job = Arc::new(cronsumer::jobs::supervise_consumer::SuperviseConsumer);
+    let runner = JobRunner::new(job, context(&s, &pool));
+    tdb.pg_block(true);
+    let outcome = runner.run(Trigger::Tick);
+    tdb.pg_block(false);
+    assert_eq!(outcome, RunOutcome::Ok(JobReport::new("no consumer thread in this process")));
+}

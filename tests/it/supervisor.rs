@@ -123,7 +123,7 @@ fn run_fault(modules: fn() -> Vec<Box<dyn Consumer>>, extra_topic: &str, extra: 
     assert!(cause.is_none() || supervisor.lock().unwrap().is_alive());
     wait_for("500 rows after the restart", Duration::from_secs(90), || count_notifications(&pool) >= 500);
     wait_for("fault record committed", Duration::from_secs(60), || committed(&s, &fault_topic, 1).get(&0) == Some(&1));
-    supervisor.lock().unwrap().stop();
+    supervisor.lock().unwrap().stop(Instant::now() + Duration::from_secs(10));
     assert_eq!(count_notifications(&pool), 500);
     assert_commits_covered(&s, &pool, &topic, 2);
     let restarts = cronsumer::metrics::get().consumer_restarts.with_label_values(&["ended"]).get()
