@@ -43,7 +43,7 @@ fn rebalance_during_a_database_outage(scenario: &'static str, strategy: &str) {
     let fx = Fixture::new(scenario, Backend::Postgres, &[("KAFKA_PROP_PARTITION_ASSIGNMENT_STRATEGY", strategy)]);
     let a = fx.start("copy-a", &[]);
     wait_running(&[&a], "copy-a assigned every partition", Duration::from_secs(60), || {
-        a.assigned() == f64::from(PARTITIONS)
+        a.assigned() == fx.all_partitions()
     });
     fx.produce_notifications(N / 2);
     wait_running(&[&a], "500 rows", Duration::from_secs(60), || fx.rows() >= 500);
@@ -61,7 +61,7 @@ fn rebalance_during_a_database_outage(scenario: &'static str, strategy: &str) {
     fx.wait_all(&[&a, &b], N, Duration::from_secs(180));
     wait_healthy(&[&a, &b], &a, Duration::from_secs(60));
     wait_healthy(&[&a, &b], &b, Duration::from_secs(60));
-    assert_eq!(a.assigned() + b.assigned(), f64::from(PARTITIONS), "partitions held by the two copies");
+    assert_eq!(a.assigned() + b.assigned(), fx.all_partitions(), "partitions held by the two copies");
     fx.assert_exactly_once(N, 0);
 }
 
@@ -107,7 +107,7 @@ fn a_handler_slower_than_max_poll_interval() {
 
     fx.wait_all(&[&a, &b], N, Duration::from_secs(180));
     wait_running(&[&a, &b], "both copies hold partitions again", Duration::from_secs(60), || {
-        a.assigned() + b.assigned() == f64::from(PARTITIONS)
+        a.assigned() + b.assigned() == fx.all_partitions()
     });
     let lost = a.log_text().matches("partitions lost").count() + b.log_text().matches("partitions lost").count();
     println!("a_handler_slower_than_max_poll_interval: assignments lost: {lost}");
@@ -152,7 +152,7 @@ fn sigterm_during_a_rebalance() {
     let fx = Fixture::new("sigterm_during_a_rebalance", Backend::Postgres, &[("SHUTDOWN_TIMEOUT_MS", SHUTDOWN_MS)]);
     let a = fx.start("copy-a", &[]);
     wait_running(&[&a], "copy-a assigned every partition", Duration::from_secs(60), || {
-        a.assigned() == f64::from(PARTITIONS)
+        a.assigned() == fx.all_partitions()
     });
     fx.produce_notifications(N / 2);
     wait_running(&[&a], "500 rows", Duration::from_secs(60), || fx.rows() >= 500);
@@ -252,7 +252,7 @@ fn rolling_restart_under_load() {
         ],
     );
     let mut copies: Vec<Service> = (0..3).map(|i| fx.start(&format!("copy-{i}-run-0"), &[])).collect();
-    let all_assigned = |copies: &[Service]| copies.iter().map(|c| c.assigned()).sum::<f64>() == f64::from(PARTITIONS);
+    let all_assigned = |copies: &[Service]| copies.iter().map(|c| c.assigned()).sum::<f64>() == fx.all_partitions();
     wait_running(
         &copies.iter().collect::<Vec<_>>(),
         "three copies sharing the partitions",

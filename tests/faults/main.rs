@@ -315,6 +315,11 @@ impl Fixture {
         Service { label: format!("{}/{label}", self.scenario), child: Mutex::new(child), http, log }
     }
 
+    /// Partitions of every topic the service subscribes to.
+    fn all_partitions(&self) -> f64 {
+        (cronsumer::app::required_topics(&self.s).len() as i32 * PARTITIONS).into()
+    }
+
     fn rows(&self) -> i64 {
         count_notifications(&self.pool)
     }
