@@ -76,8 +76,9 @@ impl Heartbeat {
     pub fn set_retrying(&self, error: Option<String>) {
         self.retrying.store(error.is_some(), Ordering::Relaxed);
         if let Ok(mut e) = self.last_error.lock() {
-            if error.is_some() {
-                *e = error;
+            if let Some(error) = error {
+                // Database messages may span lines: /healthz shows one.
+                *e = Some(crate::db::one_line(&error));
             }
         }
     }

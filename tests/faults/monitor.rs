@@ -26,7 +26,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::common::OBSERVER;
 
 /// Time between two readings.
-pub const EVERY: Duration = Duration::from_millis(150);
+pub const EVERY: Duration = Duration::from_millis(100);
 
 /// A topic and the table its records are stored in (source columns
 /// `source_topic`, `source_partition`, `source_offset`).
