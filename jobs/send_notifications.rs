@@ -1,14 +1,21 @@
 //! `send_notifications` (`NOTIFICATIONS_CRON`, default every 30 s, and woken
 //! by the consumer whenever it stores new notifications): claims due rows in
-//! chunks, delivers each through the notifier, and marks it `sent`, schedules
-//! a retry with exponential backoff, or marks it `failed` after
-//! `NOTIFICATIONS_MAX_ATTEMPTS`. Drains everything that is due.
+//! chunks, delivers them through the notifier (up to its parallelism at once,
+//! `NOTIFY_CONCURRENCY` for the webhook), and marks each `sent` within
+//! [`MARK_EVERY`] of its delivery, schedules a retry with exponential backoff
+//! (no sooner than a `Retry-After`), or marks it `failed` after
+//! `NOTIFICATIONS_MAX_ATTEMPTS`. Drains everything that is due. A crash
+//! resends at most the deliveries in flight and those delivered in the last
+//! [`MARK_EVERY`].
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
 use crate::config::Settings;
-use crate::db::{self, notifications};
+use crate::db::notifications::Notification;
+use crate::db::{self, notifications, DbConnection};
 use crate::metrics;
 use crate::notifier::Delivery;
 use crate::scheduler::{Job, JobContext, JobError, JobReport};
@@ -26,6 +33,8 @@ const CLAIM_FOR: Duration = Duration::from_secs(300);
 const CLAIM_MARGIN: Duration = Duration::from_secs(30);
 /// Longest delay between attempts.
 const RETRY_MAX: Duration = Duration::from_secs(3600);
+/// Longest time a delivered row waits to be marked `sent`.
+pub const MARK_EVERY: Duration = Duration::from_millis(250);
 
 /// When attempt number `attempts` (1-based, just failed) should be retried.
 pub fn retry_delay(settings: &Settings, attempts: i32) -> Duration {
@@ -42,73 +51,175 @@ impl Job for SendNotifications {
     }
 
     fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
-        let m = metrics::get();
-        let max_attempts = ctx.settings.notifications_max_attempts as i32;
-        let (mut sent, mut retried, mut failed) = (0usize, 0usize, 0usize);
         let mut conn = ctx.pool.get().map_err(db::DbError::Pool)?;
         // Rows a crashed sender left claimed are due again once their claim expired.
         let requeued = notifications::requeue_expired(&mut conn)?;
         if requeued > 0 {
             log::warn!("requeued {requeued} notification(s) whose claim expired");
         }
-        'chunks: loop {
-            if ctx.shutdown.is_triggered() {
-                break;
-            }
+        let mut tally = Tally::default();
+        while !ctx.shutdown.is_triggered() {
             let claimed_at = Instant::now();
-            let rows = notifications::claim_due(
-                &mut conn,
-                &ctx.holder,
-                CHUNK,
-                db::now() + chrono::Duration::from_std(CLAIM_FOR).unwrap_or_default(),
-            )?;
+            let rows = notifications::claim_due(&mut conn, &ctx.holder, CHUNK, CLAIM_FOR)?;
             if rows.is_empty() {
                 break;
             }
-            let mut delivered = Vec::with_capacity(rows.len());
-            for (i, n) in rows.iter().enumerate() {
-                if claimed_at.elapsed() + CLAIM_MARGIN >= CLAIM_FOR || ctx.shutdown.is_triggered() {
-                    let rest: Vec<i64> = rows[i..].iter().map(|r| r.id).collect();
-                    notifications::mark_sent_many(&mut conn, &delivered, &ctx.holder)?;
-                    sent += delivered.len();
-                    notifications::release(&mut conn, &rest, &ctx.holder)?;
-                    break 'chunks;
-                }
-                match ctx.notifier.deliver(n) {
-                    Delivery::Sent => delivered.push(n.id),
-                    Delivery::Retry(error) if n.attempts + 1 < max_attempts => {
-                        let at = db::now()
-                            + chrono::Duration::from_std(retry_delay(&ctx.settings, n.attempts + 1))
-                                .unwrap_or_default();
-                        log::warn!(
-                            "notification id={} attempt={} failed, retry at {at}: {error}",
-                            n.id,
-                            n.attempts + 1
-                        );
-                        notifications::mark_attempt_failed(&mut conn, n.id, &ctx.holder, &error, Some(at))?;
-                        retried += 1;
-                        m.notifications.with_label_values(&["retried"]).inc();
-                    }
-                    Delivery::Retry(error) | Delivery::Failed(error) => {
-                        log::error!(
-                            "notification id={} failed for good after attempt {}: {error}",
-                            n.id,
-                            n.attempts + 1
-                        );
-                        notifications::mark_attempt_failed(&mut conn, n.id, &ctx.holder, &error, None)?;
-                        failed += 1;
-                        m.notifications.with_label_values(&["failed"]).inc();
-                    }
-                }
+            let finished = deliver_chunk(ctx, &mut conn, &rows, claimed_at, &mut tally)?;
+            // An open breaker defers every row: the rest waits for the next run.
+            if !finished || tally.deferred > 0 {
+                break;
             }
-            notifications::mark_sent_many(&mut conn, &delivered, &ctx.holder)?;
-            sent += delivered.len();
-            m.notifications.with_label_values(&["sent"]).inc_by(delivered.len() as u64);
         }
-        Ok(JobReport::new(if sent + retried + failed == 0 {
+        let mut report = if tally.sent + tally.retried + tally.failed == 0 {
             String::new()
         } else {
-            format!("sent={sent} retried={retried} failed={failed}")
-        }))
+            format!("sent={} retried={} failed={}", tally.sent, tally.retried, tally.failed)
+        };
+        if tally.deferred > 0 {
+            report = format!("{report} deferred={} (webhook breaker open)", tally.deferred).trim().to_string();
+        }
+        Ok(JobReport::new(report))
     }
+}
+
+#[derive(Default)]
+struct Tally {
+    sent: usize,
+    retried: usize,
+    failed: usize,
+    /// Not attempted: the endpoint's breaker was open.
+    deferred: usize,
+}
+
+/// Delivers one claimed chunk, `parallelism` at a time, recording each
+/// outcome on this thread's connection. Stops early, releasing the rows not
+/// attempted, at shutdown or when the claim nears its end; returns false then.
+fn deliver_chunk(
+    ctx: &JobContext,
+    conn: &mut DbConnection,
+    rows: &[Notification],
+    claimed_at: Instant,
+    tally: &mut Tally,
+) -> Result<bool, JobError> {
+    let notifier = &*ctx.notifier;
+    let workers = notifier.parallelism().clamp(1, rows.len());
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let mut attempted = vec![false; rows.len()];
+    let recorded = std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel::<(usize, Delivery)>();
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (next, stop) = (&next, &stop);
+            scope.spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(n) = rows.get(i) else { break };
+                    if tx.send((i, notifier.deliver(n))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut marks = Marks::default();
+        let result = (|| {
+            loop {
+                match rx.recv_timeout(MARK_EVERY) {
+                    Ok((i, delivery)) => {
+                        attempted[i] = true;
+                        record(ctx, conn, &rows[i], delivery, &mut marks, tally)?;
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+                if claimed_at.elapsed() + CLAIM_MARGIN >= CLAIM_FOR || ctx.shutdown.is_triggered() {
+                    stop.store(true, Ordering::SeqCst);
+                }
+                marks.flush_if_due(conn, &ctx.holder, tally)?;
+            }
+            marks.flush(conn, &ctx.holder, tally)
+        })();
+        // On an error, no new delivery starts; those in flight end on their own.
+        stop.store(true, Ordering::SeqCst);
+        result
+    });
+    recorded?;
+    let rest: Vec<i64> = rows.iter().zip(&attempted).filter(|(_, a)| !**a).map(|(r, _)| r.id).collect();
+    if rest.is_empty() {
+        return Ok(true);
+    }
+    notifications::release(conn, &rest, &ctx.holder, db::now())?;
+    Ok(false)
+}
+
+/// Delivered rows not marked `sent` yet, and since when the oldest waits.
+#[derive(Default)]
+struct Marks {
+    ids: Vec<i64>,
+    since: Option<Instant>,
+}
+
+impl Marks {
+    fn push(&mut self, id: i64) {
+        self.since.get_or_insert_with(Instant::now);
+        self.ids.push(id);
+    }
+
+    fn flush_if_due(&mut self, conn: &mut DbConnection, holder: &str, tally: &mut Tally) -> Result<(), JobError> {
+        match self.since {
+            Some(t) if t.elapsed() >= MARK_EVERY => self.flush(conn, holder, tally),
+            _ => Ok(()),
+        }
+    }
+
+    fn flush(&mut self, conn: &mut DbConnection, holder: &str, tally: &mut Tally) -> Result<(), JobError> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        notifications::mark_sent_many(conn, &self.ids, holder)?;
+        tally.sent += self.ids.len();
+        metrics::get().notifications.with_label_values(&["sent"]).inc_by(self.ids.len() as u64);
+        self.ids.clear();
+        self.since = None;
+        Ok(())
+    }
+}
+
+/// Records one delivery's outcome: sent (marked with the next group), a
+/// retry with backoff, or failed for good.
+fn record(
+    ctx: &JobContext,
+    conn: &mut DbConnection,
+    n: &Notification,
+    delivery: Delivery,
+    marks: &mut Marks,
+    tally: &mut Tally,
+) -> Result<(), JobError> {
+    let m = metrics::get();
+    let max_attempts = ctx.settings.notifications_max_attempts as i32;
+    match delivery {
+        Delivery::Sent => marks.push(n.id),
+        Delivery::Retry { error, after } if n.attempts + 1 < max_attempts => {
+            let delay = retry_delay(&ctx.settings, n.attempts + 1).max(after.unwrap_or_default()).min(RETRY_MAX);
+            let at = db::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+            log::warn!("notification id={} attempt={} failed, retry at {at}: {error}", n.id, n.attempts + 1);
+            notifications::mark_attempt_failed(conn, n.id, &ctx.holder, &error, Some(at))?;
+            tally.retried += 1;
+            m.notifications.with_label_values(&["retried"]).inc();
+        }
+        Delivery::Deferred(wait) => {
+            let at = db::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+            notifications::release(conn, &[n.id], &ctx.holder, at)?;
+            tally.deferred += 1;
+            m.notifications.with_label_values(&["deferred"]).inc();
+        }
+        Delivery::Retry { error, .. } | Delivery::Failed(error) => {
+            log::error!("notification id={} failed for good after attempt {}: {error}", n.id, n.attempts + 1);
+            notifications::mark_attempt_failed(conn, n.id, &ctx.holder, &error, None)?;
+            tally.failed += 1;
+            m.notifications.with_label_values(&["failed"]).inc();
+        }
+    }
+    Ok(())
 }

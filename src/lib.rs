@@ -18,6 +18,7 @@
 pub mod app;
 pub mod backoff;
 pub mod batcher;
+pub mod breaker;
 pub mod broker;
 pub mod cli;
 pub mod clock;

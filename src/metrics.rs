@@ -25,7 +25,16 @@ pub struct Metrics {
     pub job_runs: IntCounterVec,
     pub job_duration: HistogramVec,
     pub notifications: IntCounterVec,
+    pub webhook_in_flight: IntGauge,
+    pub webhook_latency: Histogram,
+    pub webhook_breaker_open: IntGauge,
     pub db_pool_connections: IntGaugeVec,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("metric registered once");
+    g
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -49,6 +58,12 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(batch_size.clone())).expect("metric registered once");
+        let webhook_latency = Histogram::with_opts(
+            HistogramOpts::new("cronsumer_webhook_latency_seconds", "Time from a webhook call to its answer")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(webhook_latency.clone())).expect("metric registered once");
         let job_duration = HistogramVec::new(
             HistogramOpts::new("cronsumer_job_duration_seconds", "Duration of scheduled job runs")
                 .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0]),
@@ -121,6 +136,13 @@ impl Metrics {
                 "cronsumer_notifications_total",
                 "Notification delivery attempts by result",
                 &["result"],
+            ),
+            webhook_in_flight: gauge(&r, "cronsumer_webhook_in_flight", "Webhook calls under way"),
+            webhook_latency,
+            webhook_breaker_open: gauge(
+                &r,
+                "cronsumer_webhook_breaker_open",
+                "1 while the webhook's circuit breaker is open (no calls are made)",
             ),
             db_pool_connections,
             registry: r,

@@ -211,8 +211,7 @@ impl JobRunner {
                 }
             };
             if lease {
-                let until = db::now() + chrono::Duration::from_std(self.lease_for).unwrap_or_default();
-                match job_leases::acquire(&mut conn, name, &ctx.holder, until) {
+                match job_leases::acquire(&mut conn, name, &ctx.holder, self.lease_for) {
                     Ok(true) => {}
                     Ok(false) => {
                         m.job_runs.with_label_values(&[name, "skipped_lease"]).inc();

@@ -1,16 +1,19 @@
 //! `job_leases`: one holder per job at a time across every running copy.
 
-use chrono::NaiveDateTime;
+use std::time::Duration;
+
 use diesel::prelude::*;
 
 use super::schema::job_leases::{self, dsl as l};
-use super::{now, DbConnection, DbError};
+use super::{DbConnection, DbError};
 use crate::write_tx;
 
-/// Takes (or renews) the lease on `job` for `holder` until `until`. Returns
-/// false when another holder's lease has not expired yet.
-pub fn acquire(conn: &mut DbConnection, job: &str, holder: &str, until: NaiveDateTime) -> Result<bool, DbError> {
-    let t = now();
+/// Takes (or renews) the lease on `job` for `holder` for `lease_for` (by the
+/// database's clock). Returns false when another holder's lease has not
+/// expired yet.
+pub fn acquire(conn: &mut DbConnection, job: &str, holder: &str, lease_for: Duration) -> Result<bool, DbError> {
+    let t = super::clock(conn)?;
+    let until = super::after(t, lease_for);
     Ok(write_tx!(conn, |c| {
         let inserted = diesel::insert_into(job_leases::table)
             .values((l::job.eq(job), l::holder.eq(holder), l::lease_until.eq(until)))

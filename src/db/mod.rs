@@ -250,6 +250,31 @@ pub fn now() -> chrono::NaiveDateTime {
     chrono::Utc::now().naive_utc()
 }
 
+#[derive(diesel::QueryableByName)]
+struct DbNow {
+    #[diesel(sql_type = diesel::sql_types::Timestamp)]
+    t: chrono::NaiveDateTime,
+}
+
+/// The database's own time (UTC), which claims and leases are compared
+/// with, so that copies whose clocks disagree still agree on who holds what.
+/// (A SQLite file lives on one machine: every copy reads the same clock.)
+pub fn clock(conn: &mut DbConnection) -> Result<chrono::NaiveDateTime, DbError> {
+    match conn {
+        DbConnection::Postgresql(c) => {
+            let got: DbNow =
+                diesel::RunQueryDsl::get_result(diesel::sql_query("SELECT (now() AT TIME ZONE 'UTC') AS t"), c)?;
+            Ok(got.t)
+        }
+        DbConnection::Sqlite(_) => Ok(now()),
+    }
+}
+
+/// `t` plus `d`, saturating.
+pub fn after(t: chrono::NaiveDateTime, d: std::time::Duration) -> chrono::NaiveDateTime {
+    t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

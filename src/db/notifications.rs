@@ -84,7 +84,8 @@ pub fn insert_all(conn: &mut DbConnection, rows: &[NewNotification]) -> Result<u
     })?)
 }
 
-/// Claims up to `limit` due rows for `holder` until `claimed_until`: pending
+/// Claims up to `limit` due rows for `holder` for `claim_for` (by the
+/// database's clock): pending
 /// rows whose `next_attempt_at` has come, oldest due first. (Rows whose claim
 /// expired are first put back by [`requeue_expired`].) The filter and order
 /// follow the `(status, next_attempt_at)` index, so a claim costs the same
@@ -93,9 +94,10 @@ pub fn claim_due(
     conn: &mut DbConnection,
     holder: &str,
     limit: i64,
-    claimed_until: NaiveDateTime,
+    claim_for: std::time::Duration,
 ) -> Result<Vec<Notification>, DbError> {
-    let t = now();
+    let t = super::clock(conn)?;
+    let claimed_until = super::after(t, claim_for);
     let due = n::status.eq(PENDING).and(n::next_attempt_at.le(t));
     let claim = |rows: Vec<Notification>| -> Vec<Notification> {
         rows.into_iter()
@@ -159,12 +161,17 @@ pub fn mark_sent_many(conn: &mut DbConnection, ids: &[i64], holder: &str) -> Res
         .execute(c))?)
 }
 
-/// Gives claimed rows back (not attempted), due now.
-pub fn release(conn: &mut DbConnection, ids: &[i64], holder: &str) -> Result<usize, DbError> {
+/// Gives claimed rows back, not attempted (their attempts unspent), due at `due`.
+pub fn release(conn: &mut DbConnection, ids: &[i64], holder: &str, due: NaiveDateTime) -> Result<usize, DbError> {
     let target =
         n::notifications.filter(n::id.eq_any(ids)).filter(n::claimed_by.eq(holder)).filter(n::status.eq(SENDING));
     Ok(on_backend!(conn, |c| diesel::update(target)
-        .set((n::status.eq(PENDING), n::claimed_until.eq(None::<NaiveDateTime>), n::claimed_by.eq(None::<String>)))
+        .set((
+            n::status.eq(PENDING),
+            n::next_attempt_at.eq(due),
+            n::claimed_until.eq(None::<NaiveDateTime>),
+            n::claimed_by.eq(None::<String>),
+        ))
         .execute(c))?)
 }
 
@@ -193,7 +200,7 @@ pub fn mark_attempt_failed(
 
 /// Puts rows whose claim expired back to `pending`; returns how many.
 pub fn requeue_expired(conn: &mut DbConnection) -> Result<usize, DbError> {
-    let t = now();
+    let t = super::clock(conn)?;
     let target = n::notifications.filter(n::status.eq(SENDING)).filter(n::claimed_until.lt(t));
     Ok(on_backend!(conn, |c| diesel::update(target)
         .set((n::status.eq(PENDING), n::claimed_until.eq(None::<NaiveDateTime>), n::claimed_by.eq(None::<String>)))

@@ -125,7 +125,7 @@ impl<C: Clock + Clone> Pipeline<C> {
     }
 
     /// Records held in memory: the batch in hand and those waiting.
-    fn buffered(&self) -> usize {
+    pub fn buffered(&self) -> usize {
         self.batcher.len() + self.in_hand.as_ref().map_or(0, |h| h.records.len())
     }
 

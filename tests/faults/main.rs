@@ -714,6 +714,7 @@ fn webhook_down_then_back() {
             ("NOTIFICATIONS_RETRY_BASE_MS", "500"),
             ("NOTIFICATIONS_MAX_ATTEMPTS", "20"),
             ("NOTIFICATIONS_CRON", "*/1 * * * * *"),
+            ("NOTIFY_BREAKER_COOL_OFF_MS", "2000"),
         ],
     );
     fx.produce_notifications(N);

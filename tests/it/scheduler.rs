@@ -15,7 +15,12 @@ use crate::common::*;
 use crate::sink::Sink;
 
 fn webhook_settings(db_url: &str, url: &str, extra: &[(&str, &str)]) -> Settings {
-    let mut vars = vec![("NOTIFIER", "webhook"), ("NOTIFY_WEBHOOK_URL", url), ("NOTIFICATIONS_RETRY_BASE_MS", "300")];
+    let mut vars = vec![
+        ("NOTIFIER", "webhook"),
+        ("NOTIFY_WEBHOOK_URL", url),
+        ("NOTIFICATIONS_RETRY_BASE_MS", "300"),
+        ("NOTIFY_BREAKER_COOL_OFF_MS", "200"),
+    ];
     vars.extend_from_slice(extra);
     settings(db_url, &unique("sched"), &vars)
 }
@@ -261,3 +266,114 @@ fn supervision_runs_while_the_database_is_away() {
     tdb.pg_block(false);
     assert_eq!(outcome, RunOutcome::Ok(JobReport::new("no consumer thread in this process")));
 }
+
+/// A redirect is not followed (that would turn the POST into a GET without
+/// its body): the notification fails for good, naming the new address.
+fn redirects_fail_naming_the_location(backend: Backend) {
+    for status in [301, 302, 307, 308] {
+        let tdb = TestDb::new(backend);
+        let pool = tdb.pool();
+        let sink = Sink::start(Box::new(move |_| status));
+        let moved = format!("{}-moved", sink.url);
+        sink.set_headers(&[("Location", moved.as_str())]);
+        let s = webhook_settings(&tdb.url, &sink.url, &[]);
+        insert_pending(&pool, 3);
+        JobRunner::new(send_job(), context(&s, &pool)).run(Trigger::Manual);
+        assert_eq!(sink.hits().len(), 3, "HTTP {status}: one POST per notification and nothing followed");
+        for r in notifications::list(&mut pool.get().unwrap(), None, 10).unwrap() {
+            assert_eq!((r.status.as_str(), r.attempts), ("failed", 1), "HTTP {status}");
+            let error = r.last_error.unwrap_or_default();
+            assert!(error.contains(&status.to_string()) && error.contains(&moved), "HTTP {status}: {error}");
+        }
+    }
+}
+both_backends!(redirects_fail_naming_the_location);
+
+/// 429 with `Retry-After` is retried, no sooner than it says (not failed at
+/// the first answer), then delivered once.
+fn too_many_requests_waits_for_retry_after(backend: Backend) {
+    let tdb = TestDb::new(backend);
+    let pool = tdb.pool();
+    let sink = Sink::start(Box::new(|_| 429));
+    sink.set_headers(&[("Retry-After", "2")]);
+    // A 10 ms backoff would retry much sooner than Retry-After.
+    let s = webhook_settings(&tdb.url, &sink.url, &[("NOTIFICATIONS_RETRY_BASE_MS", "10")]);
+    insert_pending(&pool, 5);
+    let runner = JobRunner::new(send_job(), context(&s, &pool));
+    runner.run(Trigger::Manual);
+    assert_eq!(by_status(&pool).get("pending"), Some(&5), "429 must be retried: {:?}", by_status(&pool));
+    sink.set_plan(Box::new(|_| 200));
+    runner.run(Trigger::Manual);
+    assert_eq!(sink.hits().len(), 5, "retried before Retry-After passed");
+    wait_for("all 5 sent", Duration::from_secs(30), || {
+        runner.run(Trigger::Manual);
+        by_status(&pool).get("sent") == Some(&5)
+    });
+    let hits = sink.hits();
+    for key in sink.delivered().keys() {
+        let mine: Vec<_> = hits.iter().filter(|h| &h.key == key).collect();
+        assert_eq!(mine.len(), 2, "key {key}: one 429, one 200");
+        let gap = mine[1].at - mine[0].at;
+        assert!(gap >= Duration::from_millis(1950), "key {key}: retried after {gap:?}, Retry-After said 2 s");
+    }
+}
+both_backends!(too_many_requests_waits_for_retry_after);
+
+/// Deliveries overlap up to `NOTIFY_CONCURRENCY`, and each is delivered once.
+fn deliveries_run_concurrently_up_to_the_limit(backend: Backend) {
+    let tdb = TestDb::new(backend);
+    let pool = tdb.pool();
+    let sink = Sink::ok();
+    sink.set_delay(Duration::from_millis(100));
+    let s = webhook_settings(&tdb.url, &sink.url, &[("NOTIFY_CONCURRENCY", "8")]);
+    insert_pending(&pool, 64);
+    let outcome = JobRunner::new(send_job(), context(&s, &pool)).run(Trigger::Manual);
+    assert_eq!(outcome, RunOutcome::Ok(JobReport::new("sent=64 retried=0 failed=0")));
+    let delivered = sink.delivered();
+    assert_eq!(delivered.len(), 64);
+    assert!(delivered.values().all(|&c| c == 1), "a notification was delivered twice");
+    let peak = sink.peak_in_flight();
+    assert!(peak > 1 && peak <= 8, "{peak} requests in flight at most, want 2..=8");
+    assert_eq!(by_status(&pool).get("sent"), Some(&64));
+}
+both_backends!(deliveries_run_concurrently_up_to_the_limit);
+
+/// A burst of 503s opens the breaker: the rows not yet tried wait without
+/// spending attempts; after the cool-off one trial call closes it and every
+/// row is delivered once, none failed.
+fn a_burst_of_server_errors_opens_and_closes_the_breaker(backend: Backend) {
+    let tdb = TestDb::new(backend);
+    let pool = tdb.pool();
+    let sink = Sink::start(Box::new(|_| 503));
+    let s = webhook_settings(
+        &tdb.url,
+        &sink.url,
+        &[("NOTIFY_CONCURRENCY", "1"), ("NOTIFY_BREAKER_COOL_OFF_MS", "1000"), ("NOTIFICATIONS_MAX_ATTEMPTS", "3")],
+    );
+    insert_pending(&pool, 20);
+    let runner = JobRunner::new(send_job(), context(&s, &pool));
+    let failures = cronsumer::notifier::BREAKER_FAILURES as usize;
+    let first = runner.run(Trigger::Manual);
+    assert_eq!(
+        first,
+        RunOutcome::Ok(JobReport::new(format!(
+            "sent=0 retried={failures} failed=0 deferred={} (webhook breaker open)",
+            20 - failures
+        )))
+    );
+    assert_eq!(sink.hits().len(), failures, "calls made while the breaker was open");
+    let rows = notifications::list(&mut pool.get().unwrap(), None, 100).unwrap();
+    assert_eq!(rows.iter().filter(|r| r.attempts == 0).count(), 20 - failures, "deferred rows kept their attempts");
+    assert!(rows.iter().all(|r| r.status == "pending"), "{:?}", by_status(&pool));
+
+    sink.set_plan(Box::new(|_| 200));
+    wait_for("all 20 sent", Duration::from_secs(30), || {
+        runner.run(Trigger::Manual);
+        by_status(&pool).get("sent") == Some(&20)
+    });
+    let delivered = sink.delivered();
+    assert_eq!(delivered.len(), 20);
+    assert!(delivered.values().all(|&c| c == 1), "a notification was delivered twice");
+    assert_eq!(sink.hits().len(), failures + 20, "503s before the breaker opened, then one 200 each");
+}
+both_backends!(a_burst_of_server_errors_opens_and_closes_the_breaker);

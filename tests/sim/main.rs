@@ -84,11 +84,19 @@ pub fn run_seed(seed: u64) -> Result<Outcome, String> {
     w.cluster.borrow_mut().poll_error = rng.pick(&[0.0, 0.01]);
     w.cluster.borrow_mut().rebalance_in_poll = rng.pick(&[0.0, 0.002, 0.02]);
     w.db.borrow_mut().blip = rng.pick(&[0.0, 0.02]);
+    w.db.borrow_mut().outage_unknown = rng.pick(&[0.0, 0.3]);
     for _ in 0..steps {
         for _ in 0..rng.below(3) {
             let tp = &tps[rng.below(tps.len() as u64) as usize];
             let nature = if rng.chance(p_bad) {
-                rng.pick(&[Nature::Reject, Nature::Refused, Nature::Poison, Nature::Panic])
+                rng.pick(&[
+                    Nature::Reject,
+                    Nature::Refused,
+                    Nature::Poison,
+                    Nature::Panic,
+                    Nature::Flaky,
+                    Nature::FlakyPanic,
+                ])
             } else {
                 Nature::Ok
             };

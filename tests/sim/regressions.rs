@@ -62,6 +62,7 @@ fn sim_regression_a_refused_value_is_dead_lettered_and_the_partition_goes_on() {
     let reason = &db.dead[&(tp(0), 5)];
     assert!(reason.starts_with("the database refused this record: sim: Refused at topic0/0@5"), "{reason}");
     assert!(took < Duration::from_secs(2), "a refused value held the partition for {took:?}");
+    assert_eq!(w.panics, 0, "a refused value ended the consumer thread");
 }
 
 /// Defect 2: records fetched in the same poll loop before a revoke that gave
@@ -237,4 +238,129 @@ fn sim_commits_are_throttled_while_records_stream_in() {
     assert!(commits as u128 <= most, "{commits} commits for 1000 records, at most {most} expected");
     assert!(commits >= 10, "only {commits} commits while 1000 records streamed in");
     w.settle(Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Backpressure engages at [`BUFFER_BATCHES`] batches in memory, not sooner
+/// (while one batch waits in hand, the other partitions keep fetching), and
+/// lets go once half of that is through, not sooner and not later.
+#[test]
+fn sim_regression_backpressure_pauses_at_its_limit_and_resumes_at_half() {
+    use cronsumer::pipeline::BUFFER_BATCHES;
+    const BATCH: usize = 5;
+    let limit = BUFFER_BATCHES * BATCH;
+    let mut w = world(1, 4, false, BATCH);
+    run(&mut w, "the assignment", 400, |w| w.cluster.borrow().is_stable());
+    let buffered = |w: &World| w.members[0].pipeline.as_ref().unwrap().buffered();
+    let paused = |w: &World| w.cluster.borrow().members[0].paused.len();
+    w.db.borrow_mut().up = false;
+    produce(&mut w, &tp(0), BATCH);
+    run(&mut w, "partition 0's batch in hand", 400, |w| in_hand(w, 0));
+    // The other partitions fill the batcher behind the batch in hand, one record a step.
+    for i in 0.. {
+        assert!(i < 200, "backpressure never engaged ({} records in memory)", buffered(&w));
+        if paused(&w) == 4 {
+            break;
+        }
+        assert_eq!(paused(&w), 1, "paused more than the batch in hand with {} records in memory", buffered(&w));
+        produce(&mut w, &tp(1 + (i % 3)), 1);
+        steps(&mut w, 3);
+    }
+    assert!(buffered(&w) >= limit, "paused everything with {} records in memory, limit {limit}", buffered(&w));
+    // The database comes back: everything stays paused until half is through.
+    w.db.borrow_mut().up = true;
+    for i in 0.. {
+        assert!(i < 2_000, "backpressure never let go ({} records in memory)", buffered(&w));
+        steps(&mut w, 1);
+        if buffered(&w) > limit / 2 {
+            assert_eq!(
+                paused(&w),
+                4,
+                "let go with {} records in memory, half the limit is {}",
+                buffered(&w),
+                limit / 2
+            );
+        } else {
+            assert_eq!(paused(&w), 0, "still paused with {} records in memory", buffered(&w));
+            break;
+        }
+    }
+}
+
+/// A batch is handled once it closes, full or timed out, and not before:
+/// three records of a batch of five wait for the batch timeout.
+#[test]
+fn sim_regression_a_batch_is_handled_only_once_it_closes() {
+    let mut w = world(1, 1, false, 5);
+    run(&mut w, "the assignment", 400, |w| w.cluster.borrow().is_stable());
+    produce(&mut w, &tp(0), 3);
+    let produced_at = w.now();
+    run(&mut w, "the three records stored", 400, |w| w.db.borrow().stored.len() == 3);
+    let waited = w.now() - produced_at;
+    assert!(waited >= w.config.batch_timeout, "a partial batch was handled after {waited:?}, before its timeout");
+    produce(&mut w, &tp(0), 5);
+    let produced_at = w.now();
+    run(&mut w, "a full batch stored", 400, |w| w.db.borrow().stored.len() == 8);
+    let waited = w.now() - produced_at;
+    assert!(waited < w.config.batch_timeout, "a full batch waited {waited:?} for the timeout");
+    let sizes: Vec<usize> = w.db.borrow().calls.iter().map(|c| c.1).collect();
+    assert_eq!(sizes, [3, 5], "each batch handled whole, in one call");
+}
+
+/// A batch that failed transiently waits its backoff before the next
+/// attempt, and is tried whole again (a passing outage is no reason to go
+/// one record at a time).
+#[test]
+fn sim_regression_a_failed_batch_waits_its_backoff_and_is_retried_whole() {
+    use cronsumer::pipeline::RETRY_INITIAL;
+    let mut w = world(1, 1, false, 5);
+    run(&mut w, "the assignment", 400, |w| w.cluster.borrow().is_stable());
+    w.db.borrow_mut().up = false;
+    produce(&mut w, &tp(0), 5);
+    run(&mut w, "a second attempt", 400, |w| w.db.borrow().calls.len() >= 2);
+    let calls = w.db.borrow().calls.clone();
+    let gap = calls[1].0 - calls[0].0;
+    assert!(gap >= RETRY_INITIAL, "retried after {gap:?}, before the first backoff ({RETRY_INITIAL:?})");
+    assert_eq!((calls[0].1, calls[1].1), (5, 5), "the retry went one record at a time");
+    w.db.borrow_mut().up = true;
+    w.settle(Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// An outage whose errors nobody classified (a message the service does not
+/// know) must not dead-letter good records: while the database is not
+/// healthy, failures do not count towards the poison rule.
+#[test]
+fn sim_regression_unclassified_errors_during_an_outage_dead_letter_nothing() {
+    let mut w = world(1, 2, false, 5);
+    run(&mut w, "the assignment", 400, |w| w.cluster.borrow().is_stable());
+    w.db.borrow_mut().up = false;
+    w.db.borrow_mut().outage_unknown = 1.0;
+    produce(&mut w, &tp(0), 10);
+    produce(&mut w, &tp(1), 10);
+    steps(&mut w, 1500);
+    // Each attempt is the batch, then its first record alone: four records' worth
+    // of attempts would pass the poison rule's limit if they counted.
+    assert!(
+        w.db.borrow().calls.len() >= 8,
+        "the outage was tried {} times: the test proves nothing",
+        w.db.borrow().calls.len()
+    );
+    w.db.borrow_mut().up = true;
+    w.settle(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+    let db = w.db.borrow();
+    assert_eq!((db.stored.len(), db.dead.len()), (20, 0), "dead letters: {:?}", db.dead);
+}
+
+/// A record that fails (or panics) fewer times than the poison rule's limit
+/// and then works is stored, not dead-lettered.
+#[test]
+fn sim_regression_a_record_that_fails_twice_then_works_is_stored() {
+    for nature in [Nature::Flaky, Nature::FlakyPanic] {
+        let mut w = world(1, 1, false, 5);
+        produce(&mut w, &tp(0), 2);
+        w.produce(&tp(0), nature);
+        produce(&mut w, &tp(0), 2);
+        w.settle(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{nature:?}: {e}"));
+        let db = w.db.borrow();
+        assert_eq!((db.stored.len(), db.dead.len()), (5, 0), "{nature:?}: dead letters {:?}", db.dead);
+    }
 }

@@ -35,6 +35,21 @@ pub enum Nature {
     Poison,
     /// Panics the handler, every time.
     Panic,
+    /// Fails with an unclassified error [`FLAKY_FAILURES`] times, then works:
+    /// stored, never dead-lettered (fewer failures than the poison rule's).
+    Flaky,
+    /// Panics the handler [`FLAKY_FAILURES`] times, then works: stored.
+    FlakyPanic,
+}
+
+/// How often a flaky record fails before it works: one short of the poison rule.
+pub const FLAKY_FAILURES: u32 = cronsumer::poison::POISON_AFTER - 1;
+
+impl Nature {
+    /// Whether the record ends up stored (else dead-lettered).
+    pub fn is_stored(self) -> bool {
+        matches!(self, Nature::Ok | Nature::Flaky | Nature::FlakyPanic)
+    }
 }
 
 impl Nature {
@@ -44,7 +59,7 @@ impl Nature {
 
     fn of(r: &Record) -> Nature {
         let p = r.payload.as_deref().unwrap_or_default();
-        [Nature::Reject, Nature::Refused, Nature::Poison, Nature::Panic]
+        [Nature::Reject, Nature::Refused, Nature::Poison, Nature::Panic, Nature::Flaky, Nature::FlakyPanic]
             .into_iter()
             .find(|n| p.starts_with(format!("{n:?}:").as_bytes()))
             .unwrap_or(Nature::Ok)
@@ -68,6 +83,12 @@ pub struct Db {
     pub stored: BTreeSet<Pos>,
     pub dead: BTreeMap<Pos, String>,
     pub violations: Vec<String>,
+    /// Failures so far of each flaky record.
+    flaky: BTreeMap<Pos, u32>,
+    /// Chance that a call during an outage fails with an unclassified error.
+    pub outage_unknown: f64,
+    /// Each call of `handle`: when, and how many records.
+    pub calls: Vec<(Instant, usize)>,
 }
 
 impl Db {
@@ -80,15 +101,31 @@ impl Db {
     }
 
     fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {
-        if !self.is_up() || self.rng.chance(self.blip) {
+        self.calls.push((self.clock.now(), batch.len()));
+        if !self.is_up() {
+            // An outage does not always say so: some of its errors are unclassified.
+            let unknown = self.rng.chance(self.outage_unknown);
+            let kind = if unknown { FailureKind::Unknown } else { FailureKind::Transient };
+            return Self::fail(kind, "sim: connection refused");
+        }
+        if self.rng.chance(self.blip) {
             return Self::fail(FailureKind::Transient, "sim: connection refused");
         }
         for (nature, kind) in [
             (Nature::Panic, FailureKind::Panic),
             (Nature::Refused, FailureKind::Permanent),
             (Nature::Poison, FailureKind::Unknown),
+            (Nature::FlakyPanic, FailureKind::Panic),
+            (Nature::Flaky, FailureKind::Unknown),
         ] {
-            if let Some(r) = batch.iter().find(|r| Nature::of(r) == nature) {
+            let flaky = matches!(nature, Nature::Flaky | Nature::FlakyPanic);
+            let failing = |r: &&Record| {
+                Nature::of(r) == nature && (!flaky || self.flaky.get(&pos(r)).copied().unwrap_or(0) < FLAKY_FAILURES)
+            };
+            if let Some(r) = batch.iter().find(failing) {
+                if flaky {
+                    *self.flaky.entry(pos(r)).or_default() += 1;
+                }
                 return Self::fail(kind, &format!("sim: {nature:?} at {}", r.position()));
             }
         }
@@ -167,6 +204,8 @@ pub struct World {
     settled: BTreeMap<Tp, i64>,
     pub steps: u64,
     pub max_buffered: usize,
+    /// Steps that ended in a handler panic (the member restarts).
+    pub panics: u64,
 }
 
 impl World {
@@ -186,6 +225,9 @@ impl World {
             stored: BTreeSet::new(),
             dead: BTreeMap::new(),
             violations: Vec::new(),
+            flaky: BTreeMap::new(),
+            outage_unknown: 0.0,
+            calls: Vec::new(),
         }));
         let members = (0..config.members)
             .map(|m| Member {
@@ -208,6 +250,7 @@ impl World {
             settled: BTreeMap::new(),
             steps: 0,
             max_buffered: 0,
+            panics: 0,
         };
         for m in 0..w.members.len() {
             w.start(m);
@@ -292,6 +335,7 @@ impl World {
         };
         let result = p.run_once(&mut member.broker, &mut member.sink);
         if result.is_err() {
+            self.panics += 1;
             self.crash(m, Duration::from_millis(500));
         }
         self.cluster.borrow_mut().tick();
@@ -390,7 +434,7 @@ impl World {
         }
         for (p, nature) in &self.produced {
             let (stored, dead) = (db.stored.contains(p), db.dead.contains_key(p));
-            let ok = if *nature == Nature::Ok { stored && !dead } else { dead && !stored };
+            let ok = if nature.is_stored() { stored && !dead } else { dead && !stored };
             if !ok {
                 return Err(format!("{}/{}@{} ({nature:?}): stored={stored} dead={dead}", p.0 .0, p.0 .1, p.1));
             }
