@@ -22,9 +22,6 @@ struct State {
     trial: bool,
 }
 
-/// How long callers wait while the trial call is under way.
-const TRIAL_WAIT: Duration = Duration::from_secs(1);
-
 impl Breaker {
     pub fn new(threshold: u32, cool_off: Duration) -> Breaker {
         Breaker { threshold: threshold.max(1), cool_off, state: Mutex::default() }
@@ -42,7 +39,8 @@ impl Breaker {
         match s.open_until {
             None => Ok(()),
             Some(until) if now < until => Err(until - now),
-            Some(_) if s.trial => Err(TRIAL_WAIT),
+            // Others wait while the trial call is under way.
+            Some(_) if s.trial => Err(self.cool_off),
             Some(_) => {
                 s.trial = true;
                 Ok(())
@@ -95,7 +93,7 @@ mod tests {
         assert!(wait <= Duration::from_millis(50) && wait > Duration::from_millis(30), "{wait:?}");
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(b.admit(), Ok(()), "one trial after the cool-off");
-        assert_eq!(b.admit(), Err(TRIAL_WAIT), "only one trial at a time");
+        assert_eq!(b.admit(), Err(Duration::from_millis(50)), "only one trial at a time");
         b.record(false);
         assert!(b.admit().is_err(), "a failed trial opens it again");
         std::thread::sleep(Duration::from_millis(60));

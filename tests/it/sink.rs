@@ -1,9 +1,13 @@
 //! A real local HTTP server standing in for a webhook receiver: it answers
-//! each POST with the status its plan gives and records every call.
+//! each POST with the status its plan gives and records every call. (A few
+//! lines of HTTP/1.1 over std's TCP: tiny_http left some of 32 concurrent
+//! keep-alive requests unanswered.)
 
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +24,12 @@ pub struct Hit {
 
 pub struct Sink {
     pub url: String,
+    state: State,
+}
+
+/// What the serving threads share with the test.
+#[derive(Clone)]
+struct State {
     hits: Arc<Mutex<Vec<Hit>>>,
     plan: Arc<Mutex<Plan>>,
     /// Headers of every answer, and how long each answer waits.
@@ -35,75 +45,55 @@ impl Sink {
         Sink::start(Box::new(|_| 200))
     }
 
-    /// Answers each request on a thread of its own, so that delayed answers overlap.
+    /// Serves each connection on a thread of its own (HTTP/1.1 keep-alive),
+    /// so that delayed answers overlap.
     pub fn start(plan: Plan) -> Sink {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
-        let url = format!("http://{}/hook", server.server_addr().to_ip().unwrap());
-        let hits = Arc::new(Mutex::new(Vec::new()));
-        let plan = Arc::new(Mutex::new(plan));
-        let answer = Arc::new(Mutex::new((Vec::<(String, String)>::new(), Duration::ZERO)));
-        let stop = Arc::new(AtomicBool::new(false));
-        let in_flight = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
-        let (h, p, a, f, s) = (hits.clone(), plan.clone(), answer.clone(), in_flight.clone(), stop.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let state = State {
+            hits: Arc::new(Mutex::new(Vec::new())),
+            plan: Arc::new(Mutex::new(plan)),
+            answer: Arc::new(Mutex::new((Vec::new(), Duration::ZERO))),
+            in_flight: Arc::new((AtomicUsize::new(0), AtomicUsize::new(0))),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let shared = state.clone();
         std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                let Ok(Some(mut req)) = server.recv_timeout(Duration::from_millis(100)) else {
-                    continue;
-                };
-                let (h, p, a, f) = (h.clone(), p.clone(), a.clone(), f.clone());
-                std::thread::spawn(move || {
-                    let now = f.0.fetch_add(1, Ordering::SeqCst) + 1;
-                    f.1.fetch_max(now, Ordering::SeqCst);
-                    let key = req
-                        .headers()
-                        .iter()
-                        .find(|h| h.field.equiv("Idempotency-Key"))
-                        .map(|h| h.value.to_string())
-                        .unwrap_or_default();
-                    let mut body = String::new();
-                    let _ = std::io::Read::read_to_string(req.as_reader(), &mut body);
-                    let (headers, delay) = a.lock().unwrap().clone();
-                    std::thread::sleep(delay);
-                    let status = (p.lock().unwrap())(&key);
-                    h.lock().unwrap().push(Hit {
-                        key,
-                        status,
-                        at: Instant::now(),
-                        body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
-                    });
-                    let mut response = tiny_http::Response::from_string("").with_status_code(status);
-                    for (k, v) in headers {
-                        response.add_header(tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap());
+            while !shared.stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let shared = shared.clone();
+                        std::thread::spawn(move || shared.serve(stream));
                     }
-                    let _ = req.respond(response);
-                    f.0.fetch_sub(1, Ordering::SeqCst);
-                });
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
             }
         });
-        Sink { url, hits, plan, answer, in_flight, stop }
-    }
-
-    /// The most requests answered at once so far.
-    pub fn peak_in_flight(&self) -> usize {
-        self.in_flight.1.load(Ordering::SeqCst)
+        Sink { url, state }
     }
 
     /// Headers sent with every answer from now on.
     pub fn set_headers(&self, headers: &[(&str, &str)]) {
-        self.answer.lock().unwrap().0 = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.state.answer.lock().unwrap().0 = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     }
 
     /// How long each answer waits from now on.
     pub fn set_delay(&self, delay: Duration) {
-        self.answer.lock().unwrap().1 = delay;
+        self.state.answer.lock().unwrap().1 = delay;
     }
 
     pub fn set_plan(&self, plan: Plan) {
-        *self.plan.lock().unwrap() = plan;
+        *self.state.plan.lock().unwrap() = plan;
+    }
+
+    /// The most requests answered at once so far.
+    pub fn peak_in_flight(&self) -> usize {
+        self.state.in_flight.1.load(Ordering::SeqCst)
     }
 
     pub fn hits(&self) -> Vec<Hit> {
-        self.hits.lock().unwrap().clone()
+        self.state.hits.lock().unwrap().clone()
     }
 
     /// Successful deliveries per idempotency key.
@@ -118,6 +108,65 @@ impl Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.state.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl State {
+    /// Answers the requests of one connection until the client closes it.
+    fn serve(&self, stream: TcpStream) {
+        let _ = stream.set_nonblocking(false);
+        let Ok(read_half) = stream.try_clone() else { return };
+        let mut reader = BufReader::new(read_half);
+        let mut writer = stream;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let (mut key, mut length) = (String::new(), 0usize);
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                    return;
+                }
+                let header = header.trim_end();
+                if header.is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = header.split_once(':') {
+                    match name.trim().to_ascii_lowercase().as_str() {
+                        "idempotency-key" => key = value.trim().to_string(),
+                        "content-length" => length = value.trim().parse().unwrap_or(0),
+                        _ => {}
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            let now = self.in_flight.0.fetch_add(1, Ordering::SeqCst) + 1;
+            self.in_flight.1.fetch_max(now, Ordering::SeqCst);
+            let (headers, delay) = self.answer.lock().unwrap().clone();
+            std::thread::sleep(delay);
+            let status = (self.plan.lock().unwrap())(&key);
+            self.hits.lock().unwrap().push(Hit {
+                key,
+                status,
+                at: Instant::now(),
+                body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            });
+            let mut response = format!("HTTP/1.1 {status} Sink\r\nContent-Length: 0\r\n");
+            for (k, v) in headers {
+                response.push_str(&format!("{k}: {v}\r\n"));
+            }
+            response.push_str("\r\n");
+            let written = writer.write_all(response.as_bytes()).and_then(|_| writer.flush());
+            self.in_flight.0.fetch_sub(1, Ordering::SeqCst);
+            if written.is_err() {
+                return;
+            }
+        }
     }
 }
