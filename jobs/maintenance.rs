@@ -63,9 +63,13 @@ impl Job for Maintenance15m {
     fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
         let before = db::now() - chrono::Duration::days(ctx.settings.retention_days as i64);
         let mut conn = ctx.pool.get().map_err(db::DbError::Pool)?;
-        let sent = notifications::purge_sent_before(&mut conn, before)?;
-        let dead = dead_letters::purge_before(&mut conn, before, true)?;
-        let runs = job_runs::prune_before(&mut conn, before)?;
+        let (sent, dead, runs) = ctx.fenced(self.name(), &mut conn, |c| {
+            Ok((
+                notifications::purge_sent_before(c, before)?,
+                dead_letters::purge_before(c, before, true)?,
+                job_runs::prune_before(c, before)?,
+            ))
+        })?;
         if let DbConnection::Sqlite(c) = &mut *conn {
             c.batch_execute("PRAGMA optimize;").map_err(db::DbError::Query)?;
         }

@@ -29,6 +29,7 @@ pub mod handler;
 pub mod heartbeat;
 pub mod http;
 pub mod kafka;
+pub mod lease;
 pub mod metrics;
 pub mod notifier;
 pub mod offsets;

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use crate::config::{parse_cron, Settings};
-use crate::db::{self, job_leases, job_runs, Pool};
+use crate::db::{self, job_leases, job_runs, DbConnection, Pool};
 use crate::handler::Wakers;
+use crate::lease;
 use crate::metrics;
 use crate::notifier::Notifier;
 use crate::shutdown::Shutdown;
@@ -38,6 +39,8 @@ impl JobReport {
 pub enum JobError {
     #[error(transparent)]
     Db(#[from] db::DbError),
+    #[error("job {0} lost its lease (another copy runs it now): nothing more was written")]
+    LeaseLost(String),
     #[error("{0}")]
     Other(String),
 }
@@ -54,6 +57,8 @@ pub struct JobContext {
     pub shutdown: Shutdown,
     /// When a cron tick last started a run (any job): the scheduler's pulse.
     pub last_tick: Mutex<Option<Instant>>,
+    /// Leases held by the runs going on, by job.
+    pub leases: lease::Held,
 }
 
 impl JobContext {
@@ -71,7 +76,29 @@ impl JobContext {
             supervisor,
             shutdown,
             last_tick: Mutex::new(None),
+            leases: lease::Held::default(),
         }
+    }
+
+    /// Runs `write` in one transaction that first checks the lease the run
+    /// of `job` holds, if it holds one: a run that lost its lease writes nothing.
+    pub fn fenced<T>(
+        &self,
+        job: &str,
+        conn: &mut DbConnection,
+        write: impl FnOnce(&mut DbConnection) -> Result<T, db::DbError>,
+    ) -> Result<T, JobError> {
+        use diesel::Connection as _;
+        let lease = self.leases.get(job);
+        let done = conn.transaction::<_, db::DbError, _>(|c| {
+            if let Some(l) = &lease {
+                if !job_leases::holds(c, l)? {
+                    return Ok(None);
+                }
+            }
+            write(c).map(Some)
+        })?;
+        done.ok_or_else(|| JobError::LeaseLost(job.to_string()))
     }
 
     /// Time since the scheduler last ticked; `None` before the first tick.
@@ -199,9 +226,10 @@ impl JobRunner {
         // Wake-ups can come many times a second under load: they take no lease,
         // are counted in the metrics, and enter the ledger only when they fail.
         let ledger = trigger != Trigger::Wake && self.job.recorded();
-        let lease = self.job.exclusive() && trigger == Trigger::Tick;
+        let exclusive = self.job.exclusive() && trigger == Trigger::Tick;
         let mut run_id = None;
-        if ledger || lease {
+        let mut held = None;
+        if ledger || exclusive {
             let mut conn = match ctx.pool.get() {
                 Ok(c) => c,
                 Err(e) => {
@@ -210,10 +238,10 @@ impl JobRunner {
                     return RunOutcome::Failed(format!("database unavailable: {e}"));
                 }
             };
-            if lease {
+            if exclusive {
                 match job_leases::acquire(&mut conn, name, &ctx.holder, self.lease_for) {
-                    Ok(true) => {}
-                    Ok(false) => {
+                    Ok(Some(l)) => held = Some(l),
+                    Ok(None) => {
                         m.job_runs.with_label_values(&[name, "skipped_lease"]).inc();
                         log::debug!("job={name} tick skipped: another copy holds the lease");
                         return RunOutcome::SkippedLease;
@@ -230,8 +258,16 @@ impl JobRunner {
             }
             // The job gets its own connections; this one is only for the lease and ledger.
         }
+        let keeper = held.map(|l| {
+            ctx.leases.insert(l.clone());
+            lease::Keeper::start(ctx.pool.clone(), l, self.lease_for)
+        });
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| self.job.run(ctx)));
+        if let Some(k) = keeper {
+            k.stop();
+            ctx.leases.remove(name);
+        }
         let elapsed = started.elapsed();
         let outcome = match result {
             Ok(Ok(report)) => RunOutcome::Ok(report),

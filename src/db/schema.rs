@@ -53,6 +53,7 @@ diesel::table! {
         job -> Text,
         holder -> Text,
         lease_until -> Timestamp,
+        token -> BigInt,
     }
 }
 

@@ -6,7 +6,8 @@
 //! process, and malformed input of every kind; and (in [`group`]) faults
 //! combined with group changes: rebalances during an outage, a handler slower
 //! than `max.poll.interval.ms`, bounded shutdown, the broker away past the
-//! session timeout, rolling restarts under load.
+//! session timeout, rolling restarts under load; and (in [`delivery`]) two
+//! copies whose clocks disagree sending notifications.
 //!
 //! Each scenario produces a known set of records, injects its fault, lets the
 //! service recover by itself (no test code repairs anything but the fault it
@@ -31,6 +32,7 @@
 #[macro_use]
 #[path = "../it/common.rs"]
 mod common;
+mod delivery;
 mod group;
 mod monitor;
 #[path = "../it/sink.rs"]

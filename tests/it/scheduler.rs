@@ -377,3 +377,62 @@ fn a_burst_of_server_errors_opens_and_closes_the_breaker(backend: Backend) {
     assert_eq!(sink.hits().len(), failures + 20, "503s before the breaker opened, then one 200 each");
 }
 both_backends!(a_burst_of_server_errors_opens_and_closes_the_breaker);
+
+/// Waits for the test's go, then writes one notification through the fence.
+struct FencedWriter {
+    go: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Job for FencedWriter {
+    fn name(&self) -> &'static str {
+        "fenced_writer"
+    }
+    /// A 1 s lease (half the period), renewed every third of it.
+    fn schedule(&self, _: &Settings) -> String {
+        "*/2 * * * * *".into()
+    }
+    fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
+        self.go.lock().unwrap().recv().unwrap();
+        let mut conn = ctx.pool.get().unwrap();
+        let row = notifications::NewNotification::pending(None, "[1]".into(), "e".into(), "written".into());
+        let n = ctx.fenced(self.name(), &mut conn, |c| notifications::insert_all(c, std::slice::from_ref(&row)))?;
+        Ok(JobReport::new(format!("wrote {n}")))
+    }
+}
+
+/// A run whose lease expired and was taken by another copy (with a higher
+/// fencing token) writes nothing: its fenced write is refused.
+fn a_run_that_lost_its_lease_cannot_write(backend: Backend) {
+    use cronsumer::db::schema::job_leases::dsl as l;
+    use diesel::prelude::*;
+    let tdb = TestDb::new(backend);
+    let pool = tdb.pool();
+    let s = settings(&tdb.url, &unique("fence"), &[]);
+    let (go, wait) = std::sync::mpsc::channel();
+    let runner = Arc::new(JobRunner::new(Arc::new(FencedWriter { go: Mutex::new(wait) }), context(&s, &pool)));
+    let run = {
+        let r = runner.clone();
+        std::thread::spawn(move || r.run(Trigger::Tick))
+    };
+    wait_for("the run holding its lease", Duration::from_secs(10), || runner.is_running());
+    std::thread::sleep(Duration::from_millis(500));
+    let mut conn = pool.get().unwrap();
+    let first = l::job_leases.filter(l::job.eq("fenced_writer")).select(l::token);
+    let first: i64 = cronsumer::on_backend!(conn, |c| first.first(c)).unwrap();
+    // The lease lapses (as if the run stalled past it), and another copy takes it.
+    let expire = diesel::update(l::job_leases.filter(l::job.eq("fenced_writer")))
+        .set(l::lease_until.eq(db::now() - chrono::Duration::hours(1)));
+    cronsumer::on_backend!(conn, |c| expire.execute(c)).unwrap();
+    let other = db::job_leases::acquire(&mut conn, "fenced_writer", "another-copy", Duration::from_secs(60))
+        .unwrap()
+        .expect("another copy takes the expired lease");
+    assert_eq!(other.token, first + 1, "a takeover raises the fencing token");
+    go.send(()).unwrap();
+    let outcome = run.join().unwrap();
+    assert!(
+        matches!(&outcome, RunOutcome::Failed(e) if e.contains("lost its lease")),
+        "the run wrote without its lease: {outcome:?}"
+    );
+    assert_eq!(notifications::count(&mut conn).unwrap(), 0, "a row was written without the lease");
+}
+both_backends!(a_run_that_lost_its_lease_cannot_write);

@@ -66,7 +66,7 @@ impl Nature {
     }
 }
 
-type Pos = (Tp, i64);
+pub type Pos = (Tp, i64);
 
 fn pos(r: &Record) -> Pos {
     ((r.topic.clone(), r.partition), r.offset)
@@ -89,6 +89,8 @@ pub struct Db {
     pub outage_unknown: f64,
     /// Each call of `handle`: when, and how many records.
     pub calls: Vec<(Instant, usize)>,
+    /// Calls of `handle` with one record, by record.
+    pub alone: BTreeMap<Pos, u32>,
 }
 
 impl Db {
@@ -102,6 +104,9 @@ impl Db {
 
     fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {
         self.calls.push((self.clock.now(), batch.len()));
+        if let [r] = batch {
+            *self.alone.entry(pos(r)).or_default() += 1;
+        }
         if !self.is_up() {
             // An outage does not always say so: some of its errors are unclassified.
             let unknown = self.rng.chance(self.outage_unknown);
@@ -228,6 +233,7 @@ impl World {
             flaky: BTreeMap::new(),
             outage_unknown: 0.0,
             calls: Vec::new(),
+            alone: BTreeMap::new(),
         }));
         let members = (0..config.members)
             .map(|m| Member {

@@ -1,0 +1,1 @@
+ALTER TABLE job_leases DROP COLUMN token;

@@ -1,0 +1,71 @@
+//! A job's lease while its run goes: renewed in the background every third
+//! of its length (so a long run keeps it), and the fence its writes go
+//! through ([`crate::scheduler::JobContext::fenced`]). A run whose lease was
+//! lost, because it expired and another copy took it with a higher token,
+//! writes nothing more.
+
+use std::collections::HashMap;
+use std::sync::{mpsc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::db::job_leases::{self, Lease};
+use crate::db::Pool;
+
+/// Renews one lease until stopped or lost.
+pub struct Keeper {
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Keeper {
+    pub fn start(pool: Pool, lease: Lease, lease_for: Duration) -> Keeper {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(lease_for / 3) {
+                let renewed = pool
+                    .get()
+                    .map_err(crate::db::DbError::Pool)
+                    .and_then(|mut c| job_leases::renew(&mut c, &lease, lease_for));
+                match renewed {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        log::error!("job={} lost its lease token={}: its writes are refused", lease.job, lease.token);
+                        return;
+                    }
+                    // Tried again at the next third; the fence decides if it expired meanwhile.
+                    Err(e) => log::warn!("job={} cannot renew its lease: {e}", lease.job),
+                }
+            }
+        });
+        Keeper { stop, thread }
+    }
+
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+/// The leases held by the runs going on in this copy, by job.
+#[derive(Default)]
+pub struct Held(Mutex<HashMap<String, Lease>>);
+
+impl Held {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
+        // One insert or remove per update: a poisoned lock holds consistent data.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn insert(&self, lease: Lease) {
+        self.map().insert(lease.job.clone(), lease);
+    }
+
+    pub fn remove(&self, job: &str) {
+        self.map().remove(job);
+    }
+
+    pub fn get(&self, job: &str) -> Option<Lease> {
+        self.map().get(job).cloned()
+    }
+}

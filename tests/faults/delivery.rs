@@ -1,0 +1,93 @@
+//! Notification delivery across copies: two copies whose clocks disagree
+//! by ten minutes must not both deliver a notification. The second copy runs
+//! under libfaketime (Debian's `faketime`), so nothing in the service is
+//! built for the test.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cronsumer::db::{notifications, Backend};
+
+use super::*;
+
+/// libfaketime, as Debian's `faketime` package installs it.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// `cronsumer jobs run send_notifications`, started (not waited for).
+fn send_once(s: &Settings, db_url: &str, dir: &Path, faked: Option<&str>) -> std::process::Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cronsumer"));
+    cmd.args(["jobs", "run", "send_notifications"])
+        .current_dir(dir)
+        .envs(env_of(s, db_url))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(offset) = faked {
+        cmd.env("LD_PRELOAD", LIBFAKETIME).env("FAKETIME", offset).env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    }
+    cmd.spawn().expect("start cronsumer jobs run")
+}
+
+/// Copy a claims notifications and delivers them slowly; copy b, whose
+/// clock runs ten minutes ahead, runs the sender meanwhile. By b's clock
+/// a's claims (300 s) have long expired, but claims are compared with
+/// PostgreSQL's clock, so b takes none of them: each notification is
+/// delivered once.
+#[test]
+fn copies_whose_clocks_disagree_deliver_each_notification_once() {
+    let _serial = serial();
+    assert!(
+        Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: install Debian's faketime package (.ci/run does)"
+    );
+    const N: usize = 400;
+    let tdb = TestDb::new(Backend::Postgres);
+    let pool = tdb.pool();
+    let sink = Sink::ok();
+    sink.set_delay(Duration::from_millis(50));
+    let s = settings(
+        &tdb.url,
+        &unique("skew"),
+        &[("NOTIFIER", "webhook"), ("NOTIFY_WEBHOOK_URL", sink.url.as_str()), ("NOTIFY_CONCURRENCY", "4")],
+    );
+    let rows: Vec<_> = (0..N)
+        .map(|i| {
+            notifications::NewNotification::pending(
+                Some(("skew", 0, i as i64)),
+                format!("[{i}]"),
+                "e".into(),
+                "m".into(),
+            )
+        })
+        .collect();
+    notifications::insert_all(&mut pool.get().unwrap(), &rows).unwrap();
+    let dir = std::env::temp_dir().join(unique("cronsumer-skew-"));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let a = send_once(&s, &tdb.url, &dir, None);
+    // a holds its first claim of 200 and delivers 80 a second.
+    wait_for("copy a delivering", Duration::from_secs(30), || sink.hits().len() >= 20);
+    let b = send_once(&s, &tdb.url, &dir, Some("+10m"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    for (name, out) in [("a", &a), ("b (clock +10 min)", &b)] {
+        assert!(
+            out.status.success(),
+            "copy {name} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let delivered = sink.delivered();
+    let twice: Vec<_> = delivered.iter().filter(|(_, c)| **c > 1).collect();
+    println!(
+        "copies_whose_clocks_disagree: {} delivered, {} more than once; a: {} b: {}",
+        delivered.len(),
+        twice.len(),
+        String::from_utf8_lossy(&a.stdout).trim(),
+        String::from_utf8_lossy(&b.stdout).trim()
+    );
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    assert_eq!(delivered.len(), N, "notifications delivered");
+    let _ = std::fs::remove_dir_all(&dir);
+}
