@@ -87,7 +87,7 @@ fn copies_whose_clocks_disagree_deliver_each_notification_once() {
         String::from_utf8_lossy(&a.stdout).trim(),
         String::from_utf8_lossy(&b.stdout).trim()
     );
-    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    assert!(twice.is_empty(), "{} delivered more than once, e.g. {:?}", twice.len(), &twice[..twice.len().min(5)]);
     assert_eq!(delivered.len(), N, "notifications delivered");
     let _ = std::fs::remove_dir_all(&dir);
 }
