@@ -26,11 +26,14 @@ pub const NAME: &str = "send_notifications";
 
 /// Rows claimed per round trip.
 const CHUNK: i64 = 200;
-/// How long a claim lasts; a sender that dies mid-chunk hands its rows over after this.
-const CLAIM_FOR: Duration = Duration::from_secs(300);
+/// How long a claim lasts unless renewed; a sender that died hands its rows
+/// over after this (the next run requeues them).
+const CLAIM_FOR: Duration = Duration::from_secs(30);
+/// How often a sender renews the claims of the chunk it delivers.
+const CLAIM_RENEW_EVERY: Duration = Duration::from_secs(10);
 /// Deliveries stop this long before the claim ends, so no row is ever sent
 /// after its claim could have passed to another copy (one webhook timeout + margin).
-const CLAIM_MARGIN: Duration = Duration::from_secs(30);
+const CLAIM_MARGIN: Duration = Duration::from_secs(15);
 /// Longest delay between attempts.
 const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// Longest time a delivered row waits to be marked `sent`.
@@ -92,13 +95,15 @@ struct Tally {
 }
 
 /// Delivers one claimed chunk, `parallelism` at a time, recording each
-/// outcome on this thread's connection. Stops early, releasing the rows not
-/// attempted, at shutdown or when the claim nears its end; returns false then.
+/// outcome on this thread's connection and renewing the chunk's claims
+/// every [`CLAIM_RENEW_EVERY`]. Stops early, releasing the rows not
+/// attempted, at shutdown or when the claim nears its end unrenewed;
+/// returns false then.
 fn deliver_chunk(
     ctx: &JobContext,
     conn: &mut DbConnection,
     rows: &[Notification],
-    claimed_at: Instant,
+    mut claimed_at: Instant,
     tally: &mut Tally,
 ) -> Result<bool, JobError> {
     let notifier = &*ctx.notifier;
@@ -125,13 +130,20 @@ fn deliver_chunk(
         let mut marks = Marks::default();
         let result = (|| {
             loop {
-                match rx.recv_timeout(MARK_EVERY) {
+                match rx.recv_timeout(MARK_EVERY / 5) {
                     Ok((i, delivery)) => {
                         attempted[i] = true;
                         record(ctx, conn, &rows[i], delivery, &mut marks, tally)?;
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+                if claimed_at.elapsed() >= CLAIM_RENEW_EVERY {
+                    // Renewed from the database's clock; if that fails, the margin below stops us in time.
+                    match notifications::renew_claims(conn, &ctx.holder, CLAIM_FOR) {
+                        Ok(_) => claimed_at = Instant::now(),
+                        Err(e) => log::warn!("cannot renew notification claims: {e}"),
+                    }
                 }
                 if claimed_at.elapsed() + CLAIM_MARGIN >= CLAIM_FOR || ctx.shutdown.is_triggered() {
                     stop.store(true, Ordering::SeqCst);

@@ -142,6 +142,14 @@ pub fn claim_due(
     Ok(claim(rows))
 }
 
+/// Extends every claim `holder` holds by `claim_for` from now (by the
+/// database's clock); returns how many.
+pub fn renew_claims(conn: &mut DbConnection, holder: &str, claim_for: std::time::Duration) -> Result<usize, DbError> {
+    let until = super::after(super::clock(conn)?, claim_for);
+    let target = n::notifications.filter(n::claimed_by.eq(holder)).filter(n::status.eq(SENDING));
+    Ok(on_backend!(conn, |c| diesel::update(target).set(n::claimed_until.eq(Some(until))).execute(c))?)
+}
+
 /// Delivered, for many rows at once: only the claim's holder may say so.
 pub fn mark_sent_many(conn: &mut DbConnection, ids: &[i64], holder: &str) -> Result<usize, DbError> {
     if ids.is_empty() {
