@@ -437,3 +437,34 @@ fn a_run_that_lost_its_lease_cannot_write(backend: Backend) {
     assert_eq!(notifications::count(&mut conn).unwrap(), 0, "a row was written without the lease");
 }
 both_backends!(a_run_that_lost_its_lease_cannot_write);
+
+/// A webhook slower than the claim: one call at a time, each answered after
+/// 1 s, so a chunk of 40 takes longer than the 30 s claim. The sender renews
+/// its claims as it goes, so a second copy running meanwhile takes none of
+/// them: each notification is delivered once.
+#[test]
+fn a_webhook_slower_than_the_claim_is_not_sent_twice() {
+    let tdb = TestDb::new(Backend::Postgres);
+    let pool = tdb.pool();
+    let sink = Sink::ok();
+    sink.set_delay(Duration::from_secs(1));
+    let s = webhook_settings(&tdb.url, &sink.url, &[("NOTIFY_CONCURRENCY", "1")]);
+    insert_pending(&pool, 40);
+    let a = Arc::new(JobRunner::new(send_job(), context(&s, &pool)));
+    let slow = {
+        let a = a.clone();
+        std::thread::spawn(move || a.run(Trigger::Manual))
+    };
+    wait_for("copy a holding every row", Duration::from_secs(10), || by_status(&pool).get("sending") == Some(&40));
+    // Another copy runs its sender every second while the slow chunk goes on.
+    let b = JobRunner::new(send_job(), context(&s, &pool));
+    while !slow.is_finished() {
+        b.run(Trigger::Manual);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(slow.join().unwrap(), RunOutcome::Ok(JobReport::new("sent=40 retried=0 failed=0")));
+    let delivered = sink.delivered();
+    assert_eq!(delivered.len(), 40);
+    let twice: Vec<_> = delivered.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+}
