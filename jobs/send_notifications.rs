@@ -214,14 +214,14 @@ fn record(
         Delivery::Sent => marks.push(n.id),
         Delivery::Retry { error, after } if n.attempts + 1 < max_attempts => {
             let delay = retry_delay(&ctx.settings, n.attempts + 1).max(after.unwrap_or_default()).min(RETRY_MAX);
-            let at = db::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+            let at = db::after(db::now(), delay);
             log::warn!("notification id={} attempt={} failed, retry at {at}: {error}", n.id, n.attempts + 1);
             notifications::mark_attempt_failed(conn, n.id, &ctx.holder, &error, Some(at))?;
             tally.retried += 1;
             m.notifications.with_label_values(&["retried"]).inc();
         }
         Delivery::Deferred(wait) => {
-            let at = db::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+            let at = db::after(db::now(), wait);
             notifications::release(conn, &[n.id], &ctx.holder, at)?;
             tally.deferred += 1;
             m.notifications.with_label_values(&["deferred"]).inc();

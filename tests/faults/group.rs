@@ -33,14 +33,10 @@ fn term_within(svc: &Service, limit: Duration) -> Duration {
     sent.elapsed()
 }
 
-/// Copy a holds every partition and a batch it cannot store (inserts fail as
-/// on a read-only standby); copy b joins; the outage lasts past the revoke
-/// budget, so a gives its partitions up with the batch unstored; then the
-/// database comes back. Every record ends up stored once, every partition
-/// resumes, and both copies report healthy.
-fn rebalance_during_a_database_outage(scenario: &'static str, strategy: &str) {
-    let _serial = serial();
-    let fx = Fixture::new(scenario, Backend::Postgres, &[("KAFKA_PROP_PARTITION_ASSIGNMENT_STRATEGY", strategy)]);
+/// Copy a takes every partition and stores half of `N` records; then
+/// inserts are refused (as on a read-only standby), the other half arrives,
+/// and once a holds a batch it cannot store, copy b starts and joins.
+fn second_copy_joins_during_a_write_outage(fx: &Fixture) -> (Service, Service) {
     let a = fx.start("copy-a", &[]);
     wait_running(&[&a], "copy-a assigned every partition", Duration::from_secs(60), || {
         a.assigned() == fx.all_partitions()
@@ -51,6 +47,18 @@ fn rebalance_during_a_database_outage(scenario: &'static str, strategy: &str) {
     fx.produce_notifications(N / 2);
     std::thread::sleep(Duration::from_secs(2));
     let b = fx.start("copy-b", &[]);
+    (a, b)
+}
+
+/// Copy a holds every partition and a batch it cannot store (inserts fail as
+/// on a read-only standby); copy b joins; the outage lasts past the revoke
+/// budget, so a gives its partitions up with the batch unstored; then the
+/// database comes back. Every record ends up stored once, every partition
+/// resumes, and both copies report healthy.
+fn rebalance_during_a_database_outage(scenario: &'static str, strategy: &str) {
+    let _serial = serial();
+    let fx = Fixture::new(scenario, Backend::Postgres, &[("KAFKA_PROP_PARTITION_ASSIGNMENT_STRATEGY", strategy)]);
+    let (a, b) = second_copy_joins_during_a_write_outage(&fx);
     wait_running(&[&a, &b], "copy-b assigned partitions", Duration::from_secs(90), || b.assigned() > 0.0);
     let stalled = fx.rows();
     std::thread::sleep(REVOKE_BUDGET + Duration::from_secs(2));
@@ -150,16 +158,7 @@ fn sigterm_during_a_database_outage() {
 fn sigterm_during_a_rebalance() {
     let _serial = serial();
     let fx = Fixture::new("sigterm_during_a_rebalance", Backend::Postgres, &[("SHUTDOWN_TIMEOUT_MS", SHUTDOWN_MS)]);
-    let a = fx.start("copy-a", &[]);
-    wait_running(&[&a], "copy-a assigned every partition", Duration::from_secs(60), || {
-        a.assigned() == fx.all_partitions()
-    });
-    fx.produce_notifications(N / 2);
-    wait_running(&[&a], "500 rows", Duration::from_secs(60), || fx.rows() >= 500);
-    fx.tdb.pg_refuse_writes(true);
-    fx.produce_notifications(N / 2);
-    std::thread::sleep(Duration::from_secs(2));
-    let b = fx.start("copy-b", &[]);
+    let (a, b) = second_copy_joins_during_a_write_outage(&fx);
     wait_running(&[&a, &b], "copy-a revoking", Duration::from_secs(60), || a.log_text().contains("partitions revoked"));
     let took = term_within(&a, SHUTDOWN_LIMIT);
     println!("sigterm_during_a_rebalance: exited {} ms after SIGTERM", took.as_millis());

@@ -354,16 +354,23 @@ fn sim_regression_unclassified_errors_during_an_outage_dead_letter_nothing() {
     assert_eq!((db.stored.len(), db.dead.len()), (20, 0), "dead letters: {:?}", db.dead);
 }
 
+/// One partition holding two good records, one of `nature` (at offset 2)
+/// and two more good ones, run until everything settled.
+fn settled_between_good_records(nature: Nature) -> World {
+    let mut w = world(1, 1, false, 5);
+    produce(&mut w, &tp(0), 2);
+    w.produce(&tp(0), nature);
+    produce(&mut w, &tp(0), 2);
+    w.settle(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{nature:?}: {e}"));
+    w
+}
+
 /// A record that fails (or panics) fewer times than the poison rule's limit
 /// and then works is stored, not dead-lettered.
 #[test]
 fn sim_regression_a_record_that_fails_twice_then_works_is_stored() {
     for nature in [Nature::Flaky, Nature::FlakyPanic] {
-        let mut w = world(1, 1, false, 5);
-        produce(&mut w, &tp(0), 2);
-        w.produce(&tp(0), nature);
-        produce(&mut w, &tp(0), 2);
-        w.settle(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{nature:?}: {e}"));
+        let w = settled_between_good_records(nature);
         let db = w.db.borrow();
         assert_eq!((db.stored.len(), db.dead.len()), (5, 0), "{nature:?}: dead letters {:?}", db.dead);
     }
@@ -375,11 +382,7 @@ fn sim_regression_a_record_that_fails_twice_then_works_is_stored() {
 fn sim_regression_a_poison_record_is_tried_alone_exactly_poison_after_times() {
     use cronsumer::poison::POISON_AFTER;
     for nature in [Nature::Poison, Nature::Panic] {
-        let mut w = world(1, 1, false, 5);
-        produce(&mut w, &tp(0), 2);
-        w.produce(&tp(0), nature);
-        produce(&mut w, &tp(0), 2);
-        w.settle(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{nature:?}: {e}"));
+        let w = settled_between_good_records(nature);
         let db = w.db.borrow();
         assert_eq!((db.stored.len(), db.dead.len()), (4, 1), "{nature:?}");
         assert_eq!(db.alone.get(&(tp(0), 2)), Some(&POISON_AFTER), "{nature:?}: tries alone");
