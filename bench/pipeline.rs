@@ -338,7 +338,7 @@ fn delivery(s: &Settings, backend: Backend, n: usize, delay: Duration) -> f64 {
     let rows: Vec<_> = (0..n)
         .map(|i| {
             cronsumer::db::notifications::NewNotification::pending(
-                Some(("bench", 0, i as i64)),
+                Some(cronsumer::record::Source { topic: "bench", partition: 0, offset: i as i64, fingerprint: 0 }),
                 format!("[{i}]"),
                 "e".into(),
                 "m".into(),

@@ -52,22 +52,27 @@ impl Consumer for Notifications {
 
     fn handle(&self, records: &[Record], ctx: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
         let mut rows = Vec::with_capacity(records.len());
+        let mut sources = Vec::with_capacity(records.len());
         for r in records {
             match payload::json_object(r, ctx.max_record_bytes()).and_then(|m| parse(&m)) {
                 Ok(p) => rows.push(NewNotification::pending(
-                    Some((&r.topic, r.partition, r.offset)),
+                    Some(r.source()),
                     serde_json::to_string(&p.users).unwrap_or_else(|_| "[]".into()),
                     p.event,
                     p.content,
                 )),
                 Err(reason) => ctx.reject(r, reason),
             }
+            if rows.len() > sources.len() {
+                sources.push(r);
+            }
         }
         if rows.is_empty() {
             return Ok(());
         }
-        let mut conn = ctx.db()?;
-        insert_all(&mut conn, &rows)?;
+        for i in insert_all(ctx.db(), &rows)?.reused {
+            ctx.reject_reused(sources[i]);
+        }
         ctx.wake_job("send_notifications");
         Ok(())
     }

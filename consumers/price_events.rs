@@ -1,5 +1,7 @@
 //! Topic `price-events`: stores `{"symbol", "price", "timestamp", "source"}`
-//! records in `price_events`, one transaction per batch. `timestamp` is an
+//! records in `price_events`, and keeps per-symbol statistics in
+//! `price_stats` by increments: the worked example of a handler that needs
+//! exactly-once (the batch's offsets commit in the same transaction). `timestamp` is an
 //! RFC 3339 string or a number of seconds since the Unix epoch. An optional
 //! `raw_response_id` (string or integer: the market-data producer's raw
 //! answer) is kept as text; other extra fields are allowed and ignored.
@@ -8,6 +10,7 @@ use chrono::{DateTime, NaiveDateTime};
 use serde_json::{Map, Value};
 
 use crate::db::price_events::{insert_all, NewPriceEvent};
+use crate::db::price_stats::{self, PriceStat};
 use crate::handler::{Consumer, HandlerContext, HandlerError};
 use crate::payload;
 use crate::record::Record;
@@ -69,6 +72,7 @@ impl Consumer for PriceEvents {
 
     fn handle(&self, records: &[Record], ctx: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
         let mut rows = Vec::with_capacity(records.len());
+        let mut sources = Vec::with_capacity(records.len());
         for r in records {
             match payload::json_object(r, ctx.max_record_bytes()).and_then(|m| parse(&m)) {
                 Ok(p) => rows.push(NewPriceEvent {
@@ -80,12 +84,23 @@ impl Consumer for PriceEvents {
                     source_topic: r.topic.clone(),
                     source_partition: r.partition,
                     source_offset: r.offset,
+                    source_fingerprint: Some(r.fingerprint()),
                 }),
                 Err(reason) => ctx.reject(r, reason),
             }
+            if rows.len() > sources.len() {
+                sources.push(r);
+            }
         }
-        let mut conn = ctx.db()?;
-        insert_all(&mut conn, &rows)?;
+        let stored = insert_all(ctx.db(), &rows)?;
+        for &i in &stored.reused {
+            ctx.reject_reused(sources[i]);
+        }
+        // Increments over every event of the batch, not only the rows that
+        // were new: right only because the batch is applied exactly once.
+        let applied = (0..rows.len()).filter(|i| !stored.reused.contains(i));
+        let stats = PriceStat::fold(applied.map(|i| (rows[i].symbol.as_str(), rows[i].price)));
+        price_stats::add(ctx.db(), &stats)?;
         Ok(())
     }
 }

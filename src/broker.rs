@@ -51,8 +51,9 @@ pub trait Broker {
     /// Stops fetching these partitions (polling goes on, so the group keeps us).
     fn pause(&mut self, tps: &[Tp]) -> Result<(), String>;
     fn resume(&mut self, tps: &[Tp]) -> Result<(), String>;
-    /// Completes an [`Event::Assigned`].
-    fn assign(&mut self, tps: &[Tp]) -> Result<(), String>;
+    /// Completes an [`Event::Assigned`], reading each partition from the
+    /// offset given, or from the committed one (or the reset policy).
+    fn assign(&mut self, tps: &[(Tp, Option<i64>)]) -> Result<(), String>;
     /// Completes an [`Event::Revoked`] or [`Event::Lost`].
     fn unassign(&mut self, tps: &[Tp]) -> Result<(), String>;
 }

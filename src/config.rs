@@ -92,6 +92,9 @@ pub struct Settings {
     pub consumer: ConsumerSettings,
     pub database_url: String,
     pub database_pool_size: u32,
+    /// Whether consumer transactions wait for PostgreSQL's WAL flush (their
+    /// offsets are in the same transaction, so a lost one is read again).
+    pub database_consumer_sync_commit: bool,
     pub notifications_cron: String,
     pub notifications_max_attempts: u32,
     /// First retry delay of a failed delivery; doubles per attempt, capped at 1 h.
@@ -129,6 +132,7 @@ pub const DEFAULTS: &[(&str, Option<&str>)] = &[
     ("CONSUMER_MAX_RECORD_BYTES", Some("1048576")),
     ("DATABASE_URL", Some("./data/cronsumer.db")),
     ("DATABASE_POOL_SIZE", Some("8")),
+    ("DATABASE_CONSUMER_SYNC_COMMIT", Some("false")),
     ("NOTIFICATIONS_CRON", Some("*/30 * * * * *")),
     ("NOTIFICATIONS_MAX_ATTEMPTS", Some("5")),
     ("NOTIFICATIONS_RETRY_BASE_MS", Some("5000")),
@@ -204,6 +208,7 @@ impl Settings {
         let settings = Settings {
             consumer,
             database_pool_size: r.number("DATABASE_POOL_SIZE", 1, 256) as u32,
+            database_consumer_sync_commit: r.boolean("DATABASE_CONSUMER_SYNC_COMMIT"),
             notifications_cron: r.cron("NOTIFICATIONS_CRON"),
             notifications_max_attempts: r.number("NOTIFICATIONS_MAX_ATTEMPTS", 1, 1000) as u32,
             notifications_retry_base: r.millis("NOTIFICATIONS_RETRY_BASE_MS", 10, 3_600_000),
@@ -258,6 +263,7 @@ impl Settings {
             ("CONSUMER_MAX_RECORD_BYTES".into(), c.max_record_bytes.to_string()),
             ("DATABASE_URL".into(), crate::db::redact_url(&self.database_url)),
             ("DATABASE_POOL_SIZE".into(), self.database_pool_size.to_string()),
+            ("DATABASE_CONSUMER_SYNC_COMMIT".into(), self.database_consumer_sync_commit.to_string()),
             ("NOTIFICATIONS_CRON".into(), self.notifications_cron.clone()),
             ("NOTIFICATIONS_MAX_ATTEMPTS".into(), self.notifications_max_attempts.to_string()),
             ("NOTIFICATIONS_RETRY_BASE_MS".into(), self.notifications_retry_base.as_millis().to_string()),

@@ -23,11 +23,12 @@ use crate::clock::SystemClock;
 use crate::config::Settings;
 use crate::db::Pool;
 use crate::handler::{Consumer, Wakers};
+use crate::handlers::Handlers;
 use crate::heartbeat::Heartbeat;
 use crate::pipeline::Pipeline;
 use crate::poison::PoisonLedger;
 use crate::record::Record;
-use crate::router::{Handlers, Router};
+use crate::router::Router;
 use crate::shutdown::StopRequest;
 use crate::sink::Panicked;
 
@@ -271,8 +272,14 @@ impl Broker for RdBroker {
         Ok(())
     }
 
-    fn assign(&mut self, tps: &[Tp]) -> Result<(), String> {
-        complete(&self.consumer, true, &tpl_of(tps)).map_err(|e| e.to_string())
+    fn assign(&mut self, tps: &[(Tp, Option<i64>)]) -> Result<(), String> {
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), start) in tps {
+            // Invalid: the committed offset, else the reset policy.
+            let offset = start.map_or(Offset::Invalid, Offset::Offset);
+            tpl.add_partition_offset(t, *p, offset).map_err(|e| e.to_string())?;
+        }
+        complete(&self.consumer, true, &tpl).map_err(|e| e.to_string())
     }
 
     fn unassign(&mut self, tps: &[Tp]) -> Result<(), String> {
@@ -301,8 +308,7 @@ fn run(setup: &ConsumerSetup, heartbeat: Arc<Heartbeat>, stop: &Arc<StopRequest>
     let router = Router::new((setup.modules)(), |t| s.topic(t));
     let mut topics = router.topics();
     topics.extend(setup.extra_topics.iter().cloned());
-    let mut sink =
-        Handlers::new(router, setup.pool.clone(), s.consumer.max_record_bytes, setup.wakers.clone(), stop.clone());
+    let mut sink = Handlers::new(router, setup.pool.clone(), s, setup.wakers.clone(), stop.clone());
     let mut broker = RdBroker::subscribe(s, &topics, stop.clone())?;
     let mut pipeline =
         Pipeline::new(s.consumer.batch_size, s.consumer.batch_timeout, SystemClock, setup.panics.clone(), heartbeat)

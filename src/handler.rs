@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::db::dead_letters::NewDeadLetter;
-use crate::db::{Conn, DbError, Pool};
+use crate::db::{DbConnection, DbError};
 use crate::record::Record;
 use crate::sink::FailureKind;
 
@@ -21,8 +21,9 @@ pub trait Consumer: Send + Sync {
     fn topic(&self) -> &'static str;
 
     /// Handles one batch of this topic's records, in offset order per
-    /// partition. Must be idempotent: a batch may be handled again after a
-    /// crash or a transient failure.
+    /// partition, writing through `ctx.db()`: the batch's transaction, which
+    /// also stores its offsets. A batch whose transaction rolled back (a
+    /// failure, a crash) is handled again; one that committed never is.
     fn handle(&self, records: &[Record], ctx: &mut HandlerContext<'_>) -> Result<(), HandlerError>;
 }
 
@@ -150,28 +151,22 @@ impl Wakers {
 }
 
 pub struct HandlerContext<'a> {
-    pool: &'a Pool,
-    /// Pool waits end by then: a stop's deadline.
-    wait_until: Option<std::time::Instant>,
+    conn: &'a mut DbConnection,
     max_record_bytes: usize,
     rejected: Vec<NewDeadLetter>,
     wake: Vec<&'static str>,
 }
 
 impl<'a> HandlerContext<'a> {
-    pub fn new(pool: &'a Pool, max_record_bytes: usize) -> Self {
-        HandlerContext { pool, wait_until: None, max_record_bytes, rejected: Vec::new(), wake: Vec::new() }
+    pub fn new(conn: &'a mut DbConnection, max_record_bytes: usize) -> Self {
+        HandlerContext { conn, max_record_bytes, rejected: Vec::new(), wake: Vec::new() }
     }
 
-    /// Database waits end by `until` (when the consumer is stopping).
-    pub(crate) fn wait_until(mut self, until: Option<std::time::Instant>) -> Self {
-        self.wait_until = until;
-        self
-    }
-
-    /// A pooled database connection.
-    pub fn db(&self) -> Result<Conn, HandlerError> {
-        Ok(crate::db::checkout(self.pool, self.wait_until)?)
+    /// The batch's database transaction. Everything written through it
+    /// commits together with the batch's offsets, so it is applied exactly
+    /// once, whatever crashes or rebalances come.
+    pub fn db(&mut self) -> &mut DbConnection {
+        self.conn
     }
 
     /// `CONSUMER_MAX_RECORD_BYTES`.
@@ -190,6 +185,21 @@ impl<'a> HandlerContext<'a> {
             record.offset
         );
         self.rejected.push(NewDeadLetter::of(record, &reason));
+    }
+
+    /// Rejects a record found at a source position that already holds a
+    /// different record ([`crate::db::sources::Stored::reused`]): it is
+    /// dead-lettered, not skipped as a redelivery, and counted.
+    pub fn reject_reused(&mut self, record: &Record) {
+        crate::metrics::get().reused_positions.with_label_values(&[&record.topic]).inc();
+        self.reject(
+            record,
+            format!(
+                "position {} already holds a different record (was the topic deleted and recreated?); \
+                 replay this dead letter to store it",
+                record.position()
+            ),
+        );
     }
 
     /// Asks the job `name` to run as soon as this batch is committed.

@@ -26,6 +26,7 @@ pub mod config;
 pub mod consumer;
 pub mod db;
 pub mod handler;
+pub mod handlers;
 pub mod heartbeat;
 pub mod http;
 pub mod kafka;

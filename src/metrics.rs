@@ -16,6 +16,8 @@ pub struct Metrics {
     pub handler_errors: IntCounterVec,
     pub handler_panics: IntCounterVec,
     pub dead_letters: IntCounterVec,
+    pub reused_positions: IntCounterVec,
+    pub offset_resets: IntCounterVec,
     pub unrouted_records: IntCounterVec,
     pub commits: IntCounter,
     pub commit_errors: IntCounter,
@@ -111,6 +113,18 @@ impl Metrics {
                 &r,
                 "cronsumer_dead_letters_total",
                 "Records rejected into dead_letters",
+                &["topic"],
+            ),
+            reused_positions: counter_vec(
+                &r,
+                "cronsumer_reused_positions_total",
+                "Records at a source position that already held a different record (topic deleted and recreated)",
+                &["topic"],
+            ),
+            offset_resets: counter_vec(
+                &r,
+                "cronsumer_offset_resets_total",
+                "Partitions whose log changed under the stored offset (topic recreated or truncated): read again from where it restarted",
                 &["topic"],
             ),
             unrouted_records: counter_vec(

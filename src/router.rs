@@ -1,21 +1,13 @@
 //! The router: splits a batch by topic and hands each group, in offset order
 //! per partition, to that topic's consumer module. A topic without a module
 //! is logged once and treated as handled, so its offsets are committed.
-//! [`Handlers`] is the pipeline's [`Sink`]: the router, the database the
-//! handlers write to, and `dead_letters`.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
 
-use crate::db::dead_letters::{insert_all, NewDeadLetter};
-use crate::db::{checkout, Pool};
-use crate::handler::{Consumer, HandlerContext, HandlerError, Wakers};
-use crate::metrics;
+use crate::handler::{Consumer, HandlerContext, HandlerError};
 use crate::record::Record;
-use crate::shutdown::StopRequest;
-use crate::sink::{Failure, FailureKind, Sink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -132,78 +124,6 @@ impl Router {
     }
 }
 
-/// The pipeline's sink in production: the consumer modules through the
-/// router, their database, and `dead_letters`.
-pub struct Handlers {
-    router: Router,
-    pool: Pool,
-    max_record_bytes: usize,
-    wakers: Wakers,
-    /// Database waits end by a stop's drain deadline.
-    stop: Arc<StopRequest>,
-}
-
-impl Handlers {
-    pub fn new(router: Router, pool: Pool, max_record_bytes: usize, wakers: Wakers, stop: Arc<StopRequest>) -> Self {
-        Handlers { router, pool, max_record_bytes, wakers, stop }
-    }
-
-    fn store(&self, rows: &[NewDeadLetter]) -> Result<(), Failure> {
-        let stored = checkout(&self.pool, self.stop.drain_by()).and_then(|mut c| insert_all(&mut c, rows));
-        stored.map_err(|e| Failure {
-            kind: crate::handler::db_failure_kind(&e),
-            message: format!("storing dead letters: {e}"),
-        })?;
-        for d in rows {
-            metrics::get().dead_letters.with_label_values(&[&d.topic]).inc();
-        }
-        Ok(())
-    }
-}
-
-impl Sink for Handlers {
-    fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {
-        let m = metrics::get();
-        let mut ctx = HandlerContext::new(&self.pool, self.max_record_bytes).wait_until(self.stop.drain_by());
-        let dispatched = match self.router.dispatch(batch, &mut ctx) {
-            Ok(d) => d,
-            Err(DispatchError::Failed { topic, source }) => {
-                m.handler_errors.with_label_values(&[&topic]).inc();
-                return Err(Failure { kind: source.kind(), message: format!("topic={topic}: {source}") });
-            }
-            Err(DispatchError::Panicked { topic, message, .. }) => {
-                m.handler_panics.with_label_values(&[&topic]).inc();
-                return Err(Failure { kind: FailureKind::Panic, message });
-            }
-        };
-        let (rejected, wake) = ctx.into_parts();
-        if !rejected.is_empty() {
-            self.store(&rejected)?;
-        }
-        for (topic, n) in &dispatched.handled {
-            m.records_consumed.with_label_values(&[topic]).inc_by(*n as u64);
-        }
-        if dispatched.unrouted > 0 {
-            for r in batch.iter().filter(|r| !dispatched.handled.contains_key(&r.topic)) {
-                m.unrouted_records.with_label_values(&[&r.topic]).inc();
-            }
-        }
-        for job in wake {
-            self.wakers.wake(job);
-        }
-        Ok(())
-    }
-
-    fn dead_letter(&mut self, record: &Record, reason: &str) -> Result<(), Failure> {
-        log::warn!("dead-lettering position={} reason={reason}", record.position());
-        self.store(&[NewDeadLetter::of(record, reason)])
-    }
-
-    fn healthy(&mut self) -> bool {
-        checkout(&self.pool, self.stop.drain_by()).and_then(|mut c| crate::db::ping(&mut c)).is_ok()
-    }
-}
-
 /// The text of a panic payload.
 pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
@@ -244,9 +164,9 @@ mod tests {
         }
     }
 
-    fn pool() -> crate::db::Pool {
-        // Never connected to by these tests: handlers here do not touch the database.
-        crate::db::connect(":memory:", 1).unwrap()
+    fn conn() -> crate::db::Conn {
+        // Handlers here do not touch the database.
+        crate::db::connect(":memory:", 1).unwrap().get().unwrap()
     }
 
     fn recorder(topic: &'static str, fail: bool, panic: bool) -> (Box<dyn Consumer>, Arc<Mutex<Vec<(i32, i64)>>>) {
@@ -268,8 +188,8 @@ mod tests {
         let (m, seen) = recorder("orders", false, false);
         let mut router = Router::new(vec![m], |t| format!("dev.{t}"));
         assert_eq!(router.topics(), vec!["dev.orders".to_string()]);
-        let pool = pool();
-        let mut ctx = HandlerContext::new(&pool, 100);
+        let mut conn = conn();
+        let mut ctx = HandlerContext::new(&mut conn, 100);
         let batch = vec![rec("dev.orders", 0, 1), rec("other", 0, 1), rec("orders", 0, 2), rec("dev.orders", 0, 2)];
         let out = router.dispatch(&batch, &mut ctx).unwrap();
         assert_eq!(out.handled.get("dev.orders"), Some(&2));
@@ -279,10 +199,10 @@ mod tests {
 
     #[test]
     fn handler_error_and_panic_are_reported_distinctly() {
-        let pool = pool();
+        let mut conn = conn();
         let (m, _) = recorder("t", true, false);
         let mut router = Router::new(vec![m], str::to_string);
-        let mut ctx = HandlerContext::new(&pool, 100);
+        let mut ctx = HandlerContext::new(&mut conn, 100);
         assert!(matches!(router.dispatch(&[rec("t", 0, 0)], &mut ctx), Err(DispatchError::Failed { .. })));
 
         let (m, _) = recorder("t", false, true);

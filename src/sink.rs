@@ -2,6 +2,7 @@
 //! router and the database in production, a simulated database in the
 //! tests), and the ways handling can fail.
 
+use crate::broker::Tp;
 use crate::record::Record;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,12 +24,22 @@ pub struct Failure {
     pub message: String,
 }
 
-/// Where records go: handlers, the database, `dead_letters`.
+/// Where records go: handlers, the database, `dead_letters`, and the
+/// offsets they were applied up to, all in one transaction per call.
 pub trait Sink {
-    /// Handles the records (a bad one may be dead-lettered by its handler);
-    /// on failure nothing of them counts as handled.
+    /// Where to read each of `tps` from: the next offset the database
+    /// applied, or `None` when it applied nothing (Kafka's committed offset
+    /// or the reset policy decides).
+    fn positions(&mut self, tps: &[Tp]) -> Result<Vec<Option<i64>>, Failure>;
+    /// A partition read from its stored position restarted below it, at
+    /// `to` (the broker reset it: the topic was recreated or truncated).
+    fn rewind(&mut self, tp: &Tp, to: i64);
+    /// Handles the records (a bad one may be dead-lettered by its handler)
+    /// and stores the next offset of their partitions with them; on failure
+    /// nothing of them counts as handled. Records the database applied
+    /// already are skipped, so each is applied once.
     fn handle(&mut self, batch: &[Record]) -> Result<(), Failure>;
-    /// Dead-letters a record the pipeline gave up on.
+    /// Dead-letters a record the pipeline gave up on, with its offset.
     fn dead_letter(&mut self, record: &Record, reason: &str) -> Result<(), Failure>;
     /// Does the database answer? Tells a record's fault from an outage.
     fn healthy(&mut self) -> bool;

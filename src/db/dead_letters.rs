@@ -1,10 +1,13 @@
 //! `dead_letters`: records a handler rejected, with the reason, kept until an
-//! operator replays or purges them. One row per (topic, partition, offset).
+//! operator replays or purges them. One row per record: (topic, partition,
+//! offset) and the record's fingerprint, so a redelivery is stored once and a
+//! different record at a reused position is stored too.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::dead_letters::{self, dsl as d};
+use super::sources::{self, SourceKey, Stored};
 use super::{now, DbConnection, DbError};
 use crate::{on_backend, write_tx};
 
@@ -20,6 +23,7 @@ pub struct DeadLetter {
     pub error: String,
     pub failed_at: NaiveDateTime,
     pub replayed_at: Option<NaiveDateTime>,
+    pub fingerprint: i64,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -32,6 +36,7 @@ pub struct NewDeadLetter {
     pub payload: Option<Vec<u8>>,
     pub error: String,
     pub failed_at: NaiveDateTime,
+    pub fingerprint: i64,
 }
 
 impl NewDeadLetter {
@@ -46,24 +51,58 @@ impl NewDeadLetter {
             payload: record.payload.clone(),
             error: reason.replace('\0', "\u{fffd}"),
             failed_at: now(),
+            fingerprint: record.fingerprint(),
         }
     }
 }
 
 /// Stores the rejected records in one transaction; a record already
-/// dead-lettered (redelivery) is skipped. Returns how many rows were new.
-pub fn insert_all(conn: &mut DbConnection, rows: &[NewDeadLetter]) -> Result<usize, DbError> {
+/// dead-lettered (redelivery) is skipped. [`Stored::reused`] names the rows
+/// stored beside another record's dead letter at the same position.
+pub fn insert_all(conn: &mut DbConnection, rows: &[NewDeadLetter]) -> Result<Stored, DbError> {
+    let mut out = Stored::default();
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(out);
     }
-    Ok(write_tx!(conn, |c| {
-        let mut inserted = 0;
+    // A fingerprint of 0 is a dead letter stored before fingerprints were kept.
+    let known = |f: i64| (f != 0).then_some(f);
+    write_tx!(conn, |c| {
         // Small chunks: payloads can be up to CONSUMER_MAX_RECORD_BYTES each.
-        for chunk in rows.chunks(50) {
-            inserted += diesel::insert_into(dead_letters::table).values(chunk).on_conflict_do_nothing().execute(c)?;
+        for (k, chunk) in rows.chunks(50).enumerate() {
+            let keys: Vec<SourceKey<'_>> =
+                chunk.iter().map(|r| (r.topic.as_str(), r.partition, r.offset, Some(r.fingerprint))).collect();
+            let (topics, lo, hi) = sources::span(&keys);
+            let stored: Vec<(String, i32, i64, i64)> = d::dead_letters
+                .filter(d::topic.eq_any(topics))
+                .filter(d::offset.between(lo, hi))
+                .select((d::topic, d::partition, d::offset, d::fingerprint))
+                .load(c)?;
+            let stored: Vec<_> = stored.into_iter().map(|(t, p, o, f)| (t, p, o, known(f))).collect();
+            // Skip what is stored under the same (or an unknown) fingerprint.
+            let fresh: Vec<&NewDeadLetter> = chunk
+                .iter()
+                .filter(|r| {
+                    !stored.iter().any(|(t, p, o, f)| {
+                        (t.as_str(), *p, *o) == (r.topic.as_str(), r.partition, r.offset)
+                            && f.is_none_or(|f| f == r.fingerprint)
+                    })
+                })
+                .collect();
+            out.reused.extend(sources::reused(&keys, &stored).into_iter().map(|i| k * 50 + i));
+            let fresh: Vec<NewDeadLetter> = fresh.into_iter().cloned().collect();
+            if !fresh.is_empty() {
+                let returned: Vec<(i32, i64, i64)> = diesel::insert_into(dead_letters::table)
+                    .values(&fresh)
+                    .on_conflict_do_nothing()
+                    .returning((d::partition, d::offset, d::fingerprint))
+                    .get_results(c)?;
+                let keys: Vec<(i32, i64, i64)> = chunk.iter().map(|r| (r.partition, r.offset, r.fingerprint)).collect();
+                out.inserted.extend(sources::returned(&keys, &returned).into_iter().map(|i| k * 50 + i));
+            }
         }
-        Ok::<_, diesel::result::Error>(inserted)
-    })?)
+        Ok::<_, diesel::result::Error>(())
+    })?;
+    Ok(out)
 }
 
 pub fn list(conn: &mut DbConnection, topic: Option<&str>, limit: i64) -> Result<Vec<DeadLetter>, DbError> {

@@ -7,12 +7,15 @@
 //! transactions so concurrent writers wait on `busy_timeout` instead of
 //! failing with a lock upgrade error.
 
+pub mod consumer_offsets;
 pub mod dead_letters;
 pub mod job_leases;
 pub mod job_runs;
 pub mod notifications;
 pub mod price_events;
+pub mod price_stats;
 pub mod schema;
+pub mod sources;
 
 use std::path::Path;
 use std::time::Duration;
@@ -275,6 +278,38 @@ pub fn after(t: chrono::NaiveDateTime, d: std::time::Duration) -> chrono::NaiveD
     t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
+/// Whether a SQLite connection is inside a transaction diesel opened.
+pub fn in_transaction(c: &mut SqliteConnection) -> bool {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    AnsiTransactionManager::transaction_manager_status_mut(c).transaction_depth().is_ok_and(|d| d.is_some())
+}
+
+/// Runs `f` in one write transaction (immediate on SQLite), handing it the
+/// connection itself, so every write of a consumer's batch (its handlers',
+/// its dead letters, its offsets) commits or rolls back together.
+pub fn transaction<T, E>(conn: &mut DbConnection, f: impl FnOnce(&mut DbConnection) -> Result<T, E>) -> Result<T, E>
+where
+    E: From<diesel::result::Error>,
+{
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    type Manager = <DbConnection as diesel::Connection>::TransactionManager;
+    match conn {
+        DbConnection::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
+        DbConnection::Postgresql(c) => AnsiTransactionManager::begin_transaction(c)?,
+    }
+    match f(conn) {
+        Ok(value) => {
+            Manager::commit_transaction(conn)?;
+            Ok(value)
+        }
+        Err(e) => {
+            // A failed rollback leaves the connection broken; the pool drops it.
+            let _ = Manager::rollback_transaction(conn);
+            Err(e)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -300,11 +335,19 @@ macro_rules! on_backend {
 }
 
 /// Like [`on_backend!`], inside a write transaction (immediate on SQLite).
+/// Inside a transaction already (a consumer's batch, see [`transaction`]),
+/// it is a savepoint of that one.
 #[macro_export]
 macro_rules! write_tx {
     ($conn:expr, |$c:ident| $body:expr) => {
         match &mut *$conn {
-            $crate::db::DbConnection::Sqlite(c) => c.immediate_transaction(|$c| $body),
+            $crate::db::DbConnection::Sqlite(c) => {
+                if $crate::db::in_transaction(c) {
+                    c.transaction(|$c| $body)
+                } else {
+                    c.immediate_transaction(|$c| $body)
+                }
+            }
             $crate::db::DbConnection::Postgresql(c) => c.transaction(|$c| $body),
         }
     };

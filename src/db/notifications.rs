@@ -5,7 +5,9 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::notifications::{self, dsl as n};
+use super::sources::{self, SourceKey, Stored};
 use super::{now, DbConnection, DbError};
+use crate::record::Source;
 use crate::{on_backend, write_tx};
 
 pub const PENDING: &str = "pending";
@@ -46,15 +48,19 @@ pub struct NewNotification {
     pub attempts: i32,
     pub created_at: NaiveDateTime,
     pub next_attempt_at: NaiveDateTime,
+    pub source_fingerprint: Option<i64>,
 }
 
 impl NewNotification {
-    pub fn pending(source: Option<(&str, i32, i64)>, users: String, event: String, message: String) -> Self {
+    /// A notification to send, from the record at `source` (None: written by
+    /// a job or an operator).
+    pub fn pending(source: Option<Source<'_>>, users: String, event: String, message: String) -> Self {
         let t = now();
         NewNotification {
-            source_topic: source.map(|s| s.0.to_string()),
-            source_partition: source.map(|s| s.1),
-            source_offset: source.map(|s| s.2),
+            source_topic: source.map(|s| s.topic.to_string()),
+            source_partition: source.map(|s| s.partition),
+            source_offset: source.map(|s| s.offset),
+            source_fingerprint: source.map(|s| s.fingerprint),
             users,
             event,
             message,
@@ -69,19 +75,47 @@ impl NewNotification {
 /// Rows per INSERT statement, well under both backends' bind-parameter limits.
 const INSERT_CHUNK: usize = 500;
 
-/// Inserts all rows in one transaction; a row whose Kafka source is already
-/// stored is skipped. Returns how many rows were new.
-pub fn insert_all(conn: &mut DbConnection, rows: &[NewNotification]) -> Result<usize, DbError> {
+/// Inserts all rows in one transaction. A row whose Kafka source is already
+/// stored is skipped; [`Stored::reused`] names those stored from a different
+/// record.
+pub fn insert_all(conn: &mut DbConnection, rows: &[NewNotification]) -> Result<Stored, DbError> {
+    let mut out = Stored::default();
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(out);
     }
-    Ok(write_tx!(conn, |c| {
-        let mut inserted = 0;
-        for chunk in rows.chunks(INSERT_CHUNK) {
-            inserted += diesel::insert_into(notifications::table).values(chunk).on_conflict_do_nothing().execute(c)?;
+    write_tx!(conn, |c| {
+        for (k, chunk) in rows.chunks(INSERT_CHUNK).enumerate() {
+            // Rows without a source never conflict.
+            let keys: Vec<SourceKey<'_>> = chunk
+                .iter()
+                .map(|r| {
+                    let topic = r.source_topic.as_deref().unwrap_or_default();
+                    (topic, r.source_partition.unwrap_or(-1), r.source_offset.unwrap_or(-1), r.source_fingerprint)
+                })
+                .collect();
+            let returned: Vec<(Option<i32>, Option<i64>)> = diesel::insert_into(notifications::table)
+                .values(chunk)
+                .on_conflict_do_nothing()
+                .returning((n::source_partition, n::source_offset))
+                .get_results(c)?;
+            let positions: Vec<(Option<i32>, Option<i64>)> =
+                chunk.iter().map(|r| (r.source_partition, r.source_offset)).collect();
+            out.inserted.extend(sources::returned(&positions, &returned).into_iter().map(|i| k * INSERT_CHUNK + i));
+            if returned.len() < chunk.len() {
+                let (topics, lo, hi) = sources::span(&keys);
+                type Nullable = (Option<String>, Option<i32>, Option<i64>, Option<i64>);
+                let stored: Vec<Nullable> = n::notifications
+                    .filter(n::source_topic.eq_any(topics))
+                    .filter(n::source_offset.between(lo, hi))
+                    .select((n::source_topic, n::source_partition, n::source_offset, n::source_fingerprint))
+                    .load(c)?;
+                let stored: Vec<_> = stored.into_iter().filter_map(|(t, p, o, f)| Some((t?, p?, o?, f))).collect();
+                out.reused.extend(sources::reused(&keys, &stored).into_iter().map(|i| k * INSERT_CHUNK + i));
+            }
         }
-        Ok::<_, diesel::result::Error>(inserted)
-    })?)
+        Ok::<_, diesel::result::Error>(())
+    })?;
+    Ok(out)
 }
 
 /// Claims up to `limit` due rows for `holder` for `claim_for` (by the

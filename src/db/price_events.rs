@@ -4,6 +4,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::price_events::{self, dsl as p};
+use super::sources::{self, SourceKey, Stored};
 use super::{DbConnection, DbError};
 use crate::{on_backend, write_tx};
 
@@ -18,20 +19,45 @@ pub struct NewPriceEvent {
     pub source_partition: i32,
     pub source_offset: i64,
     pub raw_response_id: Option<String>,
+    pub source_fingerprint: Option<i64>,
 }
 
-/// Inserts all rows in one transaction, skipping sources already stored.
-pub fn insert_all(conn: &mut DbConnection, rows: &[NewPriceEvent]) -> Result<usize, DbError> {
-    if rows.is_empty() {
-        return Ok(0);
+impl NewPriceEvent {
+    fn source(&self) -> SourceKey<'_> {
+        (&self.source_topic, self.source_partition, self.source_offset, self.source_fingerprint)
     }
-    Ok(write_tx!(conn, |c| {
-        let mut inserted = 0;
-        for chunk in rows.chunks(500) {
-            inserted += diesel::insert_into(price_events::table).values(chunk).on_conflict_do_nothing().execute(c)?;
+}
+
+/// Inserts all rows in one transaction. A row whose source is already stored
+/// is skipped; [`Stored::reused`] names those stored from a different record.
+pub fn insert_all(conn: &mut DbConnection, rows: &[NewPriceEvent]) -> Result<Stored, DbError> {
+    let mut out = Stored::default();
+    if rows.is_empty() {
+        return Ok(out);
+    }
+    write_tx!(conn, |c| {
+        for (n, chunk) in rows.chunks(500).enumerate() {
+            let keys: Vec<SourceKey<'_>> = chunk.iter().map(NewPriceEvent::source).collect();
+            let returned: Vec<(i32, i64)> = diesel::insert_into(price_events::table)
+                .values(chunk)
+                .on_conflict_do_nothing()
+                .returning((p::source_partition, p::source_offset))
+                .get_results(c)?;
+            let positions: Vec<(i32, i64)> = keys.iter().map(|k| (k.1, k.2)).collect();
+            out.inserted.extend(sources::returned(&positions, &returned).into_iter().map(|i| n * 500 + i));
+            if returned.len() < chunk.len() {
+                let (topics, lo, hi) = sources::span(&keys);
+                let stored = p::price_events
+                    .filter(p::source_topic.eq_any(topics))
+                    .filter(p::source_offset.between(lo, hi))
+                    .select((p::source_topic, p::source_partition, p::source_offset, p::source_fingerprint))
+                    .load(c)?;
+                out.reused.extend(sources::reused(&keys, &stored).into_iter().map(|i| n * 500 + i));
+            }
         }
-        Ok::<_, diesel::result::Error>(inserted)
-    })?)
+        Ok::<_, diesel::result::Error>(())
+    })?;
+    Ok(out)
 }
 
 pub fn count(conn: &mut DbConnection) -> Result<i64, DbError> {

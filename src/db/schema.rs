@@ -18,6 +18,7 @@ diesel::table! {
         claimed_until -> Nullable<Timestamp>,
         claimed_by -> Nullable<Text>,
         sent_at -> Nullable<Timestamp>,
+        source_fingerprint -> Nullable<BigInt>,
     }
 }
 
@@ -32,6 +33,7 @@ diesel::table! {
         error -> Text,
         failed_at -> Timestamp,
         replayed_at -> Nullable<Timestamp>,
+        fingerprint -> BigInt,
     }
 }
 
@@ -68,5 +70,28 @@ diesel::table! {
         source_partition -> Integer,
         source_offset -> BigInt,
         raw_response_id -> Nullable<Text>,
+        source_fingerprint -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    consumer_offsets (group_id, topic, partition) {
+        group_id -> Text,
+        topic -> Text,
+        partition -> Integer,
+        next_offset -> BigInt,
+        last_fingerprint -> BigInt,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    price_stats (symbol) {
+        symbol -> Text,
+        events -> BigInt,
+        last_price -> Double,
+        min_price -> Double,
+        max_price -> Double,
+        updated_at -> Timestamp,
     }
 }

@@ -18,7 +18,7 @@
 //! time, and the record at fault is dead-lettered (at once for a refused
 //! value, after [`crate::poison::POISON_AFTER`] failures in a row otherwise).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,7 @@ use crate::record::Record;
 use crate::shutdown::StopRequest;
 use crate::sink::{Panicked, Sink};
 
+mod assignment;
 mod batches;
 
 /// Longest single poll: keeps the stop flag and the batch clock responsive.
@@ -92,6 +93,9 @@ pub struct Pipeline<C: Clock + Clone> {
     last_commit: Option<Instant>,
     /// A stop cuts every drain short, a revoke's too.
     stop: Arc<StopRequest>,
+    /// Partitions read from the database's offset, until their first record:
+    /// one below it means the broker reset the partition (see [`Sink::rewind`]).
+    starts: BTreeMap<Tp, i64>,
 }
 
 impl<C: Clock + Clone> Pipeline<C> {
@@ -115,6 +119,7 @@ impl<C: Clock + Clone> Pipeline<C> {
             batch_size,
             last_commit: None,
             stop: Arc::default(),
+            starts: BTreeMap::new(),
         }
     }
 
@@ -166,6 +171,7 @@ impl<C: Clock + Clone> Pipeline<C> {
                 Event::Record(r) => {
                     received += 1;
                     self.heartbeat.client_ok();
+                    self.check_start(sink, &r);
                     self.accept(r);
                     if received >= self.batch_size {
                         break;
@@ -176,7 +182,7 @@ impl<C: Clock + Clone> Pipeline<C> {
                     self.heartbeat.client_error(&e);
                     break;
                 }
-                Event::Assigned(tps) => self.assign(broker, &tps),
+                Event::Assigned(tps) => self.assign(broker, sink, &tps),
                 Event::Revoked(tps) => self.revoke(broker, sink, &tps)?,
                 Event::Lost(tps) => {
                     log::warn!("partitions lost (session expired): {tps:?}; their records go to the next owner");
@@ -219,17 +225,6 @@ impl<C: Clock + Clone> Pipeline<C> {
         }
     }
 
-    /// Finishes what is in memory (within [`REVOKE_BUDGET`]) and commits it
-    /// while the partitions are still ours, then lets them go.
-    fn revoke<B: Broker, S: Sink>(&mut self, broker: &mut B, sink: &mut S, tps: &[Tp]) -> Result<(), Panicked> {
-        log::info!("partitions revoked: {tps:?}");
-        let drained = self.drain(sink, self.clock.now() + REVOKE_BUDGET);
-        // What was handled, even before a panic, is committed.
-        self.commit(broker, When::Sync);
-        self.release(broker, tps);
-        drained.map(|_| ())
-    }
-
     /// The broker's answer to a commit.
     fn answered(&mut self, offsets: &[(Tp, i64)], result: Result<(), String>) {
         match result {
@@ -244,61 +239,6 @@ impl<C: Clock + Clone> Pipeline<C> {
                 log::warn!("commit failed, will retry: {e}");
             }
         }
-    }
-
-    fn assign<B: Broker>(&mut self, broker: &mut B, tps: &[Tp]) {
-        log::info!("partitions assigned: {tps:?}");
-        for tp in tps {
-            self.offsets.assign(tp);
-            self.paused.remove(tp);
-        }
-        if let Err(e) = broker.assign(tps) {
-            log::error!("cannot take assigned partitions {tps:?}: {e}");
-        }
-        // The client keeps a pause across unassign and assign: start every new partition fetching,
-        // unless too much is in memory already.
-        if let Err(e) = broker.resume(tps) {
-            log::warn!("cannot resume assigned partitions: {e}");
-        }
-        self.reconcile_pauses(broker);
-        self.assigned_changed();
-    }
-
-    /// Lets partitions go: their records in memory and pending offsets are
-    /// dropped (the next owner reads them from the committed offset), and
-    /// what was paused is resumed.
-    fn release<B: Broker>(&mut self, broker: &mut B, tps: &[Tp]) {
-        let leaving = |t: &str, p: i32| tps.iter().any(|(rt, rp)| rt == t && *rp == p);
-        let before = self.buffered();
-        self.batcher.discard(leaving);
-        if let Some(held) = &mut self.in_hand {
-            held.records.retain(|r| !leaving(&r.topic, r.partition));
-            if held.records.is_empty() {
-                self.in_hand = None;
-                self.heartbeat.set_retrying(None);
-            }
-        }
-        for tp in tps {
-            self.offsets.remove(tp);
-        }
-        let resume: Vec<Tp> = tps.iter().filter(|tp| self.paused.remove(*tp)).cloned().collect();
-        if let Err(e) = broker.resume(&resume) {
-            log::warn!("cannot resume leaving partitions: {e}");
-        }
-        if let Err(e) = broker.unassign(tps) {
-            log::error!("cannot release partitions {tps:?}: {e}");
-        }
-        log::info!(
-            "released partitions {tps:?}: {} records in memory left to their next owner",
-            before - self.buffered()
-        );
-        self.assigned_changed();
-    }
-
-    fn assigned_changed(&self) {
-        let n = self.offsets.len() as i64;
-        self.heartbeat.set_assigned(n);
-        metrics::get().assigned_partitions.set(n);
     }
 
     /// Pauses the partitions of the batch in hand (all of them while too

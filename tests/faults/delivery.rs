@@ -54,7 +54,7 @@ fn copies_whose_clocks_disagree_deliver_each_notification_once() {
     let rows: Vec<_> = (0..N)
         .map(|i| {
             notifications::NewNotification::pending(
-                Some(("skew", 0, i as i64)),
+                Some(cronsumer::record::Source { topic: "skew", partition: 0, offset: i as i64, fingerprint: 0 }),
                 format!("[{i}]"),
                 "e".into(),
                 "m".into(),

@@ -33,6 +33,7 @@
 #[path = "../it/common.rs"]
 mod common;
 mod delivery;
+mod exactly_once;
 mod group;
 mod monitor;
 #[path = "../it/sink.rs"]
@@ -268,9 +269,22 @@ impl Fixture {
         let dir = std::env::temp_dir().join(unique(&format!("cronsumer-{scenario}-")));
         std::fs::create_dir_all(&dir).unwrap();
         let env = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let watched = vec![(topic.clone(), "notifications"), (s.topic("price-events"), "price_events")];
-        let monitor = Mutex::new(Some(Monitor::start(&s, &tdb.url, watched, PARTITIONS)));
+        let monitor = Mutex::new(Some(Monitor::start(&s, &tdb.url, Self::watched(&s), PARTITIONS)));
         Fixture { scenario, backend, prefix, s, topic, env, dir, pool, monitor, tdb }
+    }
+
+    /// The topics the commit monitor watches, with the table each is stored in.
+    fn watched(s: &Settings) -> Vec<monitor::Watched> {
+        vec![(s.topic("notifications"), "notifications"), (s.topic("price-events"), "price_events")]
+    }
+
+    /// Asserts that the commit monitor saw no violation so far, and starts a
+    /// fresh one: a recreated topic's commits start again from 0.
+    fn restart_monitor(&self) {
+        let mut slot = lock(&self.monitor);
+        let found = slot.take().expect("the monitor runs").finish();
+        assert!(found.violations.is_empty(), "the commit monitor saw: {:#?}", found.violations);
+        *slot = Some(Monitor::start(&self.s, &self.tdb.url, Self::watched(&self.s), PARTITIONS));
     }
 
     /// Stops the commit monitor, prints the scenario's `SCENARIO` line and

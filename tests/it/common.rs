@@ -180,6 +180,19 @@ pub fn create_topic(settings: &Settings, name: &str, partitions: i32) {
     });
 }
 
+/// Deletes `name`. (The broker creates a topic again as soon as a client
+/// asks for its metadata, as a subscribed consumer does: the caller
+/// recreates it with `create_topic`, which accepts one that exists.)
+pub fn delete_topic(settings: &Settings, name: &str) {
+    use rdkafka::admin::AdminOptions;
+    let admin = cronsumer::kafka::admin_client(settings).unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in futures_executor::block_on(admin.delete_topics(&[name], &opts)).unwrap() {
+        r.unwrap_or_else(|(t, code)| panic!("cannot delete topic {t}: {code}"));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+}
+
 /// Produces `payloads` to `topic`, keys spreading them over partitions; waits for every delivery.
 pub fn produce(settings: &Settings, topic: &str, payloads: &[Vec<u8>]) {
     let mut p = cronsumer::producer::RecordProducer::new(settings).unwrap();

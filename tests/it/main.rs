@@ -7,6 +7,7 @@ mod common;
 mod cli;
 mod consumer;
 mod migrations;
+mod offsets;
 mod operations;
 mod scheduler;
 mod sink;

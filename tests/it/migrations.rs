@@ -1,7 +1,9 @@
 //! Migrations create the tables on both backends, and the source columns
-//! are unique together (a redelivered record stores nothing new).
+//! are unique together (a redelivered record stores nothing new, a different
+//! record at a reused position is named).
 
 use cronsumer::db::{self, dead_letters, notifications, Backend};
+use cronsumer::record::Source;
 
 use crate::both_backends;
 use crate::common::*;
@@ -13,19 +15,27 @@ fn migrations_create_tables_and_unique_sources(backend: Backend) {
         std::fs::read_dir(format!("migrations/{}", if backend == Backend::Sqlite { "sqlite" } else { "postgres" }))
             .unwrap()
             .count();
-    assert_eq!((applied.len(), embedded), (3, 3), "{applied:?}");
+    assert_eq!((applied.len(), embedded), (5, 5), "{applied:?}");
     // a second run finds nothing to apply
     let (_, again) = db::connect_and_migrate(&tdb.url, 2).unwrap();
     assert!(again.is_empty());
     assert!(db::pending_migrations(&mut pool.get().unwrap()).unwrap().is_empty());
 
     let mut conn = pool.get().unwrap();
-    let row = |o| notifications::NewNotification::pending(Some(("t", 0, o)), "[0]".into(), "e".into(), "m".into());
-    assert_eq!(notifications::insert_all(&mut conn, &[row(1), row(2)]).unwrap(), 2);
-    assert_eq!(notifications::insert_all(&mut conn, &[row(2), row(3)]).unwrap(), 1);
+    let row = |offset, fingerprint| {
+        let source = Source { topic: "t", partition: 0, offset, fingerprint };
+        notifications::NewNotification::pending(Some(source), "[0]".into(), "e".into(), "m".into())
+    };
+    let stored = |rows: &[notifications::NewNotification], conn: &mut db::Conn| {
+        let s = notifications::insert_all(conn, rows).unwrap();
+        (s.inserted.len(), s.reused)
+    };
+    assert_eq!(stored(&[row(1, 10), row(2, 20)], &mut conn), (2, vec![]));
+    // a redelivery is skipped; a different record at a stored position is named
+    assert_eq!(stored(&[row(2, 20), row(3, 30), row(1, 11)], &mut conn), (1, vec![2]));
     // rows not from Kafka (NULL sources) never collide
     let local = notifications::NewNotification::pending(None, "[1]".into(), "e".into(), "m".into());
-    assert_eq!(notifications::insert_all(&mut conn, &[local.clone(), local]).unwrap(), 2);
+    assert_eq!(stored(&[local.clone(), local], &mut conn), (2, vec![]));
     assert_eq!(notifications::count(&mut conn).unwrap(), 5);
 
     let dl = dead_letters::NewDeadLetter {
@@ -36,10 +46,17 @@ fn migrations_create_tables_and_unique_sources(backend: Backend) {
         payload: Some(b"\xfe not utf8".to_vec()),
         error: "bad".into(),
         failed_at: db::now(),
+        fingerprint: 90,
     };
-    assert_eq!(dead_letters::insert_all(&mut conn, &[dl.clone(), dl]).unwrap(), 1);
+    let once = dead_letters::insert_all(&mut conn, &[dl.clone(), dl.clone()]).unwrap();
+    assert_eq!((once.inserted.len(), once.reused), (1, vec![]));
     let stored = &dead_letters::list(&mut conn, Some("t"), 10).unwrap()[0];
     assert_eq!((stored.partition, stored.offset, stored.key.as_deref()), (3, 9, Some(&[0xff, 0][..])));
+    // another record at the same position is dead-lettered beside it, and named
+    let other = dead_letters::NewDeadLetter { fingerprint: 91, ..dl.clone() };
+    let beside = dead_letters::insert_all(&mut conn, &[dl, other.clone(), other]).unwrap();
+    assert_eq!((beside.inserted.len(), beside.reused), (1, vec![1, 2]));
+    assert_eq!(dead_letters::count(&mut conn).unwrap(), 2);
 }
 both_backends!(migrations_create_tables_and_unique_sources);
 

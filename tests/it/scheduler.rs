@@ -33,14 +33,14 @@ fn insert_pending(pool: &Pool, n: usize) {
     let rows: Vec<_> = (0..n)
         .map(|i| {
             notifications::NewNotification::pending(
-                Some(("seed", 0, i as i64)),
+                Some(cronsumer::record::Source { topic: "seed", partition: 0, offset: i as i64, fingerprint: 0 }),
                 format!("[{i}]"),
                 "e".into(),
                 format!("m{i}"),
             )
         })
         .collect();
-    assert_eq!(notifications::insert_all(&mut pool.get().unwrap(), &rows).unwrap(), n);
+    assert_eq!(notifications::insert_all(&mut pool.get().unwrap(), &rows).unwrap().inserted.len(), n);
 }
 
 fn by_status(pool: &Pool) -> std::collections::BTreeMap<String, i64> {
@@ -396,7 +396,9 @@ impl Job for FencedWriter {
         self.go.lock().unwrap().recv().unwrap();
         let mut conn = ctx.pool.get().unwrap();
         let row = notifications::NewNotification::pending(None, "[1]".into(), "e".into(), "written".into());
-        let n = ctx.fenced(self.name(), &mut conn, |c| notifications::insert_all(c, std::slice::from_ref(&row)))?;
+        let n = ctx.fenced(self.name(), &mut conn, |c| {
+            notifications::insert_all(c, std::slice::from_ref(&row)).map(|s| s.inserted.len())
+        })?;
         Ok(JobReport::new(format!("wrote {n}")))
     }
 }

@@ -368,7 +368,8 @@ impl Cluster {
         for (tp, o) in offsets {
             let before = self.committed.get(tp).copied().unwrap_or(0);
             if *o < before {
-                self.violations.push(format!("I2: {}/{} commit moved back from {before} to {o}", tp.0, tp.1));
+                self.violations
+                    .push(format!("I2: {}/{} commit moved back from {before} to {o} (member {m})", tp.0, tp.1));
             }
             self.committed.insert(tp.clone(), *o);
         }
@@ -434,11 +435,11 @@ impl Cluster {
         Ok(())
     }
 
-    fn assign(&mut self, m: usize, tps: &[Tp]) {
+    fn assign(&mut self, m: usize, tps: &[(Tp, Option<i64>)]) {
         let c = &mut self.members[m];
-        for tp in tps {
+        for (tp, start) in tps {
             c.owned.insert(tp.clone());
-            c.fetch.insert(tp.clone(), self.committed.get(tp).copied().unwrap_or(0));
+            c.fetch.insert(tp.clone(), start.unwrap_or_else(|| self.committed.get(tp).copied().unwrap_or(0)));
         }
         c.assigning = false;
         self.progress();
@@ -498,7 +499,7 @@ impl Broker for SimBroker {
         Ok(())
     }
 
-    fn assign(&mut self, tps: &[Tp]) -> Result<(), String> {
+    fn assign(&mut self, tps: &[(Tp, Option<i64>)]) -> Result<(), String> {
         self.cluster.borrow_mut().assign(self.member, tps);
         Ok(())
     }

@@ -12,7 +12,11 @@
 //! within a bounded simulated time, and nothing stays paused; (I4) no member
 //! commits a partition outside its assignment; (I5) records held in memory
 //! stay under the pipeline's bound; (I6) no member commits an offset again
-//! while its commit is in flight or after it was confirmed.
+//! while its commit is in flight or after it was confirmed; (I7) every
+//! record's effect is applied exactly once, checked at every application
+//! against a database that holds the applied offsets beside the effects
+//! (each member reads from them when it takes a partition; commits may
+//! succeed with their answer lost).
 
 mod cluster;
 mod regressions;
@@ -85,6 +89,7 @@ pub fn run_seed(seed: u64) -> Result<Outcome, String> {
     w.cluster.borrow_mut().rebalance_in_poll = rng.pick(&[0.0, 0.002, 0.02]);
     w.db.borrow_mut().blip = rng.pick(&[0.0, 0.02]);
     w.db.borrow_mut().outage_unknown = rng.pick(&[0.0, 0.3]);
+    w.db.borrow_mut().answer_lost = rng.pick(&[0.0, 0.02]);
     for _ in 0..steps {
         for _ in 0..rng.below(3) {
             let tp = &tps[rng.below(tps.len() as u64) as usize];

@@ -35,7 +35,7 @@ fn run(w: &mut World, what: &str, max_steps: usize, mut until: impl FnMut(&World
         w.step(m);
         w.check().unwrap_or_else(|e| panic!("while waiting for {what}: {e}"));
     }
-    panic!("{what} did not happen within {max_steps} steps");
+    panic!("{what} did not happen within {max_steps} steps\n{}", w.describe());
 }
 
 fn produce(w: &mut World, tp: &Tp, n: usize) {
@@ -72,6 +72,7 @@ fn sim_regression_a_refused_value_is_dead_lettered_and_the_partition_goes_on() {
 fn sim_regression_records_fetched_before_a_revoke_never_commit_past_a_gap() {
     for cooperative in [false, true] {
         let mut w = world(1, 1, cooperative, 5);
+        run(&mut w, "the assignment", 400, |w| w.cluster.borrow().is_stable());
         produce(&mut w, &tp(0), 5);
         w.db.borrow_mut().up = false;
         run(&mut w, "a batch in hand", 200, |w| in_hand(w, 0));
@@ -104,6 +105,7 @@ fn sim_regression_records_fetched_before_a_revoke_never_commit_past_a_gap() {
 #[test]
 fn sim_regression_a_revoke_finishes_the_batch_in_hand_within_its_budget() {
     let mut w = world(1, 1, false, 5);
+    run(&mut w, "the assignment", 400, |w| w.cluster.borrow().is_stable());
     produce(&mut w, &tp(0), 5);
     w.db.borrow_mut().down_until = Some(w.now() + Duration::from_secs(3));
     run(&mut w, "a batch in hand", 200, |w| in_hand(w, 0));
@@ -121,6 +123,7 @@ fn sim_regression_a_revoke_finishes_the_batch_in_hand_within_its_budget() {
 fn sim_regression_nothing_stays_paused_and_memory_stays_bounded_through_rebalances() {
     for cooperative in [false, true] {
         let mut w = world(2, 4, cooperative, 5);
+        run(&mut w, "the assignment", 400, |w| w.cluster.borrow().is_stable());
         w.db.borrow_mut().up = false;
         for p in 0..4 {
             produce(&mut w, &tp(p), 30);

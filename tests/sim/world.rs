@@ -91,6 +91,13 @@ pub struct Db {
     pub calls: Vec<(Instant, usize)>,
     /// Calls of `handle` with one record, by record.
     pub alone: BTreeMap<Pos, u32>,
+    /// Per partition: the next offset applied (with the records' effects, atomically).
+    pub offsets: BTreeMap<Tp, i64>,
+    /// How often each stored record's effect was applied (I7: once).
+    pub applied: BTreeMap<Pos, u32>,
+    /// Chance that a call's commit succeeds but its answer is lost (the
+    /// connection drops): the caller sees a transient failure.
+    pub answer_lost: f64,
 }
 
 impl Db {
@@ -100,6 +107,34 @@ impl Db {
 
     fn fail(kind: FailureKind, message: &str) -> Result<(), Failure> {
         Err(Failure { kind, message: message.into() })
+    }
+
+    fn positions(&mut self, tps: &[Tp]) -> Result<Vec<Option<i64>>, Failure> {
+        if !self.is_up() || self.rng.chance(self.blip) {
+            return Self::fail(FailureKind::Transient, "sim: connection refused").map(|_| vec![]);
+        }
+        Ok(tps.iter().map(|tp| self.offsets.get(tp).copied()).collect())
+    }
+
+    /// Applies the records' offsets (in the same "transaction" as their effects).
+    fn advance(&mut self, records: &[Record]) {
+        for r in records {
+            let next = self.offsets.entry((r.topic.clone(), r.partition)).or_insert(r.offset + 1);
+            *next = (*next).max(r.offset + 1);
+        }
+    }
+
+    /// Whether a record was applied already (by a commit whose answer was lost).
+    fn applied_before(&self, r: &Record) -> bool {
+        self.offsets.get(&(r.topic.clone(), r.partition)).is_some_and(|&s| r.offset < s)
+    }
+
+    /// The commit went through; its answer may not reach the caller.
+    fn answer(&mut self) -> Result<(), Failure> {
+        if self.rng.chance(self.answer_lost) {
+            return Self::fail(FailureKind::Transient, "sim: connection lost during commit");
+        }
+        Ok(())
     }
 
     fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {
@@ -116,6 +151,7 @@ impl Db {
         if self.rng.chance(self.blip) {
             return Self::fail(FailureKind::Transient, "sim: connection refused");
         }
+        let batch: Vec<Record> = batch.iter().filter(|r| !self.applied_before(r)).cloned().collect();
         for (nature, kind) in [
             (Nature::Panic, FailureKind::Panic),
             (Nature::Refused, FailureKind::Permanent),
@@ -134,34 +170,60 @@ impl Db {
                 return Self::fail(kind, &format!("sim: {nature:?} at {}", r.position()));
             }
         }
-        for r in batch {
+        for r in &batch {
             if Nature::of(r) == Nature::Reject {
-                self.dead_letter(r, "sim: bad payload")?;
+                self.store_dead_letter(r, "sim: bad payload");
             } else {
                 if self.dead.contains_key(&pos(r)) {
                     self.violations.push(format!("{} stored after it was dead-lettered", r.position()));
                 }
                 self.stored.insert(pos(r));
+                // The effect: applied again on every delivery, as a counter would be.
+                let times = self.applied.entry(pos(r)).or_default();
+                *times += 1;
+                if *times > 1 {
+                    self.violations.push(format!("I7: {} applied {times} times", r.position()));
+                }
             }
         }
-        Ok(())
+        self.advance(&batch);
+        self.answer()
     }
 
     fn dead_letter(&mut self, r: &Record, reason: &str) -> Result<(), Failure> {
         if !self.is_up() {
             return Self::fail(FailureKind::Transient, "sim: connection refused");
         }
+        if self.applied_before(r) {
+            return Ok(());
+        }
+        self.store_dead_letter(r, reason);
+        self.advance(std::slice::from_ref(r));
+        self.answer()
+    }
+
+    fn store_dead_letter(&mut self, r: &Record, reason: &str) {
         if self.stored.contains(&pos(r)) {
             self.violations.push(format!("{} dead-lettered after it was stored", r.position()));
         }
-        self.dead.entry(pos(r)).or_insert_with(|| reason.to_string());
-        Ok(())
+        if self.dead.insert(pos(r), reason.to_string()).is_some() {
+            self.violations.push(format!("I7: {} dead-lettered twice", r.position()));
+        }
     }
 }
 
 pub struct SimSink(pub Rc<RefCell<Db>>);
 
 impl Sink for SimSink {
+    fn positions(&mut self, tps: &[Tp]) -> Result<Vec<Option<i64>>, Failure> {
+        self.0.borrow_mut().positions(tps)
+    }
+
+    fn rewind(&mut self, tp: &Tp, to: i64) {
+        // The simulated cluster never resets a partition below its committed offset.
+        self.0.borrow_mut().violations.push(format!("{}/{} rewound to {to}", tp.0, tp.1));
+    }
+
     fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {
         self.0.borrow_mut().handle(batch)
     }
@@ -234,6 +296,9 @@ impl World {
             outage_unknown: 0.0,
             calls: Vec::new(),
             alone: BTreeMap::new(),
+            offsets: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            answer_lost: 0.0,
         }));
         let members = (0..config.members)
             .map(|m| Member {
@@ -444,6 +509,10 @@ impl World {
             if !ok {
                 return Err(format!("{}/{}@{} ({nature:?}): stored={stored} dead={dead}", p.0 .0, p.0 .1, p.1));
             }
+            let applied = db.applied.get(p).copied().unwrap_or(0);
+            if nature.is_stored() && applied != 1 {
+                return Err(format!("I7: {}/{}@{} applied {applied} times", p.0 .0, p.0 .1, p.1));
+            }
         }
         Ok(())
     }
@@ -475,6 +544,7 @@ impl World {
             db.up = true;
             db.down_until = None;
             db.blip = 0.0;
+            db.answer_lost = 0.0;
         }
         let start = self.now();
         let mut rng = Rng::new(self.config.seed ^ 0x5e771e);

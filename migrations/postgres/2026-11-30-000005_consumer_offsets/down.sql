@@ -1,0 +1,2 @@
+DROP TABLE price_stats;
+DROP TABLE consumer_offsets;

@@ -1,0 +1,106 @@
+//! `consumer_offsets`: per consumer group and partition, the next offset to
+//! read and the fingerprint of the record before it, written in the same
+//! transaction as the handlers' writes. It is the truth on assignment;
+//! Kafka's committed offsets follow it for lag tools.
+//!
+//! [`advance`] is what makes a batch apply once: records below the stored
+//! offset were applied already (by a commit whose answer was lost, by a
+//! copy that lost the partition without knowing yet), so they are skipped.
+//! Writers of one partition serialize on its row, so whoever comes second
+//! sees what the first applied.
+
+use diesel::prelude::*;
+
+use super::schema::consumer_offsets::{self, dsl as co};
+use super::{now, DbConnection, DbError};
+use crate::broker::Tp;
+use crate::on_backend;
+
+/// Where the database says to read each of `tps` from (`None`: it applied
+/// nothing of that partition).
+pub fn positions(conn: &mut DbConnection, group: &str, tps: &[Tp]) -> Result<Vec<Option<i64>>, DbError> {
+    let stored = list(conn, group)?;
+    Ok(tps.iter().map(|tp| stored.iter().find(|(t, _)| t == tp).map(|(_, o)| *o)).collect())
+}
+
+/// A batch's records of one partition, as [`advance`] needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub first: i64,
+    /// One past the last record.
+    pub next: i64,
+    /// The last record's fingerprint.
+    pub last_fingerprint: i64,
+}
+
+/// What [`advance`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advance {
+    /// The offset moved to the span's end: apply every record.
+    Moved,
+    /// Records below this offset were applied already: skip them.
+    AppliedBelow(i64),
+}
+
+/// Moves a partition's offset to the end of `span`, inside the caller's
+/// transaction. `fingerprint_at` gives the fingerprint of a record of the
+/// span by offset: when the stored offset is inside the span and the record
+/// before it differs from the one applied there, the log changed under the
+/// offset (the topic was recreated), and nothing is skipped.
+pub fn advance(
+    conn: &mut DbConnection,
+    group: &str,
+    tp: &Tp,
+    span: Span,
+    fingerprint_at: impl Fn(i64) -> Option<i64>,
+) -> Result<Advance, DbError> {
+    let row = co::consumer_offsets.find((group, &tp.0, tp.1));
+    let t = now();
+    let set = (co::next_offset.eq(span.next), co::last_fingerprint.eq(span.last_fingerprint), co::updated_at.eq(t));
+    // The usual case in one statement: nothing of these records applied.
+    if on_backend!(conn, |c| diesel::update(row.filter(co::next_offset.le(span.first))).set(set).execute(c))? == 1 {
+        return Ok(Advance::Moved);
+    }
+    let stored: Option<(i64, i64)> =
+        on_backend!(conn, |c| row.select((co::next_offset, co::last_fingerprint)).first(c).optional())?;
+    let Some((stored, fingerprint)) = stored else {
+        let values = (co::group_id.eq(group), co::topic.eq(&tp.0), co::partition.eq(tp.1), set);
+        on_backend!(conn, |c| diesel::insert_into(consumer_offsets::table).values(values).execute(c))?;
+        return Ok(Advance::Moved);
+    };
+    if fingerprint_at(stored - 1).is_some_and(|f| f != fingerprint) {
+        log::warn!(
+            "offset reset topic={} partition={}: the record at {} is not the one applied there (the topic was \
+             deleted and recreated?); applying from {}",
+            tp.0,
+            tp.1,
+            stored - 1,
+            span.first
+        );
+        crate::metrics::get().offset_resets.with_label_values(&[&tp.0]).inc();
+        on_backend!(conn, |c| diesel::update(row).set(set).execute(c))?;
+        return Ok(Advance::Moved);
+    }
+    if stored < span.next {
+        on_backend!(conn, |c| diesel::update(row).set(set).execute(c))?;
+    }
+    Ok(Advance::AppliedBelow(stored))
+}
+
+/// Sets a partition's offset back to `to` (its log restarted below the
+/// stored offset), inside the caller's transaction.
+pub fn rewind(conn: &mut DbConnection, group: &str, tp: &Tp, to: i64) -> Result<(), DbError> {
+    let row = co::consumer_offsets.find((group, &tp.0, tp.1));
+    on_backend!(conn, |c| diesel::update(row).set((co::next_offset.eq(to), co::updated_at.eq(now()))).execute(c))?;
+    Ok(())
+}
+
+/// The stored next offsets of `group`, by partition.
+pub fn list(conn: &mut DbConnection, group: &str) -> Result<Vec<(Tp, i64)>, DbError> {
+    let rows: Vec<(String, i32, i64)> = on_backend!(conn, |c| co::consumer_offsets
+        .filter(co::group_id.eq(group))
+        .select((co::topic, co::partition, co::next_offset))
+        .order((co::topic, co::partition))
+        .load(c))?;
+    Ok(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
+}

@@ -1,0 +1,251 @@
+//! The pipeline's sink in production. Each call is one database
+//! transaction: the consumer modules' writes (through the router), the
+//! batch's dead letters, and the next offset of each of its partitions in
+//! `consumer_offsets`. A batch is therefore applied exactly once: a crash
+//! or a failure rolls back its writes and its offsets together, and the
+//! next owner of a partition reads from the offsets the database holds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::broker::Tp;
+use crate::db::consumer_offsets::{self, Advance, Span};
+use crate::db::dead_letters::{self, NewDeadLetter};
+use crate::db::{checkout, DbConnection, DbError, Pool};
+use crate::handler::{db_failure_kind, HandlerContext, Wakers};
+use crate::metrics;
+use crate::record::Record;
+use crate::router::{DispatchError, Router};
+use crate::shutdown::StopRequest;
+use crate::sink::{Failure, FailureKind, Sink};
+
+pub struct Handlers {
+    router: Router,
+    pool: Pool,
+    group: String,
+    max_record_bytes: usize,
+    /// `DATABASE_CONSUMER_SYNC_COMMIT`.
+    sync_commit: bool,
+    wakers: Wakers,
+    /// Database waits end by a stop's drain deadline.
+    stop: Arc<StopRequest>,
+    /// Partitions whose offset the database holds durably: until then a
+    /// partition's batches wait for the WAL flush, so that a lost batch
+    /// never leaves only Kafka's (later) committed offset to read from.
+    durable: BTreeSet<Tp>,
+    /// Partitions whose log restarted below the stored offset, and where.
+    rewinds: BTreeMap<Tp, i64>,
+}
+
+impl From<diesel::result::Error> for Failure {
+    fn from(e: diesel::result::Error) -> Self {
+        failure("database", DbError::Query(e))
+    }
+}
+
+fn failure(what: &str, e: DbError) -> Failure {
+    Failure { kind: db_failure_kind(&e), message: format!("{what}: {e}") }
+}
+
+/// The records of each partition: offsets in order (the pipeline hands them so).
+fn spans(records: &[Record]) -> BTreeMap<Tp, Span> {
+    let mut spans: BTreeMap<Tp, Span> = BTreeMap::new();
+    for r in records {
+        let at = Span { first: r.offset, next: r.offset + 1, last_fingerprint: r.fingerprint() };
+        spans
+            .entry((r.topic.clone(), r.partition))
+            .and_modify(|s| *s = Span { first: s.first.min(r.offset), ..at })
+            .or_insert(at);
+    }
+    spans
+}
+
+impl Handlers {
+    pub fn new(
+        router: Router,
+        pool: Pool,
+        settings: &crate::config::Settings,
+        wakers: Wakers,
+        stop: Arc<StopRequest>,
+    ) -> Self {
+        Handlers {
+            router,
+            pool,
+            group: settings.kafka.group_id.clone(),
+            max_record_bytes: settings.consumer.max_record_bytes,
+            sync_commit: settings.database_consumer_sync_commit,
+            wakers,
+            stop,
+            durable: BTreeSet::new(),
+            rewinds: BTreeMap::new(),
+        }
+    }
+
+    /// Runs `apply` on the records and moves their partitions' offsets, in
+    /// one transaction. The offsets are written first: records applied
+    /// already (a lost commit answer, a copy that lost the partition without
+    /// knowing yet) are not applied again; `apply` gets the rest.
+    fn in_transaction<T>(
+        &mut self,
+        records: &[Record],
+        apply: impl FnOnce(&mut Router, &mut DbConnection, &[Record]) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        let spans = spans(records);
+        let mut conn = checkout(&self.pool, self.stop.drain_by()).map_err(|e| failure("database", e))?;
+        let durable = self.sync_commit || spans.keys().any(|tp| !self.durable.contains(tp));
+        let (group, rewinds, router) = (&self.group, &self.rewinds, &mut self.router);
+        let out = crate::db::transaction(&mut conn, |c| {
+            if let (false, DbConnection::Postgresql(pg)) = (durable, &mut *c) {
+                diesel::connection::SimpleConnection::batch_execute(pg, "SET LOCAL synchronous_commit = off")?;
+            }
+            let mut applied_below = BTreeMap::new();
+            for (tp, span) in &spans {
+                if let Some(&to) = rewinds.get(tp) {
+                    consumer_offsets::rewind(c, group, tp, to).map_err(|e| failure("offsets", e))?;
+                }
+                let fingerprint_at = |o: i64| {
+                    let same = |r: &&Record| r.offset == o && r.partition == tp.1 && r.topic == tp.0;
+                    records.iter().find(same).map(Record::fingerprint)
+                };
+                let advanced = consumer_offsets::advance(c, group, tp, *span, fingerprint_at);
+                if let Advance::AppliedBelow(stored) = advanced.map_err(|e| failure("offsets", e))? {
+                    applied_below.insert(tp, stored);
+                }
+            }
+            if applied_below.is_empty() {
+                return apply(router, c, records);
+            }
+            let todo: Vec<Record> = records
+                .iter()
+                .filter(|r| applied_below.get(&(r.topic.clone(), r.partition)).is_none_or(|&s| r.offset >= s))
+                .cloned()
+                .collect();
+            log::info!(
+                "skipping {} records applied by a commit whose answer was lost first={}",
+                records.len() - todo.len(),
+                records[0].position()
+            );
+            apply(router, c, &todo)
+        })?;
+        for tp in spans.keys() {
+            self.rewinds.remove(tp);
+            self.durable.insert(tp.clone());
+        }
+        Ok(out)
+    }
+
+    fn stored_dead_letters(&self, rows: &[NewDeadLetter], reused: &[usize]) {
+        let m = metrics::get();
+        for d in reused.iter().map(|&i| &rows[i]) {
+            log::warn!(
+                "reused position topic={} partition={} offset={}: dead-lettered beside another record's dead letter",
+                d.topic,
+                d.partition,
+                d.offset
+            );
+            m.reused_positions.with_label_values(&[&d.topic]).inc();
+        }
+        for d in rows {
+            m.dead_letters.with_label_values(&[&d.topic]).inc();
+        }
+    }
+}
+
+impl Sink for Handlers {
+    fn positions(&mut self, tps: &[Tp]) -> Result<Vec<Option<i64>>, Failure> {
+        let mut conn = checkout(&self.pool, self.stop.drain_by()).map_err(|e| failure("database", e))?;
+        let starts = consumer_offsets::positions(&mut conn, &self.group, tps).map_err(|e| failure("offsets", e))?;
+        for (tp, start) in tps.iter().zip(&starts) {
+            if start.is_some() {
+                self.durable.insert(tp.clone());
+            }
+        }
+        Ok(starts)
+    }
+
+    fn rewind(&mut self, tp: &Tp, to: i64) {
+        self.rewinds.insert(tp.clone(), to);
+    }
+
+    fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {
+        let m = metrics::get();
+        let max_record_bytes = self.max_record_bytes;
+        let (dispatched, rejected, reused, wake) = self.in_transaction(batch, |router, c, batch| {
+            let mut ctx = HandlerContext::new(c, max_record_bytes);
+            let dispatched = match router.dispatch(batch, &mut ctx) {
+                Ok(d) => d,
+                Err(DispatchError::Failed { topic, source }) => {
+                    m.handler_errors.with_label_values(&[&topic]).inc();
+                    return Err(Failure { kind: source.kind(), message: format!("topic={topic}: {source}") });
+                }
+                Err(DispatchError::Panicked { topic, message, .. }) => {
+                    m.handler_panics.with_label_values(&[&topic]).inc();
+                    return Err(Failure { kind: FailureKind::Panic, message });
+                }
+            };
+            let (rejected, wake) = ctx.into_parts();
+            let stored = dead_letters::insert_all(c, &rejected).map_err(|e| failure("storing dead letters", e))?;
+            Ok((dispatched, rejected, stored.reused, wake))
+        })?;
+        self.stored_dead_letters(&rejected, &reused);
+        for (topic, n) in &dispatched.handled {
+            m.records_consumed.with_label_values(&[topic]).inc_by(*n as u64);
+        }
+        if dispatched.unrouted > 0 {
+            for r in batch.iter().filter(|r| !dispatched.handled.contains_key(&r.topic)) {
+                m.unrouted_records.with_label_values(&[&r.topic]).inc();
+            }
+        }
+        for job in wake {
+            self.wakers.wake(job);
+        }
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, record: &Record, reason: &str) -> Result<(), Failure> {
+        log::warn!("dead-lettering position={} reason={reason}", record.position());
+        let rows = [NewDeadLetter::of(record, reason)];
+        let stored = self.in_transaction(std::slice::from_ref(record), |_, c, todo| {
+            // Empty: its dead letter was stored by a commit whose answer was lost.
+            (!todo.is_empty())
+                .then(|| dead_letters::insert_all(c, &rows).map_err(|e| failure("storing a dead letter", e)))
+                .transpose()
+        })?;
+        if let Some(stored) = stored {
+            self.stored_dead_letters(&rows, &stored.reused);
+        }
+        Ok(())
+    }
+
+    fn healthy(&mut self) -> bool {
+        checkout(&self.pool, self.stop.drain_by()).and_then(|mut c| crate::db::ping(&mut c)).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_run_from_the_first_record_to_one_past_the_last_of_each_partition() {
+        let rec = |t: &str, p, o| Record {
+            topic: t.into(),
+            partition: p,
+            offset: o,
+            key: None,
+            payload: None,
+            timestamp: None,
+        };
+        let batch = [rec("a", 0, 7), rec("a", 1, 3), rec("a", 0, 9), rec("b", 0, 0)];
+        let span = |first, next, r: &Record| Span { first, next, last_fingerprint: r.fingerprint() };
+        let spans: Vec<(Tp, Span)> = spans(&batch).into_iter().collect();
+        assert_eq!(
+            spans,
+            vec![
+                (("a".into(), 0), span(7, 10, &batch[2])),
+                (("a".into(), 1), span(3, 4, &batch[1])),
+                (("b".into(), 0), span(0, 1, &batch[3]))
+            ]
+        );
+    }
+}

@@ -1,0 +1,116 @@
+//! Assignment changes: taking partitions (where the database says to read
+//! them from), and letting them go after a revoke or a loss.
+
+use super::{Pipeline, When, REVOKE_BUDGET};
+use crate::broker::{Broker, Tp};
+use crate::clock::Clock;
+use crate::metrics;
+use crate::record::Record;
+use crate::sink::{Panicked, Sink};
+
+impl<C: Clock + Clone> Pipeline<C> {
+    /// Finishes what is in memory (within [`REVOKE_BUDGET`]) and commits it
+    /// while the partitions are still ours, then lets them go.
+    pub(super) fn revoke<B: Broker, S: Sink>(
+        &mut self,
+        broker: &mut B,
+        sink: &mut S,
+        tps: &[Tp],
+    ) -> Result<(), Panicked> {
+        log::info!("partitions revoked: {tps:?}");
+        let drained = self.drain(sink, self.clock.now() + REVOKE_BUDGET);
+        // What was handled, even before a panic, is committed.
+        self.commit(broker, When::Sync);
+        self.release(broker, tps);
+        drained.map(|_| ())
+    }
+
+    /// Takes new partitions, each read from where the database says. With
+    /// the database away, from Kafka's committed offset: never ahead of the
+    /// database's, and what the database applied already is skipped.
+    pub(super) fn assign<B: Broker, S: Sink>(&mut self, broker: &mut B, sink: &mut S, tps: &[Tp]) {
+        let positions = sink.positions(tps).unwrap_or_else(|f| {
+            log::warn!("cannot read the stored offsets, reading from the committed ones: {}", f.message);
+            vec![None; tps.len()]
+        });
+        let starts: Vec<(Tp, Option<i64>)> = tps.iter().cloned().zip(positions).collect();
+        log::info!("partitions assigned, reading from (None: the committed offset): {starts:?}");
+        for (tp, start) in &starts {
+            self.offsets.assign(tp);
+            self.paused.remove(tp);
+            if let Some(start) = start {
+                self.starts.insert(tp.clone(), *start);
+                // Kafka's committed offset follows the database's: lag tools
+                // see a partition applied before this assignment as caught up.
+                self.offsets.handled(tp, *start);
+            }
+        }
+        if let Err(e) = broker.assign(&starts) {
+            log::error!("cannot take assigned partitions {tps:?}: {e}");
+        }
+        // The client keeps a pause across unassign and assign: start every new partition fetching,
+        // unless too much is in memory already.
+        if let Err(e) = broker.resume(tps) {
+            log::warn!("cannot resume assigned partitions: {e}");
+        }
+        self.reconcile_pauses(broker);
+        self.assigned_changed();
+    }
+
+    /// Lets partitions go: their records in memory and pending offsets are
+    /// dropped (the next owner reads them from the committed offset), and
+    /// what was paused is resumed.
+    pub(super) fn release<B: Broker>(&mut self, broker: &mut B, tps: &[Tp]) {
+        let leaving = |t: &str, p: i32| tps.iter().any(|(rt, rp)| rt == t && *rp == p);
+        self.starts.retain(|(t, p), _| !leaving(t, *p));
+        let before = self.buffered();
+        self.batcher.discard(leaving);
+        if let Some(held) = &mut self.in_hand {
+            held.records.retain(|r| !leaving(&r.topic, r.partition));
+            if held.records.is_empty() {
+                self.in_hand = None;
+                self.heartbeat.set_retrying(None);
+            }
+        }
+        for tp in tps {
+            self.offsets.remove(tp);
+        }
+        let resume: Vec<Tp> = tps.iter().filter(|tp| self.paused.remove(*tp)).cloned().collect();
+        if let Err(e) = broker.resume(&resume) {
+            log::warn!("cannot resume leaving partitions: {e}");
+        }
+        if let Err(e) = broker.unassign(tps) {
+            log::error!("cannot release partitions {tps:?}: {e}");
+        }
+        log::info!(
+            "released partitions {tps:?}: {} records in memory left to their next owner",
+            before - self.buffered()
+        );
+        self.assigned_changed();
+    }
+
+    /// The first record of a partition read from the database's offset: one
+    /// below it means the broker reset the partition (its log no longer
+    /// reaches that far: the topic was recreated or truncated).
+    pub(super) fn check_start<S: Sink>(&mut self, sink: &mut S, r: &Record) {
+        let tp = (r.topic.clone(), r.partition);
+        let Some(start) = self.starts.remove(&tp) else { return };
+        if r.offset < start {
+            log::warn!(
+                "offset reset topic={} partition={}: read from {} after the stored offset {start} (the topic was \
+                 deleted and recreated?); applying from there",
+                r.topic,
+                r.partition,
+                r.offset
+            );
+            metrics::get().offset_resets.with_label_values(&[&r.topic]).inc();
+            sink.rewind(&tp, r.offset);
+        }
+    }
+
+    fn assigned_changed(&self) {
+        let n = self.offsets.len() as i64;
+        self.heartbeat.set_assigned(n);
+        metrics::get().assigned_partitions.set(n);
+    }
+}

@@ -1,0 +1,54 @@
+//! `consumer_offsets`, the rule that applies each batch once: records below
+//! the stored offset are skipped (a commit whose answer was lost, a copy that
+//! lost its partition), unless the record before the stored offset is not
+//! the one applied there (the topic was recreated).
+
+use cronsumer::db::consumer_offsets::{advance, positions, rewind, Advance, Span};
+use cronsumer::db::Backend;
+
+use crate::both_backends;
+use crate::common::*;
+
+fn span(first: i64, next: i64) -> Span {
+    Span { first, next, last_fingerprint: fingerprint(next - 1) }
+}
+
+/// The fingerprint of the record at `offset` in the log the test plays.
+fn fingerprint(offset: i64) -> i64 {
+    offset * 10
+}
+
+fn a_batch_applies_once(backend: Backend) {
+    let tdb = TestDb::new(backend);
+    let pool = tdb.pool();
+    let mut conn = pool.get().unwrap();
+    let tp = ("t".to_string(), 0);
+    let other = ("t".to_string(), 1);
+    let same_log = |o: i64| Some(fingerprint(o));
+    let mut at = |s: Span| advance(&mut conn, "g", &tp, s, same_log).unwrap();
+
+    assert_eq!(at(span(0, 5)), Advance::Moved, "the first batch");
+    assert_eq!(at(span(5, 8)), Advance::Moved, "the next one");
+    assert_eq!(at(span(5, 8)), Advance::AppliedBelow(8), "the same batch again");
+    assert_eq!(at(span(6, 10)), Advance::AppliedBelow(8), "a batch overlapping what was applied");
+    assert_eq!(at(span(12, 14)), Advance::Moved, "a gap (compacted records) is no overlap");
+    assert_eq!(positions(&mut conn, "g", &[tp.clone(), other.clone()]).unwrap(), vec![Some(14), None]);
+    assert_eq!(positions(&mut conn, "another-group", &[tp.clone()]).unwrap(), vec![None]);
+
+    // The topic was recreated: offset 13 now holds another record.
+    let new_log = |o: i64| Some(fingerprint(o) + 1);
+    let recreated = Span { first: 0, next: 20, last_fingerprint: 191 };
+    assert_eq!(advance(&mut conn, "g", &tp, recreated, new_log).unwrap(), Advance::Moved);
+    assert_eq!(positions(&mut conn, "g", &[tp.clone()]).unwrap(), vec![Some(20)]);
+    // A batch that does not reach the stored offset cannot tell: it is taken as applied.
+    assert_eq!(
+        advance(&mut conn, "g", &tp, Span { first: 2, next: 4, last_fingerprint: 31 }, new_log).unwrap(),
+        Advance::AppliedBelow(20)
+    );
+
+    // The broker reset the partition below the stored offset.
+    rewind(&mut conn, "g", &tp, 3).unwrap();
+    assert_eq!(advance(&mut conn, "g", &tp, span(3, 6), same_log).unwrap(), Advance::Moved);
+    assert_eq!(positions(&mut conn, "g", &[tp]).unwrap(), vec![Some(6)]);
+}
+both_backends!(a_batch_applies_once);
