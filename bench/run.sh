@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Runs the benchmarks: starts the broker and PostgreSQL (scripts/services.sh),
-# builds in release mode, and prints the figures. Knobs: BENCH_RUNS (3),
-# BENCH_RECORDS (200000), BENCH_LATENCY_SECS (60), BENCH_ONLY (noop,db,delivery,latency),
+# creates a venv with the Python peer's client (target/bench-venv), builds in
+# release mode, and prints the figures. Knobs: BENCH_RUNS (3), BENCH_RECORDS
+# (200000), BENCH_LATENCY_SECS (60), BENCH_ONLY (noop,db,peer,delivery,latency),
 # BENCH_REF_PROPS (librdkafka properties for the reference consumer, k=v,k=v).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 eval "$(scripts/services.sh up)"
+venv=target/bench-venv
+if ! "$venv/bin/python" -c "import confluent_kafka" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet "confluent-kafka==2.16.1"
+fi
+export BENCH_PYTHON="$venv/bin/python"
 cargo bench --locked --bench pipeline "$@"

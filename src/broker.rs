@@ -36,6 +36,10 @@ pub enum Event {
     /// Partitions already taken from this member (session lost): nothing
     /// of them may be committed any more; completed by [`Broker::unassign`].
     Lost(Vec<Tp>),
+    /// Partitions whose topic was deleted and recreated: their log is new,
+    /// and they are read again from its beginning. What is in memory of
+    /// them, and their stored offsets, belong to the old log.
+    Reset(Vec<Tp>),
     /// The answer to an asynchronous (or, with some clients, any) commit.
     Committed {
         offsets: Vec<(Tp, i64)>,

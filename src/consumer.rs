@@ -31,6 +31,7 @@ use crate::record::Record;
 use crate::router::Router;
 use crate::shutdown::StopRequest;
 use crate::sink::Panicked;
+use crate::topic_ids::TopicIds;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
@@ -134,6 +135,8 @@ pub struct RdBroker {
     /// the rest of the assignment is paused until the answer (one batch:
     /// this keeps the pipeline's memory bound).
     wait_queue_cap: usize,
+    topics: Vec<String>,
+    ids: TopicIds,
 }
 
 impl RdBroker {
@@ -149,7 +152,31 @@ impl RdBroker {
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(|source| ConsumerError::Subscribe { topics: topics.to_vec(), source })?;
         log::info!("consumer subscribed group={} topics={}", settings.kafka.group_id, topics.join(","));
-        Ok(RdBroker { consumer, stop, paused: BTreeSet::new(), wait_queue_cap: settings.consumer.batch_size.max(1) })
+        Ok(RdBroker {
+            consumer,
+            stop,
+            paused: BTreeSet::new(),
+            wait_queue_cap: settings.consumer.batch_size.max(1),
+            topics: topics.to_vec(),
+            ids: TopicIds::default(),
+        })
+    }
+
+    /// The assigned partitions of topics recreated since the last check,
+    /// already set to read from their new beginning.
+    fn recreated(&mut self) -> Option<Event> {
+        let changed = self.ids.changed(self.consumer.client().native_ptr(), &self.topics);
+        if changed.is_empty() {
+            return None;
+        }
+        let assigned = self.consumer.assignment().map(|a| tps_of(&a)).unwrap_or_default();
+        let tps: Vec<Tp> = assigned.into_iter().filter(|(t, _)| changed.contains(t)).collect();
+        for (t, p) in &tps {
+            if let Err(e) = self.consumer.seek(t, *p, Offset::Beginning, Duration::from_secs(1)) {
+                log::error!("cannot read recreated topic={t} partition={p} from its beginning: {e}");
+            }
+        }
+        (!tps.is_empty()).then_some(Event::Reset(tps))
     }
 
     fn poll_client(&self, timeout: Duration) -> Option<Event> {
@@ -221,6 +248,9 @@ impl RdBroker {
 
 impl Broker for RdBroker {
     fn poll(&mut self, timeout: Duration) -> Option<Event> {
+        if let Some(e) = self.recreated() {
+            return Some(e);
+        }
         if let Some(e) = self.consumer.context().queue().pop_front() {
             return Some(e);
         }

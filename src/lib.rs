@@ -44,6 +44,7 @@ pub mod scheduler;
 pub mod shutdown;
 pub mod sink;
 pub mod supervisor;
+pub mod topic_ids;
 
 #[path = "../consumers/mod.rs"]
 pub mod consumers;

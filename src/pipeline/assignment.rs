@@ -64,14 +64,7 @@ impl<C: Clock + Clone> Pipeline<C> {
         let leaving = |t: &str, p: i32| tps.iter().any(|(rt, rp)| rt == t && *rp == p);
         self.starts.retain(|(t, p), _| !leaving(t, *p));
         let before = self.buffered();
-        self.batcher.discard(leaving);
-        if let Some(held) = &mut self.in_hand {
-            held.records.retain(|r| !leaving(&r.topic, r.partition));
-            if held.records.is_empty() {
-                self.in_hand = None;
-                self.heartbeat.set_retrying(None);
-            }
-        }
+        self.drop_held(leaving);
         for tp in tps {
             self.offsets.remove(tp);
         }
@@ -87,6 +80,26 @@ impl<C: Clock + Clone> Pipeline<C> {
             before - self.buffered()
         );
         self.assigned_changed();
+    }
+
+    /// Partitions whose log was replaced (topic recreated): what is in memory
+    /// of them is dropped, their commit bookkeeping starts afresh, and the
+    /// database applies their records again from the new log's beginning.
+    pub(super) fn reset<S: Sink>(&mut self, sink: &mut S, tps: &[Tp]) {
+        let leaving = |t: &str, p: i32| tps.iter().any(|(rt, rp)| rt == t && *rp == p);
+        self.drop_held(leaving);
+        for tp in tps {
+            log::warn!(
+                "offset reset topic={} partition={}: the topic was recreated; reading it from its beginning",
+                tp.0,
+                tp.1
+            );
+            metrics::get().offset_resets.with_label_values(&[&tp.0]).inc();
+            self.starts.remove(tp);
+            self.offsets.remove(tp);
+            self.offsets.assign(tp);
+            sink.rewind(tp, 0);
+        }
     }
 
     /// The first record of a partition read from the database's offset: one
@@ -105,6 +118,18 @@ impl<C: Clock + Clone> Pipeline<C> {
             );
             metrics::get().offset_resets.with_label_values(&[&r.topic]).inc();
             sink.rewind(&tp, r.offset);
+        }
+    }
+
+    /// Drops the records in memory of the partitions `leaving` names.
+    fn drop_held(&mut self, leaving: impl Fn(&str, i32) -> bool) {
+        self.batcher.discard(&leaving);
+        if let Some(held) = &mut self.in_hand {
+            held.records.retain(|r| !leaving(&r.topic, r.partition));
+            if held.records.is_empty() {
+                self.in_hand = None;
+                self.heartbeat.set_retrying(None);
+            }
         }
     }
 

@@ -188,6 +188,7 @@ impl<C: Clock + Clone> Pipeline<C> {
                     log::warn!("partitions lost (session expired): {tps:?}; their records go to the next owner");
                     self.release(broker, &tps);
                 }
+                Event::Reset(tps) => self.reset(sink, &tps),
                 Event::Committed { offsets, result } => self.answered(&offsets, result),
             }
         }

@@ -38,6 +38,7 @@ mod group;
 mod monitor;
 #[path = "../it/sink.rs"]
 mod sink;
+mod topics;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -278,13 +279,16 @@ impl Fixture {
         vec![(s.topic("notifications"), "notifications"), (s.topic("price-events"), "price_events")]
     }
 
-    /// Asserts that the commit monitor saw no violation so far, and starts a
-    /// fresh one: a recreated topic's commits start again from 0.
-    fn restart_monitor(&self) {
-        let mut slot = lock(&self.monitor);
-        let found = slot.take().expect("the monitor runs").finish();
+    /// Stops the commit monitor, asserting that it saw no violation so far
+    /// (a recreated topic's commits start again from 0: see [`Self::watch_again`]).
+    fn stop_watching(&self) {
+        let found = lock(&self.monitor).take().expect("the monitor runs").finish();
         assert!(found.violations.is_empty(), "the commit monitor saw: {:#?}", found.violations);
-        *slot = Some(Monitor::start(&self.s, &self.tdb.url, Self::watched(&self.s), PARTITIONS));
+    }
+
+    /// Starts a fresh commit monitor after [`Self::stop_watching`].
+    fn watch_again(&self) {
+        *lock(&self.monitor) = Some(Monitor::start(&self.s, &self.tdb.url, Self::watched(&self.s), PARTITIONS));
     }
 
     /// Stops the commit monitor, prints the scenario's `SCENARIO` line and
