@@ -8,6 +8,7 @@
 #   scripts/services.sh status   say what answers
 #   scripts/services.sh env      print the variables the tests read
 #   scripts/services.sh broker-stop | broker-start | broker-kill   (fault tests)
+#   scripts/services.sh pg-crash     PostgreSQL's immediate shutdown, then a start (fault tests)
 #
 # Ports stay off the usual 9092 so a developer's own Kafka is left alone.
 set -euo pipefail
@@ -110,6 +111,16 @@ pg_start() {
   log "PostgreSQL answers on $PG_HOST:$PG_PORT"
 }
 
+# Crashes PostgreSQL (immediate shutdown: nothing is flushed, the WAL not yet
+# written is lost) and starts it again, which replays the WAL.
+pg_crash() {
+  local version; version=$(ls /etc/postgresql | sort -V | tail -1)
+  pg_ctlcluster --skip-systemctl-redirect "$version" main stop -m immediate >&2 2>&1 \
+    || die "cannot crash PostgreSQL $version (pg_ctlcluster stop -m immediate)"
+  log "PostgreSQL crashed (immediate shutdown)"
+  pg_start
+}
+
 psql_ok() {
   command -v psql >/dev/null || return 0
   psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1
@@ -131,5 +142,6 @@ case "${1:-up}" in
   broker-start) broker_start ;;
   broker-stop) broker_stop TERM ;;
   broker-kill) broker_stop KILL ;;
-  *) die "unknown command '$1' (up, down, status, env, broker-start, broker-stop, broker-kill)" ;;
+  pg-crash) pg_crash ;;
+  *) die "unknown command '$1' (up, down, status, env, broker-start, broker-stop, broker-kill, pg-crash)" ;;
 esac

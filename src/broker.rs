@@ -58,6 +58,9 @@ pub trait Broker {
     /// Completes an [`Event::Assigned`], reading each partition from the
     /// offset given, or from the committed one (or the reset policy).
     fn assign(&mut self, tps: &[(Tp, Option<i64>)]) -> Result<(), String>;
+    /// Reads an assigned partition again from `offset` (records fetched
+    /// before are not returned).
+    fn seek(&mut self, tp: &Tp, offset: i64) -> Result<(), String>;
     /// Completes an [`Event::Revoked`] or [`Event::Lost`].
     fn unassign(&mut self, tps: &[Tp]) -> Result<(), String>;
 }

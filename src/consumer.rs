@@ -312,6 +312,11 @@ impl Broker for RdBroker {
         complete(&self.consumer, true, &tpl).map_err(|e| e.to_string())
     }
 
+    fn seek(&mut self, (topic, partition): &Tp, offset: i64) -> Result<(), String> {
+        let seek = self.consumer.seek(topic, *partition, Offset::Offset(offset), Duration::from_secs(1));
+        seek.map_err(|e| e.to_string())
+    }
+
     fn unassign(&mut self, tps: &[Tp]) -> Result<(), String> {
         complete(&self.consumer, false, &tpl_of(tps)).map_err(|e| e.to_string())
     }

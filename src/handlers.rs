@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::broker::Tp;
 use crate::db::consumer_offsets::{self, Advance, Span};
@@ -35,7 +36,20 @@ pub struct Handlers {
     durable: BTreeSet<Tp>,
     /// Partitions whose log restarted below the stored offset, and where.
     rewinds: BTreeMap<Tp, i64>,
+    /// The next offset this sink stored last, by partition: a stored offset
+    /// found below it means the database lost committed batches.
+    mine: BTreeMap<Tp, i64>,
+    /// Partitions to read again from where the database fell back to.
+    lost: Vec<(Tp, i64)>,
+    /// Partitions assigned while the database could not say where to read
+    /// them from: read from Kafka's committed offset, which a database crash
+    /// may have left ahead of the database's; their first batch checks.
+    unsure: BTreeSet<Tp>,
+    next_verify: Instant,
 }
+
+/// How often the stored offsets are compared with what this sink stored.
+const VERIFY_EVERY: Duration = Duration::from_secs(5);
 
 impl From<diesel::result::Error> for Failure {
     fn from(e: diesel::result::Error) -> Self {
@@ -78,6 +92,10 @@ impl Handlers {
             stop,
             durable: BTreeSet::new(),
             rewinds: BTreeMap::new(),
+            mine: BTreeMap::new(),
+            lost: Vec::new(),
+            unsure: BTreeSet::new(),
+            next_verify: Instant::now(),
         }
     }
 
@@ -94,22 +112,43 @@ impl Handlers {
         let mut conn = checkout(&self.pool, self.stop.drain_by()).map_err(|e| failure("database", e))?;
         let durable = self.sync_commit || spans.keys().any(|tp| !self.durable.contains(tp));
         let (group, rewinds, router) = (&self.group, &self.rewinds, &mut self.router);
-        let out = crate::db::transaction(&mut conn, |c| {
-            if let (false, DbConnection::Postgresql(pg)) = (durable, &mut *c) {
-                diesel::connection::SimpleConnection::batch_execute(pg, "SET LOCAL synchronous_commit = off")?;
-            }
+        let (mine, unsure) = (&self.mine, &self.unsure);
+        let mut lost = None;
+        let out = crate::db::transaction(&mut conn, !durable, |c| {
             let mut applied_below = BTreeMap::new();
             for (tp, span) in &spans {
-                if let Some(&to) = rewinds.get(tp) {
+                let rewind = rewinds.get(tp).copied();
+                if let Some(to) = rewind {
                     consumer_offsets::rewind(c, group, tp, to).map_err(|e| failure("offsets", e))?;
                 }
                 let fingerprint_at = |o: i64| {
                     let same = |r: &&Record| r.offset == o && r.partition == tp.1 && r.topic == tp.0;
                     records.iter().find(same).map(Record::fingerprint)
                 };
-                let advanced = consumer_offsets::advance(c, group, tp, *span, fingerprint_at);
-                if let Advance::AppliedBelow(stored) = advanced.map_err(|e| failure("offsets", e))? {
-                    applied_below.insert(tp, stored);
+                // Unsure where reading started: nothing below this batch may be missing.
+                let mine = match (rewind, unsure.contains(tp)) {
+                    (Some(_), _) => None,
+                    (None, true) => Some(span.first),
+                    (None, false) => mine.get(tp).copied(),
+                };
+                match consumer_offsets::advance(c, group, tp, *span, mine, fingerprint_at)
+                    .map_err(|e| failure("offsets", e))?
+                {
+                    Advance::Moved => {}
+                    Advance::AppliedBelow(stored) => _ = applied_below.insert(tp, stored),
+                    Advance::Lost(stored) => {
+                        lost = Some((tp.clone(), stored));
+                        return Err(Failure {
+                            kind: FailureKind::Transient,
+                            message: format!(
+                                "the database lost committed batches of {}/{} (a crash before their WAL flush?): \
+                                 its offset went back from {} to {stored}; reading them again",
+                                tp.0,
+                                tp.1,
+                                mine.unwrap_or_default()
+                            ),
+                        });
+                    }
                 }
             }
             if applied_below.is_empty() {
@@ -126,12 +165,45 @@ impl Handlers {
                 records[0].position()
             );
             apply(router, c, &todo)
-        })?;
-        for tp in spans.keys() {
+        });
+        if let Some(lost) = lost {
+            // `mine` stays until the pipeline takes this, and drops what it
+            // holds: until then no later record can move the offset past the gap.
+            if !self.lost.contains(&lost) {
+                self.lost.push(lost);
+            }
+        }
+        let out = out?;
+        for (tp, span) in &spans {
             self.rewinds.remove(tp);
+            self.unsure.remove(tp);
             self.durable.insert(tp.clone());
+            let m = self.mine.entry(tp.clone()).or_insert(span.next);
+            *m = (*m).max(span.next);
         }
         Ok(out)
+    }
+
+    /// Compares the stored offsets with what this sink stored, and resolves
+    /// the partitions assigned while the database was away: an idle
+    /// partition gets no batch that would find out otherwise.
+    fn verify(&mut self) {
+        if self.mine.is_empty() && self.unsure.is_empty() {
+            return;
+        }
+        let Ok(stored) = checkout(&self.pool, self.stop.drain_by())
+            .and_then(|mut conn| consumer_offsets::list(&mut conn, &self.group))
+        else {
+            return; // still away: the next verification tells
+        };
+        for (tp, offset) in stored {
+            let behind = self.mine.get(&tp).is_some_and(|&m| offset < m);
+            if (behind || self.unsure.contains(&tp)) && !self.lost.contains(&(tp.clone(), offset)) {
+                self.lost.push((tp, offset));
+            }
+        }
+        // Unsure partitions without a stored offset never had one: Kafka's decides.
+        self.unsure.clear();
     }
 
     fn stored_dead_letters(&self, rows: &[NewDeadLetter], reused: &[usize]) {
@@ -153,11 +225,21 @@ impl Handlers {
 
 impl Sink for Handlers {
     fn positions(&mut self, tps: &[Tp]) -> Result<Vec<Option<i64>>, Failure> {
-        let mut conn = checkout(&self.pool, self.stop.drain_by()).map_err(|e| failure("database", e))?;
-        let starts = consumer_offsets::positions(&mut conn, &self.group, tps).map_err(|e| failure("offsets", e))?;
+        let starts = checkout(&self.pool, self.stop.drain_by())
+            .and_then(|mut conn| consumer_offsets::positions(&mut conn, &self.group, tps))
+            .map_err(|e| failure("offsets", e));
+        let Ok(starts) = starts else {
+            self.unsure.extend(tps.iter().cloned());
+            return starts;
+        };
         for (tp, start) in tps.iter().zip(&starts) {
-            if start.is_some() {
-                self.durable.insert(tp.clone());
+            self.unsure.remove(tp);
+            match start {
+                Some(start) => {
+                    self.durable.insert(tp.clone());
+                    self.mine.insert(tp.clone(), *start);
+                }
+                None => _ = self.mine.remove(tp),
             }
         }
         Ok(starts)
@@ -165,6 +247,19 @@ impl Sink for Handlers {
 
     fn rewind(&mut self, tp: &Tp, to: i64) {
         self.rewinds.insert(tp.clone(), to);
+        self.mine.remove(tp);
+    }
+
+    fn read_again(&mut self) -> Vec<(Tp, i64)> {
+        if Instant::now() >= self.next_verify {
+            self.next_verify = Instant::now() + VERIFY_EVERY;
+            self.verify();
+        }
+        for (tp, stored) in &self.lost {
+            self.mine.insert(tp.clone(), *stored);
+            self.unsure.remove(tp);
+        }
+        std::mem::take(&mut self.lost)
     }
 
     fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {

@@ -34,6 +34,11 @@ pub trait Sink {
     /// A partition read from its stored position restarted below it, at
     /// `to` (the broker reset it: the topic was recreated or truncated).
     fn rewind(&mut self, tp: &Tp, to: i64);
+    /// Partitions to read again, each from the offset the database holds:
+    /// it fell back below what this sink stored (the database lost committed
+    /// batches: a crash before their WAL flush), or it could not be read
+    /// when they were assigned. Taken once; asked every step.
+    fn read_again(&mut self) -> Vec<(Tp, i64)>;
     /// Handles the records (a bad one may be dead-lettered by its handler)
     /// and stores the next offset of their partitions with them; on failure
     /// nothing of them counts as handled. Records the database applied

@@ -40,25 +40,33 @@ pub enum Advance {
     Moved,
     /// Records below this offset were applied already: skip them.
     AppliedBelow(i64),
+    /// The stored offset is below what this copy stored last: the database
+    /// lost committed batches (a crash before their WAL flush). Nothing was
+    /// written; the partition must be read again from this offset.
+    Lost(i64),
 }
 
 /// Moves a partition's offset to the end of `span`, inside the caller's
-/// transaction. `fingerprint_at` gives the fingerprint of a record of the
-/// span by offset: when the stored offset is inside the span and the record
-/// before it differs from the one applied there, the log changed under the
-/// offset (the topic was recreated), and nothing is skipped.
+/// transaction. `mine` is the offset this copy stored last (if any).
+/// `fingerprint_at` gives the fingerprint of a record of the span by offset:
+/// when the stored offset is inside the span and the record before it
+/// differs from the one applied there, the log changed under the offset
+/// (the topic was recreated), and nothing is skipped.
 pub fn advance(
     conn: &mut DbConnection,
     group: &str,
     tp: &Tp,
     span: Span,
+    mine: Option<i64>,
     fingerprint_at: impl Fn(i64) -> Option<i64>,
 ) -> Result<Advance, DbError> {
     let row = co::consumer_offsets.find((group, &tp.0, tp.1));
     let t = now();
     let set = (co::next_offset.eq(span.next), co::last_fingerprint.eq(span.last_fingerprint), co::updated_at.eq(t));
-    // The usual case in one statement: nothing of these records applied.
-    if on_backend!(conn, |c| diesel::update(row.filter(co::next_offset.le(span.first))).set(set).execute(c))? == 1 {
+    // The usual case in one statement: nothing of these records applied,
+    // and nothing this copy applied lost.
+    let usual = co::next_offset.le(span.first).and(co::next_offset.ge(mine.unwrap_or(i64::MIN)));
+    if on_backend!(conn, |c| diesel::update(row.filter(usual)).set(set).execute(c))? == 1 {
         return Ok(Advance::Moved);
     }
     let stored: Option<(i64, i64)> =
@@ -68,6 +76,9 @@ pub fn advance(
         on_backend!(conn, |c| diesel::insert_into(consumer_offsets::table).values(values).execute(c))?;
         return Ok(Advance::Moved);
     };
+    if mine.is_some_and(|m| stored < m) {
+        return Ok(Advance::Lost(stored));
+    }
     if fingerprint_at(stored - 1).is_some_and(|f| f != fingerprint) {
         log::warn!(
             "offset reset topic={} partition={}: the record at {} is not the one applied there (the topic was \

@@ -286,8 +286,14 @@ pub fn in_transaction(c: &mut SqliteConnection) -> bool {
 
 /// Runs `f` in one write transaction (immediate on SQLite), handing it the
 /// connection itself, so every write of a consumer's batch (its handlers',
-/// its dead letters, its offsets) commits or rolls back together.
-pub fn transaction<T, E>(conn: &mut DbConnection, f: impl FnOnce(&mut DbConnection) -> Result<T, E>) -> Result<T, E>
+/// its dead letters, its offsets) commits or rolls back together. With
+/// `relaxed`, a PostgreSQL commit does not wait for its WAL flush (set in
+/// the same round trip as BEGIN).
+pub fn transaction<T, E>(
+    conn: &mut DbConnection,
+    relaxed: bool,
+    f: impl FnOnce(&mut DbConnection) -> Result<T, E>,
+) -> Result<T, E>
 where
     E: From<diesel::result::Error>,
 {
@@ -295,6 +301,9 @@ where
     type Manager = <DbConnection as diesel::Connection>::TransactionManager;
     match conn {
         DbConnection::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
+        DbConnection::Postgresql(c) if relaxed => {
+            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN; SET LOCAL synchronous_commit = off")?
+        }
         DbConnection::Postgresql(c) => AnsiTransactionManager::begin_transaction(c)?,
     }
     match f(conn) {

@@ -38,6 +38,7 @@ impl<C: Clock + Clone> Pipeline<C> {
         for (tp, start) in &starts {
             self.offsets.assign(tp);
             self.paused.remove(tp);
+            self.seeks.retain(|(t, _)| t != tp);
             if let Some(start) = start {
                 self.starts.insert(tp.clone(), *start);
                 // Kafka's committed offset follows the database's: lag tools
@@ -63,6 +64,7 @@ impl<C: Clock + Clone> Pipeline<C> {
     pub(super) fn release<B: Broker>(&mut self, broker: &mut B, tps: &[Tp]) {
         let leaving = |t: &str, p: i32| tps.iter().any(|(rt, rp)| rt == t && *rp == p);
         self.starts.retain(|(t, p), _| !leaving(t, *p));
+        self.seeks.retain(|((t, p), _)| !leaving(t, *p));
         let before = self.buffered();
         self.drop_held(leaving);
         for tp in tps {
@@ -99,6 +101,39 @@ impl<C: Clock + Clone> Pipeline<C> {
             self.offsets.remove(tp);
             self.offsets.assign(tp);
             sink.rewind(tp, 0);
+        }
+    }
+
+    /// Partitions the database says to read again (see [`Sink::read_again`]):
+    /// what is in memory of them is dropped at once (a drain must not wait on
+    /// it), and they are read from there at the next step's seek.
+    pub(super) fn take_read_again<S: Sink>(&mut self, sink: &mut S) {
+        for (tp, offset) in sink.read_again() {
+            if !self.offsets.is_assigned(&tp) {
+                continue;
+            }
+            log::warn!("reading topic={} partition={} again from the stored offset={offset}", tp.0, tp.1);
+            metrics::get().offset_resets.with_label_values(&[&tp.0]).inc();
+            self.drop_held(|t, p| t == tp.0 && p == tp.1);
+            self.starts.remove(&tp);
+            // Kafka's committed offset follows the database's, as on assignment.
+            self.offsets.handled(&tp, offset);
+            self.seeks.retain(|(t, _)| *t != tp);
+            self.seeks.push((tp, offset));
+        }
+    }
+
+    /// Performs the seeks [`Self::take_read_again`] left; records of those
+    /// partitions polled since (from before the seek) are dropped too.
+    pub(super) fn seek_again<B: Broker>(&mut self, broker: &mut B) {
+        for (tp, offset) in std::mem::take(&mut self.seeks) {
+            if !self.offsets.is_assigned(&tp) {
+                continue;
+            }
+            self.drop_held(|t, p| t == tp.0 && p == tp.1);
+            if let Err(e) = broker.seek(&tp, offset) {
+                log::error!("cannot read topic={} partition={} again from offset={offset}: {e}", tp.0, tp.1);
+            }
         }
     }
 

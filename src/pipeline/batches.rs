@@ -156,6 +156,7 @@ impl<C: Clock + Clone> Pipeline<C> {
     pub(super) fn drain<S: Sink>(&mut self, sink: &mut S, deadline: Instant) -> Result<bool, Panicked> {
         loop {
             let deadline = self.stop.drain_by().map_or(deadline, |stop| stop.min(deadline));
+            self.take_read_again(sink);
             if let Some(held) = &mut self.in_hand {
                 // Time is short: retry at least every DRAIN_RETRY_MAX, the last time at the deadline.
                 held.retry_at = held.retry_at.min(self.clock.now() + DRAIN_RETRY_MAX).min(deadline);

@@ -96,6 +96,8 @@ pub struct Pipeline<C: Clock + Clone> {
     /// Partitions read from the database's offset, until their first record:
     /// one below it means the broker reset the partition (see [`Sink::rewind`]).
     starts: BTreeMap<Tp, i64>,
+    /// Partitions to read again from an offset (see [`Sink::read_again`]).
+    seeks: Vec<(Tp, i64)>,
 }
 
 impl<C: Clock + Clone> Pipeline<C> {
@@ -120,6 +122,7 @@ impl<C: Clock + Clone> Pipeline<C> {
             last_commit: None,
             stop: Arc::default(),
             starts: BTreeMap::new(),
+            seeks: Vec::new(),
         }
     }
 
@@ -127,6 +130,12 @@ impl<C: Clock + Clone> Pipeline<C> {
     pub fn with_stop(mut self, stop: Arc<StopRequest>) -> Self {
         self.stop = stop;
         self
+    }
+
+    /// Partitions whose records in memory were dropped to be read again
+    /// from the database's offset, at the next step.
+    pub fn reading_again(&self) -> Vec<Tp> {
+        self.seeks.iter().map(|(tp, _)| tp.clone()).collect()
     }
 
     /// Records held in memory: the batch in hand and those waiting.
@@ -193,6 +202,8 @@ impl<C: Clock + Clone> Pipeline<C> {
             }
         }
         self.heartbeat.polled();
+        self.take_read_again(sink);
+        self.seek_again(broker);
         if self.in_hand.is_some() {
             self.retry_in_hand(sink)?;
         }

@@ -25,7 +25,7 @@ fn a_batch_applies_once(backend: Backend) {
     let tp = ("t".to_string(), 0);
     let other = ("t".to_string(), 1);
     let same_log = |o: i64| Some(fingerprint(o));
-    let mut at = |s: Span| advance(&mut conn, "g", &tp, s, same_log).unwrap();
+    let mut at = |s: Span| advance(&mut conn, "g", &tp, s, None, same_log).unwrap();
 
     assert_eq!(at(span(0, 5)), Advance::Moved, "the first batch");
     assert_eq!(at(span(5, 8)), Advance::Moved, "the next one");
@@ -38,17 +38,22 @@ fn a_batch_applies_once(backend: Backend) {
     // The topic was recreated: offset 13 now holds another record.
     let new_log = |o: i64| Some(fingerprint(o) + 1);
     let recreated = Span { first: 0, next: 20, last_fingerprint: 191 };
-    assert_eq!(advance(&mut conn, "g", &tp, recreated, new_log).unwrap(), Advance::Moved);
+    assert_eq!(advance(&mut conn, "g", &tp, recreated, None, new_log).unwrap(), Advance::Moved);
     assert_eq!(positions(&mut conn, "g", &[tp.clone()]).unwrap(), vec![Some(20)]);
     // A batch that does not reach the stored offset cannot tell: it is taken as applied.
     assert_eq!(
-        advance(&mut conn, "g", &tp, Span { first: 2, next: 4, last_fingerprint: 31 }, new_log).unwrap(),
+        advance(&mut conn, "g", &tp, Span { first: 2, next: 4, last_fingerprint: 31 }, None, new_log).unwrap(),
         Advance::AppliedBelow(20)
     );
 
     // The broker reset the partition below the stored offset.
     rewind(&mut conn, "g", &tp, 3).unwrap();
-    assert_eq!(advance(&mut conn, "g", &tp, span(3, 6), same_log).unwrap(), Advance::Moved);
-    assert_eq!(positions(&mut conn, "g", &[tp]).unwrap(), vec![Some(6)]);
+    assert_eq!(advance(&mut conn, "g", &tp, span(3, 6), None, same_log).unwrap(), Advance::Moved);
+    assert_eq!(positions(&mut conn, "g", &[tp.clone()]).unwrap(), vec![Some(6)]);
+
+    // The database lost commits: its offset (6) is below what this copy stored (9).
+    assert_eq!(advance(&mut conn, "g", &tp, span(9, 12), Some(9), same_log).unwrap(), Advance::Lost(6));
+    assert_eq!(positions(&mut conn, "g", &[tp.clone()]).unwrap(), vec![Some(6)], "nothing written");
+    assert_eq!(advance(&mut conn, "g", &tp, span(6, 9), Some(6), same_log).unwrap(), Advance::Moved);
 }
 both_backends!(a_batch_applies_once);

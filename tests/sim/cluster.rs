@@ -97,6 +97,10 @@ pub struct Cluster {
     /// Starts a rebalance inside the poll after this many more polls.
     pub rebalance_after_polls: Option<u32>,
     pub violations: Vec<String>,
+    /// Partitions whose database offset a crash set back, with the lowest
+    /// it went to: commits may go back that far (Kafka's are advisory, and
+    /// follow the database's), never further.
+    went_back: BTreeMap<Tp, i64>,
     pub commits: u64,
     sent: VecDeque<Sent>,
 }
@@ -119,6 +123,7 @@ impl Cluster {
             rebalance_in_poll: 0.0,
             rebalance_after_polls: None,
             violations: Vec::new(),
+            went_back: BTreeMap::new(),
             commits: 0,
             sent: VecDeque::new(),
         }
@@ -144,6 +149,14 @@ impl Cluster {
             _ => None,
         });
         queued.collect()
+    }
+
+    /// A database crash set these partitions' offsets back (see `went_back`).
+    pub fn database_went_back(&mut self, back: &[(Tp, i64)]) {
+        for (tp, now) in back {
+            let floor = self.went_back.entry(tp.clone()).or_insert(*now);
+            *floor = (*floor).min(*now);
+        }
     }
 
     pub fn is_stable(&self) -> bool {
@@ -367,7 +380,8 @@ impl Cluster {
         }
         for (tp, o) in offsets {
             let before = self.committed.get(tp).copied().unwrap_or(0);
-            if *o < before {
+            let floor = self.went_back.get(tp).copied();
+            if *o < before && floor.is_none_or(|f| *o < f) {
                 self.violations
                     .push(format!("I2: {}/{} commit moved back from {before} to {o} (member {m})", tp.0, tp.1));
             }
@@ -501,6 +515,18 @@ impl Broker for SimBroker {
 
     fn assign(&mut self, tps: &[(Tp, Option<i64>)]) -> Result<(), String> {
         self.cluster.borrow_mut().assign(self.member, tps);
+        Ok(())
+    }
+
+    fn seek(&mut self, tp: &Tp, offset: i64) -> Result<(), String> {
+        let mut cluster = self.cluster.borrow_mut();
+        let c = &mut cluster.members[self.member];
+        if !c.owned.contains(tp) {
+            return Err("sim: seek on a partition not assigned".into());
+        }
+        c.fetch.insert(tp.clone(), offset);
+        // Records fetched before the seek are not returned.
+        c.events.retain(|(_, e)| !matches!(e, Event::Record(r) if r.topic == tp.0 && r.partition == tp.1));
         Ok(())
     }
 

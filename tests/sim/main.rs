@@ -7,7 +7,7 @@
 //!   SIM_SEED=1234 cargo test --test sim sim_random     replays one seed
 //!
 //! Invariants: (I1) no committed offset passes a record that is neither
-//! stored nor dead-lettered; (I2) no committed offset moves backwards; (I3)
+//! stored nor dead-lettered (nor was, before a database crash undid it); (I2) no committed offset moves backwards; (I3)
 //! once faults stop, every record ends up stored once or dead-lettered once
 //! within a bounded simulated time, and nothing stays paused; (I4) no member
 //! commits a partition outside its assignment; (I5) records held in memory
@@ -16,7 +16,8 @@
 //! record's effect is applied exactly once, checked at every application
 //! against a database that holds the applied offsets beside the effects
 //! (each member reads from them when it takes a partition; commits may
-//! succeed with their answer lost).
+//! succeed with their answer lost, and a database crash may undo the last
+//! commits, effects and offsets together, as one before their WAL flush).
 
 mod cluster;
 mod regressions;
@@ -120,8 +121,12 @@ pub fn run_seed(seed: u64) -> Result<Outcome, String> {
 
 fn fault(w: &mut World, rng: &mut Rng) {
     let m = rng.below(w.members.len() as u64) as usize;
-    match rng.below(7) {
+    match rng.below(8) {
         0 => w.db.borrow_mut().down_until = Some(w.now() + Duration::from_millis(rng.below(60_000))),
+        6 => {
+            let back = w.db.borrow_mut().crash(1 + rng.below(4) as usize, Duration::from_millis(rng.below(3_000)));
+            w.cluster.borrow_mut().database_went_back(&back);
+        }
         1 => w.cluster.borrow_mut().rebalance(),
         2 if w.is_running(m) => w.crash(m, Duration::from_millis(rng.below(5_000))),
         3 if w.is_running(m) => w.stop(m, Duration::from_millis(rng.below(5_000))),

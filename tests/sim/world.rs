@@ -98,6 +98,27 @@ pub struct Db {
     /// Chance that a call's commit succeeds but its answer is lost (the
     /// connection drops): the caller sees a transient failure.
     pub answer_lost: f64,
+    /// The last commits, newest last, as a crash before their WAL flush
+    /// would undo them: what each stored, dead-lettered and moved.
+    undo: Vec<Commit>,
+    /// Records stored or dead-lettered at some time (a crash may have undone them since).
+    pub ever_settled: BTreeSet<Pos>,
+}
+
+/// What one commit changed, to undo it.
+#[derive(Default)]
+struct Commit {
+    stored: Vec<Pos>,
+    dead: Vec<Pos>,
+    offsets: Vec<(Tp, Option<i64>)>,
+}
+
+impl Commit {
+    /// A commit that writes a partition's first offset waits for its WAL
+    /// flush (as the service's do), and so makes every commit before it durable.
+    fn is_durable(&self) -> bool {
+        self.offsets.iter().any(|(_, before)| before.is_none())
+    }
 }
 
 impl Db {
@@ -116,12 +137,54 @@ impl Db {
         Ok(tps.iter().map(|tp| self.offsets.get(tp).copied()).collect())
     }
 
-    /// Applies the records' offsets (in the same "transaction" as their effects).
-    fn advance(&mut self, records: &[Record]) {
+    /// Applies the records' offsets (in the same "transaction" as their
+    /// effects), and keeps what the commit did, to undo it in a crash.
+    fn advance(&mut self, records: &[Record], stored: Vec<Pos>, dead: Vec<Pos>) {
+        let mut commit = Commit { stored, dead, offsets: vec![] };
         for r in records {
-            let next = self.offsets.entry((r.topic.clone(), r.partition)).or_insert(r.offset + 1);
+            let tp = (r.topic.clone(), r.partition);
+            if !commit.offsets.iter().any(|(t, _)| *t == tp) {
+                commit.offsets.push((tp.clone(), self.offsets.get(&tp).copied()));
+            }
+            let next = self.offsets.entry(tp).or_insert(r.offset + 1);
             *next = (*next).max(r.offset + 1);
         }
+        self.undo.push(commit);
+        if self.undo.len() > 20 {
+            self.undo.remove(0);
+        }
+    }
+
+    /// A crash before the WAL flush: the last `n` commits are undone,
+    /// effects and offsets together, and the database is away for `down`.
+    /// Returns the partitions whose offset went back, with their offset now.
+    pub fn crash(&mut self, n: usize, down: Duration) -> Vec<(Tp, i64)> {
+        let mut back = Vec::new();
+        for _ in 0..n {
+            if self.undo.last().is_none_or(Commit::is_durable) {
+                break;
+            }
+            let Some(c) = self.undo.pop() else { break };
+            for p in c.stored {
+                self.stored.remove(&p);
+                if let Some(times) = self.applied.get_mut(&p) {
+                    *times -= 1;
+                }
+            }
+            for p in c.dead {
+                self.dead.remove(&p);
+            }
+            for (tp, before) in c.offsets {
+                match before {
+                    Some(o) => _ = self.offsets.insert(tp.clone(), o),
+                    None => _ = self.offsets.remove(&tp),
+                }
+                back.retain(|(t, _)| *t != tp);
+                back.push((tp, before.unwrap_or(0)));
+            }
+        }
+        self.down_until = Some(self.clock.now() + down);
+        back
     }
 
     /// Whether a record was applied already (by a commit whose answer was lost).
@@ -170,10 +233,14 @@ impl Db {
                 return Self::fail(kind, &format!("sim: {nature:?} at {}", r.position()));
             }
         }
+        let (mut stored, mut dead) = (vec![], vec![]);
         for r in &batch {
             if Nature::of(r) == Nature::Reject {
                 self.store_dead_letter(r, "sim: bad payload");
+                dead.push(pos(r));
             } else {
+                stored.push(pos(r));
+                self.ever_settled.insert(pos(r));
                 if self.dead.contains_key(&pos(r)) {
                     self.violations.push(format!("{} stored after it was dead-lettered", r.position()));
                 }
@@ -186,7 +253,7 @@ impl Db {
                 }
             }
         }
-        self.advance(&batch);
+        self.advance(&batch, stored, dead);
         self.answer()
     }
 
@@ -198,11 +265,12 @@ impl Db {
             return Ok(());
         }
         self.store_dead_letter(r, reason);
-        self.advance(std::slice::from_ref(r));
+        self.advance(std::slice::from_ref(r), vec![], vec![pos(r)]);
         self.answer()
     }
 
     fn store_dead_letter(&mut self, r: &Record, reason: &str) {
+        self.ever_settled.insert(pos(r));
         if self.stored.contains(&pos(r)) {
             self.violations.push(format!("{} dead-lettered after it was stored", r.position()));
         }
@@ -212,28 +280,111 @@ impl Db {
     }
 }
 
-pub struct SimSink(pub Rc<RefCell<Db>>);
+/// A member's sink: the shared database, and what this member stored last
+/// per partition (a stored offset below it means the database lost commits).
+pub struct SimSink {
+    pub db: Rc<RefCell<Db>>,
+    mine: BTreeMap<Tp, i64>,
+    lost: Vec<(Tp, i64)>,
+    /// Assigned while the database was away: the first batch checks for a gap.
+    unsure: BTreeSet<Tp>,
+}
+
+impl SimSink {
+    /// Fails (nothing applied) when the database fell back below what this
+    /// member stored for a partition of `records`.
+    fn check_lost(&mut self, records: &[Record]) -> Result<(), Failure> {
+        let db = self.db.borrow();
+        for r in records {
+            let tp = (r.topic.clone(), r.partition);
+            let Some(&stored) = db.offsets.get(&tp) else { continue };
+            let mine = if self.unsure.contains(&tp) { Some(r.offset) } else { self.mine.get(&tp).copied() };
+            if mine.is_some_and(|m| stored < m) {
+                if !self.lost.contains(&(tp.clone(), stored)) {
+                    self.lost.push((tp, stored));
+                }
+                return Err(Failure { kind: FailureKind::Transient, message: "sim: the database lost commits".into() });
+            }
+        }
+        Ok(())
+    }
+
+    fn stored(&mut self, records: &[Record]) {
+        for r in records {
+            self.unsure.remove(&(r.topic.clone(), r.partition));
+            let m = self.mine.entry((r.topic.clone(), r.partition)).or_insert(r.offset + 1);
+            *m = (*m).max(r.offset + 1);
+        }
+    }
+}
 
 impl Sink for SimSink {
     fn positions(&mut self, tps: &[Tp]) -> Result<Vec<Option<i64>>, Failure> {
-        self.0.borrow_mut().positions(tps)
+        let starts = self.db.borrow_mut().positions(tps);
+        let Ok(starts) = starts else {
+            self.unsure.extend(tps.iter().cloned());
+            return starts;
+        };
+        for (tp, start) in tps.iter().zip(&starts) {
+            self.unsure.remove(tp);
+            match start {
+                Some(s) => _ = self.mine.insert(tp.clone(), *s),
+                None => _ = self.mine.remove(tp),
+            }
+        }
+        Ok(starts)
     }
 
     fn rewind(&mut self, tp: &Tp, to: i64) {
         // The simulated cluster never resets a partition below its committed offset.
-        self.0.borrow_mut().violations.push(format!("{}/{} rewound to {to}", tp.0, tp.1));
+        self.db.borrow_mut().violations.push(format!("{}/{} rewound to {to}", tp.0, tp.1));
+    }
+
+    fn read_again(&mut self) -> Vec<(Tp, i64)> {
+        // As the service's sink does every few seconds (here: every step).
+        if self.db.borrow().is_up() {
+            let db = self.db.borrow();
+            for (tp, &offset) in &db.offsets {
+                let behind = self.mine.get(tp).is_some_and(|&m| offset < m);
+                if (behind || self.unsure.contains(tp)) && !self.lost.contains(&(tp.clone(), offset)) {
+                    self.lost.push((tp.clone(), offset));
+                }
+            }
+            drop(db);
+            self.unsure.clear();
+        }
+        for (tp, stored) in &self.lost {
+            self.mine.insert(tp.clone(), *stored);
+            self.unsure.remove(tp);
+        }
+        std::mem::take(&mut self.lost)
     }
 
     fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {
-        self.0.borrow_mut().handle(batch)
+        if self.db.borrow().is_up() {
+            self.check_lost(batch)?;
+        }
+        let handled = self.db.borrow_mut().handle(batch);
+        if handled.is_ok() {
+            self.stored(batch);
+        }
+        handled
     }
 
     fn dead_letter(&mut self, record: &Record, reason: &str) -> Result<(), Failure> {
-        self.0.borrow_mut().dead_letter(record, reason)
+        let one = std::slice::from_ref(record);
+        if self.db.borrow().is_up() {
+            self.check_lost(one)?;
+        }
+        let stored = self.db.borrow_mut().dead_letter(record, reason);
+        if stored.is_ok() {
+            self.stored(one);
+        }
+        stored
     }
 
     fn healthy(&mut self) -> bool {
-        self.0.borrow().is_up()
+        self.db.borrow().is_up()
     }
 }
 
@@ -299,13 +450,15 @@ impl World {
             offsets: BTreeMap::new(),
             applied: BTreeMap::new(),
             answer_lost: 0.0,
+            undo: Vec::new(),
+            ever_settled: BTreeSet::new(),
         }));
         let members = (0..config.members)
             .map(|m| Member {
                 pipeline: None,
                 heartbeat: Arc::new(Heartbeat::default()),
                 broker: SimBroker { cluster: cluster.clone(), member: m },
-                sink: SimSink(db.clone()),
+                sink: SimSink { db: db.clone(), mine: BTreeMap::new(), lost: Vec::new(), unsure: BTreeSet::new() },
                 poison: PoisonLedger::default(),
                 restart_at: None,
             })
@@ -375,7 +528,9 @@ impl World {
         let member = &mut self.members[m];
         if let Some(p) = &mut member.pipeline {
             let finished = p.finish(&mut member.broker, &mut member.sink, deadline);
-            let held = self.in_memory(m);
+            // Records dropped to be read again (the database lost them) are the next owner's.
+            let again = p.reading_again();
+            let held = self.in_memory_except(m, &again);
             let ok = match finished {
                 Ok(true) => held == 0,
                 Ok(false) => !db_works,
@@ -424,7 +579,8 @@ impl World {
             let from = self.checked.get(tp).copied().unwrap_or(0);
             for o in from..c {
                 let p = (tp.clone(), o);
-                if !db.stored.contains(&p) && !db.dead.contains_key(&p) {
+                // A database crash may undo what a commit covered: such records are applied again.
+                if !db.ever_settled.contains(&p) && !db.dead.contains_key(&p) {
                     return Err(format!(
                         "I1: {}/{} committed {c} past {o}, neither stored nor dead-lettered",
                         tp.0, tp.1
@@ -449,16 +605,19 @@ impl World {
     /// (and out of its queue: a record the poll that served a rebalance
     /// fetched waits there) and neither stored nor dead-lettered yet.
     fn in_memory(&mut self, m: usize) -> usize {
+        self.in_memory_except(m, &[])
+    }
+
+    fn in_memory_except(&mut self, m: usize, except: &[Tp]) -> usize {
         let cluster = self.cluster.borrow();
         let db = self.db.borrow();
-        let is_settled = |tp: &Tp, o: i64| {
-            let p = (tp.clone(), o);
-            db.stored.contains(&p) || db.dead.contains_key(&p)
-        };
+        // A record a database crash undid is not in memory: it is read again
+        // (and then not counted here: the bound is checked on the rest).
+        let is_settled = |tp: &Tp, o: i64| db.ever_settled.contains(&(tp.clone(), o));
         let client = &cluster.members[m];
         let queued = cluster.queued_records(m);
         let mut held = 0;
-        for tp in &client.owned {
+        for tp in client.owned.iter().filter(|tp| !except.contains(tp)) {
             let fetched = client.fetch.get(tp).copied().unwrap_or(0);
             let mut from = self.settled.get(tp).copied().unwrap_or(0);
             while from < fetched && is_settled(tp, from) {
