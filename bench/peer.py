@@ -2,8 +2,8 @@
 
 confluent-kafka's consume(n), one executemany into SQLite per batch in one
 transaction, then a synchronous offset commit. Prints one JSON line:
-records/s and CPU seconds (every thread of the process), both counted from
-the first record, like the Rust figures beside it.
+records/s from the first record, and CPU seconds of the whole run (every
+thread of the process), like the Rust figures beside it.
 
     python peer.py BROKERS TOPIC GROUP SQLITE_PATH RECORDS BATCH
 """
@@ -33,13 +33,13 @@ def main():
         "enable.auto.commit": False,
     })
     consumer.subscribe([topic])
-    seen, started, cpu = 0, None, None
+    seen, started = 0, None
     while seen < records:
         messages = consumer.consume(batch, timeout=5.0)
         if not messages:
             continue
         if started is None:
-            started, cpu = time.monotonic(), time.process_time()
+            started = time.monotonic()
         now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
         rows = []
         for m in messages:
@@ -56,7 +56,7 @@ def main():
         consumer.commit(asynchronous=False)
         seen += len(messages)
     elapsed = time.monotonic() - started
-    print(json.dumps({"records_per_s": seen / elapsed, "cpu_s": time.process_time() - cpu, "records": seen}))
+    print(json.dumps({"records_per_s": seen / elapsed, "cpu_s": time.process_time(), "records": seen}))
     consumer.close()
 
 

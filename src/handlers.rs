@@ -160,7 +160,7 @@ impl Handlers {
                 .cloned()
                 .collect();
             log::info!(
-                "skipping {} records applied by a commit whose answer was lost first={}",
+                "skipping {} records the database applied already (a commit whose answer was lost, or another copy) first={}",
                 records.len() - todo.len(),
                 records[0].position()
             );
