@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::applied::Applied;
 use crate::broker::Tp;
 use crate::db::consumer_offsets::{self, Advance, Span};
 use crate::db::dead_letters::{self, NewDeadLetter};
@@ -36,15 +37,9 @@ pub struct Handlers {
     durable: BTreeSet<Tp>,
     /// Partitions whose log restarted below the stored offset, and where.
     rewinds: BTreeMap<Tp, i64>,
-    /// The next offset this sink stored last, by partition: a stored offset
-    /// found below it means the database lost committed batches.
-    mine: BTreeMap<Tp, i64>,
-    /// Partitions to read again from where the database fell back to.
-    lost: Vec<(Tp, i64)>,
-    /// Partitions assigned while the database could not say where to read
-    /// them from: read from Kafka's committed offset, which a database crash
-    /// may have left ahead of the database's; their first batch checks.
-    unsure: BTreeSet<Tp>,
+    /// What this sink applied: a stored offset found below it means the
+    /// database lost committed batches.
+    applied: Applied,
     next_verify: Instant,
 }
 
@@ -92,9 +87,7 @@ impl Handlers {
             stop,
             durable: BTreeSet::new(),
             rewinds: BTreeMap::new(),
-            mine: BTreeMap::new(),
-            lost: Vec::new(),
-            unsure: BTreeSet::new(),
+            applied: Applied::default(),
             next_verify: Instant::now(),
         }
     }
@@ -111,8 +104,7 @@ impl Handlers {
         let spans = spans(records);
         let mut conn = checkout(&self.pool, self.stop.drain_by()).map_err(|e| failure("database", e))?;
         let durable = self.sync_commit || spans.keys().any(|tp| !self.durable.contains(tp));
-        let (group, rewinds, router) = (&self.group, &self.rewinds, &mut self.router);
-        let (mine, unsure) = (&self.mine, &self.unsure);
+        let (group, rewinds, applied, router) = (&self.group, &self.rewinds, &self.applied, &mut self.router);
         let mut lost = None;
         let out = crate::db::transaction(&mut conn, !durable, |c| {
             let mut applied_below = BTreeMap::new();
@@ -125,12 +117,7 @@ impl Handlers {
                     let same = |r: &&Record| r.offset == o && r.partition == tp.1 && r.topic == tp.0;
                     records.iter().find(same).map(Record::fingerprint)
                 };
-                // Unsure where reading started: nothing below this batch may be missing.
-                let mine = match (rewind, unsure.contains(tp)) {
-                    (Some(_), _) => None,
-                    (None, true) => Some(span.first),
-                    (None, false) => mine.get(tp).copied(),
-                };
+                let mine = if rewind.is_some() { None } else { applied.expected(tp, span.first) };
                 match consumer_offsets::advance(c, group, tp, *span, mine, fingerprint_at)
                     .map_err(|e| failure("offsets", e))?
                 {
@@ -166,44 +153,31 @@ impl Handlers {
             );
             apply(router, c, &todo)
         });
-        if let Some(lost) = lost {
-            // `mine` stays until the pipeline takes this, and drops what it
-            // holds: until then no later record can move the offset past the gap.
-            if !self.lost.contains(&lost) {
-                self.lost.push(lost);
-            }
+        if let Some((tp, stored)) = lost {
+            // What is expected stays until the pipeline takes this, and drops
+            // what it holds: until then no later record can move past the gap.
+            self.applied.lost(tp, stored);
         }
         let out = out?;
         for (tp, span) in &spans {
             self.rewinds.remove(tp);
-            self.unsure.remove(tp);
             self.durable.insert(tp.clone());
-            let m = self.mine.entry(tp.clone()).or_insert(span.next);
-            *m = (*m).max(span.next);
+            self.applied.stored(tp, span.next);
         }
         Ok(out)
     }
 
-    /// Compares the stored offsets with what this sink stored, and resolves
-    /// the partitions assigned while the database was away: an idle
-    /// partition gets no batch that would find out otherwise.
+    /// Compares the stored offsets with what this sink applied (see
+    /// [`Applied::verify`]); while the database is away, the next time does.
     fn verify(&mut self) {
-        if self.mine.is_empty() && self.unsure.is_empty() {
+        if self.applied.is_empty() {
             return;
         }
-        let Ok(stored) = checkout(&self.pool, self.stop.drain_by())
-            .and_then(|mut conn| consumer_offsets::list(&mut conn, &self.group))
-        else {
-            return; // still away: the next verification tells
-        };
-        for (tp, offset) in stored {
-            let behind = self.mine.get(&tp).is_some_and(|&m| offset < m);
-            if (behind || self.unsure.contains(&tp)) && !self.lost.contains(&(tp.clone(), offset)) {
-                self.lost.push((tp, offset));
-            }
+        let stored =
+            checkout(&self.pool, self.stop.drain_by()).and_then(|mut c| consumer_offsets::list(&mut c, &self.group));
+        if let Ok(stored) = stored {
+            self.applied.verify(stored);
         }
-        // Unsure partitions without a stored offset never had one: Kafka's decides.
-        self.unsure.clear();
     }
 
     fn stored_dead_letters(&self, rows: &[NewDeadLetter], reused: &[usize]) {
@@ -228,26 +202,18 @@ impl Sink for Handlers {
         let starts = checkout(&self.pool, self.stop.drain_by())
             .and_then(|mut conn| consumer_offsets::positions(&mut conn, &self.group, tps))
             .map_err(|e| failure("offsets", e));
-        let Ok(starts) = starts else {
-            self.unsure.extend(tps.iter().cloned());
-            return starts;
-        };
-        for (tp, start) in tps.iter().zip(&starts) {
-            self.unsure.remove(tp);
-            match start {
-                Some(start) => {
-                    self.durable.insert(tp.clone());
-                    self.mine.insert(tp.clone(), *start);
-                }
-                None => _ = self.mine.remove(tp),
+        self.applied.assigned(tps, starts.as_deref().ok());
+        for (tp, start) in tps.iter().zip(starts.iter().flatten()) {
+            if start.is_some() {
+                self.durable.insert(tp.clone());
             }
         }
-        Ok(starts)
+        starts
     }
 
     fn rewind(&mut self, tp: &Tp, to: i64) {
         self.rewinds.insert(tp.clone(), to);
-        self.mine.remove(tp);
+        self.applied.forget(tp);
     }
 
     fn read_again(&mut self) -> Vec<(Tp, i64)> {
@@ -255,11 +221,7 @@ impl Sink for Handlers {
             self.next_verify = Instant::now() + VERIFY_EVERY;
             self.verify();
         }
-        for (tp, stored) in &self.lost {
-            self.mine.insert(tp.clone(), *stored);
-            self.unsure.remove(tp);
-        }
-        std::mem::take(&mut self.lost)
+        self.applied.take_again()
     }
 
     fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {

@@ -16,6 +16,7 @@
 //! - [`metrics`]: every exported metric, in one place.
 
 pub mod app;
+pub mod applied;
 pub mod backoff;
 pub mod batcher;
 pub mod breaker;

@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cronsumer::applied::Applied;
 use cronsumer::broker::Tp;
 use cronsumer::clock::Clock;
 use cronsumer::heartbeat::Heartbeat;
@@ -280,29 +281,23 @@ impl Db {
     }
 }
 
-/// A member's sink: the shared database, and what this member stored last
-/// per partition (a stored offset below it means the database lost commits).
+/// A member's sink: the shared database, and what this member applied (the
+/// service's own bookkeeping, which notices a database that lost commits).
 pub struct SimSink {
     pub db: Rc<RefCell<Db>>,
-    mine: BTreeMap<Tp, i64>,
-    lost: Vec<(Tp, i64)>,
-    /// Assigned while the database was away: the first batch checks for a gap.
-    unsure: BTreeSet<Tp>,
+    applied: Applied,
 }
 
 impl SimSink {
     /// Fails (nothing applied) when the database fell back below what this
-    /// member stored for a partition of `records`.
+    /// member expects for a partition of `records`.
     fn check_lost(&mut self, records: &[Record]) -> Result<(), Failure> {
         let db = self.db.borrow();
         for r in records {
             let tp = (r.topic.clone(), r.partition);
             let Some(&stored) = db.offsets.get(&tp) else { continue };
-            let mine = if self.unsure.contains(&tp) { Some(r.offset) } else { self.mine.get(&tp).copied() };
-            if mine.is_some_and(|m| stored < m) {
-                if !self.lost.contains(&(tp.clone(), stored)) {
-                    self.lost.push((tp, stored));
-                }
+            if self.applied.expected(&tp, r.offset).is_some_and(|e| stored < e) {
+                self.applied.lost(tp, stored);
                 return Err(Failure { kind: FailureKind::Transient, message: "sim: the database lost commits".into() });
             }
         }
@@ -311,9 +306,7 @@ impl SimSink {
 
     fn stored(&mut self, records: &[Record]) {
         for r in records {
-            self.unsure.remove(&(r.topic.clone(), r.partition));
-            let m = self.mine.entry((r.topic.clone(), r.partition)).or_insert(r.offset + 1);
-            *m = (*m).max(r.offset + 1);
+            self.applied.stored(&(r.topic.clone(), r.partition), r.offset + 1);
         }
     }
 }
@@ -321,18 +314,8 @@ impl SimSink {
 impl Sink for SimSink {
     fn positions(&mut self, tps: &[Tp]) -> Result<Vec<Option<i64>>, Failure> {
         let starts = self.db.borrow_mut().positions(tps);
-        let Ok(starts) = starts else {
-            self.unsure.extend(tps.iter().cloned());
-            return starts;
-        };
-        for (tp, start) in tps.iter().zip(&starts) {
-            self.unsure.remove(tp);
-            match start {
-                Some(s) => _ = self.mine.insert(tp.clone(), *s),
-                None => _ = self.mine.remove(tp),
-            }
-        }
-        Ok(starts)
+        self.applied.assigned(tps, starts.as_deref().ok());
+        starts
     }
 
     fn rewind(&mut self, tp: &Tp, to: i64) {
@@ -342,22 +325,12 @@ impl Sink for SimSink {
 
     fn read_again(&mut self) -> Vec<(Tp, i64)> {
         // As the service's sink does every few seconds (here: every step).
-        if self.db.borrow().is_up() {
-            let db = self.db.borrow();
-            for (tp, &offset) in &db.offsets {
-                let behind = self.mine.get(tp).is_some_and(|&m| offset < m);
-                if (behind || self.unsure.contains(tp)) && !self.lost.contains(&(tp.clone(), offset)) {
-                    self.lost.push((tp.clone(), offset));
-                }
-            }
-            drop(db);
-            self.unsure.clear();
+        let db = self.db.borrow();
+        if db.is_up() {
+            self.applied.verify(db.offsets.iter().map(|(tp, o)| (tp.clone(), *o)));
         }
-        for (tp, stored) in &self.lost {
-            self.mine.insert(tp.clone(), *stored);
-            self.unsure.remove(tp);
-        }
-        std::mem::take(&mut self.lost)
+        drop(db);
+        self.applied.take_again()
     }
 
     fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {
@@ -458,7 +431,7 @@ impl World {
                 pipeline: None,
                 heartbeat: Arc::new(Heartbeat::default()),
                 broker: SimBroker { cluster: cluster.clone(), member: m },
-                sink: SimSink { db: db.clone(), mine: BTreeMap::new(), lost: Vec::new(), unsure: BTreeSet::new() },
+                sink: SimSink { db: db.clone(), applied: Applied::default() },
                 poison: PoisonLedger::default(),
                 restart_at: None,
             })
