@@ -55,16 +55,12 @@ impl Consumer for Notifications {
         let mut sources = Vec::with_capacity(records.len());
         for r in records {
             match payload::json_object(r, ctx.max_record_bytes()).and_then(|m| parse(&m)) {
-                Ok(p) => rows.push(NewNotification::pending(
-                    Some(r.source()),
-                    serde_json::to_string(&p.users).unwrap_or_else(|_| "[]".into()),
-                    p.event,
-                    p.content,
-                )),
+                Ok(p) => {
+                    let users = serde_json::to_string(&p.users).unwrap_or_else(|_| "[]".into());
+                    rows.push(NewNotification::pending(Some(r.source()), users, p.event, p.content));
+                    sources.push(r);
+                }
                 Err(reason) => ctx.reject(r, reason),
-            }
-            if rows.len() > sources.len() {
-                sources.push(r);
             }
         }
         if rows.is_empty() {

@@ -1,8 +1,9 @@
 //! Topic `price-events`: stores `{"symbol", "price", "timestamp", "source"}`
 //! records in `price_events`, and keeps per-symbol statistics in
 //! `price_stats` by increments: the worked example of a handler that needs
-//! exactly-once (the batch's offsets commit in the same transaction). `timestamp` is an
-//! RFC 3339 string or a number of seconds since the Unix epoch. An optional
+//! exactly-once (the batch's offsets commit in the same transaction).
+//! `timestamp` is an RFC 3339 string or a number of seconds since the Unix
+//! epoch. An optional
 //! `raw_response_id` (string or integer: the market-data producer's raw
 //! answer) is kept as text; other extra fields are allowed and ignored.
 
@@ -75,21 +76,21 @@ impl Consumer for PriceEvents {
         let mut sources = Vec::with_capacity(records.len());
         for r in records {
             match payload::json_object(r, ctx.max_record_bytes()).and_then(|m| parse(&m)) {
-                Ok(p) => rows.push(NewPriceEvent {
-                    symbol: p.symbol,
-                    price: p.price,
-                    timestamp: p.timestamp,
-                    source: p.source,
-                    raw_response_id: p.raw_response_id,
-                    source_topic: r.topic.clone(),
-                    source_partition: r.partition,
-                    source_offset: r.offset,
-                    source_fingerprint: Some(r.fingerprint()),
-                }),
+                Ok(p) => {
+                    sources.push(r);
+                    rows.push(NewPriceEvent {
+                        symbol: p.symbol,
+                        price: p.price,
+                        timestamp: p.timestamp,
+                        source: p.source,
+                        raw_response_id: p.raw_response_id,
+                        source_topic: r.topic.clone(),
+                        source_partition: r.partition,
+                        source_offset: r.offset,
+                        source_fingerprint: Some(r.fingerprint()),
+                    })
+                }
                 Err(reason) => ctx.reject(r, reason),
-            }
-            if rows.len() > sources.len() {
-                sources.push(r);
             }
         }
         let stored = insert_all(ctx.db(), &rows)?;

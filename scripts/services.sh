@@ -14,7 +14,10 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STATE="${CRONSUMER_SERVICES_DIR:-$ROOT/.services}"
+# The broker is found by its port, one per machine, so its data is kept in
+# one place per machine too: a restart from another checkout (CI's clean
+# clone) finds the same topics.
+STATE="${CRONSUMER_SERVICES_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/cronsumer-services}"
 BROKER_PORT="${CRONSUMER_BROKER_PORT:-19092}"
 PG_HOST=127.0.0.1
 PG_PORT="${CRONSUMER_PG_PORT:-5432}"
