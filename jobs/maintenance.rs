@@ -8,7 +8,7 @@ use diesel::connection::SimpleConnection;
 use crate::config::Settings;
 use crate::db::{self, dead_letters, job_runs, notifications, DbConnection};
 use crate::scheduler::{Job, JobContext, JobError, JobReport};
-use crate::{app, kafka, metrics};
+use crate::{app, kafka};
 
 pub struct Maintenance5m;
 pub struct Maintenance15m;
@@ -40,7 +40,6 @@ impl Job for Maintenance5m {
                             p.high,
                             p.lag
                         );
-                        metrics::get().consumer_lag.with_label_values(&[&p.topic, &p.partition.to_string()]).set(p.lag);
                     }
                     details.push_str(&format!(" lag={total}"));
                 }

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use crate::config::Settings;
 use crate::consumer::ConsumerSetup;
 use crate::handler::Wakers;
-use crate::http::{self, Health};
+use crate::http::{self, Sources, Status};
 use crate::scheduler::{JobContext, Scheduler};
 use crate::shutdown::Shutdown;
 use crate::supervisor::Supervisor;
@@ -61,12 +61,22 @@ pub fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
         log::info!("KAFKA_ENABLED=false: the consumer thread is not started");
     }
     let ctx = Arc::new(JobContext::new(settings.clone(), pool.clone(), supervisor.clone(), shutdown.clone()));
-    let health = Arc::new(Health::new(settings.clone(), pool, supervisor.clone(), ctx.clone()));
-    http::serve(settings.http_addr, health, shutdown.clone()).context("cannot start the HTTP endpoint (HTTP_ADDR)")?;
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let result = rt.block_on(async {
-        let scheduler = Scheduler::start(jobs::registry(), ctx, &wakers).await?;
+        let scheduler = Scheduler::start(jobs::registry(), ctx.clone(), &wakers).await?;
+        let status = Status::new(Sources {
+            settings: settings.clone(),
+            pool,
+            supervisor: supervisor.clone(),
+            jobs: ctx,
+            runners: scheduler.runners().to_vec(),
+            topics: required_topics(&settings),
+        });
+        status.start(&shutdown);
+        http::serve(settings.http_addr, http::routes(status), shutdown.clone())
+            .await
+            .context("cannot start the HTTP endpoint (HTTP_ADDR)")?;
         log::info!("cronsumer running");
         shutdown.wait().await;
         let by = shutdown.deadline(settings.shutdown_timeout);

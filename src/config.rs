@@ -7,6 +7,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::redact::{self, is_secret_name, REDACTED};
+
 /// Every problem found in the settings; bad settings exit with code 2.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -107,6 +109,8 @@ pub struct Settings {
     pub notify_breaker_cool_off: Duration,
     pub retention_days: u32,
     pub http_addr: SocketAddr,
+    /// Enables the web console's actions; `None`: the console is read-only.
+    pub http_admin_token: Option<String>,
     pub shutdown_timeout: Duration,
     pub rust_log: String,
 }
@@ -142,6 +146,7 @@ pub const DEFAULTS: &[(&str, Option<&str>)] = &[
     ("NOTIFY_BREAKER_COOL_OFF_MS", Some("30000")),
     ("RETENTION_DAYS", Some("7")),
     ("HTTP_ADDR", Some("127.0.0.1:8080")),
+    ("HTTP_ADMIN_TOKEN", None),
     ("SHUTDOWN_TIMEOUT_MS", Some("10000")),
     ("RUST_LOG", Some("info")),
 ];
@@ -153,8 +158,9 @@ const SASL_MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "O
 impl Settings {
     /// Loads `.env` (when present) under the process environment, then validates.
     pub fn load() -> Result<Settings, ConfigError> {
-        // dotenvy never overrides a variable that is already set: the environment wins.
-        let _ = dotenvy::dotenv();
+        crate::env_file::load(std::path::Path::new(".env")).map_err(|e| ConfigError {
+            problems: vec![Problem { var: ".env".into(), value: format!("line {}", e.line), expected: e.reason }],
+        })?;
         Settings::from_vars(std::env::vars().collect())
     }
 
@@ -190,7 +196,7 @@ impl Settings {
         let database_url = r.non_empty("DATABASE_URL");
         if !database_url.is_empty() {
             if let Err(e) = crate::db::Backend::of_url(&database_url) {
-                r.problem("DATABASE_URL", &crate::db::redact_url(&database_url), &e);
+                r.problem("DATABASE_URL", &redact::url(&database_url), &e);
             }
         }
         let notifier =
@@ -201,7 +207,7 @@ impl Settings {
                 r.problem("NOTIFY_WEBHOOK_URL", "", "an http:// or https:// URL (required when NOTIFIER=webhook)")
             }
             (_, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                r.problem("NOTIFY_WEBHOOK_URL", &redact_url_userinfo(url), "an http:// or https:// URL")
+                r.problem("NOTIFY_WEBHOOK_URL", &redact::webhook_url(url), "an http:// or https:// URL")
             }
             _ => {}
         }
@@ -218,19 +224,18 @@ impl Settings {
             notify_breaker_cool_off: r.millis("NOTIFY_BREAKER_COOL_OFF_MS", 100, 3_600_000),
             retention_days: r.number("RETENTION_DAYS", 1, 36_500) as u32,
             http_addr: r.socket_addr("HTTP_ADDR"),
+            http_admin_token: r.secret("HTTP_ADMIN_TOKEN", MIN_ADMIN_TOKEN_CHARS),
             shutdown_timeout: r.millis("SHUTDOWN_TIMEOUT_MS", 0, 3_600_000),
             rust_log: r.raw("RUST_LOG").unwrap_or_else(|| "info".into()),
             database_url,
             kafka,
         };
-        if settings.kafka.security_protocol.starts_with("SASL") {
-            if settings.kafka.sasl_mechanism.is_none() {
-                r.problem(
-                    "KAFKA_SASL_MECHANISM",
-                    "",
-                    &format!("one of {} when KAFKA_SECURITY_PROTOCOL is SASL_*", SASL_MECHANISMS.join(", ")),
-                );
-            }
+        if settings.kafka.security_protocol.starts_with("SASL") && settings.kafka.sasl_mechanism.is_none() {
+            r.problem(
+                "KAFKA_SASL_MECHANISM",
+                "",
+                &format!("one of {} when KAFKA_SECURITY_PROTOCOL is SASL_*", SASL_MECHANISMS.join(", ")),
+            );
         }
         if r.problems.is_empty() {
             Ok(settings)
@@ -261,7 +266,7 @@ impl Settings {
             ("CONSUMER_BATCH_TIMEOUT_MS".into(), c.batch_timeout.as_millis().to_string()),
             ("CONSUMER_STALL_TIMEOUT_MS".into(), c.stall_timeout.as_millis().to_string()),
             ("CONSUMER_MAX_RECORD_BYTES".into(), c.max_record_bytes.to_string()),
-            ("DATABASE_URL".into(), crate::db::redact_url(&self.database_url)),
+            ("DATABASE_URL".into(), redact::url(&self.database_url)),
             ("DATABASE_POOL_SIZE".into(), self.database_pool_size.to_string()),
             ("DATABASE_CONSUMER_SYNC_COMMIT".into(), self.database_consumer_sync_commit.to_string()),
             ("NOTIFICATIONS_CRON".into(), self.notifications_cron.clone()),
@@ -276,12 +281,16 @@ impl Settings {
             ),
             (
                 "NOTIFY_WEBHOOK_URL".into(),
-                self.notify_webhook_url.as_deref().map(redact_url_userinfo).unwrap_or_default(),
+                self.notify_webhook_url.as_deref().map(redact::webhook_url).unwrap_or_default(),
             ),
             ("NOTIFY_CONCURRENCY".into(), self.notify_concurrency.to_string()),
             ("NOTIFY_BREAKER_COOL_OFF_MS".into(), self.notify_breaker_cool_off.as_millis().to_string()),
             ("RETENTION_DAYS".into(), self.retention_days.to_string()),
             ("HTTP_ADDR".into(), self.http_addr.to_string()),
+            (
+                "HTTP_ADMIN_TOKEN".into(),
+                self.http_admin_token.as_ref().map(|_| REDACTED.to_string()).unwrap_or_default(),
+            ),
             ("SHUTDOWN_TIMEOUT_MS".into(), self.shutdown_timeout.as_millis().to_string()),
             ("RUST_LOG".into(), self.rust_log.clone()),
         ];
@@ -304,32 +313,8 @@ impl Settings {
     }
 }
 
-pub const REDACTED: &str = "***";
-
-/// Property names whose values must never be printed.
-pub fn is_secret_name(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    ["password", "secret", "token", "key"].iter().any(|s| n.contains(s)) && !n.ends_with(".location")
-}
-
-/// `scheme://user:pass@host` → `scheme://user:***@host`.
-pub fn redact_url_userinfo(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
-    };
-    let userinfo = &authority[..at];
-    let shown = match userinfo.find(':') {
-        Some(colon) => format!("{}:{}", &userinfo[..colon], REDACTED),
-        None => userinfo.to_string(),
-    };
-    format!("{}{}@{}", &url[..scheme_end + 3], shown, &rest[at + 1..])
-}
+/// A shorter admin token is too easy to guess.
+const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 
 /// `KAFKA_PROP_SESSION_TIMEOUT_MS=6000` → `session.timeout.ms = 6000`.
 fn kafka_props(vars: &HashMap<String, String>) -> BTreeMap<String, String> {
@@ -398,6 +383,18 @@ impl Reader<'_> {
 
     fn value(&self, var: &str) -> String {
         self.raw(var).unwrap_or_default().trim().to_string()
+    }
+
+    /// An optional secret of at least `min` characters; a bad one is named, never shown.
+    fn secret(&mut self, var: &str, min: usize) -> Option<String> {
+        let v = self.value(var);
+        if v.is_empty() {
+            return None;
+        }
+        if v.chars().count() < min {
+            self.problem(var, REDACTED, &format!("at least {min} characters (or unset)"));
+        }
+        Some(v)
     }
 
     fn non_empty(&mut self, var: &str) -> String {
@@ -642,13 +639,5 @@ mod tests {
             assert!(!text.contains(secret), "{secret} leaked: {text}");
         }
         assert!(text.contains("postgres://app:***@db:5432/app"));
-    }
-
-    #[test]
-    fn redaction_of_urls() {
-        assert_eq!(redact_url_userinfo("postgres://u:p@h/db"), "postgres://u:***@h/db");
-        assert_eq!(redact_url_userinfo("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact_url_userinfo("./data/x.db"), "./data/x.db");
-        assert_eq!(redact_url_userinfo("http://h/p?x=a@b"), "http://h/p?x=a@b");
     }
 }

@@ -12,10 +12,24 @@ pub struct Heartbeat {
     last_commit: AtomicU64,
     records: AtomicU64,
     assigned: AtomicI64,
+    assignment: Mutex<Vec<(String, i32)>>,
     retrying: AtomicBool,
+    /// Since when the batch in hand has been retrying (0 = it is not).
+    retrying_since: AtomicU64,
     last_error: Mutex<Option<String>>,
+    in_hand: Mutex<Option<InHand>>,
     /// The Kafka client's errors: since when, the last one, and when.
     client_errors: Mutex<Option<ClientErrors>>,
+}
+
+/// The batch kept uncommitted while a transient failure clears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InHand {
+    /// Its first record's position (`topic/partition@offset`).
+    pub first: String,
+    pub records: usize,
+    pub attempts: u32,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone)]
@@ -37,8 +51,11 @@ impl Default for Heartbeat {
             last_commit: AtomicU64::new(0),
             records: AtomicU64::new(0),
             assigned: AtomicI64::new(0),
+            assignment: Mutex::new(Vec::new()),
             retrying: AtomicBool::new(false),
+            retrying_since: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            in_hand: Mutex::new(None),
             client_errors: Mutex::new(None),
         }
     }
@@ -69,18 +86,49 @@ impl Heartbeat {
         self.last_commit.store(self.stamp(), Ordering::Relaxed);
     }
 
-    pub fn set_assigned(&self, n: i64) {
-        self.assigned.store(n, Ordering::Relaxed);
+    pub fn set_assignment(&self, partitions: Vec<(String, i32)>) {
+        self.assigned.store(partitions.len() as i64, Ordering::Relaxed);
+        if let Ok(mut a) = self.assignment.lock() {
+            *a = partitions;
+        }
     }
 
-    pub fn set_retrying(&self, error: Option<String>) {
-        self.retrying.store(error.is_some(), Ordering::Relaxed);
-        if let Ok(mut e) = self.last_error.lock() {
-            if let Some(error) = error {
-                // Database messages may span lines: /healthz shows one.
-                *e = Some(crate::db::one_line(&error));
+    /// The partitions assigned to the thread, `(topic, partition)`.
+    pub fn assignment(&self) -> Vec<(String, i32)> {
+        self.assignment.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// The batch in hand and why it waits (`None`: no batch waits).
+    pub fn set_retrying(&self, in_hand: Option<InHand>) {
+        let was = self.retrying.swap(in_hand.is_some(), Ordering::Relaxed);
+        match (&in_hand, was) {
+            (Some(_), false) => self.retrying_since.store(self.stamp(), Ordering::Relaxed),
+            (None, _) => self.retrying_since.store(0, Ordering::Relaxed),
+            _ => {}
+        }
+        let in_hand = in_hand.map(|mut h| {
+            // Database messages may span lines: /healthz shows one.
+            h.reason = crate::db::one_line(&h.reason);
+            h
+        });
+        if let Some(h) = &in_hand {
+            if let Ok(mut e) = self.last_error.lock() {
+                *e = Some(h.reason.clone());
             }
         }
+        if let Ok(mut slot) = self.in_hand.lock() {
+            *slot = in_hand;
+        }
+    }
+
+    /// The batch in hand, while one waits for a retry.
+    pub fn in_hand(&self) -> Option<InHand> {
+        self.in_hand.lock().ok().and_then(|h| h.clone())
+    }
+
+    /// How long the batch in hand has been retrying.
+    pub fn retrying_for(&self) -> Option<Duration> {
+        self.age(&self.retrying_since)
     }
 
     /// Time since the last poll; `None` before the first one.

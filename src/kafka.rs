@@ -92,8 +92,22 @@ pub fn producer_config(settings: &Settings) -> ClientConfig {
     c
 }
 
+/// A client creation error with the secret settings' values scrubbed:
+/// librdkafka's "Invalid value" errors quote the rejected value.
+pub fn scrubbed(settings: &Settings, e: KafkaError) -> KafkaError {
+    let secrets = crate::redact::secret_values(settings);
+    let scrub = |m: &str| crate::redact::scrub(m, &secrets);
+    match e {
+        KafkaError::ClientCreation(m) => KafkaError::ClientCreation(scrub(&m)),
+        KafkaError::ClientConfig(code, desc, key, value) => {
+            KafkaError::ClientConfig(code, scrub(&desc), key, scrub(&value))
+        }
+        other => other,
+    }
+}
+
 pub fn admin_client(settings: &Settings) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
-    base_config(settings).create()
+    base_config(settings).create().map_err(|e| scrubbed(settings, e))
 }
 
 /// Fetches cluster metadata, retrying with backoff (1 s doubling, capped at
@@ -198,32 +212,79 @@ pub struct PartitionLag {
 /// Committed offset, watermarks and lag of `KAFKA_GROUP_ID` on every
 /// partition of `topics` (without joining the group).
 pub fn lag(settings: &Settings, topics: &[String]) -> Result<Vec<PartitionLag>, KafkaError> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = consumer_config(settings).create()?;
-    let metadata = c.fetch_metadata(None, METADATA_TIMEOUT)?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for t in metadata.topics().iter().filter(|t| topics.iter().any(|n| n == t.name())) {
-        for p in t.partitions() {
-            tpl.add_partition(t.name(), p.id());
+    LagReader::new(settings)?.read(topics)
+}
+
+/// A client kept for reading the group's lag again and again (the web
+/// console and the lag gauge), so that each reading is a few requests, not
+/// a new connection.
+pub struct LagReader {
+    consumer: rdkafka::consumer::BaseConsumer,
+}
+
+impl LagReader {
+    pub fn new(settings: &Settings) -> Result<LagReader, KafkaError> {
+        let consumer = consumer_config(settings).create().map_err(|e| scrubbed(settings, e))?;
+        Ok(LagReader { consumer })
+    }
+
+    pub fn read(&self, topics: &[String]) -> Result<Vec<PartitionLag>, KafkaError> {
+        use rdkafka::consumer::Consumer;
+        let c = &self.consumer;
+        let metadata = c.fetch_metadata(None, METADATA_TIMEOUT)?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for t in metadata.topics().iter().filter(|t| topics.iter().any(|n| n == t.name())) {
+            for p in t.partitions() {
+                tpl.add_partition(t.name(), p.id());
+            }
         }
+        let committed = c.committed_offsets(tpl, Duration::from_secs(10))?;
+        let mut out = Vec::new();
+        for e in committed.elements() {
+            let (low, high) = c.fetch_watermarks(e.topic(), e.partition(), METADATA_TIMEOUT)?;
+            let committed = match e.offset() {
+                rdkafka::Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            out.push(PartitionLag {
+                topic: e.topic().to_string(),
+                partition: e.partition(),
+                committed,
+                low,
+                high,
+                lag: (high - committed.unwrap_or(low)).max(0),
+            });
+        }
+        out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(out)
     }
-    let committed = c.committed_offsets(tpl, Duration::from_secs(10))?;
-    let mut out = Vec::new();
-    for e in committed.elements() {
-        let (low, high) = c.fetch_watermarks(e.topic(), e.partition(), METADATA_TIMEOUT)?;
-        let committed = match e.offset() {
-            rdkafka::Offset::Offset(o) => Some(o),
-            _ => None,
-        };
-        out.push(PartitionLag {
-            topic: e.topic().to_string(),
-            partition: e.partition(),
-            committed,
-            low,
-            high,
-            lag: (high - committed.unwrap_or(low)).max(0),
-        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creation_errors_lose_the_secret_values_they_quote() {
+        let vars = [
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_SASL_MECHANISM", "PLAIN"),
+            ("KAFKA_SASL_PASSWORD", "hunter2-sasl"),
+            ("KAFKA_PROP_SSL_KEY_PASSWORD", "hunter3-key"),
+        ];
+        let settings = Settings::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap();
+        let quoted = KafkaError::ClientCreation(
+            r#"Invalid value "hunter3-key" for configuration property "ssl.key.password"; hunter2-sasl"#.into(),
+        );
+        let shown = scrubbed(&settings, quoted).to_string();
+        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
+        assert!(shown.contains(r#"Invalid value "***" for configuration property "ssl.key.password""#), "{shown}");
+        // librdkafka itself rejects a bad value of a secret property.
+        let mut config = base_config(&settings);
+        config.set("ssl.key.password", "hunter3-key").set("socket.timeout.ms", "hunter3-key");
+        let created: Result<AdminClient<DefaultClientContext>, _> = config.create();
+        let Err(refused) = created else { panic!("an invalid value is refused") };
+        let shown = scrubbed(&settings, refused).to_string();
+        assert!(!shown.contains("hunter3"), "{shown}");
     }
-    out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-    Ok(out)
 }

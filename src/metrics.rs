@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -24,6 +24,10 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub consumer_restarts: IntCounterVec,
     pub assigned_partitions: IntGauge,
+    pub consumer_up: IntGaugeVec,
+    pub batch_retrying_seconds: Gauge,
+    pub job_overdue_seconds: GaugeVec,
+    pub http_connections_refused: IntCounter,
     pub job_runs: IntCounterVec,
     pub job_duration: HistogramVec,
     pub notifications: IntCounterVec,
@@ -69,7 +73,7 @@ impl Metrics {
         let job_duration = HistogramVec::new(
             HistogramOpts::new("cronsumer_job_duration_seconds", "Duration of scheduled job runs")
                 .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0]),
-            &["job"],
+            &["job_name"],
         )
         .expect("valid metric");
         r.register(Box::new(job_duration.clone())).expect("metric registered once");
@@ -88,7 +92,39 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(db_pool_connections.clone())).expect("metric registered once");
+        let batch_retrying_seconds = Gauge::new(
+            "cronsumer_batch_retrying_seconds",
+            "How long the batch in hand has been retrying (0 when none is)",
+        )
+        .expect("valid metric");
+        r.register(Box::new(batch_retrying_seconds.clone())).expect("metric registered once");
+        let job_overdue_seconds = GaugeVec::new(
+            Opts::new("cronsumer_job_overdue_seconds", "How long past its due tick a job has not started (0: on time)"),
+            &["job_name"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(job_overdue_seconds.clone())).expect("metric registered once");
         Metrics {
+            // Labelled by group so that it is absent, not 0, with KAFKA_ENABLED=false.
+            consumer_up: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "cronsumer_consumer_up",
+                        "1 while the consumer thread runs and has polled within CONSUMER_STALL_TIMEOUT_MS",
+                    ),
+                    &["group"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            batch_retrying_seconds,
+            job_overdue_seconds,
+            http_connections_refused: counter(
+                &r,
+                "cronsumer_http_connections_refused_total",
+                "HTTP connections closed at once because the connection limit was reached",
+            ),
             records_consumed: counter_vec(
                 &r,
                 "cronsumer_records_consumed_total",
@@ -143,7 +179,7 @@ impl Metrics {
                 &["cause"],
             ),
             assigned_partitions,
-            job_runs: counter_vec(&r, "cronsumer_job_runs_total", "Scheduled job runs by outcome", &["job", "outcome"]),
+            job_runs: counter_vec(&r, "cronsumer_job_runs_total", "Scheduled job runs by outcome", &["job_name", "outcome"]),
             job_duration,
             notifications: counter_vec(
                 &r,

@@ -119,7 +119,11 @@ impl WebhookNotifier {
                 let _ = resp.body_mut().with_config().limit(64 * 1024).read_to_vec();
                 classify(resp.status().as_u16(), location.as_deref(), retry_after.as_deref())
             }
-            Err(e) => Delivery::retry(format!("webhook call failed: {e}")),
+            // Transport errors may quote the URL, whose path is often the credential.
+            Err(e) => Delivery::retry(format!(
+                "webhook call failed: {}",
+                crate::redact::scrub(&e.to_string(), std::slice::from_ref(&self.url))
+            )),
         }
     }
 }

@@ -45,10 +45,6 @@ impl Offsets {
         self.parts.keys()
     }
 
-    pub fn len(&self) -> usize {
-        self.parts.len()
-    }
-
     /// Records that everything before `next` of `tp` is handled. Ignored for
     /// a partition that is not assigned.
     pub fn handled(&mut self, tp: &Tp, next: i64) {

@@ -63,7 +63,7 @@ impl RecordProducer {
     pub fn new(settings: &Settings) -> Result<Self, ProduceError> {
         let producer = crate::kafka::producer_config(settings)
             .create_with_context(Deliveries::default())
-            .map_err(ProduceError::Create)?;
+            .map_err(|e| ProduceError::Create(crate::kafka::scrubbed(settings, e)))?;
         Ok(RecordProducer { producer, sent: 0 })
     }
 
@@ -107,4 +107,30 @@ impl RecordProducer {
         }
         Ok(ctx.delivered.load(Ordering::Relaxed))
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Produce(#[from] ProduceError),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+}
+
+/// Produces dead letters back to their topics, then marks them replayed
+/// once every one is confirmed delivered; returns how many were.
+pub fn replay(
+    settings: &Settings,
+    conn: &mut crate::db::DbConnection,
+    targets: &[crate::db::dead_letters::DeadLetter],
+) -> Result<u64, ReplayError> {
+    let mut producer = RecordProducer::new(settings)?;
+    for d in targets {
+        producer.send(&d.topic, d.key.as_deref(), d.payload.as_deref().unwrap_or_default())?;
+    }
+    let delivered = producer.finish("the dead letters' topics")?;
+    for d in targets {
+        crate::db::dead_letters::mark_replayed(conn, d.id)?;
+    }
+    Ok(delivered)
 }

@@ -9,6 +9,7 @@
 //! ([`Verdict::Wedged`]) the process exits with status 1 for the service
 //! manager to restart it.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -38,6 +39,17 @@ impl RestartCause {
         }
     }
 }
+
+/// A restart, as the web console lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restart {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub cause: &'static str,
+    pub detail: String,
+}
+
+/// Restarts kept for the console.
+const RESTARTS_KEPT: usize = 20;
 
 /// What [`Supervisor::check`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +81,7 @@ pub struct Supervisor {
     backoff: Backoff,
     not_before: Instant,
     restarts: u64,
+    recent: VecDeque<Restart>,
     stopping: bool,
     /// When and why the running thread was told to stop.
     stopping_for: Option<(Instant, RestartCause)>,
@@ -87,6 +100,7 @@ impl Supervisor {
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             not_before: Instant::now(),
             restarts: 0,
+            recent: VecDeque::new(),
             stopping: false,
             stopping_for: None,
         }
@@ -112,6 +126,11 @@ impl Supervisor {
 
     pub fn restarts(&self) -> u64 {
         self.restarts
+    }
+
+    /// The latest restarts, newest first.
+    pub fn recent_restarts(&self) -> Vec<Restart> {
+        self.recent.iter().rev().cloned().collect()
     }
 
     /// Why the thread needs a restart, if it does.
@@ -170,6 +189,10 @@ impl Supervisor {
         let delay = self.backoff.next_delay();
         self.not_before = Instant::now() + delay;
         self.restarts += 1;
+        if self.recent.len() == RESTARTS_KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(Restart { at: chrono::Utc::now(), cause: cause.label(), detail: format!("{cause:?}") });
         metrics::get().consumer_restarts.with_label_values(&[cause.label()]).inc();
         log::warn!(
             "restarting consumer cause={} detail={cause:?} restarts={} next_restart_not_before_ms={}",

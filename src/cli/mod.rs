@@ -1,5 +1,5 @@
 //! The command line: `run` (default), `migrate`, `config`, `produce`, `tail`,
-//! `topics`, `diagnose`, `dead-letters`, `notifications`, `jobs`. Each command
+//! `topics`, `diagnose`, `dead-letters`, `notifications`, `jobs`, `healthcheck`. Each command
 //! loads the settings itself so that `--help` works without a valid `.env`.
 
 mod diagnose;
@@ -7,10 +7,12 @@ mod output;
 mod records;
 mod store;
 
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+
 use clap::{Parser, Subcommand};
 
 use crate::config::{ConfigError, Settings};
@@ -104,6 +106,9 @@ pub enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// Ask the running service's /healthz (on HTTP_ADDR): exit 0 when it
+    /// answers 200, 1 otherwise. For container and service-manager health checks.
+    Healthcheck,
 }
 
 #[derive(Subcommand, Debug)]
@@ -201,7 +206,46 @@ fn pool(settings: &Settings) -> anyhow::Result<db::Pool> {
     Ok(db::connect_and_migrate(&settings.database_url, 2)?.0)
 }
 
+/// `cronsumer healthcheck`: needs only HTTP_ADDR, so that a check never
+/// fails for another setting (exit 2 is reserved in Docker's health checks).
+fn healthcheck() -> ExitCode {
+    let _ = crate::env_file::load(std::path::Path::new(".env"));
+    let addr = std::env::var("HTTP_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into());
+    let Ok(mut addr) = addr.trim().parse::<std::net::SocketAddr>() else {
+        println!("unhealthy: HTTP_ADDR={addr:?} is not host:port");
+        return ExitCode::from(1);
+    };
+    // A service listening on every interface answers on loopback.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() });
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(3)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    match agent.get(&format!("http://{addr}/healthz")).call() {
+        Ok(mut r) if r.status() == 200 => {
+            println!("healthy");
+            let _ = r.body_mut().read_to_string();
+            ExitCode::SUCCESS
+        }
+        Ok(mut r) => {
+            let body = r.body_mut().with_config().limit(64 * 1024).read_to_string().unwrap_or_default();
+            println!("unhealthy: HTTP {} {}", r.status().as_u16(), body.trim());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            println!("unhealthy: http://{addr}/healthz: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    if matches!(cli.command, Some(Command::Healthcheck)) {
+        return Ok(healthcheck());
+    }
     let settings = Settings::load()?;
     init_logging(&settings);
     let out = Output { json: cli.json };
@@ -252,6 +296,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DeadLetters { command } => return store::dead_letters(&settings, &out, command),
         Command::Notifications { command } => return store::notifications(&settings, &out, command),
         Command::Jobs { command } => return store::jobs(settings, &out, command),
+        Command::Healthcheck => return Ok(healthcheck()),
     }
     Ok(ExitCode::SUCCESS)
 }

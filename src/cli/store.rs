@@ -69,15 +69,7 @@ pub fn dead_letters(settings: &Settings, out: &Output, command: DeadLettersComma
                     }
                 }
             };
-            let mut producer = crate::producer::RecordProducer::new(settings)?;
-            for d in &targets {
-                producer.send(&d.topic, d.key.as_deref(), d.payload.as_deref().unwrap_or_default())?;
-            }
-            // Marked only once every record is confirmed delivered.
-            let delivered = producer.finish("the dead letters' topics")?;
-            for d in &targets {
-                dead_letters::mark_replayed(&mut conn, d.id)?;
-            }
+            let delivered = crate::producer::replay(settings, &mut conn, &targets)?;
             if out.json {
                 out.object(&[("replayed", json!(delivered))]);
             } else {

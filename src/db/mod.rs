@@ -27,8 +27,6 @@ use diesel::sqlite::SqliteConnection;
 use diesel::Connection as _;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use crate::config::redact_url_userinfo;
-
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
@@ -140,7 +138,14 @@ pub fn one_line(text: &str) -> String {
 
 /// The URL with any password replaced, for logs and errors.
 pub fn redact_url(url: &str) -> String {
-    redact_url_userinfo(url)
+    crate::redact::url(url)
+}
+
+/// A connection error's text without the URL's secrets (libpq quotes the
+/// parts of a URL it cannot parse).
+fn connect_error(url: &str, reason: impl std::fmt::Display) -> DbError {
+    let reason = crate::redact::scrub(&one_line(&reason.to_string()), &crate::redact::url_secrets(url));
+    DbError::Connect { url: redact_url(url), reason }
 }
 
 /// The file path of a SQLite URL (`sqlite://x.db`, `sqlite:x.db` or `x.db`).
@@ -193,14 +198,13 @@ pub fn connect(url: &str, size: u32) -> Result<Pool, DbError> {
         // r2d2 logs every failed attempt itself; the caller reports the outcome.
         .error_handler(Box::new(diesel::r2d2::NopErrorHandler))
         .build(manager)
-        .map_err(|e| DbError::Connect { url: redact_url(url), reason: one_line(&e.to_string()) })
+        .map_err(|e| connect_error(url, e))
 }
 
 /// Connects and applies every pending migration; returns the names applied.
 pub fn connect_and_migrate(url: &str, size: u32) -> Result<(Pool, Vec<String>), DbError> {
     let pool = connect(url, size)?;
-    let mut conn =
-        pool.get().map_err(|e| DbError::Connect { url: redact_url(url), reason: one_line(&e.to_string()) })?;
+    let mut conn = pool.get().map_err(|e| connect_error(url, e))?;
     let applied = migrate(&mut conn)?;
     drop(conn);
     Ok((pool, applied))

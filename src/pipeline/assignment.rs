@@ -169,8 +169,9 @@ impl<C: Clock + Clone> Pipeline<C> {
     }
 
     fn assigned_changed(&self) {
-        let n = self.offsets.len() as i64;
-        self.heartbeat.set_assigned(n);
-        metrics::get().assigned_partitions.set(n);
+        let mut partitions: Vec<Tp> = self.offsets.assigned().cloned().collect();
+        partitions.sort();
+        metrics::get().assigned_partitions.set(partitions.len() as i64);
+        self.heartbeat.set_assignment(partitions);
     }
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::{InHand, Outcome, Pipeline, DRAIN_RETRY_MAX, RETRY_INITIAL, RETRY_MAX};
 use crate::backoff::Backoff;
 use crate::clock::Clock;
+use crate::heartbeat;
 use crate::metrics;
 use crate::poison::POISON_AFTER;
 use crate::record::Record;
@@ -42,7 +43,12 @@ impl<C: Clock + Clone> Pipeline<C> {
             held.backoff.attempts(),
             delay.as_millis()
         );
-        self.heartbeat.set_retrying(Some(reason));
+        self.heartbeat.set_retrying(Some(heartbeat::InHand {
+            first: held.records[0].position(),
+            records: held.records.len(),
+            attempts: held.backoff.attempts(),
+            reason,
+        }));
         held.retry_at = self.clock.now() + delay;
         self.in_hand = Some(held);
         Ok(())
@@ -63,7 +69,12 @@ impl<C: Clock + Clone> Pipeline<C> {
                 batch.len(),
                 delay.as_millis()
             );
-            self.heartbeat.set_retrying(Some(reason));
+            self.heartbeat.set_retrying(Some(heartbeat::InHand {
+                first: batch[0].position(),
+                records: batch.len(),
+                attempts: backoff.attempts(),
+                reason,
+            }));
             self.in_hand = Some(InHand { records: batch, backoff, retry_at: self.clock.now() + delay });
         }
         Ok(())

@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod consumer;
+mod http;
 mod migrations;
 mod offsets;
 mod operations;

@@ -1,0 +1,206 @@
+//! The console's actions: replay a dead letter, retry a notification, run a
+//! job. They exist only when `HTTP_ADMIN_TOKEN` is set, and each is a POST
+//! that carries the token, as `Authorization: Bearer ...` (scripts) or as
+//! the cookie the console's unlock form sets. The cookie is `SameSite=Strict`
+//! and a request another site started (by `Origin` or `Sec-Fetch-Site`) is
+//! refused, so a cross-site form cannot act with it.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+
+use super::status::Status;
+use crate::db::{dead_letters, notifications, DbError};
+use crate::scheduler::{RunOutcome, Trigger};
+
+pub const COOKIE: &str = "cronsumer_admin";
+
+/// Equal-length byte strings compared without an early exit.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// A request another site started: its `Origin` names another host, or the
+/// browser says so in `Sec-Fetch-Site`.
+fn cross_site(headers: &HeaderMap) -> bool {
+    let get = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+    if matches!(get(header::HeaderName::from_static("sec-fetch-site")), Some("cross-site" | "same-site")) {
+        return true;
+    }
+    match (get(header::ORIGIN), get(header::HOST)) {
+        (Some("null"), _) => true,
+        (Some(origin), Some(host)) => origin.split_once("://").map(|(_, h)| h) != Some(host),
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+/// Whether the request may act: a token is configured, it was presented,
+/// and the request did not come from another site.
+pub fn authorized(status: &Status, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
+    let Some(token) = &status.sources.settings.http_admin_token else {
+        return Err((StatusCode::FORBIDDEN, "actions are disabled: HTTP_ADMIN_TOKEN is not set\n"));
+    };
+    if cross_site(headers) {
+        return Err((StatusCode::FORBIDDEN, "refused: the request came from another site\n"));
+    }
+    let bearer =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let presented = bearer.or_else(|| cookie_value(headers, COOKIE));
+    match presented {
+        Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err((StatusCode::FORBIDDEN, "refused: wrong admin token\n")),
+        None => Err((StatusCode::UNAUTHORIZED, "refused: the admin token is required\n")),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct Unlock {
+    token: String,
+}
+
+/// The unlock form: checks the token and keeps it in a strict cookie.
+pub async fn unlock(State(status): State<Arc<Status>>, headers: HeaderMap, Form(form): Form<Unlock>) -> Response {
+    let mut with_cookie = headers.clone();
+    let value = format!("{COOKIE}={}", form.token);
+    match header::HeaderValue::from_str(&value) {
+        Ok(v) => {
+            with_cookie.insert(header::COOKIE, v);
+        }
+        Err(_) => return (StatusCode::FORBIDDEN, "refused: wrong admin token\n").into_response(),
+    }
+    if let Err(refused) = authorized(&status, &with_cookie) {
+        log::warn!("http console unlock refused");
+        return refused.into_response();
+    }
+    let cookie = format!("{value}; HttpOnly; SameSite=Strict; Path=/");
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+}
+
+pub async fn lock() -> Response {
+    let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+}
+
+/// Runs `action` on the blocking pool once the request is authorized;
+/// answers 303 back to the console, or the failure.
+async fn act<F>(status: Arc<Status>, headers: HeaderMap, what: String, action: F) -> Response
+where
+    F: FnOnce(&Status) -> Result<String, (StatusCode, String)> + Send + 'static,
+{
+    if let Err(refused) = authorized(&status, &headers) {
+        log::warn!("http action refused action={what:?}");
+        return refused.into_response();
+    }
+    let s = status.clone();
+    match tokio::task::spawn_blocking(move || action(&s)).await {
+        Ok(Ok(done)) => {
+            log::info!("http action done action={what:?} result={done:?}");
+            if headers.get(header::AUTHORIZATION).is_some() {
+                (StatusCode::OK, format!("{done}\n")).into_response()
+            } else {
+                Redirect::to("/").into_response()
+            }
+        }
+        Ok(Err((code, e))) => {
+            log::warn!("http action failed action={what:?} error={e}");
+            (code, format!("{e}\n")).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("action did not finish: {e}\n")).into_response(),
+    }
+}
+
+fn db_failed(e: impl std::fmt::Display) -> (StatusCode, String) {
+    (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}"))
+}
+
+pub async fn replay(State(status): State<Arc<Status>>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
+    act(status, headers, format!("replay dead letter {id}"), move |s| {
+        let mut conn = s.sources.pool.get().map_err(|e| db_failed(DbError::Pool(e)))?;
+        let Some(d) = dead_letters::find(&mut conn, id).map_err(db_failed)? else {
+            return Err((StatusCode::NOT_FOUND, format!("no dead letter with id {id}")));
+        };
+        crate::producer::replay(&s.sources.settings, &mut conn, &[d])
+            .map_err(|e| (StatusCode::BAD_GATEWAY, format!("replay failed: {e}")))?;
+        Ok(format!("dead letter {id} replayed"))
+    })
+    .await
+}
+
+pub async fn retry(State(status): State<Arc<Status>>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
+    act(status, headers, format!("retry notification {id}"), move |s| {
+        let mut conn = s.sources.pool.get().map_err(|e| db_failed(DbError::Pool(e)))?;
+        if !notifications::retry_now(&mut conn, id).map_err(db_failed)? {
+            return Err((StatusCode::NOT_FOUND, format!("no notification with id {id}")));
+        }
+        Ok(format!("notification {id} is pending again"))
+    })
+    .await
+}
+
+pub async fn run_job(State(status): State<Arc<Status>>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    act(status, headers, format!("run job {name}"), move |s| {
+        let Some(runner) = s.sources.runners.iter().find(|r| r.name() == name) else {
+            return Err((StatusCode::NOT_FOUND, format!("no job named {name:?}")));
+        };
+        match runner.run(Trigger::Manual) {
+            RunOutcome::Ok(r) => Ok(format!("job {name} ok: {}", r.details)),
+            RunOutcome::Failed(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, format!("job {name} failed: {e}"))),
+            RunOutcome::SkippedOverlap => Err((StatusCode::CONFLICT, format!("job {name} is running already"))),
+            RunOutcome::SkippedLease => Err((StatusCode::CONFLICT, format!("job {name}: another copy holds it"))),
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"0123456789abcdef", b"0123456789abcdeg"));
+        assert!(!constant_time_eq(b"0123456789abcdef", b"0123456789abcde"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn cross_site_requests_are_recognized() {
+        assert!(!cross_site(&headers(&[("host", "127.0.0.1:8080")])));
+        assert!(!cross_site(&headers(&[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080")])));
+        assert!(cross_site(&headers(&[("host", "127.0.0.1:8080"), ("origin", "https://evil.example")])));
+        assert!(cross_site(&headers(&[("host", "127.0.0.1:8080"), ("origin", "null")])));
+        assert!(cross_site(&headers(&[("host", "127.0.0.1:8080"), ("sec-fetch-site", "cross-site")])));
+        assert!(!cross_site(&headers(&[("host", "h"), ("sec-fetch-site", "same-origin")])));
+    }
+
+    #[test]
+    fn cookies_are_read_by_name() {
+        let h = headers(&[("cookie", "a=1; cronsumer_admin=tok; b=2")]);
+        assert_eq!(cookie_value(&h, COOKIE), Some("tok"));
+        assert_eq!(cookie_value(&h, "c"), None);
+    }
+}

@@ -1,0 +1,293 @@
+//! What the probes and the console report, kept current by background tasks
+//! so that no request waits on the database or the broker: liveness every
+//! second, readiness every two (more often until first ready), the record rate every ten (15 minutes kept
+//! for the console's chart), the group's lag every fifteen, and the gauges derived from them.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use prometheus::core::Collector;
+
+use crate::config::Settings;
+use crate::db::Pool;
+use crate::heartbeat::InHand;
+use crate::metrics;
+use crate::scheduler::{JobContext, JobRunner};
+use crate::shutdown::Shutdown;
+use crate::supervisor::{Restart, Supervisor};
+
+/// The scheduler counts as stopped when no tick started for this long
+/// (the supervision job ticks every 5 s).
+const SCHEDULER_SILENCE: Duration = Duration::from_secs(20);
+const LIVENESS_EVERY: Duration = Duration::from_secs(1);
+const READINESS_EVERY: Duration = Duration::from_secs(2);
+const READINESS_EVERY_UNTIL_READY: Duration = Duration::from_millis(200);
+pub const RATE_EVERY: Duration = Duration::from_secs(10);
+const LAG_EVERY: Duration = Duration::from_secs(15);
+/// 15 minutes of rate samples, plus the one they are measured from.
+const RATE_SAMPLES: usize = 91;
+/// A probe result older than this is a problem in itself: its refresher is stuck.
+const STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// What the service is made of, as the status reads it.
+pub struct Sources {
+    pub settings: Arc<Settings>,
+    pub pool: Pool,
+    pub supervisor: Option<Arc<Mutex<Supervisor>>>,
+    pub jobs: Arc<JobContext>,
+    pub runners: Vec<Arc<JobRunner>>,
+    /// The topics the consumer reads (their lag is sampled).
+    pub topics: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Probe {
+    problems: Vec<String>,
+    at: Option<Instant>,
+}
+
+/// The consumer thread as the console shows it.
+#[derive(Debug, Clone)]
+pub struct ConsumerView {
+    pub alive: bool,
+    pub since_poll: Option<Duration>,
+    pub since_commit: Option<Duration>,
+    pub in_hand: Option<InHand>,
+    pub retrying_for: Option<Duration>,
+    pub restarts: u64,
+    pub recent_restarts: Vec<Restart>,
+    pub assignment: Vec<(String, i32)>,
+}
+
+pub struct Status {
+    pub sources: Sources,
+    admin: Option<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>>,
+    live: RwLock<Probe>,
+    ready: RwLock<Probe>,
+    ever_ready: AtomicBool,
+    /// (when, records handled in all) samples, oldest first.
+    rate: Mutex<VecDeque<(Instant, u64)>>,
+    /// Made at the first lag reading.
+    lag: Mutex<Option<crate::kafka::LagReader>>,
+}
+
+impl Status {
+    pub fn new(sources: Sources) -> Arc<Status> {
+        let admin =
+            if sources.settings.kafka.enabled { crate::kafka::admin_client(&sources.settings).ok() } else { None };
+        Arc::new(Status {
+            sources,
+            admin,
+            live: RwLock::default(),
+            ready: RwLock::default(),
+            ever_ready: AtomicBool::new(false),
+            rate: Mutex::default(),
+            lag: Mutex::default(),
+        })
+    }
+
+    /// Starts the background refreshers on the current tokio runtime.
+    pub fn start(self: &Arc<Self>, shutdown: &Shutdown) {
+        // Each check returns when it wants to run next.
+        let every = |status: &Arc<Status>, check: fn(&Status) -> Duration| {
+            let (status, shutdown) = (status.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    let s = status.clone();
+                    // The checks block (locks, the database, the broker): off the async workers.
+                    let next = tokio::task::spawn_blocking(move || check(&s)).await.unwrap_or(LIVENESS_EVERY);
+                    tokio::select! {
+                        _ = tokio::time::sleep(next) => {}
+                        _ = shutdown.wait() => return,
+                    }
+                }
+            });
+        };
+        every(self, |s| {
+            let problems = s.check_liveness();
+            *s.live.write().unwrap_or_else(|p| p.into_inner()) = Probe { problems, at: Some(Instant::now()) };
+            s.update_gauges();
+            LIVENESS_EVERY
+        });
+        every(self, |s| {
+            let problems = s.check_readiness();
+            // Until first ready, look often: start-up is timed to the first 200.
+            if problems.is_empty() {
+                s.ever_ready.store(true, Ordering::Relaxed);
+            }
+            let first = !s.ever_ready.load(Ordering::Relaxed);
+            let next = if first { READINESS_EVERY_UNTIL_READY } else { READINESS_EVERY };
+            *s.ready.write().unwrap_or_else(|p| p.into_inner()) = Probe { problems, at: Some(Instant::now()) };
+            next
+        });
+        every(self, |s| {
+            s.sample_rate();
+            RATE_EVERY
+        });
+        if self.sources.settings.kafka.enabled {
+            every(self, |s| {
+                s.sample_lag();
+                LAG_EVERY
+            });
+        }
+    }
+
+    /// Problems that make the service unhealthy (empty: healthy), as last checked.
+    pub fn liveness(&self) -> Vec<String> {
+        Self::read(&self.live, "liveness")
+    }
+
+    /// Problems that make the service not ready (empty: ready), as last checked.
+    pub fn readiness(&self) -> Vec<String> {
+        Self::read(&self.ready, "readiness")
+    }
+
+    fn read(probe: &RwLock<Probe>, what: &str) -> Vec<String> {
+        let p = probe.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match p.at {
+            None => vec![format!("{what} not checked yet")],
+            Some(at) if at.elapsed() > STALE_AFTER => {
+                vec![format!("{what} last checked {} s ago (its check is stuck)", at.elapsed().as_secs())]
+            }
+            Some(_) => p.problems,
+        }
+    }
+
+    /// Records per second over each sampling interval, oldest first.
+    pub fn rates(&self) -> Vec<f64> {
+        let samples = self.rate.lock().unwrap_or_else(|p| p.into_inner());
+        samples
+            .iter()
+            .zip(samples.iter().skip(1))
+            .map(|((t0, n0), (t1, n1))| n1.saturating_sub(*n0) as f64 / (*t1 - *t0).as_secs_f64().max(0.001))
+            .collect()
+    }
+
+    /// The consumer thread now (`None` with `KAFKA_ENABLED=false`).
+    pub fn consumer(&self) -> Option<ConsumerView> {
+        let s = self.sources.supervisor.as_ref()?;
+        let s = s.lock().unwrap_or_else(|p| p.into_inner());
+        let hb = s.heartbeat();
+        Some(ConsumerView {
+            alive: s.is_alive(),
+            since_poll: hb.as_ref().and_then(|h| h.since_poll()),
+            since_commit: hb.as_ref().and_then(|h| h.since_commit()),
+            in_hand: hb.as_ref().and_then(|h| h.in_hand()),
+            retrying_for: hb.as_ref().and_then(|h| h.retrying_for()),
+            restarts: s.restarts(),
+            recent_restarts: s.recent_restarts(),
+            assignment: hb.as_ref().map(|h| h.assignment()).unwrap_or_default(),
+        })
+    }
+
+    fn check_liveness(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let settings = &self.sources.settings;
+        if let Some(s) = &self.sources.supervisor {
+            let s = s.lock().unwrap_or_else(|p| p.into_inner());
+            if !s.is_alive() {
+                problems.push("consumer thread is not running".to_string());
+            } else if let Some(hb) = s.heartbeat() {
+                let stall = settings.consumer.stall_timeout;
+                if let Some(age) = hb.since_poll().filter(|age| *age > stall) {
+                    problems.push(format!("consumer thread has not polled for {} ms", age.as_millis()));
+                }
+                if let Some((lasting, error)) = hb.client_failing_for(stall) {
+                    problems.push(format!("kafka client failing for {} s: {error}", lasting.as_secs()));
+                }
+                if let Some(h) = hb.in_hand() {
+                    problems.push(format!("consumer is retrying a batch: {}", h.reason));
+                }
+            }
+        }
+        if let Some(age) = self.sources.jobs.since_tick().filter(|age| *age > SCHEDULER_SILENCE) {
+            problems.push(format!("scheduler has not ticked for {} s", age.as_secs()));
+        }
+        problems
+    }
+
+    fn check_readiness(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        match self.sources.pool.get() {
+            Ok(mut c) => {
+                if let Err(e) = crate::db::ping(&mut c) {
+                    problems.push(format!("database does not answer: {e}"));
+                }
+            }
+            Err(e) => problems.push(format!("database unreachable: {e}")),
+        }
+        if let Some(admin) = &self.admin {
+            if let Err(e) = admin.inner().fetch_metadata(None, Duration::from_secs(2)) {
+                problems.push(format!("broker unreachable: {e}"));
+            }
+            let assigned = self
+                .sources
+                .supervisor
+                .as_ref()
+                .and_then(|s| s.lock().ok().and_then(|s| s.heartbeat()))
+                .map(|hb| hb.assigned())
+                .unwrap_or(0);
+            if assigned == 0 {
+                problems.push("no partitions assigned".to_string());
+            }
+        }
+        problems
+    }
+
+    fn sample_rate(&self) {
+        let total: f64 = metrics::get()
+            .records_consumed
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_counter().get_value())
+            .sum();
+        let mut samples = self.rate.lock().unwrap_or_else(|p| p.into_inner());
+        if samples.len() == RATE_SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back((Instant::now(), total as u64));
+    }
+
+    /// The group's lag on each partition, into `cronsumer_consumer_lag`.
+    fn sample_lag(&self) {
+        let mut reader = self.lag.lock().unwrap_or_else(|p| p.into_inner());
+        if reader.is_none() {
+            match crate::kafka::LagReader::new(&self.sources.settings) {
+                Ok(r) => *reader = Some(r),
+                Err(e) => return log::warn!("lag not read: {e}"),
+            }
+        }
+        let Some(r) = reader.as_ref() else { return };
+        match r.read(&self.sources.topics) {
+            Ok(parts) => {
+                for p in parts {
+                    let partition = p.partition.to_string();
+                    metrics::get().consumer_lag.with_label_values(&[&p.topic, &partition]).set(p.lag);
+                }
+            }
+            // The readiness probe names an unreachable broker; this stays quiet.
+            Err(e) => log::debug!("lag not read: {e}"),
+        }
+    }
+
+    /// The gauges that describe state rather than count events.
+    fn update_gauges(&self) {
+        let m = metrics::get();
+        let settings = &self.sources.settings;
+        if let Some(c) = self.consumer() {
+            let polling = c.since_poll.is_some_and(|age| age <= settings.consumer.stall_timeout);
+            m.consumer_up.with_label_values(&[&settings.kafka.group_id]).set(i64::from(c.alive && polling));
+            m.batch_retrying_seconds.set(c.retrying_for.map_or(0.0, |d| d.as_secs_f64()));
+        }
+        let now = chrono::Utc::now();
+        for r in &self.sources.runners {
+            m.job_overdue_seconds.with_label_values(&[r.name()]).set(r.overdue(now).as_secs_f64());
+        }
+        let state = self.sources.pool.state();
+        m.db_pool_connections.with_label_values(&["idle"]).set(state.idle_connections as i64);
+        m.db_pool_connections.with_label_values(&["active"]).set((state.connections - state.idle_connections) as i64);
+    }
+}

@@ -1,0 +1,295 @@
+//! The HTTP server from outside, over real sockets: every route, the web
+//! console's content and actions (refused without the token, from another
+//! site, or with a wrong one), hostile clients (an endless header, more
+//! idle connections than the limit, an oversized body), `cronsumer
+//! healthcheck`, and the console in a real headless Chromium.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use cronsumer::db::{self, Backend};
+
+use crate::common::*;
+use crate::consumer::create_registry_topics;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+/// One HTTP/1.1 request on a fresh connection: `(status, head, body)`.
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<(u16, String, String)> {
+    let sock: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Some((status, head.to_string(), body.to_string()))
+}
+
+fn post(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let headers: Vec<(&str, &str)> = headers.iter().copied().chain([form]).collect();
+    request(addr, "POST", path, &headers, "").unwrap_or_else(|| panic!("POST {path}: no answer"))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A running service with one stored notification and one dead letter.
+fn service_with_data(extra_env: &[(&str, &str)]) -> (TestDb, cronsumer::config::Settings, Service) {
+    let tdb = TestDb::new(Backend::Sqlite);
+    let pool = tdb.pool();
+    // The sender runs when the consumer wakes it; its own tick is a year away.
+    let s = settings(&tdb.url, &unique("http"), &[("NOTIFICATIONS_CRON", "0 0 0 1 1 *")]);
+    let topic = create_registry_topics(&s, 1);
+    let mut svc = Service::start(&s, &tdb.url, extra_env);
+    produce(&s, &topic, &[notification(1), b"<not json: dead letter me>".to_vec()]);
+    svc.wait_for("one row and one dead letter", Duration::from_secs(60), || {
+        count_notifications(&pool) == 1 && count_dead_letters(&pool) == 1
+    });
+    let http = svc.http.clone();
+    svc.wait_for("healthy", Duration::from_secs(30), || http_get(&http, "/healthz").is_some_and(|(c, _)| c == 200));
+    (tdb, s, svc)
+}
+
+#[test]
+fn every_route_answers_and_the_console_is_read_only_without_a_token() {
+    let (_tdb, s, mut svc) = service_with_data(&[]);
+    let http = svc.http.clone();
+    svc.wait_for("ready", Duration::from_secs(30), || http_get(&http, "/readyz").is_some_and(|(c, _)| c == 200));
+    // The assigned partition's lag, read in the background, reaches 0 once the commit is in.
+    let row = format!("<tr><td>{}<td>0<td class=num>0</tr>", s.topic("notifications"));
+    svc.wait_for("the partition's lag on the console", Duration::from_secs(60), || {
+        http_get(&http, "/").is_some_and(|(_, page)| page.contains(&row))
+    });
+    let (code, body) = http_get(&svc.http, "/healthz").unwrap();
+    assert_eq!((code, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (code, metrics) = http_get(&svc.http, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("cronsumer_consumer_up{group="), "{metrics}");
+    assert!(metrics.contains("cronsumer_job_overdue_seconds{job_name=\"send_notifications\"}"), "{metrics}");
+    let (code, body) = http_get(&svc.http, "/no-such-page").unwrap();
+    assert_eq!(code, 404, "{body}");
+
+    let (code, page) = http_get(&svc.http, "/").unwrap();
+    assert_eq!(code, 200);
+    for want in ["<h2>Consumer</h2>", "<h2>Dead letters</h2>", "<h2>Notifications</h2>", "<h2>Jobs</h2>", "Restarts: 0"]
+    {
+        assert!(page.contains(want), "{want} missing from the console:\n{page}");
+    }
+    assert!(page.contains("&lt;not json: dead letter me&gt;"), "the dead letter's payload, escaped:\n{page}");
+    // The consumer woke the sender, which sent the notification through the log notifier.
+    assert!(page.contains("send_notifications") && page.contains("<tr><td>sent<td class=num>1</tr>"), "{page}");
+    assert!(page.contains("Read-only") && !page.contains("<button>Replay"), "{page}");
+    let (code, filtered) = http_get(&svc.http, "/?topic=no-such-topic").unwrap();
+    assert_eq!(code, 200);
+    assert!(filtered.contains("<p>None.</p>") && !filtered.contains("dead letter me"), "{filtered}");
+
+    // Without HTTP_ADMIN_TOKEN no action exists, whatever is presented.
+    let bearer = format!("Bearer {TOKEN}");
+    for path in
+        ["/actions/dead-letters/1/replay", "/actions/notifications/1/retry", "/actions/jobs/send_notifications/run"]
+    {
+        let (code, _, body) = post(&svc.http, path, &[("Authorization", &bearer)]);
+        assert_eq!(code, 403, "{path}: {body}");
+        assert!(body.contains("HTTP_ADMIN_TOKEN is not set"), "{body}");
+    }
+    // Probes and pages are GETs only.
+    let (code, _, _) = post(&svc.http, "/healthz", &[]);
+    assert_eq!(code, 405);
+}
+
+#[test]
+fn actions_need_the_token_and_refuse_other_sites() {
+    let (tdb, _s, svc) = service_with_data(&[("HTTP_ADMIN_TOKEN", TOKEN)]);
+    let pool = tdb.pool();
+    let mut conn = pool.get().unwrap();
+    let note = db::notifications::list(&mut conn, None, 1).unwrap().remove(0);
+    let dead = db::dead_letters::list(&mut conn, None, 1).unwrap().remove(0);
+    let retry = format!("/actions/notifications/{}/retry", note.id);
+    let replay = format!("/actions/dead-letters/{}/replay", dead.id);
+    let bearer = format!("Bearer {TOKEN}");
+
+    let (code, _, _) = post(&svc.http, &retry, &[]);
+    assert_eq!(code, 401, "no token");
+    let (code, _, _) = post(&svc.http, &retry, &[("Authorization", "Bearer wrong-token-wrong-token-00")]);
+    assert_eq!(code, 403, "wrong token");
+    let (code, _, _) = post(&svc.http, &retry, &[("Cookie", "cronsumer_admin=wrong-token-wrong-token-00")]);
+    assert_eq!(code, 403, "wrong cookie");
+    // A cross-site form carries the browser's cookie only without SameSite=Strict,
+    // and its Origin gives it away.
+    let cookie = format!("cronsumer_admin={TOKEN}");
+    let (code, _, body) = post(&svc.http, &retry, &[("Cookie", &cookie), ("Origin", "https://evil.example")]);
+    assert_eq!(code, 403, "{body}");
+    let (code, _, _) = post(&svc.http, &retry, &[("Cookie", &cookie), ("Sec-Fetch-Site", "cross-site")]);
+    assert_eq!(code, 403);
+    // GET does not act.
+    let (code, _) = http_get(&svc.http, &retry).unwrap();
+    assert_eq!(code, 405);
+
+    let (code, _, body) = post(&svc.http, &retry, &[("Authorization", &bearer)]);
+    assert_eq!(code, 200, "{body}");
+    let (code, _, body) = post(&svc.http, "/actions/notifications/999999/retry", &[("Authorization", &bearer)]);
+    assert_eq!(code, 404, "{body}");
+    let (code, _, body) = post(&svc.http, "/actions/jobs/send_notifications/run", &[("Authorization", &bearer)]);
+    assert_eq!(code, 200, "{body}");
+    let sent = db::notifications::list(&mut conn, Some(db::notifications::SENT), 10).unwrap();
+    assert_eq!(sent.len(), 1, "the job run from the console sent the pending notification");
+
+    let (code, _, body) = post(&svc.http, &replay, &[("Authorization", &bearer)]);
+    assert_eq!(code, 200, "{body}");
+    assert!(db::dead_letters::find(&mut conn, dead.id).unwrap().unwrap().replayed_at.is_some());
+
+    // The console's unlock form sets a strict, script-proof cookie, then shows the buttons.
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let (code, head, _) =
+        request(&svc.http, "POST", "/unlock", &[form], &format!("token={TOKEN}")).expect("unlock answers");
+    assert_eq!(code, 303, "{head}");
+    let set_cookie = head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).expect("a cookie");
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+    let (code, _, _) = request(&svc.http, "POST", "/unlock", &[form], "token=wrong-token-wrong-token-00").unwrap();
+    assert_eq!(code, 403);
+    let (code, _, page) = request(&svc.http, "GET", "/", &[("Cookie", &cookie)], "").unwrap();
+    assert_eq!(code, 200);
+    assert!(page.contains("<button>Run now</button>") && page.contains("Lock actions"), "{page}");
+    let (_, _, locked) = request(&svc.http, "GET", "/", &[], "").unwrap();
+    assert!(locked.contains("Unlock actions") && !locked.contains("<button>Run now</button>"), "{locked}");
+    assert!(!svc.log_text().contains(TOKEN), "the token was logged");
+}
+
+#[test]
+fn hostile_clients_cannot_exhaust_the_server() {
+    let (_tdb, _s, mut svc) = service_with_data(&[]);
+    let pid = svc.child.id();
+    let addr: std::net::SocketAddr = svc.http.parse().unwrap();
+    let rss_before = rss_kib(pid);
+
+    // An endless header line: refused once the head passes its limit, memory bounded.
+    let mut endless = TcpStream::connect(addr).unwrap();
+    endless.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: ").unwrap();
+    let chunk = vec![b'a'; 64 * 1024];
+    let mut sent = 0usize;
+    while sent < 64 * 1024 * 1024 {
+        if endless.write_all(&chunk).is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    assert!(sent < 8 * 1024 * 1024, "the server kept reading an endless header ({sent} bytes)");
+    let grown = rss_kib(pid).saturating_sub(rss_before);
+    assert!(grown < 16 * 1024, "RSS grew by {grown} KiB for one endless header");
+
+    // An oversized body is refused.
+    let big = "x".repeat(64 * 1024);
+    let (code, _, _) =
+        request(&svc.http, "POST", "/unlock", &[("Content-Type", "application/x-www-form-urlencoded")], &big).unwrap();
+    assert_eq!(code, 413);
+
+    // Idle connections under the limit leave room for probes...
+    let mut idle: Vec<TcpStream> = (0..200).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(svc.healthz().map(|(c, _)| c), Some(200), "a probe beside 200 idle connections");
+    // ...those over it are closed at once, and every idle one after the header timeout.
+    idle.extend((0..100).map(|_| TcpStream::connect(addr).unwrap()));
+    let started = Instant::now();
+    let mut closed = 0;
+    for s in &mut idle {
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut b = [0u8; 1];
+        if matches!(s.read(&mut b), Ok(0) | Err(_)) {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, idle.len(), "idle connections left open");
+    assert!(started.elapsed() < Duration::from_secs(12), "idle connections held {:?}", started.elapsed());
+    let refused = metric_sum(&svc.metrics(), "cronsumer_http_connections_refused_total");
+    assert!(refused >= 1.0, "connections over the limit were not refused");
+    let http = svc.http.clone();
+    svc.wait_for("healthy after the attack", Duration::from_secs(10), || {
+        http_get(&http, "/healthz").is_some_and(|(c, _)| c == 200)
+    });
+}
+
+#[test]
+fn healthcheck_exits_0_when_healthy_and_1_otherwise() {
+    let (tdb, s, svc) = service_with_data(&[]);
+    let run = |addr: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cronsumer"))
+            .arg("healthcheck")
+            .current_dir(std::env::temp_dir())
+            .envs(env_of(&s, &tdb.url))
+            .env("HTTP_ADDR", addr)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = run(&svc.http);
+    assert_eq!(code, Some(0), "{out}");
+    let port = svc.http.rsplit(':').next().unwrap();
+    assert_eq!(run(&format!("0.0.0.0:{port}")).0, Some(0), "0.0.0.0 is asked on loopback");
+    let (code, out) = run(&free_addr());
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.starts_with("unhealthy"), "{out}");
+    assert_eq!(run("not-an-address").0, Some(1));
+}
+
+/// The console in Debian's headless Chromium: the rendered DOM and a
+/// screenshot under `target/`.
+#[test]
+fn the_console_renders_in_headless_chromium() {
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("Chromium is required for this test: apt-get install chromium (.ci/run installs it)");
+    let (_tdb, _s, svc) = service_with_data(&[("HTTP_ADMIN_TOKEN", TOKEN)]);
+    let url = format!("http://{}/", svc.http);
+    let profile = std::env::temp_dir().join(unique("chromium-"));
+    let chrome = |args: &[&str]| {
+        let out = std::process::Command::new(chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(args)
+            .output()
+            .expect("chromium runs");
+        assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = chrome(&["--dump-dom", &url]);
+    for want in [
+        "<h1>cronsumer</h1>",
+        "healthy",
+        "Dead letters",
+        "not json: dead letter me",
+        "send_notifications",
+        "Unlock actions",
+    ] {
+        assert!(dom.contains(want), "{want} missing from the rendered console:\n{dom}");
+    }
+    assert!(dom.contains("<svg") || dom.contains("collecting"), "no rate chart:\n{dom}");
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console.png");
+    let _ = std::fs::remove_file(&shot);
+    chrome(&["--window-size=1280,1400", &format!("--screenshot={}", shot.display()), &url]);
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "screenshot of {} bytes", png.len());
+    let _ = std::fs::remove_dir_all(&profile);
+}
