@@ -27,7 +27,7 @@ pub struct Metrics {
     pub consumer_up: IntGaugeVec,
     pub batch_retrying_seconds: Gauge,
     pub job_overdue_seconds: GaugeVec,
-    pub http_connections_refused: IntCounter,
+    pub http_connections_dropped: IntCounterVec,
     pub job_runs: IntCounterVec,
     pub job_duration: HistogramVec,
     pub notifications: IntCounterVec,
@@ -120,10 +120,11 @@ impl Metrics {
             },
             batch_retrying_seconds,
             job_overdue_seconds,
-            http_connections_refused: counter(
+            http_connections_dropped: counter_vec(
                 &r,
-                "cronsumer_http_connections_refused_total",
-                "HTTP connections closed at once because the connection limit was reached",
+                "cronsumer_http_connections_dropped_total",
+                "HTTP connections closed at the limit: evicted (the oldest without a request, for a newcomer) or refused (all were serving requests)",
+                &["reason"],
             ),
             records_consumed: counter_vec(
                 &r,

@@ -4,7 +4,7 @@
 //! axum routes; hyper drives each HTTP/1 connection, because it bounds what
 //! a client can hold: the request head's size and the time to send it, the
 //! body's size, the time a request may take, and the connections open at
-//! once (one over the limit is closed at once). It runs on the service's
+//! once (see [`connections`]). It runs on the service's
 //! tokio runtime, and no probe waits on the database or the broker: they
 //! answer from [`status::Status`], kept current in the background.
 
@@ -21,19 +21,19 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tower_service::Service as _;
 
 use crate::metrics;
 use crate::shutdown::Shutdown;
 
 mod admin;
+mod connections;
 pub mod console;
 pub mod status;
 
+pub use connections::MAX_CONNECTIONS;
 pub use status::{Sources, Status};
 
-/// Connections open at once; one more is closed at once (and counted).
-pub const MAX_CONNECTIONS: usize = 256;
 /// Time a client has to send a request's head, from the connection's start
 /// or the previous answer (slowloris, idle keep-alives).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -108,7 +108,7 @@ pub async fn serve(addr: SocketAddr, router: Router, shutdown: Shutdown) -> std:
 }
 
 async fn accept(listener: TcpListener, router: Router, shutdown: Shutdown) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let table = Arc::new(connections::Connections::default());
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -122,21 +122,27 @@ async fn accept(listener: TcpListener, router: Router, shutdown: Shutdown) {
             },
             _ = shutdown.wait() => return,
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics::get().http_connections_refused.inc();
-            drop(stream);
-            continue;
-        };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let Some(slot) = table.admit() else { continue };
+        let slot = Arc::new(slot);
+        let (router, serving) = (router.clone(), slot.clone());
+        let service = hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+            serving.serving();
+            let mut router = router.clone();
+            async move { router.call(req.map(axum::body::Body::new)).await }
+        });
         tokio::spawn(async move {
-            let _permit = permit;
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = connection.await {
-                log::debug!("http connection ended: {e}");
+            tokio::select! {
+                ended = connection => {
+                    if let Err(e) = ended {
+                        log::debug!("http connection ended: {e}");
+                    }
+                }
+                _ = slot.evicted() => log::debug!("http connection closed for a newcomer (it sent no request)"),
             }
         });
     }
