@@ -69,7 +69,8 @@ impl Job for SendNotifications {
             }
             let finished = deliver_chunk(ctx, &mut conn, &rows, claimed_at, &mut tally)?;
             // An open breaker defers every row: the rest waits for the next run.
-            if !finished || tally.deferred > 0 {
+            // A short chunk was all that was due (rows stored since wake the job again).
+            if !finished || tally.deferred > 0 || (rows.len() as i64) < CHUNK {
                 break;
             }
         }

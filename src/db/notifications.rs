@@ -15,7 +15,7 @@ pub const SENDING: &str = "sending";
 pub const SENT: &str = "sent";
 pub const FAILED: &str = "failed";
 
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, serde::Serialize)]
 #[diesel(table_name = notifications)]
 pub struct Notification {
     pub id: i64,
@@ -130,50 +130,41 @@ pub fn claim_due(
     limit: i64,
     claim_for: std::time::Duration,
 ) -> Result<Vec<Notification>, DbError> {
+    use diesel::sql_types::{BigInt, Text, Timestamp};
     let t = super::clock(conn)?;
     let claimed_until = super::after(t, claim_for);
-    let due = n::status.eq(PENDING).and(n::next_attempt_at.le(t));
-    let claim = |rows: Vec<Notification>| -> Vec<Notification> {
-        rows.into_iter()
-            .map(|mut r| {
-                r.status = SENDING.into();
-                r.claimed_until = Some(claimed_until);
-                r.claimed_by = Some(holder.to_string());
-                r
-            })
-            .collect()
+    // One statement selects and claims: no id list to build, bind and parse
+    // per chunk. PostgreSQL skips rows another copy is claiming.
+    let sql = |p: [&str; 6], lock: &str| {
+        format!(
+            "UPDATE notifications SET status = {}, claimed_until = {}, claimed_by = {} WHERE id IN \
+             (SELECT id FROM notifications WHERE status = {} AND next_attempt_at <= {} ORDER BY next_attempt_at \
+             LIMIT {}{lock}) RETURNING *",
+            p[0], p[1], p[2], p[3], p[4], p[5]
+        )
     };
-    let rows = match conn {
-        DbConnection::Postgresql(c) => c.transaction(|c| {
-            let rows: Vec<Notification> = n::notifications
-                .filter(due)
-                .order(n::next_attempt_at)
-                .limit(limit)
-                .for_update()
-                .skip_locked()
-                .select(Notification::as_select())
-                .load(c)?;
-            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            diesel::update(n::notifications.filter(n::id.eq_any(&ids)))
-                .set((n::status.eq(SENDING), n::claimed_until.eq(claimed_until), n::claimed_by.eq(holder)))
-                .execute(c)?;
-            Ok::<_, diesel::result::Error>(rows)
-        })?,
-        DbConnection::Sqlite(c) => c.immediate_transaction(|c| {
-            let rows: Vec<Notification> = n::notifications
-                .filter(due)
-                .order(n::next_attempt_at)
-                .limit(limit)
-                .select(Notification::as_select())
-                .load(c)?;
-            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            diesel::update(n::notifications.filter(n::id.eq_any(&ids)))
-                .set((n::status.eq(SENDING), n::claimed_until.eq(claimed_until), n::claimed_by.eq(holder)))
-                .execute(c)?;
-            Ok::<_, diesel::result::Error>(rows)
-        })?,
+    macro_rules! claim {
+        ($sql:expr) => {
+            diesel::sql_query($sql)
+                .bind::<Text, _>(SENDING)
+                .bind::<Timestamp, _>(claimed_until)
+                .bind::<Text, _>(holder)
+                .bind::<Text, _>(PENDING)
+                .bind::<Timestamp, _>(t)
+                .bind::<BigInt, _>(limit)
+        };
+    }
+    let mut rows: Vec<Notification> = match conn {
+        DbConnection::Postgresql(c) => {
+            claim!(sql(["$1", "$2", "$3", "$4", "$5", "$6"], " FOR UPDATE SKIP LOCKED")).get_results(c)?
+        }
+        DbConnection::Sqlite(c) => {
+            let sql = sql(["?"; 6], "");
+            c.immediate_transaction(|c| claim!(sql.as_str()).get_results(c))?
+        }
     };
-    Ok(claim(rows))
+    rows.sort_by_key(|r| (r.next_attempt_at, r.id));
+    Ok(rows)
 }
 
 /// Extends every claim `holder` holds by `claim_for` from now (by the

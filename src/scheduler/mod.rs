@@ -199,15 +199,29 @@ impl Scheduler {
     }
 }
 
+/// Wake-ups that come sooner than this after a woken run started are
+/// folded into one run: under a steady stream the job runs a few times a
+/// second over many batches' work, not once per batch (each run costs its
+/// claims and marks whatever it finds).
+pub const WAKE_SPACING: Duration = Duration::from_millis(200);
+
 /// Runs the job whenever it is woken, until shutdown; a wake that finds a run
 /// going waits for it and runs again, so no new work waits for the next tick.
 async fn wake_loop(runner: Arc<JobRunner>, notify: Arc<tokio::sync::Notify>, shutdown: Shutdown) {
+    let mut last_start: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = notify.notified() => {}
             _ = shutdown.wait() => return,
         }
+        if let Some(due) = last_start.map(|t| t + WAKE_SPACING).filter(|due| *due > Instant::now()) {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => {}
+                _ = shutdown.wait() => return,
+            }
+        }
         loop {
+            last_start = Some(Instant::now());
             let r = runner.clone();
             match tokio::task::spawn_blocking(move || r.run(Trigger::Wake)).await {
                 Ok(RunOutcome::SkippedOverlap) => tokio::time::sleep(Duration::from_millis(100)).await,
