@@ -1,4 +1,5 @@
-//! The binary's exit codes and messages for configuration problems.
+//! The binary's exit codes and messages for configuration problems, the
+//! settings files it reads, and secrets kept out of what it prints.
 
 use std::process::Command;
 
@@ -70,4 +71,85 @@ fn unknown_command_is_a_usage_error() {
     let (code, _, err) = cronsumer(&[], &["frobnicate"]);
     assert_eq!(code, 2);
     assert!(err.contains("unrecognized subcommand"), "{err}");
+}
+
+/// `.env.example` as `docker run --env-file` reads it: every non-comment
+/// line is one variable, taken literally. The same file as `.env` in the
+/// working directory reads the same.
+#[test]
+fn env_example_works_unchanged_as_an_env_file_and_as_dotenv() {
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example")).unwrap();
+    let lines: Vec<&str> =
+        example.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')).collect();
+    assert!(lines.iter().any(|l| *l == "NOTIFICATIONS_CRON=*/30 * * * * *"), "{lines:?}");
+    let run = |env: &[(String, String)], dotenv: Option<&str>| {
+        let dir = std::env::temp_dir().join(crate::common::unique("envfile-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(text) = dotenv {
+            std::fs::write(dir.join(".env"), text).unwrap();
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_cronsumer"))
+            .current_dir(&dir)
+            .env_clear()
+            .envs(env.iter().cloned())
+            .arg("config")
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let vars: Vec<(String, String)> =
+        lines.iter().map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).unwrap()).collect();
+    let (code, as_env_file, err) = run(&vars, None);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(as_env_file.contains("NOTIFICATIONS_CRON=*/30 * * * * *\n"), "{as_env_file}");
+    let (code, as_dotenv, err) = run(&[], Some(&example));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(as_dotenv, as_env_file);
+    // A line that is no setting is named by its number, and exits 2.
+    let (code, _, err) = run(&[], Some("CONSUMER_BATCH_SIZE=25\nnot a setting\n"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains(".env") && err.contains("line 2"), "{err}");
+}
+
+/// Every form a secret takes stays out of what the commands print,
+/// librdkafka's refusal of a value included.
+#[test]
+fn secrets_are_never_printed() {
+    let secrets = [
+        ("DATABASE_URL", "postgres://app:pa?ss#word1@127.0.0.1:1/app?sslpassword=hunter2-ssl"),
+        ("NOTIFIER", "webhook"),
+        ("NOTIFY_WEBHOOK_URL", "https://hooks.example.com/services/T0/B0/hunter2-path?token=hunter2-query"),
+        ("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+        ("KAFKA_SASL_MECHANISM", "PLAIN"),
+        ("KAFKA_SASL_PASSWORD", "hunter2-sasl"),
+        ("KAFKA_PROP_SSL_KEY_PASSWORD", "hunter2-key"),
+        ("HTTP_ADMIN_TOKEN", "hunter2-admin-token"),
+    ];
+    let leaked = |text: &str| ["hunter2", "pa?ss", "word1"].iter().any(|s| text.contains(s));
+    let (code, out, err) = cronsumer(&secrets, &["config"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!leaked(&out) && !leaked(&err), "{out}{err}");
+    assert!(out.contains("postgres://app:***@127.0.0.1:1/app?sslpassword=***"), "{out}");
+    assert!(out.contains("NOTIFY_WEBHOOK_URL=https://hooks.example.com/***"), "{out}");
+    // The database cannot be reached: its error names the URL, redacted.
+    let (code, out, err) = cronsumer(&secrets, &["migrate"]);
+    assert_eq!(code, 2);
+    assert!(!leaked(&out) && !leaked(&err), "{out}{err}");
+    // librdkafka refuses a value and quotes it (here a secret pasted into the wrong setting).
+    let mut refused = secrets.to_vec();
+    refused.retain(|(k, _)| !k.starts_with("DATABASE"));
+    refused.push(("KAFKA_PROP_SOCKET_TIMEOUT_MS", "hunter2-sasl"));
+    let (code, out, err) = cronsumer(&refused, &["topics"]);
+    assert_ne!(code, 0);
+    assert!(!leaked(&out) && !leaked(&err), "{out}{err}");
+    assert!(err.contains("socket.timeout.ms") && err.contains("***"), "{err}");
+    // A short admin token is refused by name, not shown.
+    let (code, _, err) = cronsumer(&[("HTTP_ADMIN_TOKEN", "hunter2")], &["config"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("HTTP_ADMIN_TOKEN") && !err.contains("hunter2"), "{err}");
 }
