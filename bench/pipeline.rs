@@ -27,9 +27,10 @@ use common::*;
 use cronsumer::config::Settings;
 use cronsumer::consumer::{spawn, ConsumerSetup};
 use cronsumer::db::Backend;
-use cronsumer::handler::{Consumer, HandlerContext, HandlerError, Wakers};
+use cronsumer::handler::{Consumer, HandlerContext, HandlerError};
 use cronsumer::heartbeat::Heartbeat;
 use cronsumer::record::Record;
+use cronsumer::scheduler::Wakers;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
 fn env_usize(name: &str, default: usize) -> usize {

@@ -69,7 +69,7 @@ impl Consumer for Notifications {
         for i in insert_all(ctx.db(), &rows)?.reused {
             ctx.reject_reused(sources[i]);
         }
-        ctx.wake_job("send_notifications");
+        ctx.wake_job(crate::jobs::send_notifications::NAME);
         Ok(())
     }
 }

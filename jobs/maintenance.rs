@@ -23,7 +23,7 @@ impl Job for Maintenance5m {
     }
 
     fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
-        let mut conn = ctx.pool.get().map_err(db::DbError::Pool)?;
+        let mut conn = ctx.db()?;
         let requeued = notifications::requeue_expired(&mut conn)?;
         drop(conn);
         let mut details = format!("requeued={requeued}");
@@ -61,7 +61,7 @@ impl Job for Maintenance15m {
 
     fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
         let before = db::now() - chrono::Duration::days(ctx.settings.retention_days as i64);
-        let mut conn = ctx.pool.get().map_err(db::DbError::Pool)?;
+        let mut conn = ctx.db()?;
         let (sent, dead, runs) = ctx.fenced(self.name(), &mut conn, |c| {
             Ok((
                 notifications::purge_sent_before(c, before)?,

@@ -53,8 +53,12 @@ impl Job for SendNotifications {
         settings.notifications_cron.clone()
     }
 
+    fn wakeable(&self) -> bool {
+        true
+    }
+
     fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
-        let mut conn = ctx.pool.get().map_err(db::DbError::Pool)?;
+        let mut conn = ctx.db()?;
         // Rows a crashed sender left claimed are due again once their claim expired.
         let requeued = notifications::requeue_expired(&mut conn)?;
         if requeued > 0 {

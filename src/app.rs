@@ -10,8 +10,8 @@ use anyhow::Context as _;
 
 use crate::config::Settings;
 use crate::consumer::ConsumerSetup;
-use crate::handler::Wakers;
 use crate::http::{self, Sources, Status};
+use crate::scheduler::Wakers;
 use crate::scheduler::{JobContext, Scheduler};
 use crate::shutdown::Shutdown;
 use crate::supervisor::Supervisor;
@@ -41,8 +41,8 @@ pub fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     if !applied.is_empty() {
         log::info!("applied migrations: {}", applied.join(", "));
     }
-    let mut wakers = Wakers::default();
-    wakers.register(jobs::send_notifications::NAME);
+    let jobs = jobs::registry();
+    let wakers = Wakers::of(&jobs);
     let mut supervisor = None;
     if settings.kafka.enabled {
         prepare_kafka(&settings, &shutdown)?;
@@ -64,7 +64,7 @@ pub fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let result = rt.block_on(async {
-        let scheduler = Scheduler::start(jobs::registry(), ctx.clone(), &wakers).await?;
+        let scheduler = Scheduler::start(jobs, ctx.clone(), &wakers).await?;
         let status = Status::new(Sources {
             settings: settings.clone(),
             pool,

@@ -8,9 +8,6 @@
 //! the database refuses, or an error that repeats on one record, gets that
 //! record dead-lettered (see [`HandlerError::kind`]).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use crate::db::dead_letters::NewDeadLetter;
 use crate::db::{DbConnection, DbError};
 use crate::record::Record;
@@ -126,27 +123,6 @@ fn kind_of_message(message: &str) -> FailureKind {
 impl From<diesel::result::Error> for HandlerError {
     fn from(e: diesel::result::Error) -> Self {
         HandlerError::Db(DbError::Query(e))
-    }
-}
-
-/// Wake-up handles of scheduled jobs, by job name, so a handler can ask a job
-/// to run now instead of at its next tick (new notifications → send them).
-#[derive(Clone, Default)]
-pub struct Wakers(HashMap<&'static str, Arc<tokio::sync::Notify>>);
-
-impl Wakers {
-    pub fn register(&mut self, job: &'static str) -> Arc<tokio::sync::Notify> {
-        self.0.entry(job).or_default().clone()
-    }
-
-    pub fn get(&self, job: &str) -> Option<Arc<tokio::sync::Notify>> {
-        self.0.get(job).cloned()
-    }
-
-    pub fn wake(&self, job: &str) {
-        if let Some(n) = self.0.get(job) {
-            n.notify_one();
-        }
     }
 }
 

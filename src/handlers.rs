@@ -14,10 +14,11 @@ use crate::broker::Tp;
 use crate::db::consumer_offsets::{self, Advance, Span};
 use crate::db::dead_letters::{self, NewDeadLetter};
 use crate::db::{checkout, DbConnection, DbError, Pool};
-use crate::handler::{db_failure_kind, HandlerContext, Wakers};
+use crate::handler::{db_failure_kind, HandlerContext};
 use crate::metrics;
 use crate::record::Record;
 use crate::router::{DispatchError, Router};
+use crate::scheduler::Wakers;
 use crate::shutdown::StopRequest;
 use crate::sink::{Failure, FailureKind, Sink};
 

@@ -7,6 +7,7 @@
 //! every run is recorded in `job_runs`, and a panicking job is recorded as
 //! failed and runs again at its next tick.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,6 @@ use chrono::Utc;
 
 use crate::config::Settings;
 use crate::db::{self, job_leases, DbConnection, Pool};
-use crate::handler::Wakers;
 use crate::lease;
 use crate::notifier::Notifier;
 use crate::shutdown::Shutdown;
@@ -101,6 +101,11 @@ impl JobContext {
         done.ok_or_else(|| JobError::LeaseLost(job.to_string()))
     }
 
+    /// A pooled connection, as `HandlerContext::db()` gives handlers theirs.
+    pub fn db(&self) -> Result<db::Conn, JobError> {
+        Ok(self.pool.get().map_err(db::DbError::Pool)?)
+    }
+
     /// Time since the scheduler last ticked; `None` before the first tick.
     pub fn since_tick(&self) -> Option<Duration> {
         self.last_tick.lock().ok().and_then(|t| t.map(|t| t.elapsed()))
@@ -130,10 +135,38 @@ pub trait Job: Send + Sync {
     fn exclusive(&self) -> bool {
         true
     }
+    /// Whether the consumer's modules may wake it to run now (as
+    /// `send_notifications` is when new notifications are stored), besides
+    /// its cron ticks.
+    fn wakeable(&self) -> bool {
+        false
+    }
     /// Whether its runs are recorded in `job_runs`. Jobs that must run while
     /// the database is away (supervision) say no: they never wait for it.
     fn recorded(&self) -> bool {
         true
+    }
+}
+
+/// Wake-up handles of scheduled jobs, by job name, so a handler can ask a job
+/// to run now instead of at its next tick (new notifications → send them).
+#[derive(Clone, Default)]
+pub struct Wakers(HashMap<&'static str, Arc<tokio::sync::Notify>>);
+
+impl Wakers {
+    /// A handle for each job that says it is [`Job::wakeable`].
+    pub fn of(jobs: &[Arc<dyn Job>]) -> Wakers {
+        Wakers(jobs.iter().filter(|j| j.wakeable()).map(|j| (j.name(), Arc::default())).collect())
+    }
+
+    pub fn get(&self, job: &str) -> Option<Arc<tokio::sync::Notify>> {
+        self.0.get(job).cloned()
+    }
+
+    pub fn wake(&self, job: &str) {
+        if let Some(n) = self.0.get(job) {
+            n.notify_one();
+        }
     }
 }
 

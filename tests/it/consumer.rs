@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use cronsumer::config::Settings;
 use cronsumer::consumer::{spawn, ConsumerError, ConsumerSetup};
 use cronsumer::db::{Backend, Pool};
-use cronsumer::handler::Wakers;
 use cronsumer::heartbeat::Heartbeat;
+use cronsumer::scheduler::Wakers;
 use cronsumer::shutdown::StopRequest;
 
 use crate::both_backends;

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use cronsumer::consumer::ConsumerSetup;
 use cronsumer::db::Backend;
-use cronsumer::handler::{Consumer, HandlerContext, HandlerError, Wakers};
+use cronsumer::handler::{Consumer, HandlerContext, HandlerError};
 use cronsumer::record::Record;
+use cronsumer::scheduler::Wakers;
 use cronsumer::scheduler::{JobContext, JobRunner, Trigger};
 use cronsumer::shutdown::Shutdown;
 use cronsumer::supervisor::{RestartCause, Supervisor, Verdict, MIN_STALL_GRACE};
