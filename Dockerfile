@@ -1,12 +1,12 @@
 # syntax=docker/dockerfile:1
 # Build:  docker build -t cronsumer .
-# Run:    docker run --env-file .env -e HTTP_ADDR=0.0.0.0:8080 -p 8080:8080 -v cronsumer-data:/app/data cronsumer
+# Run:    docker run --env-file .env -p 8080:8080 -v cronsumer-data:/app/data cronsumer
 #
 # What .env must NOT override inside a container (--env-file wins over the ENV
-# below; -e wins over --env-file, hence -e HTTP_ADDR in the run line):
-# - HTTP_ADDR must stay 0.0.0.0:8080: with .env.example's 127.0.0.1:8080 the
-#   service listens on the container's own loopback and -p 8080:8080 reaches
-#   nothing (the web console at /, /healthz, /readyz, /metrics).
+# below; .env.example leaves both of the first two commented out):
+# - HTTP_ADDR must stay 0.0.0.0:8080: with 127.0.0.1:8080 the service listens
+#   on the container's own loopback and -p 8080:8080 reaches nothing (the web
+#   console at /, /healthz, /readyz, /metrics).
 # - KAFKA_BOOTSTRAP_SERVERS must not be localhost: inside a container that is
 #   the container itself. Use the broker's name on a shared network (kafka:29092
 #   in docker-compose.yml) or a real host name.

@@ -6,7 +6,8 @@
 
 use std::path::Path;
 
-/// A line that is not `NAME=value`, blank, or a `#` comment.
+/// A line that is not `NAME=value`, blank, or a `#` comment, or a file that
+/// exists but cannot be read (line 0).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{path} line {line}: {reason}")]
 pub struct EnvFileError {
@@ -56,7 +57,13 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<(String, String)>, EnvFileErr
 /// Sets the variables of `path` that the environment does not set already.
 /// A missing file is no error.
 pub fn load(path: &Path) -> Result<(), EnvFileError> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(EnvFileError { path: path.display().to_string(), line: 0, reason: format!("cannot read: {e}") })
+        }
+    };
     for (name, value) in parse(&path.display().to_string(), &text)? {
         if std::env::var_os(&name).is_none() {
             // Settings are read once at start, before any thread is spawned.

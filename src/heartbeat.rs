@@ -1,7 +1,7 @@
 //! The consumer thread's heartbeat: what it last did and when, written by the
 //! thread, read by the supervisor and the health endpoint.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,6 @@ pub struct Heartbeat {
     records: AtomicU64,
     assigned: AtomicI64,
     assignment: Mutex<Vec<(String, i32)>>,
-    retrying: AtomicBool,
     /// Since when the batch in hand has been retrying (0 = it is not).
     retrying_since: AtomicU64,
     last_error: Mutex<Option<String>>,
@@ -52,7 +51,6 @@ impl Default for Heartbeat {
             records: AtomicU64::new(0),
             assigned: AtomicI64::new(0),
             assignment: Mutex::new(Vec::new()),
-            retrying: AtomicBool::new(false),
             retrying_since: AtomicU64::new(0),
             last_error: Mutex::new(None),
             in_hand: Mutex::new(None),
@@ -100,11 +98,12 @@ impl Heartbeat {
 
     /// The batch in hand and why it waits (`None`: no batch waits).
     pub fn set_retrying(&self, in_hand: Option<InHand>) {
-        let was = self.retrying.swap(in_hand.is_some(), Ordering::Relaxed);
-        match (&in_hand, was) {
-            (Some(_), false) => self.retrying_since.store(self.stamp(), Ordering::Relaxed),
-            (None, _) => self.retrying_since.store(0, Ordering::Relaxed),
-            _ => {}
+        match &in_hand {
+            // The first failure starts the clock; later attempts keep it.
+            Some(_) => {
+                let _ = self.retrying_since.compare_exchange(0, self.stamp(), Ordering::Relaxed, Ordering::Relaxed);
+            }
+            None => self.retrying_since.store(0, Ordering::Relaxed),
         }
         let in_hand = in_hand.map(|mut h| {
             // Database messages may span lines: /healthz shows one.
@@ -146,11 +145,6 @@ impl Heartbeat {
 
     pub fn assigned(&self) -> i64 {
         self.assigned.load(Ordering::Relaxed)
-    }
-
-    /// True while a batch waits for a transient failure to clear.
-    pub fn retrying(&self) -> bool {
-        self.retrying.load(Ordering::Relaxed)
     }
 
     /// The Kafka client reported an error (broker unreachable, authentication, ...).

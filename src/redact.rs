@@ -13,50 +13,53 @@ pub fn is_secret_name(name: &str) -> bool {
     (contains.iter().any(|s| n.contains(s)) || n == "sig") && !n.ends_with(".location")
 }
 
+/// A URL's parts: everything up to `://`, the userinfo (before the last
+/// `@` that comes before the path), the host, and the rest (path, query,
+/// fragment). A password holding `?` or `#` still ends at that `@`.
+struct Parts<'a> {
+    scheme: &'a str,
+    userinfo: Option<&'a str>,
+    host: &'a str,
+    rest: &'a str,
+}
+
+fn parts(url: &str) -> Option<Parts<'_>> {
+    let scheme_end = url.find("://")? + 3;
+    let (scheme, after) = url.split_at(scheme_end);
+    let path = after.find('/').unwrap_or(after.len());
+    let (userinfo, host_and_rest) = match after[..path].rfind('@') {
+        Some(at) => (Some(&after[..at]), &after[at + 1..]),
+        None => (None, after),
+    };
+    let host_end = host_and_rest.find(['/', '?', '#']).unwrap_or(host_and_rest.len());
+    let (host, rest) = host_and_rest.split_at(host_end);
+    Some(Parts { scheme, userinfo, host, rest })
+}
+
 /// A URL with its password and any secret-named query value replaced:
-/// `postgres://u:***@h/db?sslpassword=***`. The userinfo ends at the last
-/// `@` before the path, so a password holding `?` or `#` is still found.
+/// `postgres://u:***@h/db?sslpassword=***`.
 pub fn url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_string();
+    let Some(p) = parts(url) else { return url.to_string() };
+    let userinfo = match p.userinfo {
+        Some(u) => match u.split_once(':') {
+            Some((user, _)) => format!("{user}:{REDACTED}@"),
+            None => format!("{u}@"),
+        },
+        None => String::new(),
     };
-    let rest = &url[scheme_end..];
-    let path_start = rest.find('/').unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(path_start);
-    let authority = match authority.rfind('@') {
-        Some(at) => {
-            let (userinfo, host) = authority.split_at(at);
-            match userinfo.find(':') {
-                Some(colon) => format!("{}:{REDACTED}{host}", &userinfo[..colon]),
-                None => authority.to_string(),
-            }
-        }
-        None => authority.to_string(),
-    };
-    format!("{}{authority}{}", &url[..scheme_end], query_values(tail))
+    format!("{}{userinfo}{}{}", p.scheme, p.host, query_values(p.rest))
 }
 
 /// The secret parts of a URL (password, secret-named query values), to
 /// scrub from messages that quote them (libpq's parse errors do).
 pub fn url_secrets(url: &str) -> Vec<String> {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return Vec::new() };
-    let rest = &url[scheme_end..];
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut secrets = Vec::new();
-    if let Some((userinfo, _)) = authority.rsplit_once('@') {
-        if let Some((_, password)) = userinfo.split_once(':') {
-            secrets.push(password.to_string());
-        }
-    }
-    if let Some((_, query)) = tail.split_once('?') {
+    let Some(p) = parts(url) else { return Vec::new() };
+    let mut secrets: Vec<String> =
+        p.userinfo.and_then(|u| u.split_once(':')).map(|(_, pw)| pw.to_string()).into_iter().collect();
+    if let Some((_, query)) = p.rest.split_once('?') {
         let query = query.split('#').next().unwrap_or_default();
-        secrets.extend(
-            query
-                .split('&')
-                .filter_map(|p| p.split_once('='))
-                .filter(|(n, _)| is_secret_name(n))
-                .map(|(_, v)| v.to_string()),
-        );
+        let named = query.split('&').filter_map(|kv| kv.split_once('=')).filter(|(n, _)| is_secret_name(n));
+        secrets.extend(named.map(|(_, v)| v.to_string()));
     }
     secrets.retain(|s| !s.is_empty());
     secrets
@@ -124,6 +127,9 @@ mod tests {
         assert_eq!(url("./data/x.db"), "./data/x.db");
         assert_eq!(url("http://h/p?x=a@b"), "http://h/p?x=a@b");
         assert_eq!(url_secrets("postgres://u:pa?ss@h/db?password=x2"), ["pa?ss", "x2"]);
+        assert_eq!(url("postgres://db:5432?user=u&password=hunter2"), "postgres://db:5432?user=u&password=***");
+        assert_eq!(url_secrets("postgres://db:5432?user=u&password=hunter2"), ["hunter2"]);
+        assert_eq!(url("postgres://u:pw@db:5432?sslmode=require"), "postgres://u:***@db:5432?sslmode=require");
     }
 
     #[test]

@@ -112,7 +112,7 @@ fn kafka_checks(settings: &Settings, r: &mut Report) {
 }
 
 fn database_checks(settings: &Settings, r: &mut Report) {
-    let url = db::redact_url(&settings.database_url);
+    let url = crate::redact::url(&settings.database_url);
     let pool = match db::connect(&settings.database_url, 1) {
         Ok(p) => p,
         Err(e) => return r.problem("database", format!("{e}; check DATABASE_URL")),

@@ -220,6 +220,8 @@ fn healthcheck() -> ExitCode {
         addr.set_ip(if addr.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() });
     }
     let agent: ureq::Agent = ureq::Agent::config_builder()
+        // HTTP(S)_PROXY must not catch a loopback probe.
+        .proxy(None)
         .timeout_global(Some(std::time::Duration::from_secs(3)))
         .http_status_as_error(false)
         .build()
@@ -258,7 +260,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => {
             let (_, applied) = db::connect_and_migrate(&settings.database_url, 1)?;
             if applied.is_empty() {
-                println!("database {} is up to date", db::redact_url(&settings.database_url));
+                println!("database {} is up to date", crate::redact::url(&settings.database_url));
             } else {
                 for m in applied {
                     println!("applied {m}");

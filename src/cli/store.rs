@@ -123,7 +123,7 @@ pub fn notifications(settings: &Settings, out: &Output, command: NotificationsCo
             out.rows(&headers, &rows);
         }
         NotificationsCommand::Retry { id } => {
-            if !notifications::retry_now(&mut conn, id)? {
+            if !notifications::retry_now(&mut conn, id, false)? {
                 bail!(UsageError(format!("no notification with id {id} (see `cronsumer notifications list`)")));
             }
             println!("notification {id} is pending again");

@@ -105,9 +105,28 @@ pub fn insert_all(conn: &mut DbConnection, rows: &[NewDeadLetter]) -> Result<Sto
     Ok(out)
 }
 
+/// Bytes of each payload [`list`] returns (`find` returns the whole).
+pub const PREVIEW_BYTES: i32 = 1024;
+
+/// The newest dead letters, optionally of one topic, each payload cut to
+/// its first [`PREVIEW_BYTES`] (a listing of 1 MiB payloads stays small).
 pub fn list(conn: &mut DbConnection, topic: Option<&str>, limit: i64) -> Result<Vec<DeadLetter>, DbError> {
+    use diesel::sql_types::{Binary, Nullable};
+    let preview = diesel::dsl::sql::<Nullable<Binary>>(&format!("substr(payload, 1, {PREVIEW_BYTES})"));
+    let columns = (
+        d::id,
+        d::topic,
+        d::partition,
+        d::offset,
+        d::key,
+        preview,
+        d::error,
+        d::failed_at,
+        d::replayed_at,
+        d::fingerprint,
+    );
     Ok(on_backend!(conn, |c| {
-        let mut q = d::dead_letters.select(DeadLetter::as_select()).order(d::id.desc()).limit(limit).into_boxed();
+        let mut q = d::dead_letters.select(columns.clone()).order(d::id.desc()).limit(limit).into_boxed();
         if let Some(t) = topic {
             q = q.filter(d::topic.eq(t.to_string()));
         }

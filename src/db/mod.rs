@@ -136,16 +136,11 @@ pub fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// The URL with any password replaced, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    crate::redact::url(url)
-}
-
 /// A connection error's text without the URL's secrets (libpq quotes the
 /// parts of a URL it cannot parse).
 fn connect_error(url: &str, reason: impl std::fmt::Display) -> DbError {
     let reason = crate::redact::scrub(&one_line(&reason.to_string()), &crate::redact::url_secrets(url));
-    DbError::Connect { url: redact_url(url), reason }
+    DbError::Connect { url: crate::redact::url(url), reason }
 }
 
 /// The file path of a SQLite URL (`sqlite://x.db`, `sqlite:x.db` or `x.db`).
@@ -177,14 +172,14 @@ impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SessionSettings 
 /// Opens a pool on `url` (creating a SQLite file's parent directory) and
 /// checks that one connection can be made.
 pub fn connect(url: &str, size: u32) -> Result<Pool, DbError> {
-    let backend = Backend::of_url(url).map_err(|reason| DbError::Connect { url: redact_url(url), reason })?;
+    let backend = Backend::of_url(url).map_err(|reason| DbError::Connect { url: crate::redact::url(url), reason })?;
     let conn_url = match backend {
         Backend::Postgres => bounded_pg_url(url),
         Backend::Sqlite => {
             let path = sqlite_path(url);
             if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|e| DbError::Connect {
-                    url: redact_url(url),
+                    url: crate::redact::url(url),
                     reason: format!("cannot create directory {}: {e}", parent.display()),
                 })?;
             }

@@ -240,17 +240,22 @@ pub fn requeue_expired(conn: &mut DbConnection) -> Result<usize, DbError> {
         .execute(c))?)
 }
 
-/// Sets a row back to `pending`, due now (operator retry). Returns false when no such row.
-pub fn retry_now(conn: &mut DbConnection, id: i64) -> Result<bool, DbError> {
+/// Sets a row back to `pending`, due now (operator retry): any row, or with
+/// `only_failed` a `failed` one (never one being sent). Returns false when
+/// no such row.
+pub fn retry_now(conn: &mut DbConnection, id: i64, only_failed: bool) -> Result<bool, DbError> {
     let t = now();
-    let changed = on_backend!(conn, |c| diesel::update(n::notifications.filter(n::id.eq(id)))
-        .set((
-            n::status.eq(PENDING),
-            n::next_attempt_at.eq(t),
-            n::claimed_until.eq(None::<NaiveDateTime>),
-            n::claimed_by.eq(None::<String>),
-        ))
-        .execute(c))?;
+    let statuses: &[&str] = if only_failed { &[FAILED] } else { &[PENDING, SENDING, SENT, FAILED] };
+    let changed = on_backend!(conn, |c| diesel::update(
+        n::notifications.filter(n::id.eq(id)).filter(n::status.eq_any(statuses))
+    )
+    .set((
+        n::status.eq(PENDING),
+        n::next_attempt_at.eq(t),
+        n::claimed_until.eq(None::<NaiveDateTime>),
+        n::claimed_by.eq(None::<String>),
+    ))
+    .execute(c))?;
     Ok(changed == 1)
 }
 

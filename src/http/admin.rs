@@ -134,6 +134,9 @@ pub async fn replay(State(status): State<Arc<Status>>, headers: HeaderMap, Path(
         let Some(d) = dead_letters::find(&mut conn, id).map_err(db_failed)? else {
             return Err((StatusCode::NOT_FOUND, format!("no dead letter with id {id}")));
         };
+        if d.replayed_at.is_some() {
+            return Err((StatusCode::CONFLICT, format!("dead letter {id} was replayed already")));
+        }
         crate::producer::replay(&s.sources.settings, &mut conn, &[d])
             .map_err(|e| (StatusCode::BAD_GATEWAY, format!("replay failed: {e}")))?;
         Ok(format!("dead letter {id} replayed"))
@@ -144,8 +147,9 @@ pub async fn replay(State(status): State<Arc<Status>>, headers: HeaderMap, Path(
 pub async fn retry(State(status): State<Arc<Status>>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
     act(status, headers, format!("retry notification {id}"), move |s| {
         let mut conn = s.sources.pool.get().map_err(|e| db_failed(DbError::Pool(e)))?;
-        if !notifications::retry_now(&mut conn, id).map_err(db_failed)? {
-            return Err((StatusCode::NOT_FOUND, format!("no notification with id {id}")));
+        // Only a failed one: a row being sent would be sent twice.
+        if !notifications::retry_now(&mut conn, id, true).map_err(db_failed)? {
+            return Err((StatusCode::CONFLICT, format!("no failed notification with id {id}")));
         }
         Ok(format!("notification {id} is pending again"))
     })

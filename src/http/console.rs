@@ -9,12 +9,10 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Html;
-use prometheus::core::Collector;
 
 use super::admin;
-use super::status::{ConsumerView, Status, RATE_EVERY};
+use super::status::{Status, RATE_EVERY};
 use crate::db::{dead_letters, notifications};
-use crate::metrics;
 
 /// Dead letters listed, newest first.
 const DEAD_LETTERS_SHOWN: i64 = 100;
@@ -87,20 +85,8 @@ fn chart(rates: &[f64]) -> String {
     )
 }
 
-/// Each assigned partition with its lag from the gauge (`None` before the first reading).
-fn lag_rows(assignment: &[(String, i32)]) -> Vec<(String, i32, Option<i64>)> {
-    let families = metrics::get().consumer_lag.collect();
-    let lag_of = |topic: &str, partition: i32| {
-        families.iter().flat_map(|f| f.get_metric()).find_map(|m| {
-            let label = |n: &str| m.get_label().iter().find(|l| l.name() == n).map(|l| l.value().to_string());
-            (label("topic").as_deref() == Some(topic) && label("partition") == Some(partition.to_string()))
-                .then(|| m.get_gauge().get_value() as i64)
-        })
-    };
-    assignment.iter().map(|(t, p)| (t.clone(), *p, lag_of(t, *p))).collect()
-}
-
-fn consumer_section(out: &mut String, c: Option<ConsumerView>, rates: &[f64]) {
+fn consumer_section(out: &mut String, s: &Status) {
+    let (c, rates) = (s.consumer(), s.rates());
     out.push_str("<section id=consumer><h2>Consumer</h2>");
     let Some(c) = c else {
         out.push_str("<p>The consumer is off (KAFKA_ENABLED=false).</p></section>");
@@ -127,15 +113,15 @@ fn consumer_section(out: &mut String, c: Option<ConsumerView>, rates: &[f64]) {
         }
         (None, _) => out.push_str("<p>No batch waiting for a retry.</p>"),
     }
-    out.push_str(&chart(rates));
+    out.push_str(&chart(&rates));
     let _ = write!(
         out,
         "<table><caption>Assigned partitions: {}</caption><tr><th>Topic<th>Partition<th>Lag</tr>",
         c.assignment.len()
     );
-    for (topic, partition, lag) in lag_rows(&c.assignment) {
-        let lag = lag.map_or("…".to_string(), |l| l.to_string());
-        let _ = write!(out, "<tr><td>{}<td>{partition}<td class=num>{lag}</tr>", esc(&topic));
+    for (topic, partition) in &c.assignment {
+        let lag = s.lag_of(topic, *partition).map_or("…".to_string(), |l| l.to_string());
+        let _ = write!(out, "<tr><td>{}<td>{partition}<td class=num>{lag}</tr>", esc(topic));
     }
     out.push_str("</table>");
     let _ = write!(out, "<h3 id=restarts>Restarts: {}</h3><ul>", c.restarts);
@@ -275,7 +261,7 @@ fn jobs_section(out: &mut String, s: &Status, admin: Admin) {
             last.as_ref().map_or("not yet".into(), |l| l.started.clone()),
             last.as_ref().map_or(String::new(), |l| {
                 let detail = if l.detail.is_empty() { String::new() } else { format!(": {}", esc(&l.detail)) };
-                format!("<span class={0}>{0}</span>{detail}", esc(&l.outcome))
+                format!("<span class=\"{0}\">{0}</span>{detail}", esc(&l.outcome))
             }),
             last.as_ref().map_or(String::new(), |l| l.duration.clone()),
             r.next_run().map_or("—".into(), |t| t.format("%H:%M:%S UTC").to_string()),
@@ -317,8 +303,14 @@ pub async fn page(State(status): State<Arc<Status>>, headers: HeaderMap, Query(f
 fn render(s: &Status, topic: Option<&str>, admin: Admin) -> String {
     let live = s.liveness();
     let ready = s.readiness();
+    // No refresh while the unlock form waits for the token (it would wipe it).
+    let refresh = if admin == Admin::Locked {
+        String::new()
+    } else {
+        format!("<meta http-equiv=refresh content={REFRESH_SECONDS}>")
+    };
     let mut out = format!(
-        "<!doctype html><html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content={REFRESH_SECONDS}>\
+        "<!doctype html><html lang=en><head><meta charset=utf-8>{refresh}\
          <title>cronsumer</title><style>{STYLE}</style></head><body><h1>cronsumer</h1>"
     );
     let health =
@@ -331,14 +323,16 @@ fn render(s: &Status, topic: Option<&str>, admin: Admin) -> String {
     }
     out.push_str("</ul>");
     out.push_str(admin_bar(admin));
-    consumer_section(&mut out, s.consumer(), &s.rates());
+    consumer_section(&mut out, s);
     dead_letters_section(&mut out, s, topic, admin);
     notifications_section(&mut out, s, admin);
     jobs_section(&mut out, s, admin);
-    let _ = write!(
-        out,
-        "<p class=muted>Refreshes every {REFRESH_SECONDS} s. <a href=\"/metrics\">/metrics</a></p></body></html>"
-    );
+    let refreshes = if admin == Admin::Locked {
+        "<a href=\"/\">Refresh</a>".to_string()
+    } else {
+        format!("Refreshes every {REFRESH_SECONDS} s.")
+    };
+    let _ = write!(out, "<p class=muted>{refreshes} <a href=\"/metrics\">/metrics</a></p></body></html>");
     out
 }
 

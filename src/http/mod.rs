@@ -80,19 +80,19 @@ async fn time_limit(limit: Duration, req: Request, next: Next) -> Response {
 /// Every route, with its limits.
 pub fn routes(status: Arc<Status>) -> Router {
     let actions = Router::new()
-        .route("/unlock", post(admin::unlock))
-        .route("/lock", post(admin::lock))
         .route("/actions/dead-letters/{id}/replay", post(admin::replay))
         .route("/actions/notifications/{id}/retry", post(admin::retry))
         .route("/actions/jobs/{name}/run", post(admin::run_job))
         .layer(middleware::from_fn(|req: Request, next: Next| time_limit(ACTION_TIMEOUT, req, next)));
-    let reads = Router::new()
+    let quick = Router::new()
         .route("/", get(console::page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/unlock", post(admin::unlock))
+        .route("/lock", post(admin::lock))
         .layer(middleware::from_fn(|req: Request, next: Next| time_limit(REQUEST_TIMEOUT, req, next)));
-    reads.merge(actions).fallback(not_found).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(status)
+    quick.merge(actions).fallback(not_found).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(status)
 }
 
 /// Binds `addr` and serves until shutdown, on the current tokio runtime;

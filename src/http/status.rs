@@ -1,7 +1,7 @@
 //! What the probes and the console report, kept current by background tasks
 //! so that no request waits on the database or the broker: liveness every
 //! second, readiness every two (more often until first ready), the record rate every ten (15 minutes kept
-//! for the console's chart), the group's lag every fifteen, and the gauges derived from them.
+//! for the console's chart), this copy's partitions' lag every fifteen, and the gauges derived from them.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,7 +70,9 @@ pub struct Status {
     /// (when, records handled in all) samples, oldest first.
     rate: Mutex<VecDeque<(Instant, u64)>>,
     /// Made at the first lag reading.
-    lag: Mutex<Option<crate::kafka::LagReader>>,
+    lag_reader: Mutex<Option<crate::kafka::LagReader>>,
+    /// The last reading: lag by (topic, partition), of this copy's partitions.
+    lag: Mutex<Vec<((String, i32), i64)>>,
 }
 
 impl Status {
@@ -84,6 +86,7 @@ impl Status {
             ready: RwLock::default(),
             ever_ready: AtomicBool::new(false),
             rate: Mutex::default(),
+            lag_reader: Mutex::default(),
             lag: Mutex::default(),
         })
     }
@@ -251,9 +254,10 @@ impl Status {
         samples.push_back((Instant::now(), total as u64));
     }
 
-    /// The group's lag on each partition, into `cronsumer_consumer_lag`.
+    /// The lag of the partitions this copy holds, into `cronsumer_consumer_lag`
+    /// (each copy exports its own, so a sum over copies counts each partition once).
     fn sample_lag(&self) {
-        let mut reader = self.lag.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reader = self.lag_reader.lock().unwrap_or_else(|p| p.into_inner());
         if reader.is_none() {
             match crate::kafka::LagReader::new(&self.sources.settings) {
                 Ok(r) => *reader = Some(r),
@@ -261,16 +265,27 @@ impl Status {
             }
         }
         let Some(r) = reader.as_ref() else { return };
-        match r.read(&self.sources.topics) {
-            Ok(parts) => {
-                for p in parts {
-                    let partition = p.partition.to_string();
-                    metrics::get().consumer_lag.with_label_values(&[&p.topic, &partition]).set(p.lag);
-                }
-            }
+        let parts = match r.read(&self.sources.topics) {
+            Ok(parts) => parts,
             // The readiness probe names an unreachable broker; this stays quiet.
-            Err(e) => log::debug!("lag not read: {e}"),
+            Err(e) => return log::debug!("lag not read: {e}"),
+        };
+        let mine = self.consumer().map(|c| c.assignment).unwrap_or_default();
+        let lag: Vec<((String, i32), i64)> =
+            parts.into_iter().map(|p| ((p.topic, p.partition), p.lag)).filter(|(tp, _)| mine.contains(tp)).collect();
+        let gauge = &metrics::get().consumer_lag;
+        // Partitions that left this copy leave the gauge too.
+        gauge.reset();
+        for ((topic, partition), l) in &lag {
+            gauge.with_label_values(&[topic, &partition.to_string()]).set(*l);
         }
+        *self.lag.lock().unwrap_or_else(|p| p.into_inner()) = lag;
+    }
+
+    /// The last lag reading of a partition this copy holds.
+    pub fn lag_of(&self, topic: &str, partition: i32) -> Option<i64> {
+        let lag = self.lag.lock().unwrap_or_else(|p| p.into_inner());
+        lag.iter().find(|((t, p), _)| t == topic && *p == partition).map(|(_, l)| *l)
     }
 
     /// The gauges that describe state rather than count events.

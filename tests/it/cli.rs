@@ -81,7 +81,7 @@ fn env_example_works_unchanged_as_an_env_file_and_as_dotenv() {
     let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example")).unwrap();
     let lines: Vec<&str> =
         example.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')).collect();
-    assert!(lines.iter().any(|l| *l == "NOTIFICATIONS_CRON=*/30 * * * * *"), "{lines:?}");
+    assert!(lines.contains(&"NOTIFICATIONS_CRON=*/30 * * * * *"), "{lines:?}");
     let run = |env: &[(String, String)], dotenv: Option<&str>| {
         let dir = std::env::temp_dir().join(crate::common::unique("envfile-"));
         std::fs::create_dir_all(&dir).unwrap();

@@ -46,6 +46,20 @@ fn post(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, Strin
     request(addr, "POST", path, &headers, "").unwrap_or_else(|| panic!("POST {path}: no answer"))
 }
 
+fn fail_notification(pool: &cronsumer::db::Pool, id: i64) {
+    use diesel::prelude::*;
+    let mut conn = pool.get().unwrap();
+    let done = match &mut *conn {
+        db::DbConnection::Sqlite(c) => {
+            diesel::sql_query(format!("UPDATE notifications SET status = 'failed' WHERE id = {id}")).execute(c)
+        }
+        db::DbConnection::Postgresql(c) => {
+            diesel::sql_query(format!("UPDATE notifications SET status = 'failed' WHERE id = {id}")).execute(c)
+        }
+    };
+    assert_eq!(done.unwrap(), 1);
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -104,6 +118,10 @@ fn every_route_answers_and_the_console_is_read_only_without_a_token() {
     let (code, filtered) = http_get(&svc.http, "/?topic=no-such-topic").unwrap();
     assert_eq!(code, 200);
     assert!(filtered.contains("<p>None.</p>") && !filtered.contains("dead letter me"), "{filtered}");
+    // A hostile filter is shown, escaped, never as markup.
+    let (code, hostile) = http_get(&svc.http, "/?topic=%22%3E%3Cscript%3Ealert(1)%3C/script%3E").unwrap();
+    assert_eq!(code, 200);
+    assert!(!hostile.contains("<script>") && hostile.contains("&quot;&gt;&lt;script&gt;"), "{hostile}");
 
     // Without HTTP_ADMIN_TOKEN no action exists, whatever is presented.
     let bearer = format!("Bearer {TOKEN}");
@@ -147,18 +165,26 @@ fn actions_need_the_token_and_refuse_other_sites() {
     let (code, _) = http_get(&svc.http, &retry).unwrap();
     assert_eq!(code, 405);
 
+    // Only a failed notification is retried: a sent one (or one being sent) would go out twice.
+    let (code, _, body) = post(&svc.http, &retry, &[("Authorization", &bearer)]);
+    assert_eq!(code, 409, "{body}");
+    fail_notification(&pool, note.id);
     let (code, _, body) = post(&svc.http, &retry, &[("Authorization", &bearer)]);
     assert_eq!(code, 200, "{body}");
     let (code, _, body) = post(&svc.http, "/actions/notifications/999999/retry", &[("Authorization", &bearer)]);
-    assert_eq!(code, 404, "{body}");
+    assert_eq!(code, 409, "{body}");
     let (code, _, body) = post(&svc.http, "/actions/jobs/send_notifications/run", &[("Authorization", &bearer)]);
     assert_eq!(code, 200, "{body}");
     let sent = db::notifications::list(&mut conn, Some(db::notifications::SENT), 10).unwrap();
-    assert_eq!(sent.len(), 1, "the job run from the console sent the pending notification");
+    assert_eq!(sent.len(), 1, "the job run from the console sent the retried notification");
+    let (code, _, body) = post(&svc.http, "/actions/jobs/no_such_job/run", &[("Authorization", &bearer)]);
+    assert_eq!(code, 404, "{body}");
 
     let (code, _, body) = post(&svc.http, &replay, &[("Authorization", &bearer)]);
     assert_eq!(code, 200, "{body}");
     assert!(db::dead_letters::find(&mut conn, dead.id).unwrap().unwrap().replayed_at.is_some());
+    let (code, _, body) = post(&svc.http, &replay, &[("Authorization", &bearer)]);
+    assert_eq!(code, 409, "a second replay would produce the record twice: {body}");
 
     // The console's unlock form sets a strict, script-proof cookie, then shows the buttons.
     let form = ("Content-Type", "application/x-www-form-urlencoded");
@@ -174,6 +200,13 @@ fn actions_need_the_token_and_refuse_other_sites() {
     assert!(page.contains("<button>Run now</button>") && page.contains("Lock actions"), "{page}");
     let (_, _, locked) = request(&svc.http, "GET", "/", &[], "").unwrap();
     assert!(locked.contains("Unlock actions") && !locked.contains("<button>Run now</button>"), "{locked}");
+    assert!(!locked.contains("http-equiv=refresh"), "the page would wipe the token being typed");
+    // The console's own buttons: the cookie acts, and the browser goes back to the console.
+    let (code, head, _) = post(&svc.http, "/actions/jobs/maintenance_5m/run", &[("Cookie", &cookie)]);
+    assert_eq!(code, 303, "{head}");
+    let (code, head, _) = request(&svc.http, "POST", "/lock", &[form], "").unwrap();
+    assert_eq!(code, 303);
+    assert!(head.contains("Max-Age=0"), "{head}");
     assert!(!svc.log_text().contains(TOKEN), "the token was logged");
 }
 
