@@ -45,7 +45,8 @@ pub fn dead_letters(settings: &Settings, out: &Output, command: DeadLettersComma
     let mut conn = pool.get().map_err(DbError::Pool)?;
     match command {
         DeadLettersCommand::List { topic, limit } => {
-            let rows = dead_letters::list(&mut conn, topic.as_deref(), limit)?;
+            // The listing shows no payload: only their first bytes are read.
+            let rows = dead_letters::previews(&mut conn, topic.as_deref(), limit)?;
             let headers = ["ID", "TOPIC", "PARTITION", "OFFSET", "ERROR", "FAILED_AT", "REPLAYED_AT"];
             let rows: Vec<Vec<Value>> =
                 rows.iter().map(|d| dead_letter_row(d, false).into_iter().map(|(_, v)| v).collect()).collect();

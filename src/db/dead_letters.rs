@@ -105,12 +105,23 @@ pub fn insert_all(conn: &mut DbConnection, rows: &[NewDeadLetter]) -> Result<Sto
     Ok(out)
 }
 
-/// Bytes of each payload [`list`] returns (`find` returns the whole).
+/// The newest dead letters, optionally of one topic.
+pub fn list(conn: &mut DbConnection, topic: Option<&str>, limit: i64) -> Result<Vec<DeadLetter>, DbError> {
+    Ok(on_backend!(conn, |c| {
+        let mut q = d::dead_letters.select(DeadLetter::as_select()).order(d::id.desc()).limit(limit).into_boxed();
+        if let Some(t) = topic {
+            q = q.filter(d::topic.eq(t.to_string()));
+        }
+        q.load(c)
+    })?)
+}
+
+/// Bytes of each payload [`previews`] returns.
 pub const PREVIEW_BYTES: i32 = 1024;
 
-/// The newest dead letters, optionally of one topic, each payload cut to
-/// its first [`PREVIEW_BYTES`] (a listing of 1 MiB payloads stays small).
-pub fn list(conn: &mut DbConnection, topic: Option<&str>, limit: i64) -> Result<Vec<DeadLetter>, DbError> {
+/// [`list`], each payload cut to its first [`PREVIEW_BYTES`], so that a
+/// page of 1 MiB payloads stays small (the web console's listing).
+pub fn previews(conn: &mut DbConnection, topic: Option<&str>, limit: i64) -> Result<Vec<DeadLetter>, DbError> {
     use diesel::sql_types::{Binary, Nullable};
     let preview = diesel::dsl::sql::<Nullable<Binary>>(&format!("substr(payload, 1, {PREVIEW_BYTES})"));
     let columns = (

@@ -150,7 +150,7 @@ fn dead_letters_section(out: &mut String, s: &Status, topic: Option<&str>, admin
         .pool
         .get()
         .map_err(|e| e.to_string())
-        .and_then(|mut c| dead_letters::list(&mut c, topic, DEAD_LETTERS_SHOWN).map_err(|e| e.to_string()));
+        .and_then(|mut c| dead_letters::previews(&mut c, topic, DEAD_LETTERS_SHOWN).map_err(|e| e.to_string()));
     match rows {
         Err(e) => {
             let _ = write!(out, "<p class=warn>database unavailable: {}</p>", esc(&e));
