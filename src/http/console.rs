@@ -12,7 +12,7 @@ use axum::response::Html;
 
 use super::admin;
 use super::status::{Status, RATE_EVERY};
-use crate::db::{dead_letters, notifications};
+use crate::db::{dead_letters, notifications, DbConnection, DbError};
 
 /// Dead letters listed, newest first.
 const DEAD_LETTERS_SHOWN: i64 = 100;
@@ -138,6 +138,16 @@ fn button(admin: Admin, action: &str, label: &str) -> String {
     format!("<form method=post action=\"{}\"><button>{}</button></form>", esc(action), esc(label))
 }
 
+/// One read from the database for the page, or why it failed.
+fn read<T>(s: &Status, f: impl FnOnce(&mut DbConnection) -> Result<T, DbError>) -> Result<T, String> {
+    let mut conn = s.sources.pool.get().map_err(|e| e.to_string())?;
+    f(&mut conn).map_err(|e| e.to_string())
+}
+
+fn unavailable(out: &mut String, error: &str) {
+    let _ = write!(out, "<p class=warn>database unavailable: {}</p>", esc(error));
+}
+
 fn dead_letters_section(out: &mut String, s: &Status, topic: Option<&str>, admin: Admin) {
     out.push_str("<section id=dead-letters><h2>Dead letters</h2>");
     let _ = write!(
@@ -145,16 +155,8 @@ fn dead_letters_section(out: &mut String, s: &Status, topic: Option<&str>, admin
         "<form method=get action=\"/\"><label>Topic <input name=topic value=\"{}\"></label> <button>Filter</button></form>",
         esc(topic.unwrap_or_default())
     );
-    let rows = s
-        .sources
-        .pool
-        .get()
-        .map_err(|e| e.to_string())
-        .and_then(|mut c| dead_letters::previews(&mut c, topic, DEAD_LETTERS_SHOWN).map_err(|e| e.to_string()));
-    match rows {
-        Err(e) => {
-            let _ = write!(out, "<p class=warn>database unavailable: {}</p>", esc(&e));
-        }
+    match read(s, |c| dead_letters::previews(c, topic, DEAD_LETTERS_SHOWN)) {
+        Err(e) => unavailable(out, &e),
         Ok(rows) if rows.is_empty() => out.push_str("<p>None.</p>"),
         Ok(rows) => {
             out.push_str("<table><tr><th>ID<th>Position<th>Failed at<th>Reason<th>Payload<th></tr>");
@@ -183,16 +185,12 @@ fn dead_letters_section(out: &mut String, s: &Status, topic: Option<&str>, admin
 
 fn notifications_section(out: &mut String, s: &Status, admin: Admin) {
     out.push_str("<section id=notifications><h2>Notifications</h2>");
-    let read = s.sources.pool.get().map_err(|e| e.to_string()).and_then(|mut c| {
-        let counts = notifications::count_by_status(&mut c).map_err(|e| e.to_string())?;
-        let failed = notifications::list(&mut c, Some(notifications::FAILED), FAILED_NOTIFICATIONS_SHOWN)
-            .map_err(|e| e.to_string())?;
-        Ok((counts, failed))
+    let counts_and_failed = read(s, |c| {
+        let counts = notifications::count_by_status(c)?;
+        Ok((counts, notifications::list(c, Some(notifications::FAILED), FAILED_NOTIFICATIONS_SHOWN)?))
     });
-    match read {
-        Err(e) => {
-            let _ = write!(out, "<p class=warn>database unavailable: {}</p>", esc(&e));
-        }
+    match counts_and_failed {
+        Err(e) => unavailable(out, &e),
         Ok((counts, failed)) => {
             out.push_str("<table><tr><th>Status<th>Count</tr>");
             for (status, n) in counts {
@@ -237,8 +235,7 @@ fn last_shown(s: &Status, r: &crate::scheduler::JobRunner) -> Option<Shown> {
             duration: format!("{} ms", l.duration.as_millis()),
         });
     }
-    let mut conn = s.sources.pool.get().ok()?;
-    let run = crate::db::job_runs::last(&mut conn, r.name()).ok()??;
+    let run = read(s, |c| crate::db::job_runs::last(c, r.name())).ok()??;
     Some(Shown {
         started: format!("{} UTC", run.started_at.format("%Y-%m-%d %H:%M:%S")),
         duration: run.finished_at.map_or(String::new(), |f| format!("{} ms", (f - run.started_at).num_milliseconds())),
