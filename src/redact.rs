@@ -14,26 +14,34 @@ pub fn is_secret_name(name: &str) -> bool {
 }
 
 /// A URL's parts: everything up to `://`, the userinfo (before the last
-/// `@` that comes before the path), the host, and the rest (path, query,
-/// fragment). A password holding `?` or `#` still ends at that `@`.
+/// `@` that comes before the path), the host, the path, the query (after
+/// `?`) and the fragment (from `#`). A password holding `?` or `#` still
+/// ends at that `@`.
 struct Parts<'a> {
     scheme: &'a str,
     userinfo: Option<&'a str>,
     host: &'a str,
-    rest: &'a str,
+    path: &'a str,
+    query: Option<&'a str>,
+    fragment: &'a str,
 }
 
 fn parts(url: &str) -> Option<Parts<'_>> {
     let scheme_end = url.find("://")? + 3;
     let (scheme, after) = url.split_at(scheme_end);
-    let path = after.find('/').unwrap_or(after.len());
-    let (userinfo, host_and_rest) = match after[..path].rfind('@') {
+    let path_start = after.find('/').unwrap_or(after.len());
+    let (userinfo, host_and_rest) = match after[..path_start].rfind('@') {
         Some(at) => (Some(&after[..at]), &after[at + 1..]),
         None => (None, after),
     };
     let host_end = host_and_rest.find(['/', '?', '#']).unwrap_or(host_and_rest.len());
     let (host, rest) = host_and_rest.split_at(host_end);
-    Some(Parts { scheme, userinfo, host, rest })
+    let (rest, fragment) = rest.split_at(rest.find('#').unwrap_or(rest.len()));
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    };
+    Some(Parts { scheme, userinfo, host, path, query, fragment })
 }
 
 /// A URL with its password and any secret-named query value replaced:
@@ -47,37 +55,27 @@ pub fn url(url: &str) -> String {
         },
         None => String::new(),
     };
-    format!("{}{userinfo}{}{}", p.scheme, p.host, query_values(p.rest))
+    let query = p.query.map_or(String::new(), |q| {
+        let pairs: Vec<String> = q
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if is_secret_name(name) => format!("{name}={REDACTED}"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        format!("?{}", pairs.join("&"))
+    });
+    format!("{}{userinfo}{}{}{query}{}", p.scheme, p.host, p.path, p.fragment)
 }
 
 /// The secret parts of a URL (password, secret-named query values), to
 /// scrub from messages that quote them (libpq's parse errors do).
 pub fn url_secrets(url: &str) -> Vec<String> {
     let Some(p) = parts(url) else { return Vec::new() };
-    let mut secrets: Vec<String> =
-        p.userinfo.and_then(|u| u.split_once(':')).map(|(_, pw)| pw.to_string()).into_iter().collect();
-    if let Some((_, query)) = p.rest.split_once('?') {
-        let query = query.split('#').next().unwrap_or_default();
-        let named = query.split('&').filter_map(|kv| kv.split_once('=')).filter(|(n, _)| is_secret_name(n));
-        secrets.extend(named.map(|(_, v)| v.to_string()));
-    }
-    secrets.retain(|s| !s.is_empty());
-    secrets
-}
-
-/// `?a=1&password=x` → `?a=1&password=***` (the part from `?` on; `#` ends it).
-fn query_values(tail: &str) -> String {
-    let Some(q) = tail.find('?') else { return tail.to_string() };
-    let (path, query) = tail.split_at(q + 1);
-    let (query, fragment) = query.split_at(query.find('#').unwrap_or(query.len()));
-    let pairs: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((name, _)) if is_secret_name(name) => format!("{name}={REDACTED}"),
-            _ => pair.to_string(),
-        })
-        .collect();
-    format!("{path}{}{fragment}", pairs.join("&"))
+    let password = p.userinfo.and_then(|u| u.split_once(':')).map(|(_, pw)| pw);
+    let pairs = p.query.into_iter().flat_map(|q| q.split('&')).filter_map(|kv| kv.split_once('='));
+    let values = pairs.filter(|(name, _)| is_secret_name(name)).map(|(_, v)| v);
+    password.into_iter().chain(values).filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
 /// The webhook URL as printed: its origin only. Webhook services put the
