@@ -148,9 +148,8 @@ impl RdBroker {
         stop: Arc<StopRequest>,
     ) -> Result<RdBroker, ConsumerError> {
         let ctx = Ctx { events: Mutex::new(VecDeque::new()), closing: AtomicBool::new(false) };
-        let consumer: BaseConsumer<Ctx> = crate::kafka::consumer_config(settings)
-            .create_with_context(ctx)
-            .map_err(|e| ConsumerError::Create(crate::kafka::scrubbed(settings, e)))?;
+        let consumer: BaseConsumer<Ctx> = crate::kafka::create(settings, &crate::kafka::consumer_config(settings), ctx)
+            .map_err(ConsumerError::Create)?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(|source| ConsumerError::Subscribe { topics: topics.to_vec(), source })?;
         log::info!("consumer subscribed group={} topics={}", settings.kafka.group_id, topics.join(","));

@@ -92,9 +92,18 @@ pub fn producer_config(settings: &Settings) -> ClientConfig {
     c
 }
 
-/// A client creation error with the secret settings' values scrubbed:
-/// librdkafka's "Invalid value" errors quote the rejected value.
-pub fn scrubbed(settings: &Settings, e: KafkaError) -> KafkaError {
+/// Creates a client from `config`, every client this service makes: its
+/// creation error has the secret settings' values scrubbed (librdkafka's
+/// "Invalid value" errors quote the rejected value).
+pub fn create<C, T>(settings: &Settings, config: &ClientConfig, context: C) -> Result<T, KafkaError>
+where
+    C: rdkafka::ClientContext,
+    T: rdkafka::config::FromClientConfigAndContext<C>,
+{
+    config.create_with_context(context).map_err(|e| scrubbed(settings, e))
+}
+
+fn scrubbed(settings: &Settings, e: KafkaError) -> KafkaError {
     let secrets = crate::redact::secret_values(settings);
     let scrub = |m: &str| crate::redact::scrub(m, &secrets);
     match e {
@@ -107,7 +116,7 @@ pub fn scrubbed(settings: &Settings, e: KafkaError) -> KafkaError {
 }
 
 pub fn admin_client(settings: &Settings) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
-    base_config(settings).create().map_err(|e| scrubbed(settings, e))
+    create(settings, &base_config(settings), DefaultClientContext)
 }
 
 /// Fetches cluster metadata, retrying with backoff (1 s doubling, capped at
@@ -224,7 +233,7 @@ pub struct LagReader {
 
 impl LagReader {
     pub fn new(settings: &Settings) -> Result<LagReader, KafkaError> {
-        let consumer = consumer_config(settings).create().map_err(|e| scrubbed(settings, e))?;
+        let consumer = create(settings, &consumer_config(settings), rdkafka::consumer::DefaultConsumerContext)?;
         Ok(LagReader { consumer })
     }
 

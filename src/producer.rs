@@ -61,9 +61,8 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl RecordProducer {
     pub fn new(settings: &Settings) -> Result<Self, ProduceError> {
-        let producer = crate::kafka::producer_config(settings)
-            .create_with_context(Deliveries::default())
-            .map_err(|e| ProduceError::Create(crate::kafka::scrubbed(settings, e)))?;
+        let producer = crate::kafka::create(settings, &crate::kafka::producer_config(settings), Deliveries::default())
+            .map_err(ProduceError::Create)?;
         Ok(RecordProducer { producer, sent: 0 })
     }
 

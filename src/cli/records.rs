@@ -103,7 +103,7 @@ pub fn tail(
     // No group: partitions are assigned directly, so the service's group is untouched.
     let mut config = kafka::base_config(settings);
     config.set("enable.auto.commit", "false").set("group.id", format!("cronsumer-tail-{}", std::process::id()));
-    let consumer: BaseConsumer = config.create().map_err(|e| kafka::scrubbed(settings, e))?;
+    let consumer: BaseConsumer = kafka::create(settings, &config, rdkafka::consumer::DefaultConsumerContext)?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     let start = if from_beginning { rdkafka::Offset::Beginning } else { rdkafka::Offset::End };
     for p in t.partitions() {
