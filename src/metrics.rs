@@ -37,87 +37,95 @@ pub struct Metrics {
     pub db_pool_connections: IntGaugeVec,
 }
 
+/// Registers a newly made metric and hands it back (names are fixed here,
+/// so an invalid or repeated one is a bug, found at the first metric used).
+fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, made: prometheus::Result<M>) -> M {
+    let m = made.expect("valid metric");
+    r.register(Box::new(m.clone())).expect("metric registered once");
+    m
+}
+
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    r.register(Box::new(g.clone())).expect("metric registered once");
-    g
+    register(r, IntGauge::new(name, help))
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("metric registered once");
-    c
+    register(r, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("metric registered once");
-    c
+    register(r, IntCounter::new(name, help))
 }
 
 impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
-        let batch_size = Histogram::with_opts(
-            HistogramOpts::new("cronsumer_batch_size", "Records per handled batch")
-                .buckets(vec![1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0]),
-        )
-        .expect("valid metric");
-        r.register(Box::new(batch_size.clone())).expect("metric registered once");
-        let webhook_latency = Histogram::with_opts(
-            HistogramOpts::new("cronsumer_webhook_latency_seconds", "Time from a webhook call to its answer")
-                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-        )
-        .expect("valid metric");
-        r.register(Box::new(webhook_latency.clone())).expect("metric registered once");
-        let job_duration = HistogramVec::new(
-            HistogramOpts::new("cronsumer_job_duration_seconds", "Duration of scheduled job runs")
-                .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0]),
-            &["job_name"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(job_duration.clone())).expect("metric registered once");
-        let consumer_lag = IntGaugeVec::new(
-            Opts::new("cronsumer_consumer_lag", "High watermark minus committed offset, per partition"),
-            &["topic", "partition"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(consumer_lag.clone())).expect("metric registered once");
-        let assigned_partitions =
-            IntGauge::new("cronsumer_assigned_partitions", "Partitions assigned to this copy").expect("valid metric");
-        r.register(Box::new(assigned_partitions.clone())).expect("metric registered once");
-        let db_pool_connections = IntGaugeVec::new(
-            Opts::new("cronsumer_db_pool_connections", "Database pool connections by state"),
-            &["state"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(db_pool_connections.clone())).expect("metric registered once");
-        let batch_retrying_seconds = Gauge::new(
-            "cronsumer_batch_retrying_seconds",
-            "How long the batch in hand has been retrying (0 when none is)",
-        )
-        .expect("valid metric");
-        r.register(Box::new(batch_retrying_seconds.clone())).expect("metric registered once");
-        let job_overdue_seconds = GaugeVec::new(
-            Opts::new("cronsumer_job_overdue_seconds", "How long past its due tick a job has not started (0: on time)"),
-            &["job_name"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(job_overdue_seconds.clone())).expect("metric registered once");
+        let batch_size = register(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new("cronsumer_batch_size", "Records per handled batch")
+                    .buckets(vec![1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0]),
+            ),
+        );
+        let webhook_latency = register(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new("cronsumer_webhook_latency_seconds", "Time from a webhook call to its answer")
+                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            ),
+        );
+        let job_duration = register(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new("cronsumer_job_duration_seconds", "Duration of scheduled job runs")
+                    .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0]),
+                &["job_name"],
+            ),
+        );
+        let consumer_lag = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("cronsumer_consumer_lag", "High watermark minus committed offset, per partition"),
+                &["topic", "partition"],
+            ),
+        );
+        let assigned_partitions = gauge(&r, "cronsumer_assigned_partitions", "Partitions assigned to this copy");
+        let db_pool_connections = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("cronsumer_db_pool_connections", "Database pool connections by state"),
+                &["state"],
+            ),
+        );
+        let batch_retrying_seconds = register(
+            &r,
+            Gauge::new(
+                "cronsumer_batch_retrying_seconds",
+                "How long the batch in hand has been retrying (0 when none is)",
+            ),
+        );
+        let job_overdue_seconds = register(
+            &r,
+            GaugeVec::new(
+                Opts::new(
+                    "cronsumer_job_overdue_seconds",
+                    "How long past its due tick a job has not started (0: on time)",
+                ),
+                &["job_name"],
+            ),
+        );
         Metrics {
             // Labelled by group so that it is absent, not 0, with KAFKA_ENABLED=false.
-            consumer_up: {
-                let g = IntGaugeVec::new(
+            consumer_up: register(
+                &r,
+                IntGaugeVec::new(
                     Opts::new(
                         "cronsumer_consumer_up",
                         "1 while the consumer thread runs and has polled within CONSUMER_STALL_TIMEOUT_MS",
                     ),
                     &["group"],
-                )
-                .expect("valid metric");
-                r.register(Box::new(g.clone())).expect("metric registered once");
-                g
-            },
+                ),
+            ),
             batch_retrying_seconds,
             job_overdue_seconds,
             http_connections_dropped: counter_vec(
