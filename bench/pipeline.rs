@@ -157,7 +157,7 @@ fn prepare(s: &Settings, topic: &str, n: usize) {
 /// batching, no handler, no commit.
 fn reference_drain(s: &Settings, topic: &str, n: usize) -> Drained {
     let mut cfg = rdkafka::ClientConfig::new();
-    cfg.set("bootstrap.servers", &s.kafka.bootstrap_servers).set("group.id", unique("bench-ref-"));
+    cfg.set("bootstrap.servers", &s.kafka_bootstrap_servers).set("group.id", unique("bench-ref-"));
     cfg.set("auto.offset.reset", "earliest").set("enable.auto.commit", "false");
     for (k, v) in std::env::var("BENCH_REF_PROPS").unwrap_or_default().split(',').filter_map(|kv| kv.split_once('=')) {
         cfg.set(k, v);
@@ -185,7 +185,7 @@ fn peer_drain(s: &Settings, topic: &str, n: usize, batch: usize) -> Drained {
     std::fs::create_dir_all(&dir).unwrap();
     let out = std::process::Command::new(&python)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peer.py"))
-        .args([&s.kafka.bootstrap_servers, topic, &unique("bench-peer-"), dir.join("peer.db").to_str().unwrap()])
+        .args([&s.kafka_bootstrap_servers, topic, &unique("bench-peer-"), dir.join("peer.db").to_str().unwrap()])
         .args([n.to_string(), batch.to_string()])
         .output()
         .unwrap_or_else(|e| panic!("cannot run {python} bench/peer.py: {e}"));
@@ -318,7 +318,7 @@ fn latency(s: &Settings, batch_timeout_ms: u64, secs: usize) {
             ("NOTIFY_WEBHOOK_URL", sink.url.clone()),
         ],
     );
-    for t in cronsumer::app::required_topics(&s) {
+    for t in cronsumer::registry().topics(&s) {
         create_topic(&s, &t, 4);
     }
     let topic = s.topic("notifications");
@@ -413,7 +413,8 @@ fn delivery(s: &Settings, backend: Backend, n: usize, delay: Duration) -> f64 {
     cronsumer::db::notifications::insert_all(&mut pool.get().unwrap(), &rows).unwrap();
     let s = with(s, &tdb.url, &[("NOTIFIER", "webhook".into()), ("NOTIFY_WEBHOOK_URL", sink.url.clone())]);
     let ctx = Arc::new(JobContext::new(Arc::new(s), pool, None, cronsumer::shutdown::Shutdown::new()));
-    let runner = JobRunner::new(Arc::new(cronsumer::jobs::send_notifications::SendNotifications), ctx);
+    let runner =
+        JobRunner::new(Arc::new(cronsumer::jobs::send_notifications::SendNotifications), ctx).expect("schedule");
     let started = Instant::now();
     runner.run(Trigger::Manual);
     let rate = n as f64 / started.elapsed().as_secs_f64();
@@ -432,7 +433,7 @@ fn main() {
     let base = settings("unused.db", &unique("bench"), &[("RUST_LOG", "warn")]);
     let topic = base.topic("notifications");
     prepare(&base, &topic, n);
-    for t in cronsumer::app::required_topics(&base).into_iter().filter(|t| *t != topic) {
+    for t in cronsumer::registry().topics(&base).into_iter().filter(|t| *t != topic) {
         create_topic(&base, &t, 4);
     }
     let mut table = Table { rows: vec![] };

@@ -6,9 +6,10 @@
 use diesel::connection::SimpleConnection;
 
 use crate::config::Settings;
+use crate::cron::{CronError, Schedule};
 use crate::db::{self, dead_letters, job_runs, notifications, DbConnection};
+use crate::kafka;
 use crate::scheduler::{Job, JobContext, JobError, JobReport};
-use crate::{app, kafka};
 
 pub struct Maintenance5m;
 pub struct Maintenance15m;
@@ -18,8 +19,8 @@ impl Job for Maintenance5m {
         "maintenance_5m"
     }
 
-    fn schedule(&self, _settings: &Settings) -> String {
-        "0 */5 * * * *".into()
+    fn schedule(&self, _settings: &Settings) -> Result<Schedule, CronError> {
+        "0 */5 * * * *".parse()
     }
 
     fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
@@ -27,8 +28,8 @@ impl Job for Maintenance5m {
         let requeued = notifications::requeue_expired(&mut conn)?;
         drop(conn);
         let mut details = format!("requeued={requeued}");
-        if ctx.settings.kafka.enabled {
-            match kafka::lag(&ctx.settings, &app::required_topics(&ctx.settings)) {
+        if ctx.settings.kafka_enabled {
+            match kafka::lag(&ctx.settings, &ctx.topics) {
                 Ok(parts) => {
                     let total: i64 = parts.iter().map(|p| p.lag).sum();
                     for p in &parts {
@@ -55,8 +56,8 @@ impl Job for Maintenance15m {
         "maintenance_15m"
     }
 
-    fn schedule(&self, _settings: &Settings) -> String {
-        "0 */15 * * * *".into()
+    fn schedule(&self, _settings: &Settings) -> Result<Schedule, CronError> {
+        "0 */15 * * * *".parse()
     }
 
     fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {

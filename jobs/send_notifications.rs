@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
 use crate::config::Settings;
+use crate::cron::{CronError, Schedule};
 use crate::db::notifications::Notification;
 use crate::db::{self, notifications, DbConnection};
-use crate::metrics;
+use crate::events::{Event as _, NotificationAttemptFailed, NotificationResult, NotificationsDone};
 use crate::notifier::Delivery;
 use crate::scheduler::{Job, JobContext, JobError, JobReport};
 
@@ -49,8 +50,8 @@ impl Job for SendNotifications {
         NAME
     }
 
-    fn schedule(&self, settings: &Settings) -> String {
-        settings.notifications_cron.clone()
+    fn schedule(&self, settings: &Settings) -> Result<Schedule, CronError> {
+        Ok(settings.notifications_cron.clone())
     }
 
     fn wakeable(&self) -> bool {
@@ -196,7 +197,7 @@ impl Marks {
         }
         notifications::mark_sent_many(conn, &self.ids, holder)?;
         tally.sent += self.ids.len();
-        metrics::get().notifications.with_label_values(&["sent"]).inc_by(self.ids.len() as u64);
+        NotificationsDone { result: NotificationResult::Sent, count: self.ids.len() }.emit();
         self.ids.clear();
         self.since = None;
         Ok(())
@@ -213,29 +214,27 @@ fn record(
     marks: &mut Marks,
     tally: &mut Tally,
 ) -> Result<(), JobError> {
-    let m = metrics::get();
     let max_attempts = ctx.settings.notifications_max_attempts as i32;
     match delivery {
         Delivery::Sent => marks.push(n.id),
         Delivery::Retry { error, after } if n.attempts + 1 < max_attempts => {
             let delay = retry_delay(&ctx.settings, n.attempts + 1).max(after.unwrap_or_default()).min(RETRY_MAX);
             let at = db::after(db::now(), delay);
-            log::warn!("notification id={} attempt={} failed, retry at {at}: {error}", n.id, n.attempts + 1);
             notifications::mark_attempt_failed(conn, n.id, &ctx.holder, &error, Some(at))?;
             tally.retried += 1;
-            m.notifications.with_label_values(&["retried"]).inc();
+            let retry_at = Some(at.to_string());
+            NotificationAttemptFailed { id: n.id, attempt: n.attempts + 1, retry_at, error: &error }.emit();
         }
         Delivery::Deferred(wait) => {
             let at = db::after(db::now(), wait);
             notifications::release(conn, &[n.id], &ctx.holder, at)?;
             tally.deferred += 1;
-            m.notifications.with_label_values(&["deferred"]).inc();
+            NotificationsDone { result: NotificationResult::Deferred, count: 1 }.emit();
         }
         Delivery::Retry { error, .. } | Delivery::Failed(error) => {
-            log::error!("notification id={} failed for good after attempt {}: {error}", n.id, n.attempts + 1);
             notifications::mark_attempt_failed(conn, n.id, &ctx.holder, &error, None)?;
             tally.failed += 1;
-            m.notifications.with_label_values(&["failed"]).inc();
+            NotificationAttemptFailed { id: n.id, attempt: n.attempts + 1, retry_at: None, error: &error }.emit();
         }
     }
     Ok(())

@@ -3,6 +3,8 @@
 //! ends the process when a stalled thread would not stop (see `supervisor`).
 
 use crate::config::Settings;
+use crate::cron::{CronError, Schedule};
+use crate::panics::lock;
 use crate::scheduler::{Job, JobContext, JobError, JobReport};
 use crate::supervisor::Verdict;
 
@@ -13,8 +15,8 @@ impl Job for SuperviseConsumer {
         "supervise_consumer"
     }
 
-    fn schedule(&self, _settings: &Settings) -> String {
-        "*/5 * * * * *".into()
+    fn schedule(&self, _settings: &Settings) -> Result<Schedule, CronError> {
+        "*/5 * * * * *".parse()
     }
 
     /// Each copy supervises its own thread.
@@ -31,7 +33,7 @@ impl Job for SuperviseConsumer {
         let Some(supervisor) = &ctx.supervisor else {
             return Ok(JobReport::new("no consumer thread in this process"));
         };
-        let mut s = supervisor.lock().map_err(|_| JobError::Other("supervisor lock poisoned".into()))?;
+        let mut s = lock(supervisor);
         Ok(match s.check() {
             Some(Verdict::Restarted(cause)) => {
                 JobReport::new(format!("restarted consumer ({}): {cause:?}", cause.label()))

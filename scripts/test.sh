@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 eval "$(scripts/services.sh up)"
-cargo test --locked "$@"
+cargo test --locked --features fault-injection "$@"

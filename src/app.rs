@@ -11,44 +11,42 @@ use anyhow::Context as _;
 use crate::config::Settings;
 use crate::consumer::ConsumerSetup;
 use crate::http::{self, Sources, Status};
+use crate::panics::lock;
+use crate::registry::Registry;
 use crate::scheduler::{JobContext, Scheduler, Wakers};
 use crate::shutdown::Shutdown;
 use crate::supervisor::Supervisor;
-use crate::{consumers, db, jobs, kafka};
+use crate::{db, kafka};
 
-/// The topics the consumer registry needs, with `KAFKA_TOPIC_PREFIX`.
-pub fn required_topics(settings: &Settings) -> Vec<String> {
-    consumers::registry().iter().map(|m| settings.topic(m.topic())).collect()
-}
-
-/// Waits for the broker, then checks (or creates) the required topics.
-pub fn prepare_kafka(settings: &Settings, shutdown: &Shutdown) -> Result<(), kafka::SetupError> {
+/// Waits for the broker, then checks (or creates) `topics`.
+pub fn prepare_kafka(settings: &Settings, topics: &[String], shutdown: &Shutdown) -> Result<(), kafka::SetupError> {
     let admin = kafka::admin_client(settings)?;
     let metadata = kafka::wait_for_broker(settings, &admin, &|| shutdown.is_triggered())?;
-    let created =
-        kafka::ensure_topics(&admin, &metadata, &required_topics(settings), settings.kafka.auto_create_topics)?;
+    let created = kafka::ensure_topics(&admin, &metadata, topics, settings.kafka_auto_create_topics)?;
     if !created.is_empty() {
         log::info!("created missing topics: {}", created.join(", "));
     }
     Ok(())
 }
 
-/// Runs the service until `shutdown` is triggered.
-pub fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
+/// Runs the service, with the user's consumer modules and jobs, until
+/// `shutdown` is triggered.
+pub fn run(settings: Settings, shutdown: Shutdown, registry: Registry) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     let (pool, applied) = db::connect_and_migrate(&settings.database_url, settings.database_pool_size)?;
     if !applied.is_empty() {
         log::info!("applied migrations: {}", applied.join(", "));
     }
-    let jobs = jobs::registry();
+    let jobs = (registry.jobs)();
     let wakers = Wakers::of(&jobs);
+    let topics = registry.topics(&settings);
     let mut supervisor = None;
-    if settings.kafka.enabled {
-        prepare_kafka(&settings, &shutdown)?;
+    if settings.kafka_enabled {
+        prepare_kafka(&settings, &topics, &shutdown)?;
         let setup = ConsumerSetup {
             settings: settings.clone(),
             pool: pool.clone(),
-            modules: consumers::registry,
+            modules: registry.consumers,
             extra_topics: Vec::new(),
             wakers: wakers.clone(),
             panics: Default::default(),
@@ -59,7 +57,10 @@ pub fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     } else {
         log::info!("KAFKA_ENABLED=false: the consumer thread is not started");
     }
-    let ctx = Arc::new(JobContext::new(settings.clone(), pool.clone(), supervisor.clone(), shutdown.clone()));
+    let ctx = Arc::new(
+        JobContext::new(settings.clone(), pool.clone(), supervisor.clone(), shutdown.clone())
+            .with_topics(topics.clone()),
+    );
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let result = rt.block_on(async {
@@ -70,7 +71,7 @@ pub fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
             supervisor: supervisor.clone(),
             jobs: ctx,
             runners: scheduler.runners().to_vec(),
-            topics: required_topics(&settings),
+            topics,
         });
         status.start(&shutdown);
         http::serve(settings.http_addr, http::routes(status), shutdown.clone())
@@ -95,10 +96,6 @@ pub fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     rt.shutdown_timeout(by.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)));
     log::info!("stopped");
     result
-}
-
-fn lock(s: &Mutex<Supervisor>) -> std::sync::MutexGuard<'_, Supervisor> {
-    s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Triggers `shutdown` on SIGINT or SIGTERM (from a small thread of its own).

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::metrics;
+use crate::panics::lock;
 
 pub struct Breaker {
     threshold: u32,
@@ -29,7 +30,7 @@ impl Breaker {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // Each update leaves the state whole: a poisoned lock holds consistent data.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// Whether a call may go now; when not, how long to wait.

@@ -25,6 +25,7 @@ use crate::db::Pool;
 use crate::handler::Consumer;
 use crate::handlers::Handlers;
 use crate::heartbeat::Heartbeat;
+use crate::panics::lock;
 use crate::pipeline::Pipeline;
 use crate::poison::PoisonLedger;
 use crate::record::Record;
@@ -57,7 +58,7 @@ pub struct Ctx {
 impl Ctx {
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Event>> {
         // Each update is one push or pop: a poisoned lock holds consistent data.
-        self.events.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.events)
     }
 }
 
@@ -152,12 +153,12 @@ impl RdBroker {
             .map_err(ConsumerError::Create)?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(|source| ConsumerError::Subscribe { topics: topics.to_vec(), source })?;
-        log::info!("consumer subscribed group={} topics={}", settings.kafka.group_id, topics.join(","));
+        log::info!("consumer subscribed group={} topics={}", settings.kafka_group_id, topics.join(","));
         Ok(RdBroker {
             consumer,
             stop,
             paused: BTreeSet::new(),
-            wait_queue_cap: settings.consumer.batch_size.max(1),
+            wait_queue_cap: settings.consumer_batch_size.max(1),
             topics: topics.to_vec(),
             ids: TopicIds::default(),
         })
@@ -347,7 +348,7 @@ fn run(setup: &ConsumerSetup, heartbeat: Arc<Heartbeat>, stop: &Arc<StopRequest>
     let mut sink = Handlers::new(router, setup.pool.clone(), s, setup.wakers.clone(), stop.clone());
     let mut broker = RdBroker::subscribe(s, &topics, stop.clone())?;
     let mut pipeline =
-        Pipeline::new(s.consumer.batch_size, s.consumer.batch_timeout, SystemClock, setup.panics.clone(), heartbeat)
+        Pipeline::new(s.consumer_batch_size, s.consumer_batch_timeout, SystemClock, setup.panics.clone(), heartbeat)
             .with_stop(stop.clone());
     let result = loop {
         if let Some(drain_by) = stop.drain_by() {

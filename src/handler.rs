@@ -10,6 +10,7 @@
 
 use crate::db::dead_letters::NewDeadLetter;
 use crate::db::{DbConnection, DbError};
+use crate::events::{Event as _, PositionReused};
 use crate::record::Record;
 use crate::sink::FailureKind;
 
@@ -153,21 +154,16 @@ impl<'a> HandlerContext<'a> {
     /// Rejects one bad record: it goes to `dead_letters` with `reason`, and
     /// the rest of the batch goes on.
     pub fn reject(&mut self, record: &Record, reason: impl Into<String>) {
-        let reason = reason.into();
-        log::warn!(
-            "dead-lettering topic={} partition={} offset={} reason={reason}",
-            record.topic,
-            record.partition,
-            record.offset
-        );
-        self.rejected.push(NewDeadLetter::of(record, &reason));
+        // Logged and counted once stored, with the batch's transaction.
+        self.rejected.push(NewDeadLetter::of(record, &reason.into()));
     }
 
     /// Rejects a record found at a source position that already holds a
     /// different record ([`crate::db::sources::Stored::reused`]): it is
     /// dead-lettered, not skipped as a redelivery, and counted.
     pub fn reject_reused(&mut self, record: &Record) {
-        crate::metrics::get().reused_positions.with_label_values(&[&record.topic]).inc();
+        let held_by = "stored_record";
+        PositionReused { topic: &record.topic, partition: record.partition, offset: record.offset, held_by }.emit();
         self.reject(
             record,
             format!(

@@ -14,8 +14,8 @@ use crate::broker::Tp;
 use crate::db::consumer_offsets::{self, Advance, Span};
 use crate::db::dead_letters::{self, NewDeadLetter};
 use crate::db::{checkout, DbConnection, DbError, Pool};
+use crate::events::{Event as _, HandlerFailed, PositionReused, RecordDeadLettered, RecordsHandled};
 use crate::handler::{db_failure_kind, HandlerContext};
-use crate::metrics;
 use crate::record::Record;
 use crate::router::{DispatchError, Router};
 use crate::scheduler::Wakers;
@@ -81,8 +81,8 @@ impl Handlers {
         Handlers {
             router,
             pool,
-            group: settings.kafka.group_id.clone(),
-            max_record_bytes: settings.consumer.max_record_bytes,
+            group: settings.kafka_group_id.clone(),
+            max_record_bytes: settings.consumer_max_record_bytes,
             sync_commit: settings.database_consumer_sync_commit,
             wakers,
             stop,
@@ -182,18 +182,11 @@ impl Handlers {
     }
 
     fn stored_dead_letters(&self, rows: &[NewDeadLetter], reused: &[usize]) {
-        let m = metrics::get();
         for d in reused.iter().map(|&i| &rows[i]) {
-            log::warn!(
-                "reused position topic={} partition={} offset={}: dead-lettered beside another record's dead letter",
-                d.topic,
-                d.partition,
-                d.offset
-            );
-            m.reused_positions.with_label_values(&[&d.topic]).inc();
+            PositionReused { topic: &d.topic, partition: d.partition, offset: d.offset, held_by: "dead_letter" }.emit();
         }
         for d in rows {
-            m.dead_letters.with_label_values(&[&d.topic]).inc();
+            RecordDeadLettered { topic: &d.topic, partition: d.partition, offset: d.offset, reason: &d.error }.emit();
         }
     }
 }
@@ -226,18 +219,17 @@ impl Sink for Handlers {
     }
 
     fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {
-        let m = metrics::get();
         let max_record_bytes = self.max_record_bytes;
         let (dispatched, rejected, reused, wake) = self.in_transaction(batch, |router, c, batch| {
             let mut ctx = HandlerContext::new(c, max_record_bytes);
             let dispatched = match router.dispatch(batch, &mut ctx) {
                 Ok(d) => d,
                 Err(DispatchError::Failed { topic, source }) => {
-                    m.handler_errors.with_label_values(&[&topic]).inc();
+                    HandlerFailed { topic: &topic, panicked: false }.emit();
                     return Err(Failure { kind: source.kind(), message: format!("topic={topic}: {source}") });
                 }
                 Err(DispatchError::Panicked { topic, message, .. }) => {
-                    m.handler_panics.with_label_values(&[&topic]).inc();
+                    HandlerFailed { topic: &topic, panicked: true }.emit();
                     return Err(Failure { kind: FailureKind::Panic, message });
                 }
             };
@@ -246,14 +238,13 @@ impl Sink for Handlers {
             Ok((dispatched, rejected, stored.reused, wake))
         })?;
         self.stored_dead_letters(&rejected, &reused);
-        for (topic, n) in &dispatched.handled {
-            m.records_consumed.with_label_values(&[topic]).inc_by(*n as u64);
-        }
+        let mut unrouted = BTreeMap::new();
         if dispatched.unrouted > 0 {
             for r in batch.iter().filter(|r| !dispatched.handled.contains_key(&r.topic)) {
-                m.unrouted_records.with_label_values(&[&r.topic]).inc();
+                *unrouted.entry(r.topic.as_str()).or_default() += 1;
             }
         }
+        RecordsHandled { by_topic: &dispatched.handled, unrouted }.emit();
         for job in wake {
             self.wakers.wake(job);
         }
@@ -261,7 +252,6 @@ impl Sink for Handlers {
     }
 
     fn dead_letter(&mut self, record: &Record, reason: &str) -> Result<(), Failure> {
-        log::warn!("dead-lettering position={} reason={reason}", record.position());
         let rows = [NewDeadLetter::of(record, reason)];
         let stored = self.in_transaction(std::slice::from_ref(record), |_, c, todo| {
             // Empty: its dead letter was stored by a commit whose answer was lost.

@@ -1,6 +1,7 @@
 //! The consumer thread's heartbeat: what it last did and when, written by the
 //! thread, read by the supervisor and the health endpoint.
 
+use crate::panics::lock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -10,6 +11,8 @@ pub struct Heartbeat {
     /// Milliseconds since `epoch` + 1 (0 = never).
     last_poll: AtomicU64,
     last_commit: AtomicU64,
+    /// Since when handled records have waited for a commit (0 = none wait).
+    uncommitted_since: AtomicU64,
     records: AtomicU64,
     assigned: AtomicI64,
     assignment: Mutex<Vec<(String, i32)>>,
@@ -48,6 +51,7 @@ impl Default for Heartbeat {
             epoch: Instant::now(),
             last_poll: AtomicU64::new(0),
             last_commit: AtomicU64::new(0),
+            uncommitted_since: AtomicU64::new(0),
             records: AtomicU64::new(0),
             assigned: AtomicI64::new(0),
             assignment: Mutex::new(Vec::new()),
@@ -78,22 +82,30 @@ impl Heartbeat {
     /// A batch of `records` was handled (its commit may follow shortly).
     pub fn handled(&self, records: usize) {
         self.records.fetch_add(records as u64, Ordering::Relaxed);
+        let _ = self.uncommitted_since.compare_exchange(0, self.stamp(), Ordering::Relaxed, Ordering::Relaxed);
     }
 
     pub fn committed(&self) {
         self.last_commit.store(self.stamp(), Ordering::Relaxed);
+        self.uncommitted_since.store(0, Ordering::Relaxed);
     }
 
+    /// How long handled records have waited for a commit (`None`: none wait).
+    pub fn uncommitted_for(&self) -> Option<Duration> {
+        self.age(&self.uncommitted_since)
+    }
+
+    /// The partitions changed: what was handled of the old ones is committed
+    /// on revocation or read again by their next owner.
     pub fn set_assignment(&self, partitions: Vec<(String, i32)>) {
+        self.uncommitted_since.store(0, Ordering::Relaxed);
         self.assigned.store(partitions.len() as i64, Ordering::Relaxed);
-        if let Ok(mut a) = self.assignment.lock() {
-            *a = partitions;
-        }
+        *lock(&self.assignment) = partitions;
     }
 
     /// The partitions assigned to the thread, `(topic, partition)`.
     pub fn assignment(&self) -> Vec<(String, i32)> {
-        self.assignment.lock().map(|a| a.clone()).unwrap_or_default()
+        lock(&self.assignment).clone()
     }
 
     /// The batch in hand and why it waits (`None`: no batch waits).
@@ -111,18 +123,14 @@ impl Heartbeat {
             h
         });
         if let Some(h) = &in_hand {
-            if let Ok(mut e) = self.last_error.lock() {
-                *e = Some(h.reason.clone());
-            }
+            *lock(&self.last_error) = Some(h.reason.clone());
         }
-        if let Ok(mut slot) = self.in_hand.lock() {
-            *slot = in_hand;
-        }
+        *lock(&self.in_hand) = in_hand;
     }
 
     /// The batch in hand, while one waits for a retry.
     pub fn in_hand(&self) -> Option<InHand> {
-        self.in_hand.lock().ok().and_then(|h| h.clone())
+        lock(&self.in_hand).clone()
     }
 
     /// How long the batch in hand has been retrying.
@@ -150,28 +158,47 @@ impl Heartbeat {
     /// The Kafka client reported an error (broker unreachable, authentication, ...).
     pub fn client_error(&self, error: &str) {
         let now = Instant::now();
-        if let Ok(mut e) = self.client_errors.lock() {
-            let since = e.as_ref().filter(|c| now - c.last_at < CLIENT_ERRORS_QUIET).map_or(now, |c| c.since);
-            *e = Some(ClientErrors { since, last_at: now, last: error.to_string() });
-        }
+        let mut e = lock(&self.client_errors);
+        let since = e.as_ref().filter(|c| now - c.last_at < CLIENT_ERRORS_QUIET).map_or(now, |c| c.since);
+        *e = Some(ClientErrors { since, last_at: now, last: error.to_string() });
     }
 
     /// The client works (records arrived, a commit went through).
     pub fn client_ok(&self) {
-        if let Ok(mut e) = self.client_errors.lock() {
-            *e = None;
-        }
+        *lock(&self.client_errors) = None;
     }
 
     /// The client's last error, when errors have kept coming for at least `limit`.
     pub fn client_failing_for(&self, limit: Duration) -> Option<(Duration, String)> {
-        let e = self.client_errors.lock().ok()?.clone()?;
+        let e = lock(&self.client_errors).clone()?;
         let now = Instant::now();
         let lasting = now - e.since;
         (lasting >= limit && now - e.last_at < CLIENT_ERRORS_QUIET).then_some((lasting, e.last))
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|e| e.clone())
+        lock(&self.last_error).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handled_records_wait_for_a_commit_until_one_or_a_new_assignment() {
+        let hb = Heartbeat::default();
+        assert_eq!(hb.uncommitted_for(), None);
+        hb.handled(3);
+        std::thread::sleep(Duration::from_millis(20));
+        hb.handled(2);
+        let waited = hb.uncommitted_for().expect("records wait");
+        assert!(waited >= Duration::from_millis(20), "the first handled batch starts the clock: {waited:?}");
+        hb.committed();
+        assert_eq!(hb.uncommitted_for(), None);
+        hb.handled(1);
+        assert!(hb.uncommitted_for().is_some());
+        hb.set_assignment(vec![("t".into(), 0)]);
+        assert_eq!(hb.uncommitted_for(), None, "a new assignment starts afresh");
     }
 }

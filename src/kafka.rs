@@ -34,20 +34,20 @@ pub enum SetupError {
 /// Settings every client shares: servers, security, then the user's
 /// `KAFKA_PROP_*` properties, which win over everything set here.
 pub fn base_config(settings: &Settings) -> ClientConfig {
-    let k = &settings.kafka;
+    let s = settings;
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &k.bootstrap_servers);
-    c.set("security.protocol", k.security_protocol.to_ascii_lowercase());
-    if let Some(m) = &k.sasl_mechanism {
+    c.set("bootstrap.servers", &s.kafka_bootstrap_servers);
+    c.set("security.protocol", s.kafka_security_protocol.to_ascii_lowercase());
+    if let Some(m) = &s.kafka_sasl_mechanism {
         c.set("sasl.mechanism", m);
     }
-    if let Some(u) = &k.sasl_username {
+    if let Some(u) = &s.kafka_sasl_username {
         c.set("sasl.username", u);
     }
-    if let Some(p) = &k.sasl_password {
+    if let Some(p) = &s.kafka_sasl_password {
         c.set("sasl.password", p);
     }
-    for (name, value) in &k.props {
+    for (name, value) in &s.kafka_props {
         c.set(name, value);
     }
     c
@@ -56,10 +56,10 @@ pub fn base_config(settings: &Settings) -> ClientConfig {
 /// The batch consumer's configuration: manual commits only.
 pub fn consumer_config(settings: &Settings) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("group.id", &settings.kafka.group_id);
+    c.set("group.id", &settings.kafka_group_id);
     c.set("enable.auto.commit", "false");
     c.set("enable.auto.offset.store", "false");
-    c.set("auto.offset.reset", settings.kafka.auto_offset_reset.as_str());
+    c.set("auto.offset.reset", settings.kafka_auto_offset_reset.as_str());
     c.set("enable.partition.eof", "false");
     // A broker that holds an empty fetch for the default 500 ms adds up to that
     // much latency on a quiet topic; 25 ms keeps produce-to-row within the batch
@@ -83,7 +83,7 @@ pub fn producer_config(settings: &Settings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("acks", "all");
     c.set("enable.idempotence", "true");
-    c.set("compression.type", &settings.kafka.producer_compression);
+    c.set("compression.type", &settings.kafka_producer_compression);
     c.set("linger.ms", "5");
     c.set("message.timeout.ms", "30000");
     for (k, v) in base_config(settings).config_map() {
@@ -126,7 +126,7 @@ pub fn wait_for_broker(
     admin: &AdminClient<DefaultClientContext>,
     shutdown: &dyn Fn() -> bool,
 ) -> Result<Metadata, SetupError> {
-    let retries = settings.kafka.connect_max_retries;
+    let retries = settings.kafka_connect_max_retries;
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let mut attempt = 0;
     loop {
@@ -136,7 +136,7 @@ pub fn wait_for_broker(
             Ok(_) => log::warn!("kafka metadata named no broker (attempt {attempt})"),
             Err(e) if attempt > retries || shutdown() => {
                 return Err(SetupError::Unreachable {
-                    servers: settings.kafka.bootstrap_servers.clone(),
+                    servers: settings.kafka_bootstrap_servers.clone(),
                     attempts: attempt,
                     last: e.to_string(),
                 })
@@ -145,7 +145,7 @@ pub fn wait_for_broker(
                 let delay = backoff.next_delay();
                 log::warn!(
                     "kafka unreachable servers={} attempt={attempt} retry_in_ms={} error={e}",
-                    settings.kafka.bootstrap_servers,
+                    settings.kafka_bootstrap_servers,
                     delay.as_millis()
                 );
                 std::thread::sleep(delay);

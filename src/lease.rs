@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::db::job_leases::{self, Lease};
 use crate::db::Pool;
+use crate::panics::lock;
 
 /// Renews one lease until stopped or lost.
 pub struct Keeper {
@@ -54,7 +55,7 @@ pub struct Held(Mutex<HashMap<String, Lease>>);
 impl Held {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
         // One insert or remove per update: a poisoned lock holds consistent data.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.0)
     }
 
     pub fn insert(&self, lease: Lease) {

@@ -1,55 +1,70 @@
 //! cronsumer: a batch Kafka consumer and an embedded cron scheduler in one
 //! service.
 //!
-//! - [`config`]: settings from `.env` and the environment, validated once.
+//! - [`config`]: every setting, declared once, read from `.env` and the
+//!   environment and validated at start; [`cron`] schedules.
 //! - [`db`]: the diesel pool (SQLite or PostgreSQL), migrations, one model per table.
 //! - [`kafka`]: client configuration, broker wait, topic checks; [`producer`].
-//! - [`pipeline`]: the consumer state machine ([`batcher`] → [`router`] →
-//!   [`handler`], the consumer-module contract → [`offsets`] commit), which
-//!   reaches Kafka only through the [`broker`] seam and time only through a
-//!   [`clock`]; [`consumer`] runs it on rdkafka in a thread watched by the
-//!   [`supervisor`] through its [`heartbeat`].
-//! - [`payload`]: validation helpers the consumer modules share.
-//! - [`consumers`] and [`jobs`]: the user's extension points, one file per
-//!   topic and per periodic job.
-//! - [`app`]: `cronsumer run`, wiring it all together under one [`shutdown`] signal.
-//! - [`metrics`]: every exported metric, in one place.
+//! - [`pipeline`]: the consumer state machine (batcher → router → the
+//!   [`handler`] contract → offsets commit), which reaches Kafka only through
+//!   the [`broker`] seam and time only through a [`clock`]; [`consumer`] runs
+//!   it on rdkafka in a thread watched by the [`supervisor`] through its
+//!   [`heartbeat`].
+//! - [`scheduler`]: runs the jobs on their schedules.
+//! - [`registry`]: the user's code the runtime runs: [`consumers`] (one
+//!   file per topic) and [`jobs`] (one file per periodic job).
+//! - [`app`]: `cronsumer run`, wiring it all together under one [`shutdown`]
+//!   signal; [`cli`]: every command.
+//! - [`metrics`] are exported and counted through one module of events,
+//!   which also logs each with fixed keys.
 
 pub mod app;
 pub mod applied;
-pub mod backoff;
-pub mod batcher;
-pub mod breaker;
+mod backoff;
+mod batcher;
+mod breaker;
 pub mod broker;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod consumer;
+pub mod cron;
 pub mod db;
-pub mod env_file;
+mod env_file;
+mod events;
+#[cfg(feature = "fault-injection")]
+pub mod fault_injection;
 pub mod handler;
-pub mod handlers;
+mod handlers;
 pub mod heartbeat;
-pub mod http;
+mod http;
 pub mod kafka;
-pub mod lease;
+mod lease;
 pub mod metrics;
 pub mod notifier;
-pub mod offsets;
-pub mod payload;
+mod offsets;
+mod panics;
+mod payload;
 pub mod pipeline;
 pub mod poison;
 pub mod producer;
 pub mod record;
-pub mod redact;
-pub mod router;
+mod redact;
+pub mod registry;
+mod router;
 pub mod scheduler;
 pub mod shutdown;
 pub mod sink;
 pub mod supervisor;
-pub mod topic_ids;
+mod topic_ids;
 
 #[path = "../consumers/mod.rs"]
 pub mod consumers;
 #[path = "../jobs/mod.rs"]
 pub mod jobs;
+
+/// The consumer modules under `consumers/` and the jobs under `jobs/`, for
+/// the binary (and the tests) to hand to the runtime.
+pub fn registry() -> registry::Registry {
+    registry::Registry { consumers: consumers::registry, jobs: jobs::registry }
+}

@@ -5,6 +5,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use cronsumer::registry::Registry;
+
+#[cfg(not(feature = "fault-injection"))]
+use cronsumer::consumers::registry as consumers;
+
+/// The fault tests' build: the same modules, which panic on a chosen payload.
+#[cfg(feature = "fault-injection")]
+fn consumers() -> Vec<Box<dyn cronsumer::handler::Consumer>> {
+    cronsumer::fault_injection::wrap(cronsumer::consumers::registry())
+}
 
 fn main() -> ExitCode {
     cronsumer::cli::install_panic_hook();
@@ -13,7 +23,9 @@ fn main() -> ExitCode {
         // clap prints help (exit 0) or the usage error (exit 2) itself.
         Err(e) => e.exit(),
     };
-    match cronsumer::cli::execute(cli) {
+    // The user's consumer modules and jobs: the runtime only knows them from here.
+    let registry = Registry { consumers, ..cronsumer::registry() };
+    match cronsumer::cli::execute(cli, registry) {
         Ok(code) => code,
         Err(err) => {
             let code = cronsumer::cli::exit_code(&err);

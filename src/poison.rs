@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::broker::Tp;
+use crate::panics::lock;
 use crate::record::Record;
 
 /// Failures in a row after which a record is dead-lettered.
@@ -31,7 +32,7 @@ fn tp(r: &Record) -> Tp {
 impl PoisonLedger {
     fn lock(&self) -> MutexGuard<'_, Ledger> {
         // A panic while this was held cannot leave it half-updated: each update is one statement.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.0)
     }
 
     /// True when a record of the batch is in a suspect range: the batch is

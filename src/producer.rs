@@ -10,6 +10,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _,
 use rdkafka::ClientContext;
 
 use crate::config::Settings;
+use crate::panics::lock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
@@ -43,9 +44,7 @@ impl ProducerContext for Deliveries {
             }
             Err((e, _)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut first) = self.first_error.lock() {
-                    first.get_or_insert_with(|| e.to_string());
-                }
+                lock(&self.first_error).get_or_insert_with(|| e.to_string());
             }
         }
     }
@@ -101,7 +100,7 @@ impl RecordProducer {
         let ctx = self.producer.context();
         let failed = ctx.failed.load(Ordering::Relaxed);
         if failed > 0 {
-            let first = ctx.first_error.lock().ok().and_then(|f| f.clone()).unwrap_or_default();
+            let first = lock(&ctx.first_error).clone().unwrap_or_default();
             return Err(ProduceError::NotDelivered { topic: topic.into(), sent: self.sent, failed, first });
         }
         Ok(ctx.delivered.load(Ordering::Relaxed))

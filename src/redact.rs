@@ -93,11 +93,8 @@ pub fn webhook_url(webhook: &str) -> String {
 
 /// The secret values among the settings, to scrub from messages.
 pub fn secret_values(settings: &Settings) -> Vec<String> {
-    let k = &settings.kafka;
-    let mut secrets: Vec<String> = k.sasl_password.iter().cloned().collect();
-    secrets.extend(k.props.iter().filter(|(name, _)| is_secret_name(name)).map(|(_, v)| v.clone()));
-    secrets.extend(settings.http_admin_token.iter().cloned());
-    secrets.extend(settings.notify_webhook_url.iter().cloned());
+    let mut secrets = settings.declared_secrets();
+    secrets.extend(settings.kafka_props.iter().filter(|(name, _)| is_secret_name(name)).map(|(_, v)| v.clone()));
     // Too short a value would blank ordinary words; such a secret is no secret.
     secrets.retain(|s| s.len() >= 4);
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));

@@ -25,22 +25,16 @@ pub struct Dispatched {
     pub unrouted: usize,
 }
 
-/// Fault injection for tests and drills: a record whose payload contains this
-/// text makes the router panic as a handler would.
-pub const FAULT_PANIC_ENV: &str = "CRONSUMER_FAULT_PANIC_PAYLOAD";
-
 pub struct Router {
     routes: HashMap<String, Box<dyn Consumer>>,
     warned: HashSet<String>,
-    fault_panic: Option<Vec<u8>>,
 }
 
 impl Router {
     /// Routes each module's topic, as `name` resolves it (`Settings::topic`), to that module.
     pub fn new(modules: Vec<Box<dyn Consumer>>, name: impl Fn(&str) -> String) -> Router {
         let routes = modules.into_iter().map(|m| (name(m.topic()), m)).collect();
-        let fault_panic = std::env::var(FAULT_PANIC_ENV).ok().filter(|v| !v.is_empty()).map(String::into_bytes);
-        Router { routes, warned: HashSet::new(), fault_panic }
+        Router { routes, warned: HashSet::new() }
     }
 
     /// Calls the module, turning a panic into its message.
@@ -50,18 +44,7 @@ impl Router {
         records: &[Record],
         ctx: &mut HandlerContext<'_>,
     ) -> Result<Result<(), HandlerError>, String> {
-        catch_unwind(AssertUnwindSafe(|| {
-            if let Some(needle) = &self.fault_panic {
-                let hit = records
-                    .iter()
-                    .find(|r| r.payload.as_deref().is_some_and(|p| p.windows(needle.len()).any(|w| w == needle)));
-                if let Some(r) = hit {
-                    panic!("fault injection ({FAULT_PANIC_ENV}) at {}", r.position());
-                }
-            }
-            module.handle(records, ctx)
-        }))
-        .map_err(|p| panic_message(p.as_ref()))
+        catch_unwind(AssertUnwindSafe(|| module.handle(records, ctx))).map_err(|p| crate::panics::message(p.as_ref()))
     }
 
     /// The topics with a module, sorted.
@@ -122,14 +105,6 @@ impl Router {
         }
         Ok(out)
     }
-}
-
-/// The text of a panic payload.
-pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic with a non-text payload".into())
 }
 
 #[cfg(test)]

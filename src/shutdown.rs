@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::panics::lock;
 use tokio::sync::watch;
 
 #[derive(Clone)]
@@ -71,7 +72,7 @@ pub struct StopRequest {
 impl StopRequest {
     fn get(&self) -> std::sync::MutexGuard<'_, Option<(Instant, Instant)>> {
         // One assignment per update: a poisoned lock holds consistent data.
-        self.at.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.at)
     }
 
     /// Asks to stop by `by`; an earlier request's deadline is kept if sooner.

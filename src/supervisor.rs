@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
 use crate::consumer::{spawn, ConsumerError, ConsumerSetup};
+use crate::events::{ConsumerRestarted, Event as _};
 use crate::heartbeat::Heartbeat;
-use crate::metrics;
 use crate::shutdown::StopRequest;
 
 /// Why the consumer thread was restarted.
@@ -92,7 +92,7 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 impl Supervisor {
     pub fn new(setup: ConsumerSetup) -> Self {
-        let stall_timeout = setup.settings.consumer.stall_timeout;
+        let stall_timeout = setup.settings.consumer_stall_timeout;
         Supervisor {
             setup,
             stall_timeout,
@@ -180,7 +180,7 @@ impl Supervisor {
         let joined = match old.handle.join() {
             Ok(Ok(())) => RestartCause::Ended("thread returned".into()),
             Ok(Err(e)) => RestartCause::Ended(e.to_string()),
-            Err(p) => RestartCause::Ended(crate::router::panic_message(p.as_ref())),
+            Err(p) => RestartCause::Ended(crate::panics::message(p.as_ref())),
         };
         let cause = self.stopping_for.take().map_or(joined, |(_, why)| why);
         if old.started.elapsed() >= HEALTHY_RUN {
@@ -192,14 +192,9 @@ impl Supervisor {
         if self.recent.len() == RESTARTS_KEPT {
             self.recent.pop_front();
         }
-        self.recent.push_back(Restart { at: chrono::Utc::now(), cause: cause.label(), detail: format!("{cause:?}") });
-        metrics::get().consumer_restarts.with_label_values(&[cause.label()]).inc();
-        log::warn!(
-            "restarting consumer cause={} detail={cause:?} restarts={} next_restart_not_before_ms={}",
-            cause.label(),
-            self.restarts,
-            delay.as_millis()
-        );
+        let detail = format!("{cause:?}");
+        ConsumerRestarted { cause: cause.label(), detail: &detail, restarts: self.restarts, not_before: delay }.emit();
+        self.recent.push_back(Restart { at: chrono::Utc::now(), cause: cause.label(), detail });
         if let Err(e) = self.start() {
             log::error!("cannot start consumer thread: {e}");
         }
@@ -232,7 +227,7 @@ impl Supervisor {
         match r.handle.join() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => log::warn!("consumer ended with error during shutdown: {e}"),
-            Err(p) => log::error!("consumer thread panicked: {}", crate::router::panic_message(p.as_ref())),
+            Err(p) => log::error!("consumer thread panicked: {}", crate::panics::message(p.as_ref())),
         }
     }
 }

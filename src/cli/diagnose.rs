@@ -2,6 +2,7 @@
 //! one line per check; every problem says what to do. Exit 1 when any fails.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -9,7 +10,9 @@ use serde_json::{json, Value};
 use super::output::{time, Output};
 use crate::config::Settings;
 use crate::db::{self, DbError};
-use crate::{app, kafka};
+use crate::kafka;
+use crate::registry::Registry;
+use crate::scheduler::Job;
 
 struct Report {
     checks: Vec<(String, bool, String)>,
@@ -24,14 +27,14 @@ impl Report {
     }
 }
 
-pub fn run(settings: &Settings, out: &Output) -> anyhow::Result<ExitCode> {
+pub fn run(settings: &Settings, registry: &Registry, out: &Output) -> anyhow::Result<ExitCode> {
     let mut r = Report { checks: Vec::new() };
-    if settings.kafka.enabled {
-        kafka_checks(settings, &mut r);
+    if settings.kafka_enabled {
+        kafka_checks(settings, &registry.topics(settings), &mut r);
     } else {
         r.ok("kafka", "disabled (KAFKA_ENABLED=false)".into());
     }
-    database_checks(settings, &mut r);
+    database_checks(settings, &(registry.jobs)(), &mut r);
     let failed = r.checks.iter().filter(|c| !c.1).count();
     let rows: Vec<Vec<Value>> = r
         .checks
@@ -45,8 +48,8 @@ pub fn run(settings: &Settings, out: &Output) -> anyhow::Result<ExitCode> {
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-fn kafka_checks(settings: &Settings, r: &mut Report) {
-    let servers = &settings.kafka.bootstrap_servers;
+fn kafka_checks(settings: &Settings, required: &[String], r: &mut Report) {
+    let servers = &settings.kafka_bootstrap_servers;
     let admin = match kafka::admin_client(settings) {
         Ok(a) => a,
         Err(e) => return r.problem("broker", format!("cannot create a Kafka client: {e}; check the KAFKA_* settings")),
@@ -64,15 +67,14 @@ fn kafka_checks(settings: &Settings, r: &mut Report) {
     r.ok("broker", format!("{} broker(s): {} (librdkafka {version})", brokers.len(), brokers.join(", ")));
 
     let existing = kafka::existing_topics(&metadata);
-    let required = app::required_topics(settings);
-    for t in &required {
+    for t in required {
         match existing.iter().find(|(n, _)| n == t) {
             Some((_, p)) => r.ok(&format!("topic {t}"), format!("{p} partition(s)")),
             None => r.problem(&format!("topic {t}"), "missing; run `cronsumer topics --create`".into()),
         }
     }
 
-    let group = &settings.kafka.group_id;
+    let group = &settings.kafka_group_id;
     match admin.inner().fetch_group_list(Some(group), Duration::from_secs(5)) {
         Ok(list) => match list.groups().first() {
             Some(g) => {
@@ -93,7 +95,7 @@ fn kafka_checks(settings: &Settings, r: &mut Report) {
         Err(e) => r.problem(&format!("group {group}"), format!("cannot describe: {e}")),
     }
 
-    match kafka::lag(settings, &required) {
+    match kafka::lag(settings, required) {
         Ok(parts) => {
             for p in parts {
                 r.ok(
@@ -111,7 +113,7 @@ fn kafka_checks(settings: &Settings, r: &mut Report) {
     }
 }
 
-fn database_checks(settings: &Settings, r: &mut Report) {
+fn database_checks(settings: &Settings, jobs: &[Arc<dyn Job>], r: &mut Report) {
     let url = crate::redact::url(&settings.database_url);
     let pool = match db::connect(&settings.database_url, 1) {
         Ok(p) => p,
@@ -131,7 +133,7 @@ fn database_checks(settings: &Settings, r: &mut Report) {
         }
         Err(e) => return r.problem("migrations", format!("{e}")),
     }
-    for job in crate::jobs::registry() {
+    for job in jobs {
         match db::job_runs::last(&mut conn, job.name()) {
             Ok(Some(run)) if run.outcome == "failed" => r.problem(
                 &format!("job {}", job.name()),

@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{ConfigError, Settings};
 use crate::db::DbError;
 use crate::kafka::SetupError;
+use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 use crate::{app, db, kafka};
 
@@ -47,7 +48,11 @@ pub enum Command {
     /// Apply pending database migrations and exit.
     Migrate,
     /// Print the effective settings, secrets redacted.
-    Config,
+    Config {
+        /// Print instead every setting with its help and default, as `.env.example` holds them.
+        #[arg(long)]
+        example: bool,
+    },
     /// Produce records to a topic (acks=all, idempotent); exits 1 if any is not delivered.
     Produce {
         /// Topic to produce to (taken literally, no KAFKA_TOPIC_PREFIX).
@@ -191,7 +196,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
-        let msg = crate::router::panic_message(info.payload());
+        let msg = crate::panics::message(info.payload());
         let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         log::error!("panic in thread {}{at}: {msg}", thread.name().unwrap_or("unnamed"));
     }));
@@ -244,9 +249,15 @@ fn healthcheck() -> ExitCode {
     }
 }
 
-pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
-    if matches!(cli.command, Some(Command::Healthcheck)) {
-        return Ok(healthcheck());
+/// Runs the command, with the user's consumer modules and jobs.
+pub fn execute(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Some(Command::Healthcheck) => return Ok(healthcheck()),
+        Some(Command::Config { example: true }) => {
+            print!("{}", crate::config::env_example());
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
     }
     let settings = Settings::load()?;
     init_logging(&settings);
@@ -255,7 +266,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run => {
             let shutdown = Shutdown::new();
             app::watch_signals(shutdown.clone()).context("cannot watch for signals")?;
-            app::run(settings, shutdown)?;
+            app::run(settings, shutdown, registry)?;
         }
         Command::Migrate => {
             let (_, applied) = db::connect_and_migrate(&settings.database_url, 1)?;
@@ -267,7 +278,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Config => {
+        Command::Config { .. } => {
             let rows: Vec<Vec<serde_json::Value>> =
                 settings.describe().into_iter().map(|(k, v)| vec![k.into(), v.into()]).collect();
             if out.json {
@@ -284,20 +295,22 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(p) if p == "-" => (None, Some(PathBuf::from("-"))),
                 p => (p, file),
             };
-            records::produce(&settings, &topic, key.as_deref(), payload, file, raw)?
+            records::produce(&settings, &registry, &topic, key.as_deref(), payload, file, raw)?
         }
         Command::Tail { topic, from_beginning, max } => records::tail(&settings, &out, &topic, from_beginning, max)?,
-        Command::Topics { create, partitions } => return records::topics(&settings, &out, create, partitions),
+        Command::Topics { create, partitions } => {
+            return records::topics(&settings, &registry, &out, create, partitions)
+        }
         Command::Diagnose { group_id } => {
             let mut settings = settings;
             if let Some(g) = group_id {
-                settings.kafka.group_id = g;
+                settings.kafka_group_id = g;
             }
-            return diagnose::run(&settings, &out);
+            return diagnose::run(&settings, &registry, &out);
         }
         Command::DeadLetters { command } => return store::dead_letters(&settings, &out, command),
         Command::Notifications { command } => return store::notifications(&settings, &out, command),
-        Command::Jobs { command } => return store::jobs(settings, &out, command),
+        Command::Jobs { command } => return store::jobs(settings, &registry, &out, command),
         Command::Healthcheck => return Ok(healthcheck()),
     }
     Ok(ExitCode::SUCCESS)

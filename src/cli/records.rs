@@ -13,17 +13,19 @@ use serde_json::json;
 use super::output::{bytes, Output};
 use super::UsageError;
 use crate::config::Settings;
-use crate::{app, kafka};
+use crate::kafka;
+use crate::registry::Registry;
 
 pub fn produce(
     settings: &Settings,
+    registry: &Registry,
     topic: &str,
     key: Option<&str>,
     payload: Option<String>,
     file: Option<PathBuf>,
     raw: bool,
 ) -> anyhow::Result<()> {
-    check_topic(settings, topic)?;
+    check_topic(settings, registry, topic)?;
     let mut producer = crate::producer::RecordProducer::new(settings)?;
     let key = key.map(str::as_bytes);
     let valid = |payload: &str, what: &str| -> anyhow::Result<()> {
@@ -73,16 +75,16 @@ pub fn produce(
 
 /// A topic that does not exist is an error; one that no consumer module
 /// handles gets a warning (records there are not stored by this service).
-fn check_topic(settings: &Settings, topic: &str) -> anyhow::Result<()> {
+fn check_topic(settings: &Settings, registry: &Registry, topic: &str) -> anyhow::Result<()> {
     let admin = kafka::admin_client(settings)?;
     let metadata = admin
         .inner()
         .fetch_metadata(None, Duration::from_secs(10))
-        .with_context(|| format!("cannot reach Kafka at {}", settings.kafka.bootstrap_servers))?;
+        .with_context(|| format!("cannot reach Kafka at {}", settings.kafka_bootstrap_servers))?;
     if !kafka::existing_topics(&metadata).iter().any(|(name, _)| name == topic) {
         bail!("topic {topic} does not exist; create it with `cronsumer topics --create` (a module's topic) or your broker's tools");
     }
-    if !app::required_topics(settings).iter().any(|t| t == topic) {
+    if !registry.topics(settings).iter().any(|t| t == topic) {
         eprintln!("warning: no consumer module handles topic {topic}; this service will not store its records");
     }
     Ok(())
@@ -140,11 +142,17 @@ pub fn tail(
     Ok(())
 }
 
-pub fn topics(settings: &Settings, out: &Output, create: bool, partitions: i32) -> anyhow::Result<ExitCode> {
+pub fn topics(
+    settings: &Settings,
+    registry: &Registry,
+    out: &Output,
+    create: bool,
+    partitions: i32,
+) -> anyhow::Result<ExitCode> {
     let admin = kafka::admin_client(settings)?;
     let metadata = kafka::wait_for_broker(settings, &admin, &|| false)?;
     let existing = kafka::existing_topics(&metadata);
-    let required = app::required_topics(settings);
+    let required = registry.topics(settings);
     let missing: Vec<String> = required.iter().filter(|t| !existing.iter().any(|(n, _)| n == *t)).cloned().collect();
     if create && !missing.is_empty() {
         kafka::create_topics(&admin, &missing, partitions)?;

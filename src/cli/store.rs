@@ -10,6 +10,7 @@ use super::output::{bytes, time, Output};
 use super::{pool, DeadLettersCommand, JobsCommand, NotificationsCommand, UsageError};
 use crate::config::Settings;
 use crate::db::{self, dead_letters, notifications, DbError};
+use crate::registry::Registry;
 use crate::scheduler::{JobContext, JobRunner, RunOutcome, Trigger};
 use crate::shutdown::Shutdown;
 
@@ -133,22 +134,23 @@ pub fn notifications(settings: &Settings, out: &Output, command: NotificationsCo
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn jobs(settings: Settings, out: &Output, command: JobsCommand) -> anyhow::Result<ExitCode> {
+pub fn jobs(settings: Settings, registry: &Registry, out: &Output, command: JobsCommand) -> anyhow::Result<ExitCode> {
     let pool = pool(&settings)?;
-    let registry = crate::jobs::registry();
+    let topics = registry.topics(&settings);
+    let registry = (registry.jobs)();
     match command {
         JobsCommand::List => {
             let mut conn = pool.get().map_err(DbError::Pool)?;
             let mut rows = Vec::new();
             for job in &registry {
-                let cron = job.schedule(&settings);
+                let cron = job.schedule(&settings).map_err(|e| anyhow::anyhow!("job {}: {e}", job.name()))?;
                 let last = db::job_runs::last(&mut conn, job.name())?;
                 rows.push(vec![
                     json!(job.name()),
-                    json!(cron),
+                    json!(cron.as_str()),
                     time(last.as_ref().map(|r| r.started_at)),
                     last.as_ref().map(|r| json!(r.outcome)).unwrap_or(Value::Null),
-                    time(crate::scheduler::next_run(&cron).map(|t| t.naive_utc())),
+                    time(cron.next_after(chrono::Utc::now()).map(|t| t.naive_utc())),
                 ]);
             }
             out.rows(&["JOB", "SCHEDULE", "LAST_RUN", "OUTCOME", "NEXT_RUN"], &rows);
@@ -159,8 +161,8 @@ pub fn jobs(settings: Settings, out: &Output, command: JobsCommand) -> anyhow::R
             let Some(job) = registry.iter().find(|j| j.name() == name).cloned() else {
                 bail!(UsageError(format!("no job named {name:?}; jobs: {}", names.join(", "))));
             };
-            let ctx = Arc::new(JobContext::new(Arc::new(settings), pool, None, Shutdown::new()));
-            let (code, outcome, detail) = match JobRunner::new(job, ctx).run(Trigger::Manual) {
+            let ctx = Arc::new(JobContext::new(Arc::new(settings), pool, None, Shutdown::new()).with_topics(topics));
+            let (code, outcome, detail) = match JobRunner::new(job, ctx)?.run(Trigger::Manual) {
                 RunOutcome::Ok(report) => (0, "ok", report.details),
                 RunOutcome::Failed(e) => (1, "failed", e),
                 other => (1, "not run", format!("{other:?}")),

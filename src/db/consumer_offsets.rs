@@ -14,6 +14,7 @@ use diesel::prelude::*;
 use super::schema::consumer_offsets::{self, dsl as co};
 use super::{now, DbConnection, DbError};
 use crate::broker::Tp;
+use crate::events::{Event as _, OffsetReset};
 use crate::on_backend;
 
 /// Where the database says to read each of `tps` from (`None`: it applied
@@ -80,15 +81,8 @@ pub fn advance(
         return Ok(Advance::Lost(stored));
     }
     if fingerprint_at(stored - 1).is_some_and(|f| f != fingerprint) {
-        log::warn!(
-            "offset reset topic={} partition={}: the record at {} is not the one applied there (the topic was \
-             deleted and recreated?); applying from {}",
-            tp.0,
-            tp.1,
-            stored - 1,
-            span.first
-        );
-        crate::metrics::get().offset_resets.with_label_values(&[&tp.0]).inc();
+        let why = format!("the record at {} is not the one applied there (topic deleted and recreated?)", stored - 1);
+        OffsetReset { topic: &tp.0, partition: tp.1, from: span.first, why: &why }.emit();
         on_backend!(conn, |c| diesel::update(row).set(set).execute(c))?;
         return Ok(Advance::Moved);
     }

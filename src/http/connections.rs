@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::metrics;
+use crate::events::{ConnectionDropped, DropReason, Event as _};
+use crate::panics::lock;
 
 /// Connections open at once.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -35,7 +36,7 @@ pub struct Slot {
 
 impl Connections {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     /// A place for a new connection, evicting the oldest waiting one when
@@ -44,13 +45,13 @@ impl Connections {
         let mut inner = self.lock();
         if inner.open >= MAX_CONNECTIONS {
             let Some((_, oldest)) = inner.waiting.pop_front() else {
-                metrics::get().http_connections_dropped.with_label_values(&["refused"]).inc();
+                ConnectionDropped { reason: DropReason::Refused }.emit();
                 return None;
             };
             // It closes at its task's next wake-up, and only then frees its place:
             // until then one more than the limit is open.
             oldest.notify_one();
-            metrics::get().http_connections_dropped.with_label_values(&["evicted"]).inc();
+            ConnectionDropped { reason: DropReason::Evicted }.emit();
         }
         inner.open += 1;
         let id = inner.next_id;

@@ -254,7 +254,7 @@ fn jobs_section(out: &mut String, s: &Status, admin: Admin) {
             out,
             "<tr><td>{}<td><code>{}</code><td>{}<td>{}<td>{}<td>{}<td>{}</tr>",
             esc(r.name()),
-            esc(r.schedule()),
+            esc(r.schedule().as_str()),
             last.as_ref().map_or("not yet".into(), |l| l.started.clone()),
             last.as_ref().map_or(String::new(), |l| {
                 let detail = if l.detail.is_empty() { String::new() } else { format!(": {}", esc(&l.detail)) };

@@ -31,7 +31,6 @@ mod connections;
 pub mod console;
 pub mod status;
 
-pub use connections::MAX_CONNECTIONS;
 pub use status::{Sources, Status};
 
 /// Time a client has to send a request's head, from the connection's start

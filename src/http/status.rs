@@ -14,6 +14,7 @@ use crate::config::Settings;
 use crate::db::Pool;
 use crate::heartbeat::InHand;
 use crate::metrics;
+use crate::panics::{lock, read, write};
 use crate::scheduler::{JobContext, JobRunner};
 use crate::shutdown::Shutdown;
 use crate::supervisor::{Restart, Supervisor};
@@ -78,7 +79,7 @@ pub struct Status {
 impl Status {
     pub fn new(sources: Sources) -> Arc<Status> {
         let admin =
-            if sources.settings.kafka.enabled { crate::kafka::admin_client(&sources.settings).ok() } else { None };
+            if sources.settings.kafka_enabled { crate::kafka::admin_client(&sources.settings).ok() } else { None };
         Arc::new(Status {
             sources,
             admin,
@@ -110,7 +111,7 @@ impl Status {
         };
         every(self, |s| {
             let problems = s.check_liveness();
-            *s.live.write().unwrap_or_else(|p| p.into_inner()) = Probe { problems, at: Some(Instant::now()) };
+            *write(&s.live) = Probe { problems, at: Some(Instant::now()) };
             s.update_gauges();
             LIVENESS_EVERY
         });
@@ -122,14 +123,14 @@ impl Status {
             }
             let first = !s.ever_ready.load(Ordering::Relaxed);
             let next = if first { READINESS_EVERY_UNTIL_READY } else { READINESS_EVERY };
-            *s.ready.write().unwrap_or_else(|p| p.into_inner()) = Probe { problems, at: Some(Instant::now()) };
+            *write(&s.ready) = Probe { problems, at: Some(Instant::now()) };
             next
         });
         every(self, |s| {
             s.sample_rate();
             RATE_EVERY
         });
-        if self.sources.settings.kafka.enabled {
+        if self.sources.settings.kafka_enabled {
             every(self, |s| {
                 s.sample_lag();
                 LAG_EVERY
@@ -148,7 +149,7 @@ impl Status {
     }
 
     fn read(probe: &RwLock<Probe>, what: &str) -> Vec<String> {
-        let p = probe.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let p = read(probe).clone();
         match p.at {
             None => vec![format!("{what} not checked yet")],
             Some(at) if at.elapsed() > STALE_AFTER => {
@@ -160,7 +161,7 @@ impl Status {
 
     /// Records per second over each sampling interval, oldest first.
     pub fn rates(&self) -> Vec<f64> {
-        let samples = self.rate.lock().unwrap_or_else(|p| p.into_inner());
+        let samples = lock(&self.rate);
         samples
             .iter()
             .zip(samples.iter().skip(1))
@@ -171,7 +172,7 @@ impl Status {
     /// The consumer thread now (`None` with `KAFKA_ENABLED=false`).
     pub fn consumer(&self) -> Option<ConsumerView> {
         let s = self.sources.supervisor.as_ref()?;
-        let s = s.lock().unwrap_or_else(|p| p.into_inner());
+        let s = lock(s);
         let hb = s.heartbeat();
         Some(ConsumerView {
             alive: s.is_alive(),
@@ -189,11 +190,11 @@ impl Status {
         let mut problems = Vec::new();
         let settings = &self.sources.settings;
         if let Some(s) = &self.sources.supervisor {
-            let s = s.lock().unwrap_or_else(|p| p.into_inner());
+            let s = lock(s);
             if !s.is_alive() {
                 problems.push("consumer thread is not running".to_string());
             } else if let Some(hb) = s.heartbeat() {
-                let stall = settings.consumer.stall_timeout;
+                let stall = settings.consumer_stall_timeout;
                 if let Some(age) = hb.since_poll().filter(|age| *age > stall) {
                     problems.push(format!("consumer thread has not polled for {} ms", age.as_millis()));
                 }
@@ -202,6 +203,9 @@ impl Status {
                 }
                 if let Some(h) = hb.in_hand() {
                     problems.push(format!("consumer is retrying a batch: {}", h.reason));
+                }
+                if let Some(age) = hb.uncommitted_for().filter(|age| *age > stall) {
+                    problems.push(format!("handled records have waited {} s for a commit", age.as_secs()));
                 }
             }
         }
@@ -225,13 +229,8 @@ impl Status {
             if let Err(e) = admin.inner().fetch_metadata(None, Duration::from_secs(2)) {
                 problems.push(format!("broker unreachable: {e}"));
             }
-            let assigned = self
-                .sources
-                .supervisor
-                .as_ref()
-                .and_then(|s| s.lock().ok().and_then(|s| s.heartbeat()))
-                .map(|hb| hb.assigned())
-                .unwrap_or(0);
+            let assigned =
+                self.sources.supervisor.as_ref().and_then(|s| lock(s).heartbeat()).map(|hb| hb.assigned()).unwrap_or(0);
             if assigned == 0 {
                 problems.push("no partitions assigned".to_string());
             }
@@ -247,7 +246,7 @@ impl Status {
             .flat_map(|family| family.get_metric())
             .map(|m| m.get_counter().get_value())
             .sum();
-        let mut samples = self.rate.lock().unwrap_or_else(|p| p.into_inner());
+        let mut samples = lock(&self.rate);
         if samples.len() == RATE_SAMPLES {
             samples.pop_front();
         }
@@ -257,7 +256,7 @@ impl Status {
     /// The lag of the partitions this copy holds, into `cronsumer_consumer_lag`
     /// (each copy exports its own, so a sum over copies counts each partition once).
     fn sample_lag(&self) {
-        let mut reader = self.lag_reader.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reader = lock(&self.lag_reader);
         if reader.is_none() {
             match crate::kafka::LagReader::new(&self.sources.settings) {
                 Ok(r) => *reader = Some(r),
@@ -279,12 +278,12 @@ impl Status {
         for ((topic, partition), l) in &lag {
             gauge.with_label_values(&[topic, &partition.to_string()]).set(*l);
         }
-        *self.lag.lock().unwrap_or_else(|p| p.into_inner()) = lag;
+        *lock(&self.lag) = lag;
     }
 
     /// The last lag reading of a partition this copy holds.
     pub fn lag_of(&self, topic: &str, partition: i32) -> Option<i64> {
-        let lag = self.lag.lock().unwrap_or_else(|p| p.into_inner());
+        let lag = lock(&self.lag);
         lag.iter().find(|((t, p), _)| t == topic && *p == partition).map(|(_, l)| *l)
     }
 
@@ -293,8 +292,8 @@ impl Status {
         let m = metrics::get();
         let settings = &self.sources.settings;
         if let Some(c) = self.consumer() {
-            let polling = c.since_poll.is_some_and(|age| age <= settings.consumer.stall_timeout);
-            m.consumer_up.with_label_values(&[&settings.kafka.group_id]).set(i64::from(c.alive && polling));
+            let polling = c.since_poll.is_some_and(|age| age <= settings.consumer_stall_timeout);
+            m.consumer_up.with_label_values(&[&settings.kafka_group_id]).set(i64::from(c.alive && polling));
             m.batch_retrying_seconds.set(c.retrying_for.map_or(0.0, |d| d.as_secs_f64()));
         }
         let now = chrono::Utc::now();

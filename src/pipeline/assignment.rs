@@ -4,6 +4,7 @@
 use super::{Pipeline, When, REVOKE_BUDGET};
 use crate::broker::{Broker, Tp};
 use crate::clock::Clock;
+use crate::events::{Event as _, OffsetReset};
 use crate::metrics;
 use crate::record::Record;
 use crate::sink::{Panicked, Sink};
@@ -91,12 +92,7 @@ impl<C: Clock + Clone> Pipeline<C> {
         let leaving = |t: &str, p: i32| tps.iter().any(|(rt, rp)| rt == t && *rp == p);
         self.drop_held(leaving);
         for tp in tps {
-            log::warn!(
-                "offset reset topic={} partition={}: the topic was recreated; reading it from its beginning",
-                tp.0,
-                tp.1
-            );
-            metrics::get().offset_resets.with_label_values(&[&tp.0]).inc();
+            OffsetReset { topic: &tp.0, partition: tp.1, from: 0, why: "the topic was recreated" }.emit();
             self.starts.remove(tp);
             self.offsets.remove(tp);
             self.offsets.assign(tp);
@@ -112,8 +108,8 @@ impl<C: Clock + Clone> Pipeline<C> {
             if !self.offsets.is_assigned(&tp) {
                 continue;
             }
-            log::warn!("reading topic={} partition={} again from the stored offset={offset}", tp.0, tp.1);
-            metrics::get().offset_resets.with_label_values(&[&tp.0]).inc();
+            let why = "the database's stored offset is behind what this copy handled";
+            OffsetReset { topic: &tp.0, partition: tp.1, from: offset, why }.emit();
             self.drop_held(|t, p| t == tp.0 && p == tp.1);
             self.starts.remove(&tp);
             // Kafka's committed offset follows the database's, as on assignment.
@@ -144,14 +140,8 @@ impl<C: Clock + Clone> Pipeline<C> {
         let tp = (r.topic.clone(), r.partition);
         let Some(start) = self.starts.remove(&tp) else { return };
         if r.offset < start {
-            log::warn!(
-                "offset reset topic={} partition={}: read from {} after the stored offset {start} (the topic was \
-                 deleted and recreated?); applying from there",
-                r.topic,
-                r.partition,
-                r.offset
-            );
-            metrics::get().offset_resets.with_label_values(&[&r.topic]).inc();
+            let why = format!("the log starts below the stored offset {start} (topic deleted and recreated?)");
+            OffsetReset { topic: &r.topic, partition: r.partition, from: r.offset, why: &why }.emit();
             sink.rewind(&tp, r.offset);
         }
     }

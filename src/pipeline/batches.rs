@@ -8,8 +8,8 @@ use std::time::Instant;
 use super::{InHand, Outcome, Pipeline, DRAIN_RETRY_MAX, RETRY_INITIAL, RETRY_MAX};
 use crate::backoff::Backoff;
 use crate::clock::Clock;
+use crate::events::{BatchHandled, BatchIsolated, BatchRecovered, BatchRetrying, Event as _};
 use crate::heartbeat;
-use crate::metrics;
 use crate::poison::POISON_AFTER;
 use crate::record::Record;
 use crate::sink::{FailureKind, Panicked, Sink};
@@ -25,7 +25,7 @@ impl<C: Clock + Clone> Pipeline<C> {
         let records = held.records.len();
         let (reason, suspect) = match self.process(sink, &mut held.records)? {
             Outcome::Done => {
-                log::info!("batch recovered after {} retries, records={records}", held.backoff.attempts());
+                BatchRecovered { records, attempts: held.backoff.attempts() }.emit();
                 self.heartbeat.set_retrying(None);
                 return Ok(());
             }
@@ -36,13 +36,14 @@ impl<C: Clock + Clone> Pipeline<C> {
             held.backoff.reset();
         }
         let delay = held.backoff.next_delay();
-        log::warn!(
-            "batch retry failed first={} records={} attempt={} retry_in_ms={} error={reason}",
-            held.records[0].position(),
-            held.records.len(),
-            held.backoff.attempts(),
-            delay.as_millis()
-        );
+        BatchRetrying {
+            first: &held.records[0].position(),
+            records: held.records.len(),
+            attempt: held.backoff.attempts(),
+            retry_in: delay,
+            error: &reason,
+        }
+        .emit();
         self.heartbeat.set_retrying(Some(heartbeat::InHand {
             first: held.records[0].position(),
             records: held.records.len(),
@@ -63,12 +64,14 @@ impl<C: Clock + Clone> Pipeline<C> {
         if let Outcome::Retry(reason) | Outcome::Suspect(reason) = self.process(sink, &mut batch)? {
             let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
             let delay = backoff.next_delay();
-            log::warn!(
-                "batch failed, keeping it uncommitted first={} records={} retry_in_ms={} error={reason}",
-                batch[0].position(),
-                batch.len(),
-                delay.as_millis()
-            );
+            BatchRetrying {
+                first: &batch[0].position(),
+                records: batch.len(),
+                attempt: backoff.attempts(),
+                retry_in: delay,
+                error: &reason,
+            }
+            .emit();
             self.heartbeat.set_retrying(Some(heartbeat::InHand {
                 first: batch[0].position(),
                 records: batch.len(),
@@ -98,12 +101,7 @@ impl<C: Clock + Clone> Pipeline<C> {
                     if f.kind == FailureKind::Panic {
                         return Err(Panicked { at: batch[0].position(), message: f.message });
                     }
-                    log::warn!(
-                        "batch failed ({:?}), handling it one record at a time first={} error={}",
-                        f.kind,
-                        batch[0].position(),
-                        f.message
-                    );
+                    BatchIsolated { first: &batch[0].position(), kind: f.kind.as_str(), error: &f.message }.emit();
                 }
             }
         }
@@ -157,9 +155,7 @@ impl<C: Clock + Clone> Pipeline<C> {
             self.offsets.handled(&(run[0].topic.clone(), run[0].partition), next);
         }
         self.heartbeat.handled(batch.len());
-        let m = metrics::get();
-        m.batches.inc();
-        m.batch_size.observe(batch.len() as f64);
+        BatchHandled { records: batch.len() }.emit();
     }
 
     /// Finishes everything in memory until `deadline`, retrying transient

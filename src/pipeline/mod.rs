@@ -26,8 +26,8 @@ use crate::backoff::Backoff;
 use crate::batcher::Batcher;
 use crate::broker::{Broker, CommitMode, Event, Tp};
 use crate::clock::Clock;
+use crate::events::{CommitFailed, Committed, Event as _};
 use crate::heartbeat::Heartbeat;
-use crate::metrics;
 use crate::offsets::Offsets;
 use crate::poison::PoisonLedger;
 use crate::record::Record;
@@ -247,8 +247,7 @@ impl<C: Clock + Clone> Pipeline<C> {
             }
             Err(e) => {
                 self.offsets.failed(offsets);
-                metrics::get().commit_errors.inc();
-                log::warn!("commit failed, will retry: {e}");
+                CommitFailed { error: &e }.emit();
             }
         }
     }
@@ -304,7 +303,7 @@ impl<C: Clock + Clone> Pipeline<C> {
         self.last_commit = Some(now);
         match broker.commit(&due, mode) {
             Ok(()) => {
-                metrics::get().commits.inc();
+                Committed.emit();
                 if mode == CommitMode::Sync {
                     self.offsets.confirmed(&due);
                     self.heartbeat.committed();
@@ -312,10 +311,7 @@ impl<C: Clock + Clone> Pipeline<C> {
                     self.offsets.sent(&due);
                 }
             }
-            Err(e) => {
-                metrics::get().commit_errors.inc();
-                log::warn!("commit failed, will retry: {e}");
-            }
+            Err(e) => CommitFailed { error: &e.to_string() }.emit(),
         }
     }
 }

@@ -14,14 +14,16 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use crate::config::Settings;
+use crate::cron::{CronError, Schedule};
 use crate::db::{self, job_leases, DbConnection, Pool};
 use crate::lease;
 use crate::notifier::Notifier;
+use crate::panics::lock;
 use crate::shutdown::Shutdown;
 use crate::supervisor::Supervisor;
 
 mod runner;
-pub use runner::{next_run, period_of, JobRunner, LastRun, RunOutcome};
+pub use runner::{JobRunner, LastRun, RunOutcome};
 
 /// What a finished run reports for the ledger.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -59,6 +61,8 @@ pub struct JobContext {
     pub last_tick: Mutex<Option<Instant>>,
     /// Leases held by the runs going on, by job.
     pub leases: lease::Held,
+    /// The topics the consumer modules read (for reports such as lag).
+    pub topics: Vec<String>,
 }
 
 impl JobContext {
@@ -77,7 +81,13 @@ impl JobContext {
             shutdown,
             last_tick: Mutex::new(None),
             leases: lease::Held::default(),
+            topics: Vec::new(),
         }
+    }
+
+    pub fn with_topics(mut self, topics: Vec<String>) -> Self {
+        self.topics = topics;
+        self
     }
 
     /// Runs `write` in one transaction that first checks the lease the run
@@ -108,7 +118,7 @@ impl JobContext {
 
     /// Time since the scheduler last ticked; `None` before the first tick.
     pub fn since_tick(&self) -> Option<Duration> {
-        self.last_tick.lock().ok().and_then(|t| t.map(|t| t.elapsed()))
+        lock(&self.last_tick).map(|t| t.elapsed())
     }
 }
 
@@ -126,8 +136,10 @@ pub fn holder_id() -> String {
 
 pub trait Job: Send + Sync {
     fn name(&self) -> &'static str;
-    /// The cron expression (6 fields, seconds first, UTC).
-    fn schedule(&self, settings: &Settings) -> String;
+    /// When it runs: a cron expression (6 fields, seconds first, UTC), as
+    /// `"0 */5 * * * *".parse()` or a setting's parsed value. A schedule that
+    /// does not parse stops the service at start, naming the job.
+    fn schedule(&self, settings: &Settings) -> Result<Schedule, CronError>;
     /// Blocking body; runs on tokio's blocking pool.
     fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError>;
     /// Whether only one copy of the service may run it per tick (lease).
@@ -180,6 +192,16 @@ pub enum Trigger {
     Manual,
 }
 
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Tick => "tick",
+            Trigger::Wake => "wake",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
 /// The running scheduler; [`Scheduler::stop`] ends it.
 pub struct Scheduler {
     inner: tokio_cron_scheduler::JobScheduler,
@@ -193,8 +215,8 @@ impl Scheduler {
         let inner = tokio_cron_scheduler::JobScheduler::new().await.map_err(|e| JobError::Other(e.to_string()))?;
         let mut runners = Vec::new();
         for job in jobs {
-            let cron = job.schedule(&ctx.settings);
-            let runner = Arc::new(JobRunner::new(job, ctx.clone()));
+            let runner = Arc::new(JobRunner::new(job, ctx.clone())?);
+            let cron = runner.schedule().clone();
             let r = runner.clone();
             let cron_job = tokio_cron_scheduler::Job::new_async_tz(cron.as_str(), Utc, move |_, _| {
                 let r = r.clone();

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use super::{Job, JobContext, JobReport, Trigger};
-use crate::config::parse_cron;
+use super::{Job, JobContext, JobError, JobReport, Trigger};
+use crate::cron::Schedule;
 use crate::db::{self, job_leases, job_runs};
+use crate::events::{Event as _, JobFinished, JobOutcome};
 use crate::lease;
-use crate::metrics;
+use crate::panics::lock;
 
 /// A finished run, as this copy saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +40,7 @@ pub enum RunOutcome {
 pub struct JobRunner {
     job: Arc<dyn Job>,
     ctx: Arc<JobContext>,
-    cron: String,
+    schedule: Schedule,
     running: AtomicBool,
     lease_for: Duration,
     /// When a tick last started a run here (at first: when the runner was made).
@@ -55,64 +56,49 @@ impl Drop for Running<'_> {
     }
 }
 
-/// The interval between the next two occurrences of `cron` (for lease length).
-pub fn period_of(cron: &str) -> Duration {
-    let Ok(c) = parse_cron(cron) else {
-        return Duration::from_secs(60);
-    };
-    let now = Utc::now();
-    match c.find_next_occurrence(&now, false).and_then(|a| c.find_next_occurrence(&a, false).map(|b| (a, b))) {
-        Ok((a, b)) => (b - a).to_std().unwrap_or(Duration::from_secs(60)),
-        Err(_) => Duration::from_secs(60),
-    }
-}
-
-/// The next time `cron` fires after now.
-pub fn next_run(cron: &str) -> Option<chrono::DateTime<Utc>> {
-    parse_cron(cron).ok()?.find_next_occurrence(&Utc::now(), false).ok()
-}
-
 impl JobRunner {
-    pub fn new(job: Arc<dyn Job>, ctx: Arc<JobContext>) -> Self {
+    /// A runner for `job` on its schedule, which must parse.
+    pub fn new(job: Arc<dyn Job>, ctx: Arc<JobContext>) -> Result<Self, JobError> {
+        let schedule = job
+            .schedule(&ctx.settings)
+            .map_err(|e| JobError::Other(format!("job {} has a bad schedule: expected {e}", job.name())))?;
         // Held for half a period: long enough that no other copy runs the same
         // tick, short enough that a copy that died hands over by the next one.
-        let cron = job.schedule(&ctx.settings);
-        let lease_for = (period_of(&cron) / 2).max(Duration::from_secs(1));
-        JobRunner {
+        let lease_for = (schedule.period() / 2).max(Duration::from_secs(1));
+        Ok(JobRunner {
             job,
             ctx,
-            cron,
+            schedule,
             running: AtomicBool::new(false),
             lease_for,
             last_tick: Mutex::new(Utc::now()),
             last_run: Mutex::new(None),
-        }
+        })
     }
 
     pub fn name(&self) -> &'static str {
         self.job.name()
     }
 
-    pub fn schedule(&self) -> &str {
-        &self.cron
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     pub fn last_run(&self) -> Option<LastRun> {
-        self.last_run.lock().ok().and_then(|r| r.clone())
+        lock(&self.last_run).clone()
     }
 
     /// The next tick after now.
     pub fn next_run(&self) -> Option<DateTime<Utc>> {
-        next_run(&self.cron)
+        self.schedule.next_after(Utc::now())
     }
 
     /// How long past its due tick the job has not started here: the first
     /// occurrence after the last tick that started a run is due, and now is
     /// later. A run still going, or ticks skipped for overlap, count as late.
     pub fn overdue(&self, now: DateTime<Utc>) -> Duration {
-        let Ok(since) = self.last_tick.lock().map(|t| *t) else { return Duration::ZERO };
-        let due = parse_cron(&self.cron).ok().and_then(|c| c.find_next_occurrence(&since, false).ok());
-        due.and_then(|due| (now - due).to_std().ok()).unwrap_or(Duration::ZERO)
+        let since = *lock(&self.last_tick);
+        self.schedule.next_after(since).and_then(|due| (now - due).to_std().ok()).unwrap_or(Duration::ZERO)
     }
 
     pub fn is_running(&self) -> bool {
@@ -122,24 +108,19 @@ impl JobRunner {
     /// Runs the job once under the guard, lease and ledger rules.
     pub fn run(&self, trigger: Trigger) -> RunOutcome {
         let name = self.job.name();
-        let m = metrics::get();
+        let skipped = |outcome, detail: &str| {
+            JobFinished { job: name, trigger: trigger.as_str(), outcome, elapsed: None, detail }.emit()
+        };
         if trigger == Trigger::Tick {
-            if let Ok(mut t) = self.ctx.last_tick.lock() {
-                *t = Some(Instant::now());
-            }
+            *lock(&self.ctx.last_tick) = Some(Instant::now());
         }
         if self.running.swap(true, Ordering::SeqCst) {
-            m.job_runs.with_label_values(&[name, "skipped_overlap"]).inc();
-            if trigger == Trigger::Tick {
-                log::warn!("job={name} tick skipped: the previous run is still going");
-            }
+            skipped(JobOutcome::SkippedOverlap, "the previous run is still going");
             return RunOutcome::SkippedOverlap;
         }
         let _guard = Running(&self.running);
         if trigger == Trigger::Tick {
-            if let Ok(mut t) = self.last_tick.lock() {
-                *t = Utc::now();
-            }
+            *lock(&self.last_tick) = Utc::now();
         }
         let started_at = Utc::now();
         let ctx = &self.ctx;
@@ -153,23 +134,22 @@ impl JobRunner {
             let mut conn = match ctx.pool.get() {
                 Ok(c) => c,
                 Err(e) => {
-                    m.job_runs.with_label_values(&[name, "failed"]).inc();
-                    log::error!("job={name} cannot start: database unavailable: {e}");
-                    return RunOutcome::Failed(format!("database unavailable: {e}"));
+                    let why = format!("database unavailable: {e}");
+                    skipped(JobOutcome::Failed, &why);
+                    return RunOutcome::Failed(why);
                 }
             };
             if exclusive {
                 match job_leases::acquire(&mut conn, name, &ctx.holder, self.lease_for) {
                     Ok(Some(l)) => held = Some(l),
                     Ok(None) => {
-                        m.job_runs.with_label_values(&[name, "skipped_lease"]).inc();
-                        log::debug!("job={name} tick skipped: another copy holds the lease");
+                        skipped(JobOutcome::SkippedLease, "another copy holds the lease");
                         return RunOutcome::SkippedLease;
                     }
                     Err(e) => {
-                        m.job_runs.with_label_values(&[name, "failed"]).inc();
-                        log::error!("job={name} cannot take its lease: {e}");
-                        return RunOutcome::Failed(format!("cannot take lease: {e}"));
+                        let why = format!("cannot take lease: {e}");
+                        skipped(JobOutcome::Failed, &why);
+                        return RunOutcome::Failed(why);
                     }
                 }
             }
@@ -192,33 +172,23 @@ impl JobRunner {
         let outcome = match result {
             Ok(Ok(report)) => RunOutcome::Ok(report),
             Ok(Err(e)) => RunOutcome::Failed(e.to_string()),
-            Err(panic) => RunOutcome::Failed(format!("panicked: {}", crate::router::panic_message(panic.as_ref()))),
+            Err(panic) => RunOutcome::Failed(format!("panicked: {}", crate::panics::message(panic.as_ref()))),
         };
         let (label, error, details) = match &outcome {
-            RunOutcome::Ok(r) => ("ok", None, Some(r.details.as_str())),
-            RunOutcome::Failed(e) => ("failed", Some(e.as_str()), None),
+            RunOutcome::Ok(r) => (JobOutcome::Ok, None, Some(r.details.as_str())),
+            RunOutcome::Failed(e) => (JobOutcome::Failed, Some(e.as_str()), None),
             _ => unreachable!("skips return early"),
         };
-        if let Ok(mut last) = self.last_run.lock() {
-            *last = Some(LastRun {
-                started: started_at,
-                duration: elapsed,
-                trigger,
-                outcome: label,
-                detail: error.or(details).unwrap_or_default().to_string(),
-            });
-        }
-        m.job_runs.with_label_values(&[name, label]).inc();
-        m.job_duration.with_label_values(&[name]).observe(elapsed.as_secs_f64());
-        match &outcome {
-            RunOutcome::Failed(e) => {
-                log::error!("job={name} failed after {} ms: {e}", elapsed.as_millis())
-            }
-            RunOutcome::Ok(r) if !r.details.is_empty() => {
-                log::info!("job={name} ok in {} ms: {}", elapsed.as_millis(), r.details)
-            }
-            _ => log::debug!("job={name} ok in {} ms", elapsed.as_millis()),
-        }
+        let detail = error.or(details).unwrap_or_default();
+        *lock(&self.last_run) = Some(LastRun {
+            started: started_at,
+            duration: elapsed,
+            trigger,
+            outcome: label.as_str(),
+            detail: detail.to_string(),
+        });
+        JobFinished { job: name, trigger: trigger.as_str(), outcome: label, elapsed: Some(elapsed), detail }.emit();
+        let label = label.as_str();
         let run_id = match (run_id, &outcome) {
             (None, RunOutcome::Failed(_)) if !ledger && self.job.recorded() => {
                 ctx.pool.get().ok().and_then(|mut c| start_run(&mut c, name, &ctx.holder))

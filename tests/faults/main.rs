@@ -263,7 +263,7 @@ impl Fixture {
         let pool = tdb.pool();
         let prefix = format!("{}.", unique("fault"));
         let s = settings(&tdb.url, &prefix, extra);
-        for t in cronsumer::app::required_topics(&s) {
+        for t in cronsumer::registry().topics(&s) {
             create_topic(&s, &t, PARTITIONS);
         }
         let topic = s.topic("notifications");
@@ -321,7 +321,7 @@ impl Fixture {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cronsumer"));
         cmd.arg("run")
             .current_dir(&dir)
-            .env_remove(cronsumer::router::FAULT_PANIC_ENV)
+            .env_remove(cronsumer::fault_injection::PANIC_PAYLOAD_ENV)
             .envs(env_of(&self.s, &self.tdb.url))
             .envs(self.env.iter().cloned())
             .env("HTTP_ADDR", &http)
@@ -337,7 +337,7 @@ impl Fixture {
 
     /// Partitions of every topic the service subscribes to.
     fn all_partitions(&self) -> f64 {
-        (cronsumer::app::required_topics(&self.s).len() as i32 * PARTITIONS).into()
+        (cronsumer::registry().topics(&self.s).len() as i32 * PARTITIONS).into()
     }
 
     fn rows(&self) -> i64 {
@@ -441,7 +441,7 @@ struct Broker {
 
 impl Broker {
     fn new(fx: &Fixture) -> Broker {
-        Broker { addr: fx.s.kafka.bootstrap_servers.clone(), log: fx.dir.join("services.log"), down: false }
+        Broker { addr: fx.s.kafka_bootstrap_servers.clone(), log: fx.dir.join("services.log"), down: false }
     }
 
     fn services(&self, command: &str) -> bool {
@@ -626,7 +626,7 @@ fn handler_panic_poison_record() {
         (0..N).map(|i| if i == POISON_AT { poison.clone() } else { notification(i) }).collect();
     produce(&fx.s, &fx.topic, &payloads);
 
-    let svc = fx.start("service", &[(cronsumer::router::FAULT_PANIC_ENV, "PANIC-ME")]);
+    let svc = fx.start("service", &[(cronsumer::fault_injection::PANIC_PAYLOAD_ENV, "PANIC-ME")]);
     // Restarts back off 1 s, 2 s, 4 s... and the supervisor looks every 5 s.
     wait_running(&[&svc], "999 rows and 1 dead letter", Duration::from_secs(120), || {
         fx.rows() >= (N - 1) as i64 && fx.dead() >= 1

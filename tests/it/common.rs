@@ -417,3 +417,11 @@ pub fn cli(s: &Settings, db_url: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into(),
     )
 }
+
+/// A runner for a job whose schedule parses.
+pub fn runner(
+    job: std::sync::Arc<dyn cronsumer::scheduler::Job>,
+    ctx: std::sync::Arc<cronsumer::scheduler::JobContext>,
+) -> cronsumer::scheduler::JobRunner {
+    cronsumer::scheduler::JobRunner::new(job, ctx).expect("the job's schedule parses")
+}

@@ -45,7 +45,7 @@ impl Running {
 
 /// Creates every registry topic for this test's prefix.
 pub fn create_registry_topics(s: &Settings, partitions: i32) -> String {
-    for t in cronsumer::app::required_topics(s) {
+    for t in cronsumer::registry().topics(s) {
         create_topic(s, &t, partitions);
     }
     s.topic("notifications")

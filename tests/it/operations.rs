@@ -107,7 +107,7 @@ fn dead_letters_list_show_replay_purge_and_unknown_ids() {
     assert_eq!(code, 2, "{err}");
 
     // ...replayed after the limit is raised, ends up stored once.
-    let raised = settings(&tdb.url, &small.kafka.topic_prefix, &[]);
+    let raised = settings(&tdb.url, &small.kafka_topic_prefix, &[]);
     let (code, out, err) = cli(&raised, &tdb.url, &["dead-letters", "replay", &id.to_string()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("replayed 1"), "{out}");

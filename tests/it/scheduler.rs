@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cronsumer::config::Settings;
+use cronsumer::cron::{CronError, Schedule};
 use cronsumer::db::{self, notifications, Backend, Pool};
-use cronsumer::scheduler::{Job, JobContext, JobError, JobReport, JobRunner, RunOutcome, Trigger};
+use cronsumer::scheduler::{Job, JobContext, JobError, JobReport, RunOutcome, Trigger};
 use cronsumer::shutdown::Shutdown;
 
 use crate::both_backends;
@@ -57,7 +58,7 @@ fn thousand_pending_are_delivered_exactly_once(backend: Backend) {
     let sink = Sink::ok();
     let s = webhook_settings(&tdb.url, &sink.url, &[]);
     insert_pending(&pool, 1000);
-    let runner = JobRunner::new(send_job(), context(&s, &pool));
+    let runner = runner(send_job(), context(&s, &pool));
     let started = Instant::now();
     assert!(matches!(runner.run(Trigger::Manual), RunOutcome::Ok(_)));
     let secs = started.elapsed().as_secs_f64();
@@ -83,7 +84,7 @@ fn server_errors_are_retried_with_backoff_then_delivered_once(backend: Backend) 
     // The breaker's trial calls land on random rows: room enough that none runs out of attempts.
     let s = webhook_settings(&tdb.url, &sink.url, &[("NOTIFICATIONS_MAX_ATTEMPTS", "20")]);
     insert_pending(&pool, 30);
-    let runner = JobRunner::new(send_job(), context(&s, &pool));
+    let runner = runner(send_job(), context(&s, &pool));
     wait_for("all 30 sent", Duration::from_secs(60), || {
         runner.run(Trigger::Manual);
         by_status(&pool).get("sent") == Some(&30)
@@ -115,7 +116,7 @@ fn client_errors_fail_at_once_with_the_status_kept(backend: Backend) {
     let sink = Sink::start(Box::new(|_| 404));
     let s = webhook_settings(&tdb.url, &sink.url, &[]);
     insert_pending(&pool, 3);
-    let runner = JobRunner::new(send_job(), context(&s, &pool));
+    let runner = runner(send_job(), context(&s, &pool));
     runner.run(Trigger::Manual);
     runner.run(Trigger::Manual);
     assert_eq!(sink.hits().len(), 3, "a 4xx must not be retried");
@@ -137,7 +138,7 @@ fn unreachable_webhook_gives_up_after_max_attempts() {
         &[("NOTIFICATIONS_MAX_ATTEMPTS", "3"), ("NOTIFICATIONS_RETRY_BASE_MS", "50")],
     );
     insert_pending(&pool, 2);
-    let runner = JobRunner::new(send_job(), context(&s, &pool));
+    let runner = runner(send_job(), context(&s, &pool));
     wait_for("both failed", Duration::from_secs(30), || {
         runner.run(Trigger::Manual);
         by_status(&pool).get("failed") == Some(&2)
@@ -156,8 +157,8 @@ fn two_copies_on_postgres_deliver_each_notification_once() {
     let sink = Sink::ok();
     let s = webhook_settings(&tdb.url, &sink.url, &[]);
     insert_pending(&pool_a, 1000);
-    let a = Arc::new(JobRunner::new(send_job(), context(&s, &pool_a)));
-    let b = Arc::new(JobRunner::new(send_job(), context(&s, &pool_b)));
+    let a = Arc::new(runner(send_job(), context(&s, &pool_a)));
+    let b = Arc::new(runner(send_job(), context(&s, &pool_b)));
     let threads: Vec<_> = [a, b]
         .into_iter()
         .map(|r| std::thread::spawn(move || (0..5).map(|_| r.run(Trigger::Wake)).collect::<Vec<_>>()))
@@ -182,8 +183,8 @@ impl Job for TestJob {
     fn name(&self) -> &'static str {
         "test_job"
     }
-    fn schedule(&self, _: &Settings) -> String {
-        "*/10 * * * * *".into()
+    fn schedule(&self, _: &Settings) -> Result<Schedule, CronError> {
+        "*/10 * * * * *".parse()
     }
     fn run(&self, _: &JobContext) -> Result<JobReport, JobError> {
         self.runs.fetch_add(1, Ordering::SeqCst);
@@ -200,7 +201,7 @@ fn a_long_run_is_not_started_twice_and_a_panic_is_recorded(backend: Backend) {
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("guard"), &[]);
     let runs = Arc::new(AtomicUsize::new(0));
-    let slow = Arc::new(JobRunner::new(
+    let slow = Arc::new(runner(
         Arc::new(TestJob { sleep: Duration::from_millis(800), panic: false, runs: runs.clone() }),
         context(&s, &pool),
     ));
@@ -213,10 +214,7 @@ fn a_long_run_is_not_started_twice_and_a_panic_is_recorded(backend: Backend) {
     assert_eq!(first.join().unwrap(), RunOutcome::Ok(JobReport::new("done")));
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 
-    let boom = JobRunner::new(
-        Arc::new(TestJob { sleep: Duration::ZERO, panic: true, runs: runs.clone() }),
-        context(&s, &pool),
-    );
+    let boom = runner(Arc::new(TestJob { sleep: Duration::ZERO, panic: true, runs: runs.clone() }), context(&s, &pool));
     assert_eq!(boom.run(Trigger::Manual), RunOutcome::Failed("panicked: job exploded".into()));
     // and it runs again next time
     assert_eq!(boom.run(Trigger::Manual), RunOutcome::Failed("panicked: job exploded".into()));
@@ -235,8 +233,8 @@ fn one_copy_per_tick_under_the_lease() {
     let runs = Arc::new(AtomicUsize::new(0));
     let job =
         || Arc::new(TestJob { sleep: Duration::from_millis(100), panic: false, runs: runs.clone() }) as Arc<dyn Job>;
-    let a = Arc::new(JobRunner::new(job(), context(&s, &tdb.pool())));
-    let b = Arc::new(JobRunner::new(job(), context(&s, &tdb.pool())));
+    let a = Arc::new(runner(job(), context(&s, &tdb.pool())));
+    let b = Arc::new(runner(job(), context(&s, &tdb.pool())));
     let outcomes = Arc::new(Mutex::new(Vec::new()));
     let threads: Vec<_> = [a, b]
         .into_iter()
@@ -261,7 +259,7 @@ fn supervision_runs_while_the_database_is_away() {
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("supervise"), &[]);
     let job = Arc::new(cronsumer::jobs::supervise_consumer::SuperviseConsumer);
-    let runner = JobRunner::new(job, context(&s, &pool));
+    let runner = runner(job, context(&s, &pool));
     tdb.pg_block(true);
     let outcome = runner.run(Trigger::Tick);
     tdb.pg_block(false);
@@ -279,7 +277,7 @@ fn redirects_fail_naming_the_location(backend: Backend) {
         sink.set_headers(&[("Location", moved.as_str())]);
         let s = webhook_settings(&tdb.url, &sink.url, &[]);
         insert_pending(&pool, 3);
-        JobRunner::new(send_job(), context(&s, &pool)).run(Trigger::Manual);
+        runner(send_job(), context(&s, &pool)).run(Trigger::Manual);
         assert_eq!(sink.hits().len(), 3, "HTTP {status}: one POST per notification and nothing followed");
         for r in notifications::list(&mut pool.get().unwrap(), None, 10).unwrap() {
             assert_eq!((r.status.as_str(), r.attempts), ("failed", 1), "HTTP {status}");
@@ -300,7 +298,7 @@ fn too_many_requests_waits_for_retry_after(backend: Backend) {
     // A 10 ms backoff would retry much sooner than Retry-After.
     let s = webhook_settings(&tdb.url, &sink.url, &[("NOTIFICATIONS_RETRY_BASE_MS", "10")]);
     insert_pending(&pool, 5);
-    let runner = JobRunner::new(send_job(), context(&s, &pool));
+    let runner = runner(send_job(), context(&s, &pool));
     runner.run(Trigger::Manual);
     assert_eq!(by_status(&pool).get("pending"), Some(&5), "429 must be retried: {:?}", by_status(&pool));
     sink.set_plan(Box::new(|_| 200));
@@ -328,7 +326,7 @@ fn deliveries_run_concurrently_up_to_the_limit(backend: Backend) {
     sink.set_delay(Duration::from_millis(100));
     let s = webhook_settings(&tdb.url, &sink.url, &[("NOTIFY_CONCURRENCY", "8")]);
     insert_pending(&pool, 64);
-    let outcome = JobRunner::new(send_job(), context(&s, &pool)).run(Trigger::Manual);
+    let outcome = runner(send_job(), context(&s, &pool)).run(Trigger::Manual);
     assert_eq!(outcome, RunOutcome::Ok(JobReport::new("sent=64 retried=0 failed=0")));
     let delivered = sink.delivered();
     assert_eq!(delivered.len(), 64);
@@ -352,7 +350,7 @@ fn a_burst_of_server_errors_opens_and_closes_the_breaker(backend: Backend) {
         &[("NOTIFY_CONCURRENCY", "1"), ("NOTIFY_BREAKER_COOL_OFF_MS", "1000"), ("NOTIFICATIONS_MAX_ATTEMPTS", "3")],
     );
     insert_pending(&pool, 20);
-    let runner = JobRunner::new(send_job(), context(&s, &pool));
+    let runner = runner(send_job(), context(&s, &pool));
     let failures = cronsumer::notifier::BREAKER_FAILURES as usize;
     let first = runner.run(Trigger::Manual);
     assert_eq!(
@@ -389,8 +387,8 @@ impl Job for FencedWriter {
         "fenced_writer"
     }
     /// A 1 s lease (half the period), renewed every third of it.
-    fn schedule(&self, _: &Settings) -> String {
-        "*/2 * * * * *".into()
+    fn schedule(&self, _: &Settings) -> Result<Schedule, CronError> {
+        "*/2 * * * * *".parse()
     }
     fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
         self.go.lock().unwrap().recv().unwrap();
@@ -412,7 +410,7 @@ fn a_run_that_lost_its_lease_cannot_write(backend: Backend) {
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("fence"), &[]);
     let (go, wait) = std::sync::mpsc::channel();
-    let runner = Arc::new(JobRunner::new(Arc::new(FencedWriter { go: Mutex::new(wait) }), context(&s, &pool)));
+    let runner = Arc::new(runner(Arc::new(FencedWriter { go: Mutex::new(wait) }), context(&s, &pool)));
     let run = {
         let r = runner.clone();
         std::thread::spawn(move || r.run(Trigger::Tick))
@@ -452,14 +450,14 @@ fn a_webhook_slower_than_the_claim_is_not_sent_twice() {
     sink.set_delay(Duration::from_secs(1));
     let s = webhook_settings(&tdb.url, &sink.url, &[("NOTIFY_CONCURRENCY", "1")]);
     insert_pending(&pool, 40);
-    let a = Arc::new(JobRunner::new(send_job(), context(&s, &pool)));
+    let a = Arc::new(runner(send_job(), context(&s, &pool)));
     let slow = {
         let a = a.clone();
         std::thread::spawn(move || a.run(Trigger::Manual))
     };
     wait_for("copy a holding every row", Duration::from_secs(10), || by_status(&pool).get("sending") == Some(&40));
     // Another copy runs its sender every second while the slow chunk goes on.
-    let b = JobRunner::new(send_job(), context(&s, &pool));
+    let b = runner(send_job(), context(&s, &pool));
     while !slow.is_finished() {
         b.run(Trigger::Manual);
         std::thread::sleep(Duration::from_secs(1));

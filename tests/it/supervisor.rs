@@ -10,7 +10,7 @@ use cronsumer::db::Backend;
 use cronsumer::handler::{Consumer, HandlerContext, HandlerError};
 use cronsumer::record::Record;
 use cronsumer::scheduler::Wakers;
-use cronsumer::scheduler::{JobContext, JobRunner, Trigger};
+use cronsumer::scheduler::{JobContext, Trigger};
 use cronsumer::shutdown::Shutdown;
 use cronsumer::supervisor::{RestartCause, Supervisor, Verdict, MIN_STALL_GRACE};
 
@@ -80,7 +80,7 @@ fn with_stall_once() -> Vec<Box<dyn Consumer>> {
 /// Runs the `supervise_consumer` job (as the scheduler would every 5 s, here
 /// every 200 ms) until the supervisor restarted the thread once.
 fn supervise_until_restart(supervisor: &Arc<Mutex<Supervisor>>, ctx: &Arc<JobContext>, limit: Duration) {
-    let runner = JobRunner::new(Arc::new(cronsumer::jobs::supervise_consumer::SuperviseConsumer), ctx.clone());
+    let runner = runner(Arc::new(cronsumer::jobs::supervise_consumer::SuperviseConsumer), ctx.clone());
     wait_for("a restart", limit, || {
         runner.run(Trigger::Tick);
         supervisor.lock().unwrap().restarts() >= 1
@@ -163,7 +163,7 @@ fn end_to_end_a_produced_record_reaches_the_webhook() {
     let shutdown = Shutdown::new();
     let service = {
         let (s, sd) = (s.clone(), shutdown.clone());
-        std::thread::spawn(move || cronsumer::app::run(s, sd))
+        std::thread::spawn(move || cronsumer::app::run(s, sd, cronsumer::registry()))
     };
     let mut producer = cronsumer::producer::RecordProducer::new(&s).unwrap();
     // Let the group settle before timing.

@@ -1,0 +1,467 @@
+//! Settings: read once at start from the environment and `.env` (the
+//! environment wins), validated in one pass so that every problem is reported
+//! at once, each naming its variable, the bad value and what is allowed.
+//!
+//! Each setting is declared once, below: its variable, default, kind (how it
+//! parses, shows and redacts) and one line of help. That declaration makes
+//! the `Settings` field, the parsing, `cronsumer config`, and the settings
+//! table of the README and `.env.example` (tests compare both).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::cron::Schedule;
+use crate::redact::{is_secret_name, REDACTED};
+
+mod docs;
+mod value;
+
+pub use docs::{env_example, settings_table, Declared};
+use value::*;
+
+/// Every problem found in the settings; bad settings exit with code 2.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.problems.iter().map(|p| p.to_string()).collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+/// One bad setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub var: String,
+    pub value: String,
+    pub expected: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid setting {}={:?}: expected {}", self.var, self.value, self.expected)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+impl OffsetReset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifierKind {
+    Log,
+    Webhook,
+}
+
+/// Declares the settings: each line makes a `Settings` field (documented by
+/// its help), reads and checks its variable, and describes it.
+macro_rules! settings {
+    ($( [$section:literal] $( #[doc = $help:literal] $field:ident : $ty:ty = $decl:expr, $kind:expr; )* )*) => {
+        /// The validated settings.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct Settings {
+            $( $( #[doc = $help] pub $field: $ty, )* )*
+            /// `KAFKA_PROP_<NAME>` pass-through properties, already turned
+            /// into librdkafka names (`session.timeout.ms`).
+            pub kafka_props: BTreeMap<String, String>,
+            /// `KAFKA_TOPIC_<MODULE>` topic names by module key (`PRICE_EVENTS`).
+            pub kafka_topics: BTreeMap<String, String>,
+        }
+
+        /// Every declared setting, in the order `cronsumer config` prints them.
+        pub const DECLARED: &[Declared] = &[$( $( Declared { section: $section, help: $help, ..$decl }, )* )*];
+
+        impl Settings {
+            /// Reads every declared setting; `None` if any was refused (`r` has why).
+            fn read(r: &mut Reader<'_>, kafka_props: BTreeMap<String, String>, kafka_topics: BTreeMap<String, String>) -> Option<Settings> {
+                $( $( let $field = r.read(&$decl, &$kind); )* )*
+                Some(Settings { $( $( $field: $field?, )* )* kafka_props, kafka_topics })
+            }
+
+            /// The declared settings' effective values, secrets redacted.
+            fn declared_values(&self) -> Vec<(String, String)> {
+                vec![$( $( ($decl.var.to_string(), Kind::show(&$kind, &self.$field)), )* )*]
+            }
+
+            /// The values of the settings declared secret, to scrub from messages.
+            pub fn declared_secrets(&self) -> Vec<String> {
+                let mut out = Vec::new();
+                $( $( out.extend(Kind::secrets(&$kind, &self.$field)); )* )*
+                out
+            }
+        }
+    };
+}
+
+const fn var(name: &'static str) -> Declared {
+    Declared { var: name, default: None, example: None, host_specific: false, section: "", help: "" }
+}
+
+const COMPRESSIONS: &[&str] = &["none", "gzip", "snappy", "lz4", "zstd"];
+const SECURITY_PROTOCOLS: &[&str] = &["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"];
+const SASL_MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
+const OFFSET_RESETS: Choice<OffsetReset> =
+    Choice(&[("earliest", OffsetReset::Earliest), ("latest", OffsetReset::Latest)]);
+const NOTIFIERS: Choice<NotifierKind> = Choice(&[("log", NotifierKind::Log), ("webhook", NotifierKind::Webhook)]);
+/// A shorter admin token is too easy to guess.
+const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
+settings! {
+    ["Kafka"]
+    /// brokers, `host:port,...`
+    kafka_bootstrap_servers: String = var("KAFKA_BOOTSTRAP_SERVERS").default("localhost:9092").host_specific(), NonEmpty;
+    /// consumer group; copies sharing it split the partitions
+    kafka_group_id: String = var("KAFKA_GROUP_ID").default("cronsumer"), NonEmpty;
+    /// `false` runs the scheduler and HTTP endpoint only, without the consumer thread
+    kafka_enabled: bool = var("KAFKA_ENABLED").default("true"), Flag;
+    /// where a group without commits starts: `earliest`, `latest`
+    kafka_auto_offset_reset: OffsetReset = var("KAFKA_AUTO_OFFSET_RESET").default("earliest"), OFFSET_RESETS;
+    /// create missing topics at start (4 partitions) instead of exiting 2
+    kafka_auto_create_topics: bool = var("KAFKA_AUTO_CREATE_TOPICS").default("false"), Flag;
+    /// prepended to every module's topic, e.g. `staging.`
+    kafka_topic_prefix: String = var("KAFKA_TOPIC_PREFIX").default(""), Text;
+    /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`, `SASL_SSL`
+    kafka_security_protocol: String = var("KAFKA_SECURITY_PROTOCOL").default("PLAINTEXT"), OneOf(SECURITY_PROTOCOLS);
+    /// required for `SASL_*`: `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`, `OAUTHBEARER`
+    kafka_sasl_mechanism: Option<String> = var("KAFKA_SASL_MECHANISM").example("SCRAM-SHA-512"), Optional(OneOf(SASL_MECHANISMS));
+    /// SASL user name
+    kafka_sasl_username: Option<String> = var("KAFKA_SASL_USERNAME").example("cronsumer"), Optional(Text);
+    /// SASL password (never printed)
+    kafka_sasl_password: Option<String> = var("KAFKA_SASL_PASSWORD"), Optional(Secret(1));
+    /// broker connection retries at start, after the first attempt (backoff 1 s doubling, capped at 30 s)
+    kafka_connect_max_retries: u32 = var("KAFKA_CONNECT_MAX_RETRIES").default("5"), int(0, 1000);
+    /// compression of produced records (`cronsumer produce`, replays): `none`, `gzip`, `snappy`, `lz4`, `zstd`
+    kafka_producer_compression: String = var("KAFKA_PRODUCER_COMPRESSION").default("lz4"), OneOf(COMPRESSIONS);
+
+    ["Consumer"]
+    /// records per batch
+    consumer_batch_size: usize = var("CONSUMER_BATCH_SIZE").default("25"), int(1, 100_000);
+    /// a batch closes this long after its first record arrived
+    consumer_batch_timeout: Duration = var("CONSUMER_BATCH_TIMEOUT_MS").default("5000"), Millis(1, 3_600_000);
+    /// a consumer thread that made no poll for this long is stopped and restarted (the process exits if it will not stop)
+    consumer_stall_timeout: Duration = var("CONSUMER_STALL_TIMEOUT_MS").default("60000"), Millis(1_000, 86_400_000);
+    /// larger payloads are dead-lettered
+    consumer_max_record_bytes: usize = var("CONSUMER_MAX_RECORD_BYTES").default("1048576"), int(1, 1 << 30);
+
+    ["Database"]
+    /// a path or `sqlite://PATH` (SQLite) or `postgres://USER:PASS@HOST:PORT/DB`
+    database_url: String = var("DATABASE_URL").default("./data/cronsumer.db"), DatabaseUrl;
+    /// database connections
+    database_pool_size: u32 = var("DATABASE_POOL_SIZE").default("8"), int(1, 256);
+    /// PostgreSQL: whether a batch's transaction waits for its WAL flush; off loses nothing, as a batch's offsets commit with its rows
+    database_consumer_sync_commit: bool = var("DATABASE_CONSUMER_SYNC_COMMIT").default("false"), Flag;
+
+    ["Notifications"]
+    /// when `send_notifications` runs (6 fields, seconds first, UTC)
+    notifications_cron: Schedule = var("NOTIFICATIONS_CRON").default("*/30 * * * * *"), Cron;
+    /// delivery attempts before a notification is `failed`
+    notifications_max_attempts: u32 = var("NOTIFICATIONS_MAX_ATTEMPTS").default("5"), int(1, 1000);
+    /// first retry delay after a failed delivery; doubles per attempt, capped at 1 h
+    notifications_retry_base: Duration = var("NOTIFICATIONS_RETRY_BASE_MS").default("5000"), Millis(10, 3_600_000);
+    /// `log` (one log line per notification) or `webhook`
+    notifier: NotifierKind = var("NOTIFIER").default("log"), NOTIFIERS;
+    /// where `webhook` POSTs each notification as JSON (required when `NOTIFIER=webhook`)
+    notify_webhook_url: Option<String> = var("NOTIFY_WEBHOOK_URL").example("https://example.com/hooks/notify"), Optional(HttpUrl);
+    /// webhook deliveries in flight at once (per copy)
+    notify_concurrency: usize = var("NOTIFY_CONCURRENCY").default("32"), int(1, 256);
+    /// after 5 failed webhook calls in a row, no call for this long (rows wait, attempts unspent)
+    notify_breaker_cool_off: Duration = var("NOTIFY_BREAKER_COOL_OFF_MS").default("30000"), Millis(100, 3_600_000);
+    /// sent notifications, replayed dead letters and job runs older than this many days are purged
+    retention_days: u32 = var("RETENTION_DAYS").default("7"), int(1, 36_500);
+
+    ["HTTP, shutdown, logging"]
+    /// the web console at `/`, `/healthz`, `/readyz`, `/metrics`
+    http_addr: SocketAddr = var("HTTP_ADDR").default("127.0.0.1:8080").host_specific(), Addr;
+    /// enables the console's actions (replay, retry, run a job); at least 16 characters; never printed; unset: read-only
+    http_admin_token: Option<String> = var("HTTP_ADMIN_TOKEN"), Optional(Secret(MIN_ADMIN_TOKEN_CHARS));
+    /// how long a SIGTERM may take in all: the batch in hand, leaving the group, running jobs
+    shutdown_timeout: Duration = var("SHUTDOWN_TIMEOUT_MS").default("10000"), Millis(0, 3_600_000);
+    /// log filter (`env_logger` syntax), e.g. `info,cronsumer=debug`
+    rust_log: String = var("RUST_LOG").default("info"), Text;
+}
+
+impl Settings {
+    /// Loads `.env` (when present) under the process environment, then validates.
+    pub fn load() -> Result<Settings, ConfigError> {
+        crate::env_file::load(std::path::Path::new(".env")).map_err(|e| ConfigError {
+            problems: vec![Problem { var: ".env".into(), value: format!("line {}", e.line), expected: e.reason }],
+        })?;
+        Settings::from_vars(std::env::vars().collect())
+    }
+
+    /// Validates a complete variable map (the environment, or a test's map).
+    pub fn from_vars(vars: HashMap<String, String>) -> Result<Settings, ConfigError> {
+        let mut r = Reader { vars: &vars, problems: Vec::new() };
+        let topics = kafka_topics(&mut r, &vars);
+        let settings = Settings::read(&mut r, kafka_props(&vars), topics);
+        if let Some(s) = &settings {
+            s.check(&mut r);
+        }
+        match settings {
+            Some(s) if r.problems.is_empty() => Ok(s),
+            _ => Err(ConfigError { problems: r.problems }),
+        }
+    }
+
+    /// Rules between settings.
+    fn check(&self, r: &mut Reader<'_>) {
+        if self.notifier == NotifierKind::Webhook && self.notify_webhook_url.is_none() {
+            r.problem("NOTIFY_WEBHOOK_URL", "", "an http:// or https:// URL (required when NOTIFIER=webhook)");
+        }
+        if self.kafka_security_protocol.starts_with("SASL") && self.kafka_sasl_mechanism.is_none() {
+            let expected = format!("one of {} when KAFKA_SECURITY_PROTOCOL is SASL_*", SASL_MECHANISMS.join(", "));
+            r.problem("KAFKA_SASL_MECHANISM", "", &expected);
+        }
+    }
+
+    /// The effective settings as `NAME=value` lines, secrets redacted.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        let mut out = self.declared_values();
+        for (module, name) in &self.kafka_topics {
+            out.push((format!("KAFKA_TOPIC_{module}"), name.clone()));
+        }
+        for (name, value) in &self.kafka_props {
+            let env = format!("KAFKA_PROP_{}", name.replace('.', "_").to_uppercase());
+            let shown = if is_secret_name(name) { REDACTED.to_string() } else { value.clone() };
+            out.push((format!("{env} ({name})"), shown));
+        }
+        out
+    }
+
+    /// Full topic name of a module's topic: `KAFKA_TOPIC_PREFIX` + its
+    /// `KAFKA_TOPIC_<MODULE>` name, or + the module's own name.
+    pub fn topic(&self, base: &str) -> String {
+        let name = self.kafka_topics.get(&module_key(base)).map_or(base, String::as_str);
+        format!("{}{name}", self.kafka_topic_prefix)
+    }
+}
+
+/// `KAFKA_PROP_SESSION_TIMEOUT_MS=6000` → `session.timeout.ms = 6000`.
+fn kafka_props(vars: &HashMap<String, String>) -> BTreeMap<String, String> {
+    vars.iter()
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix("KAFKA_PROP_")?;
+            (!name.is_empty()).then(|| (name.to_ascii_lowercase().replace('_', "."), v.clone()))
+        })
+        .collect()
+}
+
+/// The `<MODULE>` of `KAFKA_TOPIC_<MODULE>` for a module's topic: `price-events` → `PRICE_EVENTS`.
+pub fn module_key(topic: &str) -> String {
+    topic.to_ascii_uppercase().replace(['-', '.'], "_")
+}
+
+/// The seed's name for the price topic, accepted as an alias of `KAFKA_TOPIC_PRICE_EVENTS`.
+const PRICE_TOPIC_ALIAS: &str = "KAFKA_PRICE_EVENTS_TOPIC";
+
+/// `KAFKA_TOPIC_PRICE_EVENTS=market.prices.v1` → `PRICE_EVENTS → market.prices.v1`.
+fn kafka_topics(r: &mut Reader<'_>, vars: &HashMap<String, String>) -> BTreeMap<String, String> {
+    let mut named: Vec<(String, String, String)> = vars
+        .iter()
+        .filter_map(|(var, v)| {
+            let module = var.strip_prefix("KAFKA_TOPIC_").filter(|m| !m.is_empty() && *m != "PREFIX")?;
+            Some((module.to_string(), var.clone(), v.trim().to_string()))
+        })
+        .collect();
+    named.sort();
+    if let Some(v) = vars.get(PRICE_TOPIC_ALIAS) {
+        named.push(("PRICE_EVENTS".into(), PRICE_TOPIC_ALIAS.into(), v.trim().to_string()));
+    }
+    let mut topics = BTreeMap::new();
+    for (module, var, value) in named {
+        let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if value.is_empty() || value.len() > 249 || !value.chars().all(legal) {
+            r.problem(&var, &value, "a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)");
+        } else if let Some(other) = topics.get(&module).filter(|other| **other != value) {
+            let expected = format!("the name KAFKA_TOPIC_{module}={other} gives, or only one of the two");
+            r.problem(&var, &value, &expected);
+        } else {
+            topics.insert(module, value);
+        }
+    }
+    topics
+}
+
+/// Reads one variable at a time, collecting problems instead of stopping.
+struct Reader<'a> {
+    vars: &'a HashMap<String, String>,
+    problems: Vec<Problem>,
+}
+
+impl Reader<'_> {
+    fn problem(&mut self, var: &str, value: &str, expected: &str) {
+        self.problems.push(Problem { var: var.into(), value: value.into(), expected: expected.into() });
+    }
+
+    /// The variable's trimmed text, else its default, else empty, parsed as `kind`.
+    fn read<K: Kind>(&mut self, decl: &Declared, kind: &K) -> Option<K::Value> {
+        let text = self.vars.get(decl.var).map(String::as_str).or(decl.default).unwrap_or_default().trim();
+        match kind.parse(text) {
+            Ok(v) => Some(v),
+            Err(expected) => {
+                self.problem(decl.var, &kind.shown(text), &expected);
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    fn problems(pairs: &[(&str, &str)]) -> Vec<String> {
+        load(pairs).unwrap_err().problems.iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_documented() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.kafka_bootstrap_servers, "localhost:9092");
+        assert_eq!(s.kafka_group_id, "cronsumer");
+        assert!(s.kafka_enabled);
+        assert_eq!(s.kafka_auto_offset_reset, OffsetReset::Earliest);
+        assert!(!s.kafka_auto_create_topics);
+        assert_eq!(s.kafka_connect_max_retries, 5);
+        assert_eq!(s.kafka_producer_compression, "lz4");
+        assert_eq!(load(&[("KAFKA_PRODUCER_COMPRESSION", "snappy")]).unwrap().kafka_producer_compression, "snappy");
+        assert!(problems(&[("KAFKA_PRODUCER_COMPRESSION", "brotli")])[0].contains("KAFKA_PRODUCER_COMPRESSION"));
+        assert_eq!(s.consumer_batch_size, 25);
+        assert_eq!(s.consumer_batch_timeout, Duration::from_millis(5000));
+        assert_eq!(s.consumer_stall_timeout, Duration::from_millis(60000));
+        assert_eq!(s.consumer_max_record_bytes, 1_048_576);
+        assert_eq!(s.database_url, "./data/cronsumer.db");
+        assert_eq!(s.database_pool_size, 8);
+        assert_eq!(s.notifications_cron.as_str(), "*/30 * * * * *");
+        assert_eq!(s.notifications_max_attempts, 5);
+        assert_eq!(s.notifier, NotifierKind::Log);
+        assert_eq!(s.retention_days, 7);
+        assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.shutdown_timeout, Duration::from_millis(10000));
+        // every default shows up in `cronsumer config`
+        let described: Vec<String> = s.describe().into_iter().map(|(k, _)| k).collect();
+        for d in DECLARED {
+            assert!(described.iter().any(|n| n == d.var), "{} missing from describe()", d.var);
+        }
+    }
+
+    #[test]
+    fn unparsable_number_names_variable_value_and_range() {
+        assert_eq!(
+            problems(&[("CONSUMER_BATCH_SIZE", "zero")]),
+            vec![r#"invalid setting CONSUMER_BATCH_SIZE="zero": expected a whole number from 1 to 100000"#]
+        );
+        assert_eq!(problems(&[("CONSUMER_BATCH_SIZE", "0")]).len(), 1);
+        assert_eq!(problems(&[("CONSUMER_BATCH_TIMEOUT_MS", "-5")]).len(), 1);
+        assert_eq!(problems(&[("DATABASE_POOL_SIZE", "1.5")]).len(), 1);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let p = problems(&[
+            ("CONSUMER_BATCH_SIZE", "x"),
+            ("NOTIFIER", "carrier-pigeon"),
+            ("KAFKA_ENABLED", "maybe"),
+            ("HTTP_ADDR", "localhost"),
+        ]);
+        assert_eq!(p.len(), 4, "{p:?}");
+        assert!(p.iter().any(|l| l.contains("NOTIFIER=\"carrier-pigeon\": expected one of log, webhook")));
+        assert!(p.iter().any(|l| l.contains("KAFKA_ENABLED=\"maybe\": expected true or false")));
+        assert!(p.iter().any(|l| l.contains("HTTP_ADDR=\"localhost\"")));
+    }
+
+    #[test]
+    fn unknown_enum_values_are_errors() {
+        assert_eq!(problems(&[("KAFKA_AUTO_OFFSET_RESET", "smallest")]).len(), 1);
+        assert_eq!(problems(&[("KAFKA_SECURITY_PROTOCOL", "TLS")]).len(), 1);
+        assert_eq!(problems(&[("KAFKA_SASL_MECHANISM", "MAGIC")]).len(), 1);
+        assert_eq!(
+            load(&[("KAFKA_AUTO_OFFSET_RESET", "Latest")]).unwrap().kafka_auto_offset_reset,
+            OffsetReset::Latest
+        );
+    }
+
+    #[test]
+    fn cron_must_have_six_fields_and_parse() {
+        let p = problems(&[("NOTIFICATIONS_CRON", "*/5 * * * *")]);
+        assert!(p[0].starts_with("invalid setting NOTIFICATIONS_CRON=\"*/5 * * * *\""), "{p:?}");
+        assert!(p[0].contains("it has 5 fields"));
+        assert_eq!(problems(&[("NOTIFICATIONS_CRON", "61 * * * * *")]).len(), 1);
+        assert!(load(&[("NOTIFICATIONS_CRON", "0 */2 * * * *")]).is_ok());
+    }
+
+    #[test]
+    fn webhook_needs_a_url() {
+        let p = problems(&[("NOTIFIER", "webhook")]);
+        assert!(p[0].contains("NOTIFY_WEBHOOK_URL") && p[0].contains("required when NOTIFIER=webhook"));
+        assert_eq!(problems(&[("NOTIFIER", "webhook"), ("NOTIFY_WEBHOOK_URL", "ftp://x")]).len(), 1);
+        assert!(load(&[("NOTIFIER", "webhook"), ("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/hook")]).is_ok());
+    }
+
+    #[test]
+    fn sasl_protocol_needs_a_mechanism() {
+        let p = problems(&[("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")]);
+        assert!(p[0].contains("KAFKA_SASL_MECHANISM"), "{p:?}");
+    }
+
+    #[test]
+    fn database_url_scheme_is_checked_and_redacted() {
+        let p = problems(&[("DATABASE_URL", "mysql://root:hunter2@db/x")]);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("DATABASE_URL") && !p[0].contains("hunter2"), "{p:?}");
+        assert!(load(&[("DATABASE_URL", "postgres://u:p@h/db")]).is_ok());
+        assert!(load(&[("DATABASE_URL", "sqlite:///tmp/x.db")]).is_ok());
+    }
+
+    #[test]
+    fn topic_names_per_module_with_the_seed_alias_and_the_prefix() {
+        let s = load(&[("KAFKA_PRICE_EVENTS_TOPIC", "market.prices.v1"), ("KAFKA_TOPIC_PREFIX", "dev.")]).unwrap();
+        assert_eq!(s.topic("price-events"), "dev.market.prices.v1");
+        assert_eq!(s.topic("notifications"), "dev.notifications");
+        let s = load(&[("KAFKA_TOPIC_NOTIFICATIONS", "alerts")]).unwrap();
+        assert_eq!(s.topic("notifications"), "alerts");
+        assert!(s.describe().contains(&("KAFKA_TOPIC_NOTIFICATIONS".into(), "alerts".into())));
+        let e = load(&[("KAFKA_TOPIC_PRICE_EVENTS", "a"), ("KAFKA_PRICE_EVENTS_TOPIC", "b")]).unwrap_err().to_string();
+        assert!(e.contains("KAFKA_PRICE_EVENTS_TOPIC"), "{e}");
+        let e = load(&[("KAFKA_TOPIC_ORDERS", "no spaces")]).unwrap_err().to_string();
+        assert!(e.contains("KAFKA_TOPIC_ORDERS"), "{e}");
+    }
+
+    #[test]
+    fn kafka_props_pass_through_and_secrets_are_redacted() {
+        let s = load(&[
+            ("KAFKA_PROP_SESSION_TIMEOUT_MS", "6000"),
+            ("KAFKA_PROP_SSL_KEY_PASSWORD", "hunter2"),
+            ("KAFKA_SASL_PASSWORD", "hunter3"),
+            ("DATABASE_URL", "postgres://app:hunter4@db:5432/app"),
+        ])
+        .unwrap();
+        assert_eq!(s.kafka_props.get("session.timeout.ms").map(String::as_str), Some("6000"));
+        let text = format!("{:?}", s.describe());
+        assert!(text.contains("6000"));
+        for secret in ["hunter2", "hunter3", "hunter4"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert!(text.contains("postgres://app:***@db:5432/app"));
+    }
+}
