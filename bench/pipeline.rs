@@ -13,25 +13,20 @@
 //! from its start (the client prefetches records before the first one is
 //! returned, so counting from the first record would miss the fetching).
 
-#[path = "../tests/it/common.rs"]
-#[allow(dead_code, unused_imports)]
-mod common;
-#[path = "../tests/it/sink.rs"]
-#[allow(dead_code)]
-mod sink;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use cronsumer::config::Settings;
-use cronsumer::consumer::{spawn, ConsumerSetup};
+use cronsumer::consumer::spawn;
 use cronsumer::db::Backend;
 use cronsumer::handler::{Consumer, HandlerContext, HandlerError};
 use cronsumer::heartbeat::Heartbeat;
 use cronsumer::record::Record;
-use cronsumer::scheduler::Wakers;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use support::*;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -141,8 +136,8 @@ fn payload(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Produces `n` records to `topic` (which exists).
 fn prepare(s: &Settings, topic: &str, n: usize) {
-    create_topic(s, topic, 4);
     let started = Instant::now();
     let mut p = cronsumer::producer::RecordProducer::new(s).unwrap();
     for i in 0..n {
@@ -218,14 +213,7 @@ fn noop_drain(s: &Settings, n: usize, batch: usize) -> f64 {
     let s = with(s, &tdb.url, &vars);
     let heartbeat = Arc::new(Heartbeat::default());
     let stop = Arc::new(cronsumer::shutdown::StopRequest::default());
-    let setup = ConsumerSetup {
-        settings: Arc::new(s),
-        pool: tdb.pool(),
-        modules: noop_modules,
-        extra_topics: vec![],
-        wakers: Wakers::default(),
-        panics: Default::default(),
-    };
+    let setup = setup(&s, &tdb.pool()).modules(noop_modules).build();
     let handle = spawn(setup, heartbeat.clone(), stop.clone()).unwrap();
     while heartbeat.records() == 0 {
         std::thread::sleep(Duration::from_millis(1));
@@ -266,8 +254,8 @@ fn service_drain(s: &Settings, backend: Backend, n: usize, batch: usize) -> (Dra
     tdb.pool(); // migrated before the clock starts
     let s = with(s, &tdb.url, &[("CONSUMER_BATCH_SIZE", batch.to_string()), ("KAFKA_GROUP_ID", unique("bench-svc-"))]);
     let started = Instant::now();
-    let mut svc = Service::start(&s, &tdb.url, &[("RUST_LOG", "warn")]);
-    let (http, pid) = (svc.http.clone(), svc.child.id());
+    let svc = Service::start(&s, &tdb.url, &[("RUST_LOG", "warn")]);
+    let (http, pid) = (svc.http.clone(), svc.pid());
     svc.wait_for("ready", Duration::from_secs(60), || http_get(&http, "/readyz").is_some_and(|(c, _)| c == 200));
     let ready_ms = started.elapsed().as_secs_f64() * 1000.0;
     let http = svc.http.clone();
@@ -287,7 +275,7 @@ fn service_drain(s: &Settings, backend: Backend, n: usize, batch: usize) -> (Dra
     });
     let rate = (n as f64 - first.1) / first.0.elapsed().as_secs_f64();
     let cpu_per_10k = per_10k(cpu_secs(Some(pid)), n as f64);
-    let peak = rss_kib(svc.child.id(), "VmHWM:") as f64 / 1024.0;
+    let peak = rss_kib(pid, "VmHWM:") as f64 / 1024.0;
     steady.sort();
     let steady_mib = steady[steady.len() / 2] as f64 / 1024.0;
     assert_eq!(svc.terminate(), Some(0));
@@ -305,7 +293,7 @@ fn percentiles(mut v: Vec<f64>) -> (f64, f64, f64, f64) {
 fn latency(s: &Settings, batch_timeout_ms: u64, secs: usize) {
     let tdb = TestDb::new(Backend::Sqlite);
     let pool = tdb.pool();
-    let sink = sink::Sink::ok();
+    let sink = Sink::ok();
     let prefix = unique("lat");
     let s = with(
         s,
@@ -318,11 +306,8 @@ fn latency(s: &Settings, batch_timeout_ms: u64, secs: usize) {
             ("NOTIFY_WEBHOOK_URL", sink.url.clone()),
         ],
     );
-    for t in cronsumer::registry().topics(&s) {
-        create_topic(&s, &t, 4);
-    }
-    let topic = s.topic("notifications");
-    let mut svc = Service::start(&s, &tdb.url, &[("RUST_LOG", "warn")]);
+    let (_topics, topic) = registry_topics(&s, 4);
+    let svc = Service::start(&s, &tdb.url, &[("RUST_LOG", "warn")]);
     let http = svc.http.clone();
     svc.wait_for("ready", Duration::from_secs(60), || http_get(&http, "/readyz").is_some_and(|(c, _)| c == 200));
     let mut p = cronsumer::producer::RecordProducer::new(&s).unwrap();
@@ -395,26 +380,14 @@ fn wall_ms(t: Instant, start: Instant) -> f64 {
 /// (5) `n` pending notifications drained by one job run to a local webhook
 /// that answers after `delay`.
 fn delivery(s: &Settings, backend: Backend, n: usize, delay: Duration) -> f64 {
-    use cronsumer::scheduler::{JobContext, JobRunner, Trigger};
+    use cronsumer::scheduler::Trigger;
     let tdb = TestDb::new(backend);
     let pool = tdb.pool();
-    let sink = sink::Sink::ok();
+    let sink = Sink::ok();
     sink.set_delay(delay);
-    let rows: Vec<_> = (0..n)
-        .map(|i| {
-            cronsumer::db::notifications::NewNotification::pending(
-                Some(cronsumer::record::Source { topic: "bench", partition: 0, offset: i as i64, fingerprint: 0 }),
-                format!("[{i}]"),
-                "e".into(),
-                "m".into(),
-            )
-        })
-        .collect();
-    cronsumer::db::notifications::insert_all(&mut pool.get().unwrap(), &rows).unwrap();
+    insert_pending(&pool, "bench", n);
     let s = with(s, &tdb.url, &[("NOTIFIER", "webhook".into()), ("NOTIFY_WEBHOOK_URL", sink.url.clone())]);
-    let ctx = Arc::new(JobContext::new(Arc::new(s), pool, None, cronsumer::shutdown::Shutdown::new()));
-    let runner =
-        JobRunner::new(Arc::new(cronsumer::jobs::send_notifications::SendNotifications), ctx).expect("schedule");
+    let runner = runner(Arc::new(cronsumer::jobs::send_notifications::SendNotifications), job_context(&s, &pool));
     let started = Instant::now();
     runner.run(Trigger::Manual);
     let rate = n as f64 / started.elapsed().as_secs_f64();
@@ -431,11 +404,8 @@ fn main() {
     println!("cronsumer benchmarks: {runs} run(s) per case, {n} records, 4 partitions, ~150-byte JSON");
     println!("machine: {} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), cpu_model());
     let base = settings("unused.db", &unique("bench"), &[("RUST_LOG", "warn")]);
-    let topic = base.topic("notifications");
+    let (_topics, topic) = registry_topics(&base, 4);
     prepare(&base, &topic, n);
-    for t in cronsumer::registry().topics(&base).into_iter().filter(|t| *t != topic) {
-        create_topic(&base, &t, 4);
-    }
     let mut table = Table { rows: vec![] };
     let reference = Stats::of(
         "(1) reference: bare BaseConsumer drain".into(),

@@ -7,9 +7,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cronsumer::db::{notifications, Backend};
+use cronsumer::config::Settings;
+use cronsumer::db::Backend;
 
-use super::*;
+use crate::fixture::*;
+use crate::support::*;
 
 /// libfaketime, as Debian's `faketime` package installs it.
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -51,17 +53,7 @@ fn copies_whose_clocks_disagree_deliver_each_notification_once() {
         &unique("skew"),
         &[("NOTIFIER", "webhook"), ("NOTIFY_WEBHOOK_URL", sink.url.as_str()), ("NOTIFY_CONCURRENCY", "4")],
     );
-    let rows: Vec<_> = (0..N)
-        .map(|i| {
-            notifications::NewNotification::pending(
-                Some(cronsumer::record::Source { topic: "skew", partition: 0, offset: i as i64, fingerprint: 0 }),
-                format!("[{i}]"),
-                "e".into(),
-                "m".into(),
-            )
-        })
-        .collect();
-    notifications::insert_all(&mut pool.get().unwrap(), &rows).unwrap();
+    insert_pending(&pool, "skew", N);
     let dir = std::env::temp_dir().join(unique("cronsumer-skew-"));
     std::fs::create_dir_all(&dir).unwrap();
 
@@ -104,15 +96,11 @@ fn kill_9_mid_delivery_resends_at_most_what_was_in_flight() {
     const IN_FLIGHT: usize = 4;
     let sink = Sink::ok();
     sink.set_delay(Duration::from_millis(200));
-    let fx = Fixture::new(
+    let fx = Fixture::with_webhook(
         "kill_9_mid_delivery",
         Backend::Postgres,
-        &[
-            ("NOTIFIER", "webhook"),
-            ("NOTIFY_WEBHOOK_URL", sink.url.as_str()),
-            ("NOTIFY_CONCURRENCY", "4"),
-            ("NOTIFICATIONS_CRON", "*/1 * * * * *"),
-        ],
+        &sink.url,
+        &[("NOTIFY_CONCURRENCY", "4"), ("NOTIFICATIONS_CRON", "*/1 * * * * *")],
     );
     fx.produce_notifications(N);
     let first = fx.start("first", &[]);

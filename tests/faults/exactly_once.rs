@@ -6,11 +6,16 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::process::Command;
+use std::time::Duration;
 
-use cronsumer::db::price_stats;
+use cronsumer::db::{price_stats, Backend};
+use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
+use diesel::prelude::*;
 
-use super::*;
+use crate::fixture::*;
+use crate::support::*;
 
 const N: usize = 12_000;
 const SYMBOLS: usize = 7;
@@ -36,7 +41,7 @@ impl Fixture {
     }
 
     fn prices(&self) -> i64 {
-        db::price_events::count(&mut self.pool.get().unwrap()).unwrap()
+        count_prices(&self.pool)
     }
 
     /// Waits until the `n` events are stored and committed, then asserts

@@ -9,7 +9,8 @@ use cronsumer::db::Backend;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
-use super::*;
+use crate::fixture::*;
+use crate::support::*;
 
 /// The revoke budget of the pipeline: outages in this module outlast it.
 const REVOKE_BUDGET: Duration = cronsumer::pipeline::REVOKE_BUDGET;
@@ -243,15 +244,11 @@ impl SteadyLoad {
 fn rolling_restart_under_load() {
     let _serial = serial();
     let sink = Sink::ok();
-    let fx = Fixture::new(
+    let fx = Fixture::with_webhook(
         "rolling_restart_under_load",
         Backend::Postgres,
-        &[
-            ("NOTIFIER", "webhook"),
-            ("NOTIFY_WEBHOOK_URL", sink.url.as_str()),
-            ("NOTIFICATIONS_CRON", "*/1 * * * * *"),
-            ("SHUTDOWN_TIMEOUT_MS", SHUTDOWN_MS),
-        ],
+        &sink.url,
+        &[("NOTIFICATIONS_CRON", "*/1 * * * * *"), ("SHUTDOWN_TIMEOUT_MS", SHUTDOWN_MS)],
     );
     let mut copies: Vec<Service> = (0..3).map(|i| fx.start(&format!("copy-{i}-run-0"), &[])).collect();
     let all_assigned = |copies: &[Service]| copies.iter().map(|c| c.assigned()).sum::<f64>() == fx.all_partitions();

@@ -23,7 +23,7 @@ use diesel::sql_types::BigInt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::common::OBSERVER;
+use crate::support::OBSERVER;
 
 /// Time between two readings.
 pub const EVERY: Duration = Duration::from_millis(100);

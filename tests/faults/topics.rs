@@ -1,9 +1,15 @@
-//! A topic deleted and recreated while the service runs (scenario 7). The
+//! A topic deleted and recreated while the service runs. The
 //! consumer notices the topic's new id and reads the new log from its
 //! beginning; the new records reuse positions (partition, offset) that old
 //! rows are stored under, and none of them may be skipped as a redelivery.
 
-use super::*;
+use std::time::Duration;
+
+use cronsumer::db::{Backend, Pool};
+use diesel::prelude::*;
+
+use crate::fixture::*;
+use crate::support::*;
 
 const OLD: usize = 60;
 const NEW: usize = 90;
@@ -45,7 +51,7 @@ fn topic_deleted_and_recreated(backend: Backend) {
     produce(&fx.s, &fx.topic, &fresh);
     let resets = format!("cronsumer_offset_resets_total{{topic=\"{}\"}}", fx.topic);
     wait_running(&[&service], "the recreation noticed", Duration::from_secs(60), || {
-        metric_value(&service.metrics(), &resets).is_some_and(|n| n > 0.0)
+        metric(&service.metrics(), &resets).is_some_and(|n| n > 0.0)
     });
     let want = (OLD + NEW) as i64;
     wait_running(&[&service], "every new record stored or dead-lettered", Duration::from_secs(120), || {
@@ -83,8 +89,7 @@ fn topic_deleted_and_recreated(backend: Backend) {
     // Keys k0..k59 land on the partitions they did before, so most of the
     // first 60 new records meet a stored position.
     assert!(dead.len() >= OLD / 2, "only {} new records met a reused position", dead.len());
-    let counted =
-        metric_value(&service.metrics(), &format!("cronsumer_reused_positions_total{{topic=\"{}\"}}", fx.topic));
+    let counted = metric(&service.metrics(), &format!("cronsumer_reused_positions_total{{topic=\"{}\"}}", fx.topic));
     assert_eq!(counted, Some(dead.len() as f64), "reused positions counted in /metrics");
     let logged = service.log_text().matches("already holds a different record").count();
     assert!(logged >= dead.len(), "each reused position logged ({logged} lines for {})", dead.len());

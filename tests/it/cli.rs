@@ -4,20 +4,7 @@
 use std::process::Command;
 
 fn cronsumer(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
-    let dir = std::env::temp_dir().join(crate::common::unique("cli-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cronsumer"));
-    cmd.current_dir(&dir).args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    crate::support::cli_env(env.iter().copied(), args)
 }
 
 #[test]
@@ -54,7 +41,7 @@ fn config_prints_effective_settings_with_secrets_redacted() {
 
 #[test]
 fn migrate_creates_a_sqlite_file_and_its_directory() {
-    let dir = std::env::temp_dir().join(crate::common::unique("migrate-"));
+    let dir = std::env::temp_dir().join(crate::support::unique("migrate-"));
     let url = dir.join("nested/app.db");
     let (code, out, err) = cronsumer(&[("DATABASE_URL", url.to_str().unwrap())], &["migrate"]);
     assert_eq!(code, 0, "{err}");
@@ -83,7 +70,7 @@ fn env_example_works_unchanged_as_an_env_file_and_as_dotenv() {
         example.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')).collect();
     assert!(lines.contains(&"NOTIFICATIONS_CRON=*/30 * * * * *"), "{lines:?}");
     let run = |env: &[(String, String)], dotenv: Option<&str>| {
-        let dir = std::env::temp_dir().join(crate::common::unique("envfile-"));
+        let dir = std::env::temp_dir().join(crate::support::unique("envfile-"));
         std::fs::create_dir_all(&dir).unwrap();
         if let Some(text) = dotenv {
             std::fs::write(dir.join(".env"), text).unwrap();

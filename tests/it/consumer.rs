@@ -6,14 +6,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cronsumer::config::Settings;
-use cronsumer::consumer::{spawn, ConsumerError, ConsumerSetup};
+use cronsumer::consumer::{spawn, ConsumerError};
 use cronsumer::db::{Backend, Pool};
 use cronsumer::heartbeat::Heartbeat;
-use cronsumer::scheduler::Wakers;
 use cronsumer::shutdown::StopRequest;
 
-use crate::both_backends;
-use crate::common::*;
+use crate::support::*;
 
 pub struct Running {
     stop: Arc<StopRequest>,
@@ -23,14 +21,7 @@ pub struct Running {
 
 impl Running {
     pub fn start(s: &Settings, pool: &Pool, extra_topics: Vec<String>) -> Running {
-        let setup = ConsumerSetup {
-            settings: Arc::new(s.clone()),
-            pool: pool.clone(),
-            modules: cronsumer::consumers::registry,
-            extra_topics,
-            wakers: Wakers::default(),
-            panics: Default::default(),
-        };
+        let setup = setup(s, pool).extra_topics(extra_topics).build();
         let heartbeat = Arc::new(Heartbeat::default());
         let stop = Arc::new(StopRequest::default());
         let handle = spawn(setup, heartbeat.clone(), stop.clone()).unwrap();
@@ -43,23 +34,11 @@ impl Running {
     }
 }
 
-/// Creates every registry topic for this test's prefix.
-pub fn create_registry_topics(s: &Settings, partitions: i32) -> String {
-    for t in cronsumer::registry().topics(s) {
-        create_topic(s, &t, partitions);
-    }
-    s.topic("notifications")
-}
-
-fn sum(m: &std::collections::BTreeMap<i32, i64>) -> i64 {
-    m.values().map(|v| (*v).max(0)).sum()
-}
-
 fn five_thousand_stored_once_and_a_rerun_rehandles_nothing(backend: Backend) {
     let tdb = TestDb::new(backend);
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("c5k"), &[]);
-    let topic = create_registry_topics(&s, 4);
+    let (_topics, topic) = registry_topics(&s, 4);
     let payloads: Vec<Vec<u8>> = (0..5000).map(notification).collect();
     produce(&s, &topic, &payloads);
 
@@ -68,7 +47,7 @@ fn five_thousand_stored_once_and_a_rerun_rehandles_nothing(backend: Backend) {
     wait_for("5000 rows", Duration::from_secs(180), || count_notifications(&pool) >= 5000);
     let secs = started.elapsed().as_secs_f64();
     println!("FIGURE consumer {backend:?}: 5000 records in {secs:.2} s = {:.0} records/s (batch 25)", 5000.0 / secs);
-    wait_for("commits of all 5000", Duration::from_secs(30), || sum(&committed(&s, &topic, 4)) == 5000);
+    wait_for("commits of all 5000", Duration::from_secs(30), || sum_offsets(&committed(&s, &topic, 4)) == 5000);
     run.stop();
     assert_eq!(count_notifications(&pool), 5000);
     assert_eq!(count_dead_letters(&pool), 0);
@@ -94,7 +73,7 @@ fn poison_records_go_to_dead_letters_with_reasons(backend: Backend) {
     let tdb = TestDb::new(backend);
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("poison"), &[("CONSUMER_MAX_RECORD_BYTES", "2048")]);
-    let topic = create_registry_topics(&s, 2);
+    let (_topics, topic) = registry_topics(&s, 2);
     let poisons: [(&[u8], &str); 5] = [
         (b"not json at all", "payload is not valid JSON"),
         (b"{\"user_id\": 1, \"event\": \"e\", \"content\": \"\xff\xfe\"}", "payload is not valid UTF-8"),
@@ -118,7 +97,7 @@ fn poison_records_go_to_dead_letters_with_reasons(backend: Backend) {
     wait_for("990 rows and 10 dead letters", Duration::from_secs(120), || {
         count_notifications(&pool) >= 990 && count_dead_letters(&pool) >= 10
     });
-    wait_for("commits of all 1000", Duration::from_secs(30), || sum(&committed(&s, &topic, 2)) == 1000);
+    wait_for("commits of all 1000", Duration::from_secs(30), || sum_offsets(&committed(&s, &topic, 2)) == 1000);
     run.stop();
     assert_eq!(count_notifications(&pool), 990);
     let dead = cronsumer::db::dead_letters::list(&mut pool.get().unwrap(), Some(&topic), 100).unwrap();
@@ -138,30 +117,22 @@ both_backends!(poison_records_go_to_dead_letters_with_reasons);
 
 /// Makes the database refuse writes for `outage`, by holding SQLite's write
 /// lock from another connection or by closing PostgreSQL to connections.
-fn database_outage(tdb: &TestDb, outage: Duration, during: impl FnMut()) {
-    let mut during = during;
-    match tdb.backend {
-        Backend::Sqlite => {
-            use diesel::connection::SimpleConnection;
-            use diesel::Connection;
-            let mut c = diesel::SqliteConnection::establish(&tdb.url).unwrap();
-            c.batch_execute("PRAGMA busy_timeout = 10000; BEGIN EXCLUSIVE;").unwrap();
-            let end = Instant::now() + outage;
-            while Instant::now() < end {
-                during();
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            c.batch_execute("COMMIT;").unwrap();
-        }
+fn database_outage(tdb: &TestDb, outage: Duration, mut during: impl FnMut()) {
+    let mut sqlite_lock = match tdb.backend {
+        Backend::Sqlite => Some(WriteLock::in_process(&tdb.url, Duration::from_secs(10))),
         Backend::Postgres => {
             tdb.pg_block(true);
-            let end = Instant::now() + outage;
-            while Instant::now() < end {
-                during();
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            tdb.pg_block(false);
+            None
         }
+    };
+    let end = Instant::now() + outage;
+    while Instant::now() < end {
+        during();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    match sqlite_lock.as_mut() {
+        Some(lock) => lock.release(),
+        None => tdb.pg_block(false),
     }
 }
 
@@ -169,7 +140,7 @@ fn database_outage_mid_stream_loses_nothing(backend: Backend) {
     let tdb = TestDb::new(backend);
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("outage"), &[]);
-    let topic = create_registry_topics(&s, 4);
+    let (_topics, topic) = registry_topics(&s, 4);
     let payloads: Vec<Vec<u8>> = (0..3000).map(notification).collect();
     produce(&s, &topic, &payloads[..2000]);
     let run = Running::start(&s, &pool, vec![]);
@@ -192,7 +163,7 @@ fn database_outage_mid_stream_loses_nothing(backend: Backend) {
     }
     assert!(run.heartbeat.last_error().is_some(), "the outage was never seen by the consumer");
     wait_for("3000 rows after the outage", Duration::from_secs(120), || count_notifications(&pool) >= 3000);
-    wait_for("commits of all 3000", Duration::from_secs(60), || sum(&committed(&s, &topic, 4)) == 3000);
+    wait_for("commits of all 3000", Duration::from_secs(60), || sum_offsets(&committed(&s, &topic, 4)) == 3000);
     run.stop();
     assert!(samples > 0);
     assert_eq!(count_notifications(&pool), 3000);
@@ -205,15 +176,15 @@ fn topic_without_module_is_committed_and_consumption_goes_on(backend: Backend) {
     let tdb = TestDb::new(backend);
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("orphan"), &[]);
-    let topic = create_registry_topics(&s, 1);
+    let (_topics, topic) = registry_topics(&s, 1);
     let orphan = s.topic("orphans");
-    create_topic(&s, &orphan, 1);
+    let _orphans = TestTopics::create(&s, &[&orphan], 1);
     produce(&s, &orphan, &(0..50).map(|i| format!("{{\"n\":{i}}}").into_bytes()).collect::<Vec<_>>());
     produce(&s, &topic, &(0..100).map(notification).collect::<Vec<_>>());
     let run = Running::start(&s, &pool, vec![orphan.clone()]);
     wait_for("100 rows", Duration::from_secs(60), || count_notifications(&pool) >= 100);
     wait_for("orphan topic committed", Duration::from_secs(30), || committed(&s, &orphan, 1).get(&0) == Some(&50));
-    assert!(run.handle.is_finished() == false, "consumer thread ended");
+    assert!(!run.handle.is_finished(), "consumer thread ended");
     run.stop();
     assert_eq!(count_notifications(&pool), 100);
     assert_eq!(count_dead_letters(&pool), 0);
@@ -224,37 +195,17 @@ fn sigterm_mid_stream_exits_0_with_commits_matching_rows(backend: Backend) {
     let tdb = TestDb::new(backend);
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("sigterm"), &[]);
-    let topic = create_registry_topics(&s, 4);
+    let (_topics, topic) = registry_topics(&s, 4);
     produce(&s, &topic, &(0..20_000).map(notification).collect::<Vec<_>>());
-    let dir = std::env::temp_dir().join(unique("sigterm-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cronsumer"))
-        .arg("run")
-        .current_dir(&dir)
-        .envs(env_of(&s, &tdb.url))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("rows flowing", Duration::from_secs(60), || count_notifications(&pool) >= 500);
-    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let code = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st.code();
-        }
-        assert!(Instant::now() < deadline, "cronsumer did not exit within 30 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(code, Some(0));
+    let svc = Service::start(&s, &tdb.url, &[]);
+    svc.wait_for("rows flowing", Duration::from_secs(60), || count_notifications(&pool) >= 500);
+    assert_eq!(svc.terminate(), Some(0));
     let stored = count_notifications(&pool);
     assert!(stored < 20_000, "the stream was not interrupted ({stored} rows): the test proves nothing");
     // Every stored row is covered by a commit and every commit by stored rows.
     let commits = committed(&s, &topic, 4);
-    assert_eq!(sum(&commits), stored, "commits {commits:?} vs {stored} stored rows");
+    assert_eq!(sum_offsets(&commits), stored, "commits {commits:?} vs {stored} stored rows");
     assert_commits_covered(&s, &pool, &topic, 4);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 both_backends!(sigterm_mid_stream_exits_0_with_commits_matching_rows);
 
@@ -265,7 +216,7 @@ fn values_the_database_refuses_are_dead_lettered_and_the_rest_is_stored(backend:
     let tdb = TestDb::new(backend);
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("refused"), &[]);
-    let notifications = create_registry_topics(&s, 1);
+    let (_topics, notifications) = registry_topics(&s, 1);
     let prices = s.topic("price-events");
     let mut payloads: Vec<Vec<u8>> = (0..20).map(notification).collect();
     payloads.insert(5, br#"{"user_id": 1, "event": "a\u0000b", "content": "x"}"#.to_vec());
@@ -277,16 +228,15 @@ fn values_the_database_refuses_are_dead_lettered_and_the_rest_is_stored(backend:
 
     let run = Running::start(&s, &pool, vec![]);
     let refused = if backend == Backend::Postgres { 2 } else { 0 };
-    let price_rows = |pool: &Pool| cronsumer::db::price_events::count(&mut pool.get().unwrap()).unwrap();
     wait_for("every record stored or dead-lettered", Duration::from_secs(60), || {
-        count_notifications(&pool) + price_rows(&pool) + count_dead_letters(&pool) >= 42
+        count_notifications(&pool) + count_prices(&pool) + count_dead_letters(&pool) >= 42
     });
     wait_for("commits of all 42", Duration::from_secs(30), || {
-        sum(&committed(&s, &notifications, 1)) + sum(&committed(&s, &prices, 1)) == 42
+        sum_offsets(&committed(&s, &notifications, 1)) + sum_offsets(&committed(&s, &prices, 1)) == 42
     });
     run.stop();
     assert_eq!(count_notifications(&pool), 21 - refused / 2);
-    assert_eq!(price_rows(&pool), 21 - refused / 2);
+    assert_eq!(count_prices(&pool), 21 - refused / 2);
     let dead = cronsumer::db::dead_letters::list(&mut pool.get().unwrap(), None, 10).unwrap();
     assert_eq!(dead.len() as i64, refused);
     if backend == Backend::Postgres {
@@ -309,7 +259,7 @@ fn seed_payloads_and_topic_names_are_kept(backend: Backend) {
     let tdb = TestDb::new(backend);
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("seed"), &[("KAFKA_PRICE_EVENTS_TOPIC", "market.prices.v1")]);
-    let notifications = create_registry_topics(&s, 1);
+    let (_topics, notifications) = registry_topics(&s, 1);
     let prices = s.topic("price-events");
     assert!(prices.ends_with("market.prices.v1"), "{prices}");
     let uuid = "7f1c2a4e-9b0d-4c55-8e21-3f6a9d0b1c2e";
@@ -323,9 +273,8 @@ fn seed_payloads_and_topic_names_are_kept(backend: Backend) {
     produce(&s, &prices, &[price.as_bytes().to_vec()]);
 
     let run = Running::start(&s, &pool, vec![]);
-    let stored_prices = |pool: &Pool| cronsumer::db::price_events::count(&mut pool.get().unwrap()).unwrap();
     wait_for("3 notifications and 1 price", Duration::from_secs(60), || {
-        count_notifications(&pool) == 3 && stored_prices(&pool) == 1
+        count_notifications(&pool) == 3 && count_prices(&pool) == 1
     });
     run.stop();
     assert_eq!(count_dead_letters(&pool), 0);

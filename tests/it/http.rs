@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use cronsumer::db::{self, Backend};
 
-use crate::common::*;
-use crate::consumer::create_registry_topics;
+use crate::support::*;
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
@@ -70,25 +69,24 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// A running service with one stored notification and one dead letter.
-fn service_with_data(extra_env: &[(&str, &str)]) -> (TestDb, cronsumer::config::Settings, Service) {
+fn service_with_data(extra_env: &[(&str, &str)]) -> (TestDb, cronsumer::config::Settings, TestTopics, Service) {
     let tdb = TestDb::new(Backend::Sqlite);
     let pool = tdb.pool();
     // The sender runs when the consumer wakes it; its own tick is a year away.
     let s = settings(&tdb.url, &unique("http"), &[("NOTIFICATIONS_CRON", "0 0 0 1 1 *")]);
-    let topic = create_registry_topics(&s, 1);
-    let mut svc = Service::start(&s, &tdb.url, extra_env);
+    let (topics, topic) = registry_topics(&s, 1);
+    let svc = Service::start(&s, &tdb.url, extra_env);
     produce(&s, &topic, &[notification(1), b"<not json: dead letter me>".to_vec()]);
     svc.wait_for("one row and one dead letter", Duration::from_secs(60), || {
         count_notifications(&pool) == 1 && count_dead_letters(&pool) == 1
     });
-    let http = svc.http.clone();
-    svc.wait_for("healthy", Duration::from_secs(30), || http_get(&http, "/healthz").is_some_and(|(c, _)| c == 200));
-    (tdb, s, svc)
+    svc.wait_for("healthy", Duration::from_secs(30), || svc.healthz().is_some_and(|(c, _)| c == 200));
+    (tdb, s, topics, svc)
 }
 
 #[test]
 fn every_route_answers_and_the_console_is_read_only_without_a_token() {
-    let (_tdb, s, mut svc) = service_with_data(&[]);
+    let (_tdb, s, _topics, svc) = service_with_data(&[]);
     let http = svc.http.clone();
     svc.wait_for("ready", Duration::from_secs(30), || http_get(&http, "/readyz").is_some_and(|(c, _)| c == 200));
     // The assigned partition's lag, read in the background, reaches 0 once the commit is in.
@@ -139,7 +137,7 @@ fn every_route_answers_and_the_console_is_read_only_without_a_token() {
 
 #[test]
 fn actions_need_the_token_and_refuse_other_sites() {
-    let (tdb, _s, svc) = service_with_data(&[("HTTP_ADMIN_TOKEN", TOKEN)]);
+    let (tdb, _s, _topics, svc) = service_with_data(&[("HTTP_ADMIN_TOKEN", TOKEN)]);
     let pool = tdb.pool();
     let mut conn = pool.get().unwrap();
     let note = db::notifications::list(&mut conn, None, 1).unwrap().remove(0);
@@ -212,8 +210,8 @@ fn actions_need_the_token_and_refuse_other_sites() {
 
 #[test]
 fn hostile_clients_cannot_exhaust_the_server() {
-    let (_tdb, _s, mut svc) = service_with_data(&[]);
-    let pid = svc.child.id();
+    let (_tdb, _s, _topics, svc) = service_with_data(&[]);
+    let pid = svc.pid();
     let addr: std::net::SocketAddr = svc.http.parse().unwrap();
     let rss_before = rss_kib(pid);
 
@@ -262,7 +260,7 @@ fn hostile_clients_cannot_exhaust_the_server() {
 
 #[test]
 fn healthcheck_exits_0_when_healthy_and_1_otherwise() {
-    let (tdb, s, svc) = service_with_data(&[]);
+    let (tdb, s, _topics, svc) = service_with_data(&[]);
     let run = |addr: &str| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_cronsumer"))
             .arg("healthcheck")
@@ -291,7 +289,7 @@ fn the_console_renders_in_headless_chromium() {
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
         .expect("Chromium is required for this test: apt-get install chromium (.ci/run installs it)");
-    let (_tdb, _s, svc) = service_with_data(&[("HTTP_ADMIN_TOKEN", TOKEN)]);
+    let (_tdb, _s, _topics, svc) = service_with_data(&[("HTTP_ADMIN_TOKEN", TOKEN)]);
     let url = format!("http://{}/", svc.http);
     let profile = std::env::temp_dir().join(unique("chromium-"));
     let chrome = |args: &[&str]| {

@@ -1,8 +1,10 @@
 //! Integration tests against a real Kafka-protocol broker and real databases
 //! (SQLite files and PostgreSQL). Start them with `scripts/services.sh up`
 //! (`scripts/test.sh` does); a missing service fails these tests loudly.
+//! The harness they share with the fault tests is `tests/support`.
 
-mod common;
+#[path = "../support/mod.rs"]
+mod support;
 
 mod cli;
 mod consumer;
@@ -11,6 +13,6 @@ mod migrations;
 mod offsets;
 mod operations;
 mod scheduler;
-mod sink;
+mod sender;
 mod smoke;
 mod supervisor;

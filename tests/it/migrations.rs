@@ -5,8 +5,7 @@
 use cronsumer::db::{self, dead_letters, notifications, Backend};
 use cronsumer::record::Source;
 
-use crate::both_backends;
-use crate::common::*;
+use crate::support::*;
 
 fn migrations_create_tables_and_unique_sources(backend: Backend) {
     let tdb = TestDb::new(backend);

@@ -6,8 +6,7 @@
 use cronsumer::db::consumer_offsets::{advance, positions, rewind, Advance, Span};
 use cronsumer::db::Backend;
 
-use crate::both_backends;
-use crate::common::*;
+use crate::support::*;
 
 fn span(first: i64, next: i64) -> Span {
     Span { first, next, last_fingerprint: fingerprint(next - 1) }
@@ -33,13 +32,13 @@ fn a_batch_applies_once(backend: Backend) {
     assert_eq!(at(span(6, 10)), Advance::AppliedBelow(8), "a batch overlapping what was applied");
     assert_eq!(at(span(12, 14)), Advance::Moved, "a gap (compacted records) is no overlap");
     assert_eq!(positions(&mut conn, "g", &[tp.clone(), other.clone()]).unwrap(), vec![Some(14), None]);
-    assert_eq!(positions(&mut conn, "another-group", &[tp.clone()]).unwrap(), vec![None]);
+    assert_eq!(positions(&mut conn, "another-group", std::slice::from_ref(&tp)).unwrap(), vec![None]);
 
     // The topic was recreated: offset 13 now holds another record.
     let new_log = |o: i64| Some(fingerprint(o) + 1);
     let recreated = Span { first: 0, next: 20, last_fingerprint: 191 };
     assert_eq!(advance(&mut conn, "g", &tp, recreated, None, new_log).unwrap(), Advance::Moved);
-    assert_eq!(positions(&mut conn, "g", &[tp.clone()]).unwrap(), vec![Some(20)]);
+    assert_eq!(positions(&mut conn, "g", std::slice::from_ref(&tp)).unwrap(), vec![Some(20)]);
     // A batch that does not reach the stored offset cannot tell: it is taken as applied.
     assert_eq!(
         advance(&mut conn, "g", &tp, Span { first: 2, next: 4, last_fingerprint: 31 }, None, new_log).unwrap(),
@@ -49,11 +48,11 @@ fn a_batch_applies_once(backend: Backend) {
     // The broker reset the partition below the stored offset.
     rewind(&mut conn, "g", &tp, 3).unwrap();
     assert_eq!(advance(&mut conn, "g", &tp, span(3, 6), None, same_log).unwrap(), Advance::Moved);
-    assert_eq!(positions(&mut conn, "g", &[tp.clone()]).unwrap(), vec![Some(6)]);
+    assert_eq!(positions(&mut conn, "g", std::slice::from_ref(&tp)).unwrap(), vec![Some(6)]);
 
     // The database lost commits: its offset (6) is below what this copy stored (9).
     assert_eq!(advance(&mut conn, "g", &tp, span(9, 12), Some(9), same_log).unwrap(), Advance::Lost(6));
-    assert_eq!(positions(&mut conn, "g", &[tp.clone()]).unwrap(), vec![Some(6)], "nothing written");
+    assert_eq!(positions(&mut conn, "g", std::slice::from_ref(&tp)).unwrap(), vec![Some(6)], "nothing written");
     assert_eq!(advance(&mut conn, "g", &tp, span(6, 9), Some(6), same_log).unwrap(), Advance::Moved);
 }
 both_backends!(a_batch_applies_once);

@@ -7,8 +7,7 @@ use std::time::Duration;
 use cronsumer::db::{self, Backend};
 use serde_json::Value;
 
-use crate::common::*;
-use crate::consumer::create_registry_topics;
+use crate::support::*;
 
 fn json_lines(out: &str) -> Vec<Value> {
     out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}"))).collect()
@@ -18,6 +17,8 @@ fn json_lines(out: &str) -> Vec<Value> {
 fn topics_lists_checks_and_creates() {
     let tdb = TestDb::new(Backend::Sqlite);
     let s = settings(&tdb.url, &unique("ops"), &[]);
+    // Created by `topics --create` below.
+    let _topics = TestTopics::adopt(&s, &cronsumer::registry().topics(&s));
     let (code, out, err) = cli(&s, &tdb.url, &["topics"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.starts_with("TOPIC"), "{out}");
@@ -37,7 +38,7 @@ fn topics_lists_checks_and_creates() {
 fn diagnose_reports_healthy_and_a_down_broker() {
     let tdb = TestDb::new(Backend::Sqlite);
     let s = settings(&tdb.url, &unique("diag"), &[]);
-    create_registry_topics(&s, 2);
+    let _topics = TestTopics::registry(&s, 2);
     let (code, out, _) = cli(&s, &tdb.url, &["diagnose"]);
     assert_eq!(code, 1, "a fresh database has pending migrations: {out}");
     assert!(out.contains("run `cronsumer migrate`"), "{out}");
@@ -81,10 +82,10 @@ fn dead_letters_list_show_replay_purge_and_unknown_ids() {
     let pool = tdb.pool();
     // A record dead-lettered as oversize under a small limit...
     let small = settings(&tdb.url, &unique("dl"), &[("CONSUMER_MAX_RECORD_BYTES", "90")]);
-    let topic = create_registry_topics(&small, 1);
+    let (_topics, topic) = registry_topics(&small, 1);
     let big = br#"{"user_id": 7, "event": "e", "content": "this content makes the record longer than ninety bytes, which is the limit here"}"#;
     produce(&small, &topic, &[notification(1), big.to_vec()]);
-    let mut svc = Service::start(&small, &tdb.url, &[]);
+    let svc = Service::start(&small, &tdb.url, &[]);
     svc.wait_for("one row and one dead letter", Duration::from_secs(60), || {
         count_notifications(&pool) == 1 && count_dead_letters(&pool) == 1
     });
@@ -111,7 +112,7 @@ fn dead_letters_list_show_replay_purge_and_unknown_ids() {
     let (code, out, err) = cli(&raised, &tdb.url, &["dead-letters", "replay", &id.to_string()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("replayed 1"), "{out}");
-    let mut svc = Service::start(&raised, &tdb.url, &[]);
+    let svc = Service::start(&raised, &tdb.url, &[]);
     svc.wait_for("the replayed record stored", Duration::from_secs(60), || count_notifications(&pool) == 2);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(svc.terminate(), Some(0));
@@ -176,7 +177,7 @@ fn produce_from_a_file_and_tail_without_joining_the_group() {
     let tdb = TestDb::new(Backend::Sqlite);
     let s = settings(&tdb.url, &unique("tail"), &[]);
     let topic = s.topic("raw");
-    create_topic(&s, &topic, 2);
+    let _topics = TestTopics::create(&s, &[&topic], 2);
     let file = std::env::temp_dir().join(unique("records-"));
     std::fs::write(&file, "{\"n\":1}\n\n{\"n\":2}\n{\"n\":3}\n").unwrap();
     let (code, out, err) = cli(&s, &tdb.url, &["produce", &topic, "--key", "k", "--file", file.to_str().unwrap()]);
@@ -199,7 +200,7 @@ fn healthz_turns_503_when_the_consumer_dies_and_200_after_restart_and_metrics_mo
     let tdb = TestDb::new(Backend::Sqlite);
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("health"), &[]);
-    let topic = create_registry_topics(&s, 1);
+    let (_topics, topic) = registry_topics(&s, 1);
     let svc = Service::start(&s, &tdb.url, &[("CRONSUMER_FAULT_PANIC_PAYLOAD", "PANIC-ME")]);
     wait_for("healthy", Duration::from_secs(60), || svc.healthz().is_some_and(|(c, _)| c == 200));
     let before = svc.metrics();
@@ -256,7 +257,7 @@ fn produce_reads_stdin_checks_json_and_names_a_missing_topic() {
     let tdb = TestDb::new(Backend::Sqlite);
     let s = settings(&tdb.url, &unique("produce"), &[]);
     let topic = s.topic("orders");
-    create_topic(&s, &topic, 1);
+    let _topics = TestTopics::create(&s, &[&topic], 1);
     let mut child = Command::new(env!("CARGO_BIN_EXE_cronsumer"))
         .args(["produce", &topic, "-"])
         .envs(env_of(&s, &tdb.url))

@@ -1,22 +1,24 @@
 //! The broker works the way the service relies on: produce with acks=all,
 //! consume in a group, commit by hand, and resume from the committed offset.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 
-use crate::common::*;
+use crate::support::*;
 
 fn poll_one(c: &BaseConsumer, limit: Duration) -> (i32, i64, Vec<u8>) {
-    let deadline = Instant::now() + limit;
-    loop {
-        assert!(Instant::now() < deadline, "no record within {limit:?}");
-        if let Some(m) = c.poll(Duration::from_millis(200)) {
+    let mut got = None;
+    let polled = poll(limit, Duration::ZERO, || {
+        got = c.poll(Duration::from_millis(200)).map(|m| {
             let m = m.expect("poll error");
-            return (m.partition(), m.offset(), m.payload().unwrap().to_vec());
-        }
-    }
+            (m.partition(), m.offset(), m.payload().unwrap().to_vec())
+        });
+        got.is_some()
+    });
+    assert!(polled, "no record within {limit:?}");
+    got.unwrap()
 }
 
 #[test]
@@ -24,7 +26,7 @@ fn produce_consume_commit_and_resume_in_a_group() {
     let prefix = unique("smoke");
     let s = settings("unused.db", &prefix, &[]);
     let topic = format!("{prefix}t");
-    create_topic(&s, &topic, 1);
+    let _topics = TestTopics::create(&s, &[&topic], 1);
     produce(&s, &topic, &[b"first".to_vec(), b"second".to_vec()]);
 
     let first: BaseConsumer = cronsumer::kafka::consumer_config(&s).create().unwrap();

@@ -5,18 +5,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cronsumer::consumer::ConsumerSetup;
 use cronsumer::db::Backend;
 use cronsumer::handler::{Consumer, HandlerContext, HandlerError};
 use cronsumer::record::Record;
-use cronsumer::scheduler::Wakers;
 use cronsumer::scheduler::{JobContext, Trigger};
 use cronsumer::shutdown::Shutdown;
 use cronsumer::supervisor::{RestartCause, Supervisor, Verdict, MIN_STALL_GRACE};
 
-use crate::common::*;
-use crate::consumer::create_registry_topics;
-use crate::sink::Sink;
+use crate::support::*;
 
 static PANICKED: AtomicBool = AtomicBool::new(false);
 static STALLED: AtomicBool = AtomicBool::new(false);
@@ -87,25 +83,17 @@ fn supervise_until_restart(supervisor: &Arc<Mutex<Supervisor>>, ctx: &Arc<JobCon
     });
 }
 
-fn run_fault(modules: fn() -> Vec<Box<dyn Consumer>>, extra_topic: &str, extra: &[(&str, &str)]) -> RestartCause {
+fn run_fault(modules: Modules, extra_topic: &str, extra: &[(&str, &str)]) -> RestartCause {
     let tdb = TestDb::new(Backend::Sqlite);
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("sup"), extra);
-    let topic = create_registry_topics(&s, 2);
+    let (_topics, topic) = registry_topics(&s, 2);
     let fault_topic = s.topic(extra_topic);
-    create_topic(&s, &fault_topic, 1);
+    let _fault_topic = TestTopics::create(&s, &[&fault_topic], 1);
     produce(&s, &fault_topic, &[b"{}".to_vec()]);
     produce(&s, &topic, &(0..500).map(notification).collect::<Vec<_>>());
 
-    let setup = ConsumerSetup {
-        settings: Arc::new(s.clone()),
-        pool: pool.clone(),
-        modules,
-        extra_topics: vec![],
-        wakers: Wakers::default(),
-        panics: Default::default(),
-    };
-    let supervisor = Arc::new(Mutex::new(Supervisor::new(setup)));
+    let supervisor = Arc::new(Mutex::new(Supervisor::new(setup(&s, &pool).modules(modules).build())));
     supervisor.lock().unwrap().start().unwrap();
     let ctx = Arc::new(JobContext::new(Arc::new(s.clone()), pool.clone(), Some(supervisor.clone()), Shutdown::new()));
     let wait_fault = Instant::now();
@@ -159,7 +147,7 @@ fn end_to_end_a_produced_record_reaches_the_webhook() {
             ("HTTP_ADDR", "127.0.0.1:0"),
         ],
     );
-    let topic = create_registry_topics(&s, 2);
+    let (_topics, topic) = registry_topics(&s, 2);
     let shutdown = Shutdown::new();
     let service = {
         let (s, sd) = (s.clone(), shutdown.clone());
@@ -211,17 +199,9 @@ fn a_wedged_consumer_thread_gets_no_second_member_and_ends_the_process() {
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("wedge"), &[("CONSUMER_STALL_TIMEOUT_MS", "1000")]);
     let topic = s.topic("wedged");
-    create_topic(&s, &topic, 1);
+    let _topics = TestTopics::create(&s, &[&topic], 1);
     produce(&s, &topic, &[b"{}".to_vec()]);
-    let setup = ConsumerSetup {
-        settings: Arc::new(s.clone()),
-        pool,
-        modules: wedged_only,
-        extra_topics: vec![],
-        wakers: Wakers::default(),
-        panics: Default::default(),
-    };
-    let mut supervisor = Supervisor::new(setup);
+    let mut supervisor = Supervisor::new(setup(&s, &pool).modules(wedged_only).build());
     supervisor.start().unwrap();
     let first = supervisor.heartbeat().unwrap();
     wait_for("the stall", Duration::from_secs(60), || matches!(supervisor.diagnose(), Some(RestartCause::Stalled(_))));

@@ -300,7 +300,7 @@ impl Cluster {
     fn next_event(&mut self, m: usize) -> Option<Event> {
         let now = self.now();
         let c = &mut self.members[m];
-        if !c.events.front().is_some_and(|(t, _)| *t <= now) {
+        if c.events.front().is_none_or(|(t, _)| *t > now) {
             return None;
         }
         let event = c.events.pop_front().map(|(_, e)| e);

@@ -139,6 +139,10 @@ fn fault(w: &mut World, rng: &mut Rng) {
     }
 }
 
+/// One thread's seeds: (steps, longest schedule in steps, records, longest
+/// settle), or the first seed that failed and why.
+type ThreadResult = Result<(u64, u64, u64, Duration), (u64, String)>;
+
 fn replay_command(seed: u64) -> String {
     format!("SIM_SEED={seed} cargo test --test sim sim_random_schedules -- --nocapture")
 }
@@ -157,7 +161,7 @@ fn sim_random_schedules() {
     let started = Instant::now();
     let chunks: Vec<Vec<u64>> =
         (0..threads).map(|t| seeds.iter().copied().skip(t).step_by(threads).collect()).collect();
-    let results: Vec<Result<(u64, u64, u64, Duration), (u64, String)>> = std::thread::scope(|s| {
+    let results: Vec<ThreadResult> = std::thread::scope(|s| {
         let handles: Vec<_> = chunks
             .into_iter()
             .map(|chunk| {

@@ -3,8 +3,6 @@
 //! lines of HTTP/1.1 over std's TCP: tiny_http left some of 32 concurrent
 //! keep-alive requests unanswered.)
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -32,11 +30,17 @@ pub struct Sink {
 struct State {
     hits: Arc<Mutex<Vec<Hit>>>,
     plan: Arc<Mutex<Plan>>,
-    /// Headers of every answer, and how long each answer waits.
-    answer: Arc<Mutex<(Vec<(String, String)>, Duration)>>,
+    answer: Arc<Mutex<Answer>>,
     /// Requests being answered now, and the most at once.
     in_flight: Arc<(AtomicUsize, AtomicUsize)>,
     stop: Arc<AtomicBool>,
+}
+
+/// Headers of every answer, and how long each answer waits.
+#[derive(Clone, Default)]
+struct Answer {
+    headers: Vec<(String, String)>,
+    delay: Duration,
 }
 
 impl Sink {
@@ -54,7 +58,7 @@ impl Sink {
         let state = State {
             hits: Arc::new(Mutex::new(Vec::new())),
             plan: Arc::new(Mutex::new(plan)),
-            answer: Arc::new(Mutex::new((Vec::new(), Duration::ZERO))),
+            answer: Arc::new(Mutex::new(Answer::default())),
             in_flight: Arc::new((AtomicUsize::new(0), AtomicUsize::new(0))),
             stop: Arc::new(AtomicBool::new(false)),
         };
@@ -75,12 +79,13 @@ impl Sink {
 
     /// Headers sent with every answer from now on.
     pub fn set_headers(&self, headers: &[(&str, &str)]) {
-        self.state.answer.lock().unwrap().0 = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.state.answer.lock().unwrap().headers =
+            headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     }
 
     /// How long each answer waits from now on.
     pub fn set_delay(&self, delay: Duration) {
-        self.state.answer.lock().unwrap().1 = delay;
+        self.state.answer.lock().unwrap().delay = delay;
     }
 
     pub fn set_plan(&self, plan: Plan) {
@@ -148,7 +153,7 @@ impl State {
             }
             let now = self.in_flight.0.fetch_add(1, Ordering::SeqCst) + 1;
             self.in_flight.1.fetch_max(now, Ordering::SeqCst);
-            let (headers, delay) = self.answer.lock().unwrap().clone();
+            let Answer { headers, delay } = self.answer.lock().unwrap().clone();
             std::thread::sleep(delay);
             let status = (self.plan.lock().unwrap())(&key);
             self.hits.lock().unwrap().push(Hit {
