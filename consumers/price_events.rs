@@ -3,15 +3,19 @@
 //! `price_stats` by increments: the worked example of a handler that needs
 //! exactly-once (the batch's offsets commit in the same transaction).
 //! `timestamp` is an RFC 3339 string or a number of seconds since the Unix
-//! epoch. An optional
-//! `raw_response_id` (string or integer: the market-data producer's raw
-//! answer) is kept as text; other extra fields are allowed and ignored.
+//! epoch. An optional `raw_response_id` (string or integer: the market-data
+//! producer's raw answer) is kept as text and is the event's identity: an
+//! event whose id is stored already (re-published by an outbox after a
+//! crash) is skipped and counted, not stored twice. Other extra fields are
+//! allowed and ignored. Each symbol's simple moving average over its last
+//! `PRICE_SMA_WINDOW` prices is kept with its statistics.
 
 use chrono::{DateTime, NaiveDateTime};
 use serde_json::{Map, Value};
 
-use crate::db::price_events::{insert_all, NewPriceEvent};
+use crate::db::price_events::{insert_all, stored_raw_ids, NewPriceEvent};
 use crate::db::price_stats::{self, PriceStat};
+use crate::events::{DuplicatesSkipped, Event as _};
 use crate::handler::{Consumer, HandlerContext, HandlerError};
 use crate::payload;
 use crate::record::Record;
@@ -68,30 +72,44 @@ pub fn parse(map: &Map<String, Value>) -> Result<Parsed, String> {
 
 impl Consumer for PriceEvents {
     fn topic(&self) -> &'static str {
-        "price-events"
+        crate::market::TOPIC
     }
 
     fn handle(&self, records: &[Record], ctx: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
-        let mut rows = Vec::with_capacity(records.len());
-        let mut sources = Vec::with_capacity(records.len());
+        let mut parsed = Vec::with_capacity(records.len());
         for r in records {
             match payload::json_object(r, ctx.max_record_bytes()).and_then(|m| parse(&m)) {
-                Ok(p) => {
-                    sources.push(r);
-                    rows.push(NewPriceEvent {
-                        symbol: p.symbol,
-                        price: p.price,
-                        timestamp: p.timestamp,
-                        source: p.source,
-                        raw_response_id: p.raw_response_id,
-                        source_topic: r.topic.clone(),
-                        source_partition: r.partition,
-                        source_offset: r.offset,
-                        source_fingerprint: Some(r.fingerprint()),
-                    })
-                }
+                Ok(p) => parsed.push((r, p)),
                 Err(reason) => ctx.reject(r, reason),
             }
+        }
+        let ids: Vec<&str> = parsed.iter().filter_map(|(_, p)| p.raw_response_id.as_deref()).collect();
+        let mut seen = stored_raw_ids(ctx.db(), &ids)?;
+        let mut rows = Vec::with_capacity(parsed.len());
+        let mut sources = Vec::with_capacity(parsed.len());
+        let mut duplicates = 0;
+        for (r, p) in parsed {
+            if let Some(id) = &p.raw_response_id {
+                if !seen.insert(id.clone()) {
+                    duplicates += 1;
+                    continue;
+                }
+            }
+            sources.push(r);
+            rows.push(NewPriceEvent {
+                symbol: p.symbol,
+                price: p.price,
+                timestamp: p.timestamp,
+                source: p.source,
+                raw_response_id: p.raw_response_id,
+                source_topic: r.topic.clone(),
+                source_partition: r.partition,
+                source_offset: r.offset,
+                source_fingerprint: Some(r.fingerprint()),
+            });
+        }
+        if duplicates > 0 {
+            DuplicatesSkipped { topic: &records[0].topic, records: duplicates }.emit();
         }
         let stored = insert_all(ctx.db(), &rows)?;
         for &i in &stored.reused {
@@ -102,6 +120,10 @@ impl Consumer for PriceEvents {
         let applied = (0..rows.len()).filter(|i| !stored.reused.contains(i));
         let stats = PriceStat::fold(applied.map(|i| (rows[i].symbol.as_str(), rows[i].price)));
         price_stats::add(ctx.db(), &stats)?;
+        let window = ctx.settings().price_sma_window;
+        for s in &stats {
+            price_stats::update_moving_average(ctx.db(), &s.symbol, window)?;
+        }
         Ok(())
     }
 }

@@ -1,13 +1,14 @@
 //! Maintenance: `maintenance_5m` requeues notifications whose claim expired
 //! and reports consumer lag per partition; `maintenance_15m` purges sent
-//! notifications, replayed dead letters and job runs older than
-//! `RETENTION_DAYS`, and lets SQLite refresh its query statistics.
+//! notifications, replayed dead letters, job runs, published outbox rows and
+//! provider answers older than `RETENTION_DAYS`, and lets SQLite refresh its
+//! query statistics.
 
 use diesel::connection::SimpleConnection;
 
 use crate::config::Settings;
 use crate::cron::{CronError, Schedule};
-use crate::db::{self, dead_letters, job_runs, notifications, DbConnection};
+use crate::db::{self, dead_letters, job_runs, notifications, outbox, raw_responses, DbConnection};
 use crate::kafka;
 use crate::scheduler::{Job, JobContext, JobError, JobReport};
 
@@ -63,16 +64,21 @@ impl Job for Maintenance15m {
     fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
         let before = db::now() - chrono::Duration::days(ctx.settings.retention_days as i64);
         let mut conn = ctx.db()?;
-        let (sent, dead, runs) = ctx.fenced(self.name(), &mut conn, |c| {
+        let (sent, dead, runs, published, answers) = ctx.fenced(self.name(), &mut conn, |c| {
             Ok((
                 notifications::purge_sent_before(c, before)?,
                 dead_letters::purge_before(c, before, true)?,
                 job_runs::prune_before(c, before)?,
+                outbox::purge_published_before(c, before)?,
+                raw_responses::purge_before(c, before)?,
             ))
         })?;
         if let DbConnection::Sqlite(c) = &mut *conn {
             c.batch_execute("PRAGMA optimize;").map_err(db::DbError::Query)?;
         }
-        Ok(JobReport::new(format!("purged notifications={sent} dead_letters={dead} job_runs={runs}")))
+        Ok(JobReport::new(format!(
+            "purged notifications={sent} dead_letters={dead} job_runs={runs} outbox={published} \
+             raw_responses={answers}"
+        )))
     }
 }

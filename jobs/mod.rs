@@ -2,7 +2,9 @@
 //! embedded scheduler runs. To add a periodic task, add a file next to this
 //! one implementing `cronsumer::scheduler::Job` and one line to `registry()`.
 
+pub mod fetch_prices;
 pub mod maintenance;
+pub mod publish_outbox;
 pub mod send_notifications;
 pub mod supervise_consumer;
 
@@ -17,5 +19,7 @@ pub fn registry() -> Vec<Arc<dyn Job>> {
         Arc::new(maintenance::Maintenance5m),
         Arc::new(maintenance::Maintenance15m),
         Arc::new(supervise_consumer::SuperviseConsumer),
+        Arc::new(fetch_prices::FetchPrices),
+        Arc::new(publish_outbox::PublishOutbox::default()),
     ]
 }

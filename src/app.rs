@@ -59,7 +59,8 @@ pub fn run(settings: Settings, shutdown: Shutdown, registry: Registry) -> anyhow
     }
     let ctx = Arc::new(
         JobContext::new(settings.clone(), pool.clone(), supervisor.clone(), shutdown.clone())
-            .with_topics(topics.clone()),
+            .with_topics(topics.clone())
+            .with_wakers(wakers.clone()),
     );
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

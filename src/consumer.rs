@@ -345,7 +345,7 @@ fn run(setup: &ConsumerSetup, heartbeat: Arc<Heartbeat>, stop: &Arc<StopRequest>
     let router = Router::new((setup.modules)(), |t| s.topic(t));
     let mut topics = router.topics();
     topics.extend(setup.extra_topics.iter().cloned());
-    let mut sink = Handlers::new(router, setup.pool.clone(), s, setup.wakers.clone(), stop.clone());
+    let mut sink = Handlers::new(router, setup.pool.clone(), s.clone(), setup.wakers.clone(), stop.clone());
     let mut broker = RdBroker::subscribe(s, &topics, stop.clone())?;
     let mut pipeline =
         Pipeline::new(s.consumer_batch_size, s.consumer_batch_timeout, SystemClock, setup.panics.clone(), heartbeat)

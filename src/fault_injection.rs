@@ -1,7 +1,8 @@
 //! Fault injection for the fault tests and drills, built only with the
 //! `fault-injection` cargo feature (never in a release build): each consumer
 //! module panics, as a buggy handler would, on a batch holding a record whose
-//! payload contains `CRONSUMER_FAULT_PANIC_PAYLOAD`.
+//! payload contains `CRONSUMER_FAULT_PANIC_PAYLOAD`; and the outbox publisher
+//! can die between a delivery and its marking.
 
 use crate::handler::{Consumer, HandlerContext, HandlerError};
 use crate::record::Record;
@@ -36,5 +37,17 @@ impl Consumer for PanicOn {
             panic!("fault injection ({PANIC_PAYLOAD_ENV}) at {}", r.position());
         }
         self.inner.handle(records, ctx)
+    }
+}
+
+/// Set to `1`: the outbox publisher kills its own process (SIGKILL) after
+/// its first delivered wave, before marking the rows published.
+pub const KILL_AFTER_DELIVERY_ENV: &str = "CRONSUMER_FAULT_KILL_AFTER_DELIVERY";
+
+/// Called by the publisher between a wave's delivery and its marking.
+pub fn after_delivery(delivered: usize) {
+    if delivered > 0 && std::env::var(KILL_AFTER_DELIVERY_ENV).is_ok_and(|v| v == "1") {
+        log::warn!("fault injection ({KILL_AFTER_DELIVERY_ENV}): SIGKILL after {delivered} delivered row(s)");
+        let _ = std::process::Command::new("kill").args(["-9", &std::process::id().to_string()]).status();
     }
 }

@@ -8,6 +8,7 @@
 //! the database refuses, or an error that repeats on one record, gets that
 //! record dead-lettered (see [`HandlerError::kind`]).
 
+use crate::config::Settings;
 use crate::db::dead_letters::NewDeadLetter;
 use crate::db::{DbConnection, DbError};
 use crate::events::{Event as _, PositionReused};
@@ -129,14 +130,19 @@ impl From<diesel::result::Error> for HandlerError {
 
 pub struct HandlerContext<'a> {
     conn: &'a mut DbConnection,
-    max_record_bytes: usize,
+    settings: &'a Settings,
     rejected: Vec<NewDeadLetter>,
     wake: Vec<&'static str>,
 }
 
 impl<'a> HandlerContext<'a> {
-    pub fn new(conn: &'a mut DbConnection, max_record_bytes: usize) -> Self {
-        HandlerContext { conn, max_record_bytes, rejected: Vec::new(), wake: Vec::new() }
+    pub fn new(conn: &'a mut DbConnection, settings: &'a Settings) -> Self {
+        HandlerContext { conn, settings, rejected: Vec::new(), wake: Vec::new() }
+    }
+
+    /// The service's settings (a module's own, such as `PRICE_SMA_WINDOW`).
+    pub fn settings(&self) -> &Settings {
+        self.settings
     }
 
     /// The batch's database transaction. Everything written through it
@@ -148,7 +154,7 @@ impl<'a> HandlerContext<'a> {
 
     /// `CONSUMER_MAX_RECORD_BYTES`.
     pub fn max_record_bytes(&self) -> usize {
-        self.max_record_bytes
+        self.settings.consumer_max_record_bytes
     }
 
     /// Rejects one bad record: it goes to `dead_letters` with `reason`, and

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::applied::Applied;
+use crate::config::Settings;
 use crate::broker::Tp;
 use crate::db::consumer_offsets::{self, Advance, Span};
 use crate::db::dead_letters::{self, NewDeadLetter};
@@ -25,10 +26,7 @@ use crate::sink::{Failure, FailureKind, Sink};
 pub struct Handlers {
     router: Router,
     pool: Pool,
-    group: String,
-    max_record_bytes: usize,
-    /// `DATABASE_CONSUMER_SYNC_COMMIT`.
-    sync_commit: bool,
+    settings: Arc<Settings>,
     wakers: Wakers,
     /// Database waits end by a stop's drain deadline.
     stop: Arc<StopRequest>,
@@ -74,16 +72,14 @@ impl Handlers {
     pub fn new(
         router: Router,
         pool: Pool,
-        settings: &crate::config::Settings,
+        settings: Arc<Settings>,
         wakers: Wakers,
         stop: Arc<StopRequest>,
     ) -> Self {
         Handlers {
             router,
             pool,
-            group: settings.kafka_group_id.clone(),
-            max_record_bytes: settings.consumer_max_record_bytes,
-            sync_commit: settings.database_consumer_sync_commit,
+            settings,
             wakers,
             stop,
             durable: BTreeSet::new(),
@@ -104,8 +100,8 @@ impl Handlers {
     ) -> Result<T, Failure> {
         let spans = spans(records);
         let mut conn = checkout(&self.pool, self.stop.drain_by()).map_err(|e| failure("database", e))?;
-        let durable = self.sync_commit || spans.keys().any(|tp| !self.durable.contains(tp));
-        let (group, rewinds, applied, router) = (&self.group, &self.rewinds, &self.applied, &mut self.router);
+        let durable = self.settings.database_consumer_sync_commit || spans.keys().any(|tp| !self.durable.contains(tp));
+        let (group, rewinds, applied, router) = (&self.settings.kafka_group_id, &self.rewinds, &self.applied, &mut self.router);
         let mut lost = None;
         let out = crate::db::transaction(&mut conn, !durable, |c| {
             let mut applied_below = BTreeMap::new();
@@ -175,7 +171,7 @@ impl Handlers {
             return;
         }
         let stored =
-            checkout(&self.pool, self.stop.drain_by()).and_then(|mut c| consumer_offsets::list(&mut c, &self.group));
+            checkout(&self.pool, self.stop.drain_by()).and_then(|mut c| consumer_offsets::list(&mut c, &self.settings.kafka_group_id));
         if let Ok(stored) = stored {
             self.applied.verify(stored);
         }
@@ -194,7 +190,7 @@ impl Handlers {
 impl Sink for Handlers {
     fn positions(&mut self, tps: &[Tp]) -> Result<Vec<Option<i64>>, Failure> {
         let starts = checkout(&self.pool, self.stop.drain_by())
-            .and_then(|mut conn| consumer_offsets::positions(&mut conn, &self.group, tps))
+            .and_then(|mut conn| consumer_offsets::positions(&mut conn, &self.settings.kafka_group_id, tps))
             .map_err(|e| failure("offsets", e));
         self.applied.assigned(tps, starts.as_deref().ok());
         for (tp, start) in tps.iter().zip(starts.iter().flatten()) {
@@ -219,9 +215,9 @@ impl Sink for Handlers {
     }
 
     fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {
-        let max_record_bytes = self.max_record_bytes;
+        let settings = self.settings.clone();
         let (dispatched, rejected, reused, wake) = self.in_transaction(batch, |router, c, batch| {
-            let mut ctx = HandlerContext::new(c, max_record_bytes);
+            let mut ctx = HandlerContext::new(c, &settings);
             let dispatched = match router.dispatch(batch, &mut ctx) {
                 Ok(d) => d,
                 Err(DispatchError::Failed { topic, source }) => {

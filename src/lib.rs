@@ -11,6 +11,8 @@
 //!   it on rdkafka in a thread watched by the [`supervisor`] through its
 //!   [`heartbeat`].
 //! - [`scheduler`]: runs the jobs on their schedules.
+//! - [`market`]: the market-data producer (provider client, fetch, stored
+//!   answers), and the [`outbox`] publisher that takes events to Kafka.
 //! - [`registry`]: the user's code the runtime runs: [`consumers`] (one
 //!   file per topic) and [`jobs`] (one file per periodic job).
 //! - [`app`]: `cronsumer run`, wiring it all together under one [`shutdown`]
@@ -39,10 +41,12 @@ mod handlers;
 pub mod heartbeat;
 mod http;
 pub mod kafka;
+pub mod market;
 mod lease;
 pub mod metrics;
 pub mod notifier;
 mod offsets;
+pub mod outbox;
 mod panics;
 mod payload;
 pub mod pipeline;

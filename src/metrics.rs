@@ -35,6 +35,12 @@ pub struct Metrics {
     pub webhook_latency: Histogram,
     pub webhook_breaker_open: IntGauge,
     pub db_pool_connections: IntGaugeVec,
+    pub price_fetches: IntCounterVec,
+    pub outbox_published: IntCounter,
+    pub outbox_publish_errors: IntCounter,
+    pub outbox_pending: IntGauge,
+    pub duplicate_records: IntCounterVec,
+    pub price_moving_average: GaugeVec,
 }
 
 /// Registers a newly made metric and hands it back (names are fixed here,
@@ -204,6 +210,35 @@ impl Metrics {
                 "1 while the webhook's circuit breaker is open (no calls are made)",
             ),
             db_pool_connections,
+            price_fetches: counter_vec(
+                &r,
+                "cronsumer_price_fetches_total",
+                "Market-data provider fetches by result (ok, or the kind of non-answer)",
+                &["result"],
+            ),
+            outbox_published: counter(&r, "cronsumer_outbox_published_total", "Outbox rows delivered to Kafka"),
+            outbox_publish_errors: counter(
+                &r,
+                "cronsumer_outbox_publish_errors_total",
+                "Outbox rows not delivered on an attempt (sent again later)",
+            ),
+            outbox_pending: gauge(&r, "cronsumer_outbox_pending", "Outbox rows waiting to be published"),
+            duplicate_records: counter_vec(
+                &r,
+                "cronsumer_duplicate_records_total",
+                "Records skipped because their event identity (raw_response_id) was stored already",
+                &["topic"],
+            ),
+            price_moving_average: register(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "cronsumer_price_moving_average",
+                        "Simple moving average of each symbol's last PRICE_SMA_WINDOW prices",
+                    ),
+                    &["symbol"],
+                ),
+            ),
             registry: r,
         }
     }

@@ -164,7 +164,8 @@ mod tests {
         let mut router = Router::new(vec![m], |t| format!("dev.{t}"));
         assert_eq!(router.topics(), vec!["dev.orders".to_string()]);
         let mut conn = conn();
-        let mut ctx = HandlerContext::new(&mut conn, 100);
+        let settings = crate::config::Settings::from_vars(Default::default()).unwrap();
+        let mut ctx = HandlerContext::new(&mut conn, &settings);
         let batch = vec![rec("dev.orders", 0, 1), rec("other", 0, 1), rec("orders", 0, 2), rec("dev.orders", 0, 2)];
         let out = router.dispatch(&batch, &mut ctx).unwrap();
         assert_eq!(out.handled.get("dev.orders"), Some(&2));
@@ -177,7 +178,8 @@ mod tests {
         let mut conn = conn();
         let (m, _) = recorder("t", true, false);
         let mut router = Router::new(vec![m], str::to_string);
-        let mut ctx = HandlerContext::new(&mut conn, 100);
+        let settings = crate::config::Settings::from_vars(Default::default()).unwrap();
+        let mut ctx = HandlerContext::new(&mut conn, &settings);
         assert!(matches!(router.dispatch(&[rec("t", 0, 0)], &mut ctx), Err(DispatchError::Failed { .. })));
 
         let (m, _) = recorder("t", false, true);

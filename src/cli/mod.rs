@@ -1,8 +1,10 @@
 //! The command line: `run` (default), `migrate`, `config`, `produce`, `tail`,
-//! `topics`, `diagnose`, `dead-letters`, `notifications`, `jobs`, `healthcheck`. Each command
+//! `topics`, `diagnose`, `dead-letters`, `notifications`, `jobs`, `prices`, `outbox`,
+//! `healthcheck`. Each command
 //! loads the settings itself so that `--help` works without a valid `.env`.
 
 mod diagnose;
+mod market;
 mod output;
 mod records;
 mod store;
@@ -111,6 +113,16 @@ pub enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// Market-data prices.
+    Prices {
+        #[command(subcommand)]
+        command: PricesCommand,
+    },
+    /// Events waiting to be published to Kafka.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
     /// Ask the running service's /healthz (on HTTP_ADDR): exit 0 when it
     /// answers 200, 1 otherwise. For container and service-manager health checks.
     Healthcheck,
@@ -158,6 +170,29 @@ pub enum NotificationsCommand {
     },
     /// Put a notification back to pending, due now.
     Retry { id: i64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PricesCommand {
+    /// Fetch each symbol's price now: store the provider's answer, enqueue the
+    /// event, print it, and publish the outbox; exit 1 if any fetch failed.
+    Fetch {
+        #[arg(required = true)]
+        symbols: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OutboxCommand {
+    /// Newest first: rows waiting to be published (all rows with --all).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Publish every waiting row now (what `publish_outbox` does on its own every 5 s).
+    Retry,
 }
 
 #[derive(Subcommand, Debug)]
@@ -311,6 +346,8 @@ pub fn execute(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
         Command::DeadLetters { command } => return store::dead_letters(&settings, &out, command),
         Command::Notifications { command } => return store::notifications(&settings, &out, command),
         Command::Jobs { command } => return store::jobs(settings, &registry, &out, command),
+        Command::Prices { command } => return market::prices(&settings, &registry, &out, command),
+        Command::Outbox { command } => return market::outbox(&settings, &registry, &out, command),
         Command::Healthcheck => return Ok(healthcheck()),
     }
     Ok(ExitCode::SUCCESS)

@@ -11,7 +11,7 @@ use super::{pool, DeadLettersCommand, JobsCommand, NotificationsCommand, UsageEr
 use crate::config::Settings;
 use crate::db::{self, dead_letters, notifications, DbError};
 use crate::registry::Registry;
-use crate::scheduler::{JobContext, JobRunner, RunOutcome, Trigger};
+use crate::scheduler::{Job, JobContext, JobRunner, RunOutcome, Trigger};
 use crate::shutdown::Shutdown;
 
 /// `YYYY-MM-DD` (midnight UTC) or RFC 3339.
@@ -134,15 +134,25 @@ pub fn notifications(settings: &Settings, out: &Output, command: NotificationsCo
     Ok(ExitCode::SUCCESS)
 }
 
+/// Runs the registry's job `name` once, now, as `cronsumer jobs run` does.
+pub fn run_job(settings: Settings, pool: db::Pool, registry: &Registry, name: &str) -> anyhow::Result<RunOutcome> {
+    let topics = registry.topics(&settings);
+    let jobs: Vec<Arc<dyn Job>> = (registry.jobs)();
+    let names: Vec<&str> = jobs.iter().map(|j| j.name()).collect();
+    let Some(job) = jobs.iter().find(|j| j.name() == name).cloned() else {
+        bail!(UsageError(format!("no job named {name:?}; jobs: {}", names.join(", "))));
+    };
+    let ctx = Arc::new(JobContext::new(Arc::new(settings), pool, None, Shutdown::new()).with_topics(topics));
+    Ok(JobRunner::new(job, ctx)?.run(Trigger::Manual))
+}
+
 pub fn jobs(settings: Settings, registry: &Registry, out: &Output, command: JobsCommand) -> anyhow::Result<ExitCode> {
     let pool = pool(&settings)?;
-    let topics = registry.topics(&settings);
-    let registry = (registry.jobs)();
     match command {
         JobsCommand::List => {
             let mut conn = pool.get().map_err(DbError::Pool)?;
             let mut rows = Vec::new();
-            for job in &registry {
+            for job in &(registry.jobs)() {
                 let cron = job.schedule(&settings).map_err(|e| anyhow::anyhow!("job {}: {e}", job.name()))?;
                 let last = db::job_runs::last(&mut conn, job.name())?;
                 rows.push(vec![
@@ -157,12 +167,7 @@ pub fn jobs(settings: Settings, registry: &Registry, out: &Output, command: Jobs
             Ok(ExitCode::SUCCESS)
         }
         JobsCommand::Run { name } => {
-            let names: Vec<&str> = registry.iter().map(|j| j.name()).collect();
-            let Some(job) = registry.iter().find(|j| j.name() == name).cloned() else {
-                bail!(UsageError(format!("no job named {name:?}; jobs: {}", names.join(", "))));
-            };
-            let ctx = Arc::new(JobContext::new(Arc::new(settings), pool, None, Shutdown::new()).with_topics(topics));
-            let (code, outcome, detail) = match JobRunner::new(job, ctx)?.run(Trigger::Manual) {
+            let (code, outcome, detail) = match run_job(settings, pool, registry, &name)? {
                 RunOutcome::Ok(report) => (0, "ok", report.details),
                 RunOutcome::Failed(e) => (1, "failed", e),
                 other => (1, "not run", format!("{other:?}")),

@@ -177,13 +177,31 @@ settings! {
     /// `log` (one log line per notification) or `webhook`
     notifier: NotifierKind = var("NOTIFIER").default("log"), NOTIFIERS;
     /// where `webhook` POSTs each notification as JSON (required when `NOTIFIER=webhook`)
-    notify_webhook_url: Option<String> = var("NOTIFY_WEBHOOK_URL").example("https://example.com/hooks/notify"), Optional(HttpUrl);
+    notify_webhook_url: Option<String> = var("NOTIFY_WEBHOOK_URL").example("https://example.com/hooks/notify"), Optional(HttpUrl { secret: true });
     /// webhook deliveries in flight at once (per copy)
     notify_concurrency: usize = var("NOTIFY_CONCURRENCY").default("32"), int(1, 256);
     /// after 5 failed webhook calls in a row, no call for this long (rows wait, attempts unspent)
     notify_breaker_cool_off: Duration = var("NOTIFY_BREAKER_COOL_OFF_MS").default("30000"), Millis(100, 3_600_000);
-    /// sent notifications, replayed dead letters and job runs older than this many days are purged
+    /// sent notifications, replayed dead letters, job runs, published outbox rows and provider answers older than this many days are purged
     retention_days: u32 = var("RETENTION_DAYS").default("7"), int(1, 36_500);
+
+    ["Market data"]
+    /// symbols `fetch_prices` fetches, comma-separated (e.g. `AAPL,MSFT`); empty: the job is off
+    price_symbols: Vec<String> = var("PRICE_SYMBOLS").default(""), Symbols;
+    /// when `fetch_prices` runs (6 fields, seconds first, UTC)
+    price_fetch_cron: Schedule = var("PRICE_FETCH_CRON").default("0 * * * * *"), Cron;
+    /// the provider's base URL (Alpha Vantage's `GLOBAL_QUOTE` answers at `/query`)
+    price_provider_url: String = var("PRICE_PROVIDER_URL").default("https://www.alphavantage.co"), HttpUrl { secret: false };
+    /// the provider's API key (never printed)
+    price_provider_api_key: Option<String> = var("PRICE_PROVIDER_API_KEY"), Optional(Secret(1));
+    /// how long one provider call may take before it counts as a timeout
+    price_provider_timeout: Duration = var("PRICE_PROVIDER_TIMEOUT_MS").default("10000"), Millis(100, 120_000);
+    /// the `source` of the price events this service publishes
+    price_source: String = var("PRICE_SOURCE").default("alpha_vantage"), NonEmpty;
+    /// `GET /v1/prices/latest` answers from a fetch of the symbol younger than this many seconds instead of fetching
+    price_cache: Duration = var("PRICE_CACHE_SECONDS").default("10"), Seconds(0, 86_400);
+    /// prices in each symbol's simple moving average (the price-events module)
+    price_sma_window: u32 = var("PRICE_SMA_WINDOW").default("20"), int(1, 10_000);
 
     ["HTTP, shutdown, logging"]
     /// the web console at `/`, `/healthz`, `/readyz`, `/metrics`

@@ -228,9 +228,11 @@ impl Kind for DatabaseUrl {
     }
 }
 
-/// An `http://` or `https://` URL, shown without its secrets; the whole URL
-/// counts as secret in messages (a webhook's path is often its token).
-pub struct HttpUrl;
+/// An `http://` or `https://` URL, shown without its secrets. A secret one
+/// (a webhook's, whose path is often its token) is scrubbed whole from messages.
+pub struct HttpUrl {
+    pub secret: bool,
+}
 
 impl Kind for HttpUrl {
     type Value = String;
@@ -247,6 +249,43 @@ impl Kind for HttpUrl {
         redact::webhook_url(text)
     }
     fn secrets(&self, v: &String) -> Vec<String> {
-        vec![v.clone()]
+        if self.secret {
+            vec![v.clone()]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// Whole seconds in `min..=max`, as a duration.
+pub struct Seconds(pub u64, pub u64);
+
+impl Kind for Seconds {
+    type Value = Duration;
+    fn parse(&self, text: &str) -> Result<Duration, String> {
+        int::<u64>(self.0, self.1).parse(text).map(Duration::from_secs)
+    }
+    fn show(&self, v: &Duration) -> String {
+        v.as_secs().to_string()
+    }
+}
+
+/// A comma-separated list of ticker symbols (empty: none), upper-cased.
+pub struct Symbols;
+
+impl Kind for Symbols {
+    type Value = Vec<String>;
+    fn parse(&self, text: &str) -> Result<Vec<String>, String> {
+        let mut out: Vec<String> = Vec::new();
+        for s in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let symbol = crate::market::symbol(s).map_err(|e| format!("symbols separated by commas ({e})"))?;
+            if !out.contains(&symbol) {
+                out.push(symbol);
+            }
+        }
+        Ok(out)
+    }
+    fn show(&self, v: &Vec<String>) -> String {
+        v.join(",")
     }
 }

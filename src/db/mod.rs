@@ -13,7 +13,9 @@ pub mod job_leases;
 pub mod job_runs;
 pub mod notifications;
 pub mod price_events;
+pub mod outbox;
 pub mod price_stats;
+pub mod raw_responses;
 pub mod schema;
 pub mod sources;
 

@@ -63,3 +63,26 @@ pub fn insert_all(conn: &mut DbConnection, rows: &[NewPriceEvent]) -> Result<Sto
 pub fn count(conn: &mut DbConnection) -> Result<i64, DbError> {
     Ok(on_backend!(conn, |c| p::price_events.count().get_result(c))?)
 }
+
+/// Which of `ids` (raw_response_id) are stored already.
+pub fn stored_raw_ids(conn: &mut DbConnection, ids: &[&str]) -> Result<std::collections::HashSet<String>, DbError> {
+    let mut out = std::collections::HashSet::new();
+    for chunk in ids.chunks(500) {
+        let found: Vec<Option<String>> = on_backend!(conn, |c| p::price_events
+            .filter(p::raw_response_id.eq_any(chunk))
+            .select(p::raw_response_id)
+            .load(c))?;
+        out.extend(found.into_iter().flatten());
+    }
+    Ok(out)
+}
+
+/// The events with a `raw_response_id`, in applying order: `(symbol, price, raw_response_id)`.
+pub fn with_raw_ids(conn: &mut DbConnection) -> Result<Vec<(String, f64, String)>, DbError> {
+    let rows: Vec<(String, f64, Option<String>)> = on_backend!(conn, |c| p::price_events
+        .filter(p::raw_response_id.is_not_null())
+        .order(p::id)
+        .select((p::symbol, p::price, p::raw_response_id))
+        .load(c))?;
+    Ok(rows.into_iter().map(|(s, price, id)| (s, price, id.unwrap_or_default())).collect())
+}

@@ -4,7 +4,7 @@
 //! exactly once (its offsets commit in the same transaction).
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Double, Text, Timestamp};
+use diesel::sql_types::{BigInt, Double, Integer, Text, Timestamp};
 
 use super::schema::price_stats::dsl as ps;
 use super::{now, DbConnection, DbError};
@@ -74,6 +74,55 @@ pub fn add(conn: &mut DbConnection, stats: &[PriceStat]) -> Result<(), DbError> 
         on_backend!(conn, |c| q.execute(c))?;
     }
     Ok(())
+}
+
+const PG_MOVING_AVERAGE: &str = "UPDATE price_stats SET moving_average_window = $2, moving_average = \
+     (SELECT AVG(price) FROM (SELECT price FROM price_events WHERE symbol = $1 ORDER BY id DESC LIMIT $2) AS last) \
+     WHERE symbol = $1";
+const SQLITE_MOVING_AVERAGE: &str = "UPDATE price_stats SET moving_average_window = ?2, moving_average = \
+     (SELECT AVG(price) FROM (SELECT price FROM price_events WHERE symbol = ?1 ORDER BY id DESC LIMIT ?2)) \
+     WHERE symbol = ?1";
+
+/// Sets `symbol`'s moving average to the mean of its last `window` stored
+/// prices (inside the caller's transaction, after its events are stored).
+pub fn update_moving_average(conn: &mut DbConnection, symbol: &str, window: u32) -> Result<(), DbError> {
+    let sql = match conn {
+        DbConnection::Postgresql(_) => PG_MOVING_AVERAGE,
+        DbConnection::Sqlite(_) => SQLITE_MOVING_AVERAGE,
+    };
+    let q = diesel::sql_query(sql).bind::<Text, _>(symbol).bind::<Integer, _>(window as i32);
+    on_backend!(conn, |c| q.execute(c))?;
+    Ok(())
+}
+
+/// One symbol's statistics, as the price API shows them.
+#[derive(Debug, Clone, PartialEq, Queryable)]
+pub struct SymbolStats {
+    pub symbol: String,
+    pub events: i64,
+    pub last_price: f64,
+    pub moving_average: Option<f64>,
+    pub moving_average_window: Option<i32>,
+}
+
+/// `symbol`'s statistics, if it has any.
+pub fn of(conn: &mut DbConnection, symbol: &str) -> Result<Option<SymbolStats>, DbError> {
+    Ok(on_backend!(conn, |c| ps::price_stats
+        .filter(ps::symbol.eq(symbol))
+        .select((ps::symbol, ps::events, ps::last_price, ps::moving_average, ps::moving_average_window))
+        .first(c)
+        .optional())?)
+}
+
+/// The moving averages of the `limit` symbols updated last: `(symbol, average)`.
+pub fn moving_averages(conn: &mut DbConnection, limit: i64) -> Result<Vec<(String, f64)>, DbError> {
+    let rows: Vec<(String, Option<f64>)> = on_backend!(conn, |c| ps::price_stats
+        .filter(ps::moving_average.is_not_null())
+        .order(ps::updated_at.desc())
+        .limit(limit)
+        .select((ps::symbol, ps::moving_average))
+        .load(c))?;
+    Ok(rows.into_iter().filter_map(|(s, a)| Some((s, a?))).collect())
 }
 
 /// A stored row: `(symbol, events, last, min, max)`.

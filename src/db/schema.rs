@@ -93,5 +93,32 @@ diesel::table! {
         min_price -> Double,
         max_price -> Double,
         updated_at -> Timestamp,
+        moving_average -> Nullable<Double>,
+        moving_average_window -> Nullable<Integer>,
+    }
+}
+
+diesel::table! {
+    raw_responses (id) {
+        id -> Text,
+        provider -> Text,
+        symbol -> Text,
+        http_status -> Nullable<Integer>,
+        body -> Nullable<Text>,
+        error -> Nullable<Text>,
+        fetched_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    outbox (id) {
+        id -> BigInt,
+        topic -> Text,
+        key -> Text,
+        payload -> Text,
+        created_at -> Timestamp,
+        published_at -> Nullable<Timestamp>,
+        attempts -> Integer,
+        last_error -> Nullable<Text>,
     }
 }

@@ -1,5 +1,5 @@
 //! The HTTP server on `HTTP_ADDR`: `/healthz`, `/readyz`, `/metrics`, the
-//! web console at `/` and its actions.
+//! web console at `/` and its actions, and the price API (`/v1/prices/latest`).
 //!
 //! axum routes; hyper drives each HTTP/1 connection, because it bounds what
 //! a client can hold: the request head's size and the time to send it, the
@@ -29,6 +29,7 @@ use crate::shutdown::Shutdown;
 mod admin;
 mod connections;
 pub mod console;
+mod prices;
 pub mod status;
 
 pub use status::{Sources, Status};
@@ -66,7 +67,7 @@ async fn metrics_text() -> Response {
 }
 
 async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, "not found: try /, /healthz, /readyz or /metrics\n").into_response()
+    (StatusCode::NOT_FOUND, "not found: try /, /healthz, /readyz, /metrics or /v1/prices/latest?symbol=\n").into_response()
 }
 
 async fn time_limit(limit: Duration, req: Request, next: Next) -> Response {
@@ -91,7 +92,12 @@ pub fn routes(status: Arc<Status>) -> Router {
         .route("/unlock", post(admin::unlock))
         .route("/lock", post(admin::lock))
         .layer(middleware::from_fn(|req: Request, next: Next| time_limit(REQUEST_TIMEOUT, req, next)));
-    quick.merge(actions).fallback(not_found).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(status)
+    // A price fetch may wait for the provider's whole timeout.
+    let fetch_limit = status.sources.settings.price_provider_timeout + REQUEST_TIMEOUT;
+    let api = Router::new()
+        .route("/v1/prices/latest", get(prices::latest))
+        .layer(middleware::from_fn(move |req: Request, next: Next| time_limit(fetch_limit, req, next)));
+    quick.merge(actions).merge(api).fallback(not_found).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(status)
 }
 
 /// Binds `addr` and serves until shutdown, on the current tokio runtime;

@@ -29,6 +29,8 @@ pub const RATE_EVERY: Duration = Duration::from_secs(10);
 const LAG_EVERY: Duration = Duration::from_secs(15);
 /// 15 minutes of rate samples, plus the one they are measured from.
 const RATE_SAMPLES: usize = 91;
+/// Symbols whose moving average `/metrics` shows, at most.
+const MOVING_AVERAGES_EXPORTED: i64 = 100;
 /// A probe result older than this is a problem in itself: its refresher is stuck.
 const STALE_AFTER: Duration = Duration::from_secs(10);
 
@@ -128,6 +130,7 @@ impl Status {
         });
         every(self, |s| {
             s.sample_rate();
+            s.sample_store();
             RATE_EVERY
         });
         if self.sources.settings.kafka_enabled {
@@ -251,6 +254,23 @@ impl Status {
             samples.pop_front();
         }
         samples.push_back((Instant::now(), total as u64));
+    }
+
+    /// The outbox backlog and the symbols' moving averages, into their gauges
+    /// (the averages of the symbols updated last, so that hostile input
+    /// cannot grow the metrics without bound).
+    fn sample_store(&self) {
+        let Ok(mut conn) = self.sources.pool.get() else { return };
+        let m = metrics::get();
+        if let Ok(n) = crate::db::outbox::pending(&mut conn) {
+            m.outbox_pending.set(n);
+        }
+        if let Ok(averages) = crate::db::price_stats::moving_averages(&mut conn, MOVING_AVERAGES_EXPORTED) {
+            m.price_moving_average.reset();
+            for (symbol, value) in averages {
+                m.price_moving_average.with_label_values(&[&symbol]).set(value);
+            }
+        }
     }
 
     /// The lag of the partitions this copy holds, into `cronsumer_consumer_lag`

@@ -63,6 +63,8 @@ pub struct JobContext {
     pub leases: lease::Held,
     /// The topics the consumer modules read (for reports such as lag).
     pub topics: Vec<String>,
+    /// Wakes jobs that are [`Job::wakeable`] (work for them was written).
+    pub wakers: Wakers,
 }
 
 impl JobContext {
@@ -82,7 +84,13 @@ impl JobContext {
             last_tick: Mutex::new(None),
             leases: lease::Held::default(),
             topics: Vec::new(),
+            wakers: Wakers::default(),
         }
+    }
+
+    pub fn with_wakers(mut self, wakers: Wakers) -> Self {
+        self.wakers = wakers;
+        self
     }
 
     pub fn with_topics(mut self, topics: Vec<String>) -> Self {
@@ -146,6 +154,16 @@ pub trait Job: Send + Sync {
     /// Jobs about this process itself (supervision) say no.
     fn exclusive(&self) -> bool {
         true
+    }
+    /// Whether it runs at all with these settings (a job a setting turns
+    /// off is not scheduled, and says so at start).
+    fn enabled(&self, _settings: &Settings) -> bool {
+        true
+    }
+    /// Whether an exclusive job takes its lease on every run, not only on
+    /// ticks: woken and manual runs too (a publisher that must keep order).
+    fn lease_every_run(&self) -> bool {
+        false
     }
     /// Whether the consumer's modules may wake it to run now (as
     /// `send_notifications` is when new notifications are stored), besides
@@ -215,6 +233,10 @@ impl Scheduler {
         let inner = tokio_cron_scheduler::JobScheduler::new().await.map_err(|e| JobError::Other(e.to_string()))?;
         let mut runners = Vec::new();
         for job in jobs {
+            if !job.enabled(&ctx.settings) {
+                log::info!("job={} is off with these settings: not scheduled", job.name());
+                continue;
+            }
             let runner = Arc::new(JobRunner::new(job, ctx.clone())?);
             let cron = runner.schedule().clone();
             let r = runner.clone();

@@ -127,7 +127,7 @@ impl JobRunner {
         // Wake-ups can come many times a second under load: they take no lease,
         // are counted in the metrics, and enter the ledger only when they fail.
         let ledger = trigger != Trigger::Wake && self.job.recorded();
-        let exclusive = self.job.exclusive() && trigger == Trigger::Tick;
+        let exclusive = self.job.exclusive() && (trigger == Trigger::Tick || self.job.lease_every_run());
         let mut run_id = None;
         let mut held = None;
         if ledger || exclusive {

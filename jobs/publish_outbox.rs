@@ -1,0 +1,50 @@
+//! `publish_outbox` (every 5 s, and woken whenever outbox rows are written;
+//! off with `KAFKA_ENABLED=false`): publishes the outbox to Kafka through
+//! [`crate::outbox::Publisher`]. Its lease is taken on every run, woken runs
+//! too, so one copy at a time publishes and each key's order holds.
+
+use crate::config::Settings;
+use crate::cron::{CronError, Schedule};
+use crate::outbox::{PublishError, Publisher};
+use crate::scheduler::{Job, JobContext, JobError, JobReport};
+
+#[derive(Default)]
+pub struct PublishOutbox {
+    publisher: Publisher,
+}
+
+impl Job for PublishOutbox {
+    fn name(&self) -> &'static str {
+        crate::outbox::JOB
+    }
+
+    fn schedule(&self, _settings: &Settings) -> Result<Schedule, CronError> {
+        "*/5 * * * * *".parse()
+    }
+
+    fn enabled(&self, settings: &Settings) -> bool {
+        settings.kafka_enabled
+    }
+
+    fn wakeable(&self) -> bool {
+        true
+    }
+
+    fn lease_every_run(&self) -> bool {
+        true
+    }
+
+    fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
+        let mut conn = ctx.db()?;
+        match self.publisher.run(&ctx.settings, &mut conn, || ctx.shutdown.is_triggered()) {
+            Ok(p) if p.waiting.is_some() => Ok(JobReport::new(format!(
+                "waiting {} ms after a failed attempt",
+                p.waiting.unwrap_or_default().as_millis()
+            ))),
+            Ok(p) if p.rows == 0 => Ok(JobReport::default()),
+            Ok(p) => Ok(JobReport::new(format!("published={}", p.rows))),
+            Err(PublishError::Db(e)) => Err(e.into()),
+            Err(e) => Err(JobError::Other(e.to_string())),
+        }
+    }
+}

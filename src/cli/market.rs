@@ -1,0 +1,83 @@
+//! The market-data commands: `prices fetch` and `outbox list|retry`.
+
+use std::process::ExitCode;
+
+use serde_json::{json, Value};
+
+use super::output::{time, Output};
+use super::store::run_job;
+use super::{pool, OutboxCommand, PricesCommand};
+use crate::config::Settings;
+use crate::db::{outbox, DbError};
+use crate::market::{self, Provider};
+use crate::registry::Registry;
+use crate::scheduler::RunOutcome;
+
+/// Runs the outbox publisher once, now; prints what it did.
+fn publish(settings: &Settings, registry: &Registry, out: &Output) -> anyhow::Result<bool> {
+    if !settings.kafka_enabled {
+        eprintln!("KAFKA_ENABLED=false: the outbox is not published");
+        return Ok(true);
+    }
+    let (ok, outcome, detail) = match run_job(settings.clone(), pool(settings)?, registry, crate::outbox::JOB)? {
+        RunOutcome::Ok(r) => (true, "ok", r.details),
+        RunOutcome::Failed(e) => (false, "failed", e),
+        other => (false, "not run", format!("{other:?}")),
+    };
+    out.object(&[("publish", json!(outcome)), ("details", json!(detail))]);
+    Ok(ok)
+}
+
+pub fn prices(settings: &Settings, registry: &Registry, out: &Output, command: PricesCommand) -> anyhow::Result<ExitCode> {
+    let PricesCommand::Fetch { symbols } = command;
+    let pool = pool(settings)?;
+    let mut conn = pool.get().map_err(DbError::Pool)?;
+    let provider = Provider::new(settings);
+    let mut failed = 0;
+    for symbol in &symbols {
+        match market::fetch(settings, &provider, &mut conn, symbol) {
+            Ok(event) => {
+                let fields: Vec<(&str, Value)> = match serde_json::to_value(&event) {
+                    Ok(Value::Object(m)) => {
+                        ["symbol", "price", "timestamp", "source", "raw_response_id"].map(|k| (k, m[k].clone())).to_vec()
+                    }
+                    _ => Vec::new(),
+                };
+                out.object(&fields);
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {symbol}: {e}");
+            }
+        }
+    }
+    drop(conn);
+    let published = failed < symbols.len() && publish(settings, registry, out)?;
+    Ok(if failed == 0 && published { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+pub fn outbox(settings: &Settings, registry: &Registry, out: &Output, command: OutboxCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        OutboxCommand::List { all, limit } => {
+            let pool = pool(settings)?;
+            let rows = outbox::list(&mut pool.get().map_err(DbError::Pool)?, all, limit)?;
+            let rows: Vec<Vec<Value>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        json!(r.id),
+                        json!(r.topic),
+                        json!(r.key),
+                        time(Some(r.created_at)),
+                        time(r.published_at),
+                        json!(r.attempts),
+                        json!(r.last_error),
+                    ]
+                })
+                .collect();
+            out.rows(&["ID", "TOPIC", "KEY", "CREATED_AT", "PUBLISHED_AT", "ATTEMPTS", "LAST_ERROR"], &rows);
+            Ok(ExitCode::SUCCESS)
+        }
+        OutboxCommand::Retry => Ok(if publish(settings, registry, out)? { ExitCode::SUCCESS } else { ExitCode::from(1) }),
+    }
+}

@@ -1,0 +1,139 @@
+//! The market-data producer. A fetch asks the provider for a symbol's price
+//! and stores, in one transaction, the answer in `raw_responses` and (when
+//! it held a price) the price event in the `outbox`; the outbox publisher
+//! ([`crate::outbox`]) takes the event to Kafka, keyed by symbol. Events are
+//! `{"symbol", "price", "timestamp", "source", "raw_response_id"}`, read back
+//! by the price-events module.
+
+mod provider;
+
+use chrono::{NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use provider::{Failure, Provider, BODY_KEPT};
+
+use crate::config::Settings;
+use crate::db::raw_responses::{self, RawResponse};
+use crate::db::{self, outbox, DbConnection, DbError};
+use crate::events::{Event as _, PriceFetched};
+
+/// The topic price events go to (before `KAFKA_TOPIC_PREFIX` and
+/// `KAFKA_TOPIC_PRICE_EVENTS`), the one the price-events module reads.
+pub const TOPIC: &str = "price-events";
+
+/// The provider's name in `raw_responses`.
+pub const PROVIDER: &str = "alpha_vantage";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PriceEvent {
+    pub symbol: String,
+    pub price: f64,
+    /// When the price was fetched (RFC 3339, UTC).
+    pub timestamp: String,
+    pub source: String,
+    pub raw_response_id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{0}")]
+    BadSymbol(String),
+    #[error("{message}")]
+    Provider { kind: Failure, message: String },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// A ticker symbol, upper-cased: 1 to 16 of `A-Z 0-9 . -` (`AAPL`, `BRK.B`).
+pub fn symbol(text: &str) -> Result<String, String> {
+    let s = text.trim().to_ascii_uppercase();
+    let legal = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '-';
+    if s.is_empty() || s.len() > 16 || !s.chars().all(legal) {
+        return Err(format!("a ticker symbol is 1 to 16 of A-Z 0-9 . - (got {text:?})"));
+    }
+    Ok(s)
+}
+
+fn event(settings: &Settings, symbol: &str, price: f64, fetched_at: NaiveDateTime, id: &str) -> PriceEvent {
+    PriceEvent {
+        symbol: symbol.to_string(),
+        price,
+        timestamp: Utc.from_utc_datetime(&fetched_at).to_rfc3339_opts(SecondsFormat::Millis, true),
+        source: settings.price_source.clone(),
+        raw_response_id: id.to_string(),
+    }
+}
+
+/// Fetches `symbol` now: stores the answer and, with a price, enqueues its
+/// event (one transaction). The caller wakes the outbox publisher.
+pub fn fetch(
+    settings: &Settings,
+    provider: &Provider,
+    conn: &mut DbConnection,
+    symbol_text: &str,
+) -> Result<PriceEvent, FetchError> {
+    let symbol = symbol(symbol_text).map_err(FetchError::BadSymbol)?;
+    let answer = provider.fetch(&symbol);
+    let fetched_at = db::now();
+    let id = uuid::Uuid::new_v4().to_string();
+    let row = RawResponse {
+        id: id.clone(),
+        provider: PROVIDER.into(),
+        symbol: symbol.clone(),
+        http_status: answer.http_status.map(i32::from),
+        // PostgreSQL text cannot hold NUL.
+        body: answer.body.map(|b| b.replace('\0', "\u{fffd}")),
+        error: answer.quote.as_ref().err().map(|(_, why)| why.clone()),
+        fetched_at,
+    };
+    let event = answer.quote.as_ref().ok().map(|q| event(settings, &symbol, q.price, fetched_at, &id));
+    db::transaction(conn, false, |c| {
+        raw_responses::insert(c, &row)?;
+        if let Some(e) = &event {
+            let payload = serde_json::to_string(e).unwrap_or_default();
+            outbox::enqueue(c, &settings.topic(TOPIC), &e.symbol, &payload)?;
+        }
+        Ok::<_, DbError>(())
+    })?;
+    let failure = answer.quote.as_ref().err();
+    PriceFetched { symbol: &symbol, failure: failure.map(|(k, why)| (k.as_str(), why.as_str())) }.emit();
+    match (event, answer.quote) {
+        (Some(e), _) => Ok(e),
+        (None, Err((kind, message))) => Err(FetchError::Provider { kind, message }),
+        (None, Ok(_)) => unreachable!("a quote makes an event"),
+    }
+}
+
+/// The event of `symbol`'s latest answer with a price fetched within
+/// `max_age`, read back from the stored answer.
+pub fn cached(
+    settings: &Settings,
+    conn: &mut DbConnection,
+    symbol: &str,
+    max_age: std::time::Duration,
+) -> Result<Option<PriceEvent>, DbError> {
+    if max_age.is_zero() {
+        return Ok(None);
+    }
+    let Some(row) = raw_responses::latest_good(conn, symbol, db::now() - chrono::Duration::from_std(max_age).unwrap_or_default())?
+    else {
+        return Ok(None);
+    };
+    let status = row.http_status.unwrap_or_default() as u16;
+    Ok(provider::parse(status, row.body.as_deref().unwrap_or_default(), symbol)
+        .ok()
+        .map(|q| event(settings, symbol, q.price, row.fetched_at, &row.id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symbols_are_upper_cased_and_checked() {
+        assert_eq!(symbol(" brk.b "), Ok("BRK.B".into()));
+        assert!(symbol("").is_err());
+        assert!(symbol("AAPL&apikey=x").is_err());
+        assert!(symbol(&"A".repeat(17)).is_err());
+    }
+}
