@@ -4,9 +4,10 @@
 //! exactly-once (the batch's offsets commit in the same transaction).
 //! `timestamp` is an RFC 3339 string or a number of seconds since the Unix
 //! epoch. An optional `raw_response_id` (string or integer: the market-data
-//! producer's raw answer) is kept as text and is the event's identity: an
-//! event whose id is stored already (re-published by an outbox after a
-//! crash) is skipped and counted, not stored twice. Other extra fields are
+//! producer's raw answer) is kept as text and is the event's identity: a
+//! record repeating a stored event (re-published by an outbox after a crash)
+//! goes to `dead_letters` saying so, and is counted, instead of being stored
+//! twice. Other extra fields are
 //! allowed and ignored. Each symbol's simple moving average over its last
 //! `PRICE_SMA_WINDOW` prices is kept with its statistics.
 
@@ -15,7 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::db::price_events::{insert_all, stored_raw_ids, NewPriceEvent};
 use crate::db::price_stats::{self, PriceStat};
-use crate::events::{DuplicatesSkipped, Event as _};
+use crate::events::{DuplicatesRejected, Event as _};
 use crate::handler::{Consumer, HandlerContext, HandlerError};
 use crate::payload;
 use crate::record::Record;
@@ -92,6 +93,10 @@ impl Consumer for PriceEvents {
             if let Some(id) = &p.raw_response_id {
                 if !seen.insert(id.clone()) {
                     duplicates += 1;
+                    ctx.reject(
+                        r,
+                        format!("repeats the event with raw_response_id {id}, stored already: not stored again"),
+                    );
                     continue;
                 }
             }
@@ -109,7 +114,7 @@ impl Consumer for PriceEvents {
             });
         }
         if duplicates > 0 {
-            DuplicatesSkipped { topic: &records[0].topic, records: duplicates }.emit();
+            DuplicatesRejected { topic: &records[0].topic, records: duplicates }.emit();
         }
         let stored = insert_all(ctx.db(), &rows)?;
         for &i in &stored.reused {

@@ -409,15 +409,15 @@ impl Event for OutboxFailed<'_> {
 }
 
 /// Records whose event identity was stored already (a re-published outbox
-/// row): skipped, so the event counts once.
-pub struct DuplicatesSkipped<'a> {
+/// row): dead-lettered as repeats, so the event counts once.
+pub struct DuplicatesRejected<'a> {
     pub topic: &'a str,
     pub records: usize,
 }
 
-impl Event for DuplicatesSkipped<'_> {
+impl Event for DuplicatesRejected<'_> {
     fn emit(self) {
         metrics::get().duplicate_records.with_label_values(&[self.topic]).inc_by(self.records as u64);
-        log::info!("event=duplicates_skipped topic={} records={}", self.topic, self.records);
+        log::info!("event=duplicates_rejected topic={} records={}", self.topic, self.records);
     }
 }

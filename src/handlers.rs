@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::applied::Applied;
-use crate::config::Settings;
 use crate::broker::Tp;
+use crate::config::Settings;
 use crate::db::consumer_offsets::{self, Advance, Span};
 use crate::db::dead_letters::{self, NewDeadLetter};
 use crate::db::{checkout, DbConnection, DbError, Pool};
@@ -69,13 +69,7 @@ fn spans(records: &[Record]) -> BTreeMap<Tp, Span> {
 }
 
 impl Handlers {
-    pub fn new(
-        router: Router,
-        pool: Pool,
-        settings: Arc<Settings>,
-        wakers: Wakers,
-        stop: Arc<StopRequest>,
-    ) -> Self {
+    pub fn new(router: Router, pool: Pool, settings: Arc<Settings>, wakers: Wakers, stop: Arc<StopRequest>) -> Self {
         Handlers {
             router,
             pool,
@@ -101,7 +95,8 @@ impl Handlers {
         let spans = spans(records);
         let mut conn = checkout(&self.pool, self.stop.drain_by()).map_err(|e| failure("database", e))?;
         let durable = self.settings.database_consumer_sync_commit || spans.keys().any(|tp| !self.durable.contains(tp));
-        let (group, rewinds, applied, router) = (&self.settings.kafka_group_id, &self.rewinds, &self.applied, &mut self.router);
+        let (group, rewinds, applied, router) =
+            (&self.settings.kafka_group_id, &self.rewinds, &self.applied, &mut self.router);
         let mut lost = None;
         let out = crate::db::transaction(&mut conn, !durable, |c| {
             let mut applied_below = BTreeMap::new();
@@ -170,8 +165,8 @@ impl Handlers {
         if self.applied.is_empty() {
             return;
         }
-        let stored =
-            checkout(&self.pool, self.stop.drain_by()).and_then(|mut c| consumer_offsets::list(&mut c, &self.settings.kafka_group_id));
+        let stored = checkout(&self.pool, self.stop.drain_by())
+            .and_then(|mut c| consumer_offsets::list(&mut c, &self.settings.kafka_group_id));
         if let Ok(stored) = stored {
             self.applied.verify(stored);
         }

@@ -226,7 +226,7 @@ impl Metrics {
             duplicate_records: counter_vec(
                 &r,
                 "cronsumer_duplicate_records_total",
-                "Records skipped because their event identity (raw_response_id) was stored already",
+                "Records dead-lettered because they repeat an event (raw_response_id) stored already",
                 &["topic"],
             ),
             price_moving_average: register(

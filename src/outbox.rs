@@ -95,7 +95,9 @@ impl Publisher {
             empty @ None => {
                 let mut config = crate::kafka::producer_config(settings);
                 config.set("message.timeout.ms", MESSAGE_TIMEOUT.as_millis().to_string());
-                empty.insert(crate::kafka::create(settings, &config, Reports::default()).map_err(PublishError::Producer)?)
+                empty.insert(
+                    crate::kafka::create(settings, &config, Reports::default()).map_err(PublishError::Producer)?,
+                )
             }
         };
         let mut published = 0;
@@ -171,7 +173,7 @@ fn send_wave(producer: &BaseProducer<Reports>, wave: &[&OutboxRow]) -> (Vec<i64>
     }
     if lock(&producer.context().0).len() < sent {
         // Nothing may stay in flight past the run: a later run could overtake it.
-        let _ = producer.purge(PurgeConfig::default().queue().inflight());
+        producer.purge(PurgeConfig::default().queue().inflight());
         producer.poll(Duration::from_millis(100));
     }
     let mut delivered = Vec::new();

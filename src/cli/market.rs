@@ -28,7 +28,12 @@ fn publish(settings: &Settings, registry: &Registry, out: &Output) -> anyhow::Re
     Ok(ok)
 }
 
-pub fn prices(settings: &Settings, registry: &Registry, out: &Output, command: PricesCommand) -> anyhow::Result<ExitCode> {
+pub fn prices(
+    settings: &Settings,
+    registry: &Registry,
+    out: &Output,
+    command: PricesCommand,
+) -> anyhow::Result<ExitCode> {
     let PricesCommand::Fetch { symbols } = command;
     let pool = pool(settings)?;
     let mut conn = pool.get().map_err(DbError::Pool)?;
@@ -38,9 +43,9 @@ pub fn prices(settings: &Settings, registry: &Registry, out: &Output, command: P
         match market::fetch(settings, &provider, &mut conn, symbol) {
             Ok(event) => {
                 let fields: Vec<(&str, Value)> = match serde_json::to_value(&event) {
-                    Ok(Value::Object(m)) => {
-                        ["symbol", "price", "timestamp", "source", "raw_response_id"].map(|k| (k, m[k].clone())).to_vec()
-                    }
+                    Ok(Value::Object(m)) => ["symbol", "price", "timestamp", "source", "raw_response_id"]
+                        .map(|k| (k, m[k].clone()))
+                        .to_vec(),
                     _ => Vec::new(),
                 };
                 out.object(&fields);
@@ -56,11 +61,17 @@ pub fn prices(settings: &Settings, registry: &Registry, out: &Output, command: P
     Ok(if failed == 0 && published { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-pub fn outbox(settings: &Settings, registry: &Registry, out: &Output, command: OutboxCommand) -> anyhow::Result<ExitCode> {
+pub fn outbox(
+    settings: &Settings,
+    registry: &Registry,
+    out: &Output,
+    command: OutboxCommand,
+) -> anyhow::Result<ExitCode> {
     match command {
         OutboxCommand::List { all, limit } => {
             let pool = pool(settings)?;
-            let rows = outbox::list(&mut pool.get().map_err(DbError::Pool)?, all, limit)?;
+            let mut conn = pool.get().map_err(DbError::Pool)?;
+            let rows = outbox::list(&mut conn, all, limit)?;
             let rows: Vec<Vec<Value>> = rows
                 .iter()
                 .map(|r| {
@@ -78,6 +89,8 @@ pub fn outbox(settings: &Settings, registry: &Registry, out: &Output, command: O
             out.rows(&["ID", "TOPIC", "KEY", "CREATED_AT", "PUBLISHED_AT", "ATTEMPTS", "LAST_ERROR"], &rows);
             Ok(ExitCode::SUCCESS)
         }
-        OutboxCommand::Retry => Ok(if publish(settings, registry, out)? { ExitCode::SUCCESS } else { ExitCode::from(1) }),
+        OutboxCommand::Retry => {
+            Ok(if publish(settings, registry, out)? { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
     }
 }

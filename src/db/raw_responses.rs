@@ -30,7 +30,11 @@ pub fn insert(conn: &mut DbConnection, row: &RawResponse) -> Result<(), DbError>
 }
 
 /// The latest answer for `symbol` that held a price, fetched at or after `since`.
-pub fn latest_good(conn: &mut DbConnection, symbol: &str, since: NaiveDateTime) -> Result<Option<RawResponse>, DbError> {
+pub fn latest_good(
+    conn: &mut DbConnection,
+    symbol: &str,
+    since: NaiveDateTime,
+) -> Result<Option<RawResponse>, DbError> {
     Ok(on_backend!(conn, |c| r::raw_responses
         .filter(r::symbol.eq(symbol))
         .filter(r::fetched_at.ge(since))

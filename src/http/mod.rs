@@ -67,7 +67,8 @@ async fn metrics_text() -> Response {
 }
 
 async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, "not found: try /, /healthz, /readyz, /metrics or /v1/prices/latest?symbol=\n").into_response()
+    (StatusCode::NOT_FOUND, "not found: try /, /healthz, /readyz, /metrics or /v1/prices/latest?symbol=\n")
+        .into_response()
 }
 
 async fn time_limit(limit: Duration, req: Request, next: Next) -> Response {

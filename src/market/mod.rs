@@ -115,7 +115,8 @@ pub fn cached(
     if max_age.is_zero() {
         return Ok(None);
     }
-    let Some(row) = raw_responses::latest_good(conn, symbol, db::now() - chrono::Duration::from_std(max_age).unwrap_or_default())?
+    let Some(row) =
+        raw_responses::latest_good(conn, symbol, db::now() - chrono::Duration::from_std(max_age).unwrap_or_default())?
     else {
         return Ok(None);
     };

@@ -80,11 +80,8 @@ impl Provider {
 
     /// Asks for `symbol`'s quote (a symbol [`super::symbol`] accepted).
     pub fn fetch(&self, symbol: &str) -> Answer {
-        let mut req = self
-            .agent
-            .get(format!("{}/query", self.base))
-            .query("function", "GLOBAL_QUOTE")
-            .query("symbol", symbol);
+        let mut req =
+            self.agent.get(format!("{}/query", self.base)).query("function", "GLOBAL_QUOTE").query("symbol", symbol);
         if let Some(key) = &self.api_key {
             req = req.query("apikey", key);
         }
@@ -185,8 +182,14 @@ mod tests {
 
     #[test]
     fn names_every_non_answer() {
-        assert_eq!(kind(200, r#"{"Note": "Thank you for using Alpha Vantage! 5 calls per minute"}"#), Failure::RateLimited);
-        assert_eq!(kind(200, r#"{"Information": "The **demo** API key is for demo purposes only."}"#), Failure::RateLimited);
+        assert_eq!(
+            kind(200, r#"{"Note": "Thank you for using Alpha Vantage! 5 calls per minute"}"#),
+            Failure::RateLimited
+        );
+        assert_eq!(
+            kind(200, r#"{"Information": "The **demo** API key is for demo purposes only."}"#),
+            Failure::RateLimited
+        );
         assert_eq!(kind(200, r#"{"Error Message": "Invalid API call."}"#), Failure::ProviderError);
         assert_eq!(kind(200, "<html><body>Bad gateway</body></html>"), Failure::NotJson);
         assert_eq!(kind(200, r#"{"Global Quote": {}}"#), Failure::EmptyQuote);

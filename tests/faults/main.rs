@@ -6,7 +6,9 @@
 //! ([`handler_panic`]), SIGTERM mid-batch ([`sigterm`]), one of two copies
 //! killed ([`two_copies`]), a webhook outage ([`webhook_down`]), a SQLite
 //! file locked by another process ([`sqlite_locked`]), and malformed input of
-//! every kind ([`fuzz`]); a topic deleted and recreated ([`topics`]); and (in
+//! every kind ([`fuzz`]); a topic deleted and recreated ([`topics`]); the
+//! market-data producer with the broker away and its publisher killed
+//! between a delivery and its marking ([`market`]); and (in
 //! [`group`]) faults combined with group changes: rebalances during an
 //! outage, a handler slower than `max.poll.interval.ms`, bounded shutdown,
 //! the broker away past the session timeout, rolling restarts under load;
@@ -53,6 +55,7 @@ mod fuzz;
 mod group;
 mod handler_panic;
 mod kill_9;
+mod market;
 mod postgres_outage;
 mod sigterm;
 mod sqlite_locked;

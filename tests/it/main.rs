@@ -9,6 +9,7 @@ mod support;
 mod cli;
 mod consumer;
 mod http;
+mod market;
 mod migrations;
 mod offsets;
 mod operations;

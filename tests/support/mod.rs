@@ -15,7 +15,7 @@
 //! - [`service`]: the `cronsumer` binary run as a service, or as a command;
 //! - [`setup`]: the consumer thread's [`ConsumerSetup`](cronsumer::consumer::ConsumerSetup)
 //!   and a job's runner;
-//! - [`sink`]: a local webhook receiver.
+//! - [`sink`]: a local webhook receiver; [`provider`]: a local market-data provider.
 
 // Each crate that includes the harness uses a part of it.
 #![allow(dead_code, unused_imports)]
@@ -25,6 +25,7 @@ mod http;
 mod kafka;
 mod metrics;
 mod outage;
+mod provider;
 mod service;
 mod services;
 mod setup;
@@ -38,6 +39,7 @@ pub use http::*;
 pub use kafka::*;
 pub use metrics::*;
 pub use outage::*;
+pub use provider::*;
 pub use service::*;
 pub use services::*;
 pub use setup::*;
