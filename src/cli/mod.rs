@@ -52,8 +52,11 @@ pub enum Command {
     /// Print the effective settings, secrets redacted.
     Config {
         /// Print instead every setting with its help and default, as `.env.example` holds them.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "markdown")]
         example: bool,
+        /// Print instead the settings table of the README (Markdown).
+        #[arg(long)]
+        markdown: bool,
     },
     /// Produce records to a topic (acks=all, idempotent); exits 1 if any is not delivered.
     Produce {
@@ -288,8 +291,12 @@ fn healthcheck() -> ExitCode {
 pub fn execute(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Healthcheck) => return Ok(healthcheck()),
-        Some(Command::Config { example: true }) => {
+        Some(Command::Config { example: true, .. }) => {
             print!("{}", crate::config::env_example());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Command::Config { markdown: true, .. }) => {
+            print!("{}", crate::config::settings_table());
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}

@@ -1,6 +1,7 @@
 //! The settings' documentation, made from their declarations: the table in
-//! the README and `.env.example` (`cronsumer config --example` prints it).
-//! Tests fail when either file differs from what the declarations make.
+//! the README (`cronsumer config --markdown` prints it) and `.env.example`
+//! (`cronsumer config --example`). Tests fail when either file differs from
+//! what the declarations make.
 
 use super::DECLARED;
 
@@ -160,7 +161,11 @@ mod tests {
     #[test]
     fn readme_table_is_made_from_the_declarations() {
         let made = settings_table();
-        assert!(read("README.md").contains(&made), "the README's settings table should be:\n{made}");
+        assert!(
+            read("README.md").contains(&made),
+            "the README's settings table differs from the declarations; replace it with the output of \
+             `cargo run -- config --markdown`, which is:\n{made}"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Operational events. Each one logs a single line, `event=<name>` then
 //! fixed keys (free text last, quoted), and counts its metric, here and
 //! nowhere else: an operator filters every copy's logs on the same keys, and
-//! a metric never drifts from its log line. Labels are typed.
+//! a metric never drifts from its log line. Labels are typed. The consumer's
+//! events are here, the jobs' and notifications' in [`scheduled`], the
+//! market-data producer's in [`market`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -214,126 +216,6 @@ impl Event for ConsumerRestarted<'_> {
     }
 }
 
-/// How a job's run (or its tick) ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobOutcome {
-    Ok,
-    Failed,
-    /// The previous run was still going.
-    SkippedOverlap,
-    /// Another copy holds the lease for this tick.
-    SkippedLease,
-}
-
-impl JobOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobOutcome::Ok => "ok",
-            JobOutcome::Failed => "failed",
-            JobOutcome::SkippedOverlap => "skipped_overlap",
-            JobOutcome::SkippedLease => "skipped_lease",
-        }
-    }
-}
-
-/// A job's run ended, or its tick was skipped.
-pub struct JobFinished<'a> {
-    pub job: &'a str,
-    /// `tick`, `wake` or `manual`.
-    pub trigger: &'static str,
-    pub outcome: JobOutcome,
-    /// How long it ran (`None`: it did not run).
-    pub elapsed: Option<Duration>,
-    /// The run's report, or why it failed or was skipped.
-    pub detail: &'a str,
-}
-
-impl Event for JobFinished<'_> {
-    fn emit(self) {
-        let m = metrics::get();
-        m.job_runs.with_label_values(&[self.job, self.outcome.as_str()]).inc();
-        if let Some(d) = self.elapsed {
-            m.job_duration.with_label_values(&[self.job]).observe(d.as_secs_f64());
-        }
-        let level = match self.outcome {
-            JobOutcome::Failed => log::Level::Error,
-            // Wake-ups find a run going all the time under load; a tick that does is late.
-            JobOutcome::SkippedOverlap if self.trigger == "tick" => log::Level::Warn,
-            JobOutcome::Ok if !self.detail.is_empty() => log::Level::Info,
-            _ => log::Level::Debug,
-        };
-        log::log!(
-            level,
-            "event=job_finished job_name={} trigger={} outcome={} duration_ms={} detail={:?}",
-            self.job,
-            self.trigger,
-            self.outcome.as_str(),
-            self.elapsed.map_or(0, |d| d.as_millis()),
-            self.detail
-        );
-    }
-}
-
-/// What became of notification deliveries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotificationResult {
-    Sent,
-    /// Failed; another attempt is scheduled.
-    Retried,
-    /// Not attempted: the webhook's breaker is open.
-    Deferred,
-    /// Failed for good.
-    Failed,
-}
-
-impl NotificationResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NotificationResult::Sent => "sent",
-            NotificationResult::Retried => "retried",
-            NotificationResult::Deferred => "deferred",
-            NotificationResult::Failed => "failed",
-        }
-    }
-}
-
-/// Notifications delivered (marked `sent`) or deferred, counted by the group.
-pub struct NotificationsDone {
-    pub result: NotificationResult,
-    pub count: usize,
-}
-
-impl Event for NotificationsDone {
-    fn emit(self) {
-        metrics::get().notifications.with_label_values(&[self.result.as_str()]).inc_by(self.count as u64);
-    }
-}
-
-/// One delivery attempt failed: retried at `retry_at`, or failed for good.
-pub struct NotificationAttemptFailed<'a> {
-    pub id: i64,
-    pub attempt: i32,
-    pub retry_at: Option<String>,
-    pub error: &'a str,
-}
-
-impl Event for NotificationAttemptFailed<'_> {
-    fn emit(self) {
-        let result = if self.retry_at.is_some() { NotificationResult::Retried } else { NotificationResult::Failed };
-        NotificationsDone { result, count: 1 }.emit();
-        let level = if self.retry_at.is_some() { log::Level::Warn } else { log::Level::Error };
-        log::log!(
-            level,
-            "event=notification_attempt_failed id={} attempt={} result={} retry_at={} error={:?}",
-            self.id,
-            self.attempt,
-            result.as_str(),
-            self.retry_at.as_deref().unwrap_or("-"),
-            self.error
-        );
-    }
-}
-
 /// Why the HTTP endpoint closed a connection at its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -357,67 +239,8 @@ impl Event for ConnectionDropped {
     }
 }
 
-/// A provider fetch ended: with a price (`failure: None`), or with the kind
-/// of non-answer and why. Either way its answer is stored.
-pub struct PriceFetched<'a> {
-    pub symbol: &'a str,
-    pub failure: Option<(&'static str, &'a str)>,
-}
+mod market;
+mod scheduled;
 
-impl Event for PriceFetched<'_> {
-    fn emit(self) {
-        let result = self.failure.map_or("ok", |(kind, _)| kind);
-        metrics::get().price_fetches.with_label_values(&[result]).inc();
-        match self.failure {
-            None => log::debug!("event=price_fetched symbol={} result=ok", self.symbol),
-            Some((kind, why)) => {
-                log::warn!("event=price_fetched symbol={} result={kind} error={why:?}", self.symbol)
-            }
-        }
-    }
-}
-
-/// Outbox rows the broker confirmed, now marked published.
-pub struct OutboxPublished {
-    pub rows: usize,
-}
-
-impl Event for OutboxPublished {
-    fn emit(self) {
-        metrics::get().outbox_published.inc_by(self.rows as u64);
-        log::debug!("event=outbox_published rows={}", self.rows);
-    }
-}
-
-/// Outbox rows not delivered this time; they stay and are sent again.
-pub struct OutboxFailed<'a> {
-    pub rows: usize,
-    pub retry_in: Duration,
-    pub error: &'a str,
-}
-
-impl Event for OutboxFailed<'_> {
-    fn emit(self) {
-        metrics::get().outbox_publish_errors.inc_by(self.rows as u64);
-        log::warn!(
-            "event=outbox_failed rows={} retry_in_ms={} error={:?}",
-            self.rows,
-            self.retry_in.as_millis(),
-            self.error
-        );
-    }
-}
-
-/// Records whose event identity was stored already (a re-published outbox
-/// row): dead-lettered as repeats, so the event counts once.
-pub struct DuplicatesRejected<'a> {
-    pub topic: &'a str,
-    pub records: usize,
-}
-
-impl Event for DuplicatesRejected<'_> {
-    fn emit(self) {
-        metrics::get().duplicate_records.with_label_values(&[self.topic]).inc_by(self.records as u64);
-        log::info!("event=duplicates_rejected topic={} records={}", self.topic, self.records);
-    }
-}
+pub use market::*;
+pub use scheduled::*;
