@@ -195,7 +195,7 @@ fn postgres_crash_before_the_wal_flush_counts_exact() {
     fx.produce_prices(BACKLOG..BACKLOG + MORE);
     fx.assert_stats_exact(&[&svc], BACKLOG + MORE);
     let log = svc.log_text();
-    let read_again = log.matches("again from the stored offset").count();
+    let read_again = log.matches("stored offset is behind what this copy handled").count();
     println!(
         "exactly_once_postgres_crash: {before} events visible before the crash; partitions read again: {read_again}"
     );
