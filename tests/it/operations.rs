@@ -163,7 +163,18 @@ fn jobs_list_and_run() {
     let (code, out, _) = cli(&s, &tdb.url, &["--json", "jobs", "list"]);
     assert_eq!(code, 0);
     let rows = json_lines(&out);
-    assert_eq!(rows.len(), 4);
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["job"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "send_notifications",
+            "maintenance_5m",
+            "maintenance_15m",
+            "supervise_consumer",
+            "fetch_prices",
+            "publish_outbox"
+        ]
+    );
     let m15 = rows.iter().find(|r| r["job"] == "maintenance_15m").unwrap();
     assert_eq!(m15["outcome"], "ok");
     assert!(m15["next_run"].is_string());
