@@ -16,7 +16,6 @@ use serde_json::{Map, Value};
 
 use crate::db::price_events::{insert_all, stored_raw_ids, NewPriceEvent};
 use crate::db::price_stats::{self, PriceStat};
-use crate::events::{DuplicatesRejected, Event as _};
 use crate::handler::{Consumer, HandlerContext, HandlerError};
 use crate::payload;
 use crate::record::Record;
@@ -88,15 +87,10 @@ impl Consumer for PriceEvents {
         let mut seen = stored_raw_ids(ctx.db(), &ids)?;
         let mut rows = Vec::with_capacity(parsed.len());
         let mut sources = Vec::with_capacity(parsed.len());
-        let mut duplicates = 0;
         for (r, p) in parsed {
             if let Some(id) = &p.raw_response_id {
                 if !seen.insert(id.clone()) {
-                    duplicates += 1;
-                    ctx.reject(
-                        r,
-                        format!("repeats the event with raw_response_id {id}, stored already: not stored again"),
-                    );
+                    ctx.reject_repeat(r, &format!("raw_response_id {id}"));
                     continue;
                 }
             }
@@ -112,9 +106,6 @@ impl Consumer for PriceEvents {
                 source_offset: r.offset,
                 source_fingerprint: Some(r.fingerprint()),
             });
-        }
-        if duplicates > 0 {
-            DuplicatesRejected { topic: &records[0].topic, records: duplicates }.emit();
         }
         let stored = insert_all(ctx.db(), &rows)?;
         for &i in &stored.reused {

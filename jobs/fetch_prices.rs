@@ -1,4 +1,5 @@
-//! `fetch_prices` (`PRICE_FETCH_CRON`; off while `PRICE_SYMBOLS` is empty):
+//! `fetch_prices` (`PRICE_FETCH_CRON`; off while `PRICE_SYMBOLS` is empty, and
+//! with `KAFKA_ENABLED=false`, since no event could be published):
 //! fetches each symbol's price from the provider, storing every answer in
 //! `raw_responses` and each price's event in the outbox, and wakes the
 //! outbox publisher. A provider that does not answer with a price fails that
@@ -21,7 +22,7 @@ impl Job for FetchPrices {
     }
 
     fn enabled(&self, settings: &Settings) -> bool {
-        !settings.price_symbols.is_empty()
+        settings.kafka_enabled && !settings.price_symbols.is_empty()
     }
 
     fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {

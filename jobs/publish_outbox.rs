@@ -37,12 +37,16 @@ impl Job for PublishOutbox {
     fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
         let mut conn = ctx.db()?;
         match self.publisher.run(&ctx.settings, &mut conn, || ctx.shutdown.is_triggered()) {
-            Ok(p) if p.waiting.is_some() => Ok(JobReport::new(format!(
-                "waiting {} ms after a failed attempt",
-                p.waiting.unwrap_or_default().as_millis()
-            ))),
-            Ok(p) if p.rows == 0 => Ok(JobReport::default()),
-            Ok(p) => Ok(JobReport::new(format!("published={}", p.rows))),
+            Ok(p) => {
+                let mut details = Vec::new();
+                if p.rows > 0 {
+                    details.push(format!("published={}", p.rows));
+                }
+                if let Some(wait) = p.waiting {
+                    details.push(format!("rows of keys that failed wait {} ms", wait.as_millis()));
+                }
+                Ok(JobReport::new(details.join(" ")))
+            }
             Err(PublishError::Db(e)) => Err(e.into()),
             Err(e) => Err(JobError::Other(e.to_string())),
         }

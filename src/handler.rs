@@ -11,7 +11,6 @@
 use crate::config::Settings;
 use crate::db::dead_letters::NewDeadLetter;
 use crate::db::{DbConnection, DbError};
-use crate::events::{Event as _, PositionReused};
 use crate::record::Record;
 use crate::sink::FailureKind;
 
@@ -128,10 +127,22 @@ impl From<diesel::result::Error> for HandlerError {
     }
 }
 
+/// Why a module rejected a record: the events that count it come once its
+/// dead letter is stored, with the batch's transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The payload is malformed or out of range.
+    Invalid,
+    /// Its source position already holds a different record.
+    ReusedPosition,
+    /// It repeats an event stored already (the same identity).
+    Repeat,
+}
+
 pub struct HandlerContext<'a> {
     conn: &'a mut DbConnection,
     settings: &'a Settings,
-    rejected: Vec<NewDeadLetter>,
+    rejected: Vec<(NewDeadLetter, Rejection)>,
     wake: Vec<&'static str>,
 }
 
@@ -160,24 +171,26 @@ impl<'a> HandlerContext<'a> {
     /// Rejects one bad record: it goes to `dead_letters` with `reason`, and
     /// the rest of the batch goes on.
     pub fn reject(&mut self, record: &Record, reason: impl Into<String>) {
-        // Logged and counted once stored, with the batch's transaction.
-        self.rejected.push(NewDeadLetter::of(record, &reason.into()));
+        self.rejected.push((NewDeadLetter::of(record, &reason.into()), Rejection::Invalid));
     }
 
     /// Rejects a record found at a source position that already holds a
     /// different record ([`crate::db::sources::Stored::reused`]): it is
     /// dead-lettered, not skipped as a redelivery, and counted.
     pub fn reject_reused(&mut self, record: &Record) {
-        let held_by = "stored_record";
-        PositionReused { topic: &record.topic, partition: record.partition, offset: record.offset, held_by }.emit();
-        self.reject(
-            record,
-            format!(
-                "position {} already holds a different record (was the topic deleted and recreated?); \
-                 replay this dead letter to store it",
-                record.position()
-            ),
+        let reason = format!(
+            "position {} already holds a different record (was the topic deleted and recreated?); \
+             replay this dead letter to store it",
+            record.position()
         );
+        self.rejected.push((NewDeadLetter::of(record, &reason), Rejection::ReusedPosition));
+    }
+
+    /// Rejects a record that repeats an event stored already (the same
+    /// identity, `id`): it goes to `dead_letters` saying so, and is counted.
+    pub fn reject_repeat(&mut self, record: &Record, id: &str) {
+        let reason = format!("repeats the event with identity {id}, stored already: not stored again");
+        self.rejected.push((NewDeadLetter::of(record, &reason), Rejection::Repeat));
     }
 
     /// Asks the job `name` to run as soon as this batch is committed.
@@ -187,11 +200,7 @@ impl<'a> HandlerContext<'a> {
         }
     }
 
-    pub fn rejected(&self) -> &[NewDeadLetter] {
-        &self.rejected
-    }
-
-    pub(crate) fn into_parts(self) -> (Vec<NewDeadLetter>, Vec<&'static str>) {
+    pub(crate) fn into_parts(self) -> (Vec<(NewDeadLetter, Rejection)>, Vec<&'static str>) {
         (self.rejected, self.wake)
     }
 }

@@ -15,8 +15,10 @@ use crate::config::Settings;
 use crate::db::consumer_offsets::{self, Advance, Span};
 use crate::db::dead_letters::{self, NewDeadLetter};
 use crate::db::{checkout, DbConnection, DbError, Pool};
-use crate::events::{Event as _, HandlerFailed, PositionReused, RecordDeadLettered, RecordsHandled};
-use crate::handler::{db_failure_kind, HandlerContext};
+use crate::events::{
+    DuplicatesRejected, Event as _, HandlerFailed, PositionReused, RecordDeadLettered, RecordsHandled,
+};
+use crate::handler::{db_failure_kind, HandlerContext, Rejection};
 use crate::record::Record;
 use crate::router::{DispatchError, Router};
 use crate::scheduler::Wakers;
@@ -172,12 +174,25 @@ impl Handlers {
         }
     }
 
-    fn stored_dead_letters(&self, rows: &[NewDeadLetter], reused: &[usize]) {
+    /// The events of dead letters stored by a committed transaction.
+    fn stored_dead_letters(&self, rows: &[NewDeadLetter], why: &[Rejection], reused: &[usize]) {
         for d in reused.iter().map(|&i| &rows[i]) {
             PositionReused { topic: &d.topic, partition: d.partition, offset: d.offset, held_by: "dead_letter" }.emit();
         }
-        for d in rows {
+        let mut repeats: BTreeMap<&str, usize> = BTreeMap::new();
+        for (d, why) in rows.iter().zip(why) {
             RecordDeadLettered { topic: &d.topic, partition: d.partition, offset: d.offset, reason: &d.error }.emit();
+            match why {
+                Rejection::ReusedPosition => {
+                    let held_by = "stored_record";
+                    PositionReused { topic: &d.topic, partition: d.partition, offset: d.offset, held_by }.emit()
+                }
+                Rejection::Repeat => *repeats.entry(d.topic.as_str()).or_default() += 1,
+                Rejection::Invalid => {}
+            }
+        }
+        for (topic, records) in repeats {
+            DuplicatesRejected { topic, records }.emit();
         }
     }
 }
@@ -211,7 +226,7 @@ impl Sink for Handlers {
 
     fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {
         let settings = self.settings.clone();
-        let (dispatched, rejected, reused, wake) = self.in_transaction(batch, |router, c, batch| {
+        let (dispatched, (rejected, why), reused, wake) = self.in_transaction(batch, |router, c, batch| {
             let mut ctx = HandlerContext::new(c, &settings);
             let dispatched = match router.dispatch(batch, &mut ctx) {
                 Ok(d) => d,
@@ -225,10 +240,11 @@ impl Sink for Handlers {
                 }
             };
             let (rejected, wake) = ctx.into_parts();
+            let (rejected, why): (Vec<NewDeadLetter>, Vec<Rejection>) = rejected.into_iter().unzip();
             let stored = dead_letters::insert_all(c, &rejected).map_err(|e| failure("storing dead letters", e))?;
-            Ok((dispatched, rejected, stored.reused, wake))
+            Ok((dispatched, (rejected, why), stored.reused, wake))
         })?;
-        self.stored_dead_letters(&rejected, &reused);
+        self.stored_dead_letters(&rejected, &why, &reused);
         let mut unrouted = BTreeMap::new();
         if dispatched.unrouted > 0 {
             for r in batch.iter().filter(|r| !dispatched.handled.contains_key(&r.topic)) {
@@ -251,7 +267,7 @@ impl Sink for Handlers {
                 .transpose()
         })?;
         if let Some(stored) = stored {
-            self.stored_dead_letters(&rows, &stored.reused);
+            self.stored_dead_letters(&rows, &[Rejection::Invalid], &stored.reused);
         }
         Ok(())
     }

@@ -85,9 +85,12 @@ impl Heartbeat {
         let _ = self.uncommitted_since.compare_exchange(0, self.stamp(), Ordering::Relaxed, Ordering::Relaxed);
     }
 
-    pub fn committed(&self) {
+    /// A commit went through; `all` when nothing handled waits for one any more.
+    pub fn committed(&self, all: bool) {
         self.last_commit.store(self.stamp(), Ordering::Relaxed);
-        self.uncommitted_since.store(0, Ordering::Relaxed);
+        if all {
+            self.uncommitted_since.store(0, Ordering::Relaxed);
+        }
     }
 
     /// How long handled records have waited for a commit (`None`: none wait).
@@ -194,7 +197,9 @@ mod tests {
         hb.handled(2);
         let waited = hb.uncommitted_for().expect("records wait");
         assert!(waited >= Duration::from_millis(20), "the first handled batch starts the clock: {waited:?}");
-        hb.committed();
+        hb.committed(false);
+        assert!(hb.uncommitted_for().is_some(), "a commit of older offsets leaves later records waiting");
+        hb.committed(true);
         assert_eq!(hb.uncommitted_for(), None);
         hb.handled(1);
         assert!(hb.uncommitted_for().is_some());

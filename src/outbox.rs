@@ -4,12 +4,13 @@
 //!
 //! It sends in waves of at most one row per key, each wave waiting for its
 //! reports, so a key's rows reach the topic in the order they were written:
-//! none can overtake one that failed, whatever the broker does. A failure
-//! ends the run and the next attempt waits (1 s doubling to a minute); rows
-//! stay until delivered. A crash after delivery and before marking sends
-//! those rows again: consumers tell them by the event's identity.
+//! none can overtake one that failed, whatever the broker does. A key whose
+//! row fails waits (1 s doubling to a minute) with its later rows; the other
+//! keys go on; rows stay until delivered. A crash after delivery and before
+//! marking sends those rows again: consumers tell them by the event's
+//! identity.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -57,7 +58,7 @@ pub enum PublishError {
     Db(#[from] DbError),
     #[error("cannot create the Kafka producer: {0}")]
     Producer(KafkaError),
-    #[error("{rows} outbox row(s) not delivered ({error}); next attempt in {} ms", retry_in.as_millis())]
+    #[error("{rows} outbox row(s) not delivered ({error}); their keys wait {} ms", retry_in.as_millis())]
     Undelivered { rows: usize, error: String, retry_in: Duration },
 }
 
@@ -65,30 +66,30 @@ pub enum PublishError {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Published {
     pub rows: usize,
-    /// The run waited: the last attempt failed and its backoff has not passed.
+    /// Rows wait only for keys whose last attempt failed: the soonest retry.
     pub waiting: Option<Duration>,
 }
 
-/// One per process: its producer lives across runs (a connection kept), and
-/// its backoff spaces attempts while the broker is away.
+/// One per process: its producer lives across runs (a connection kept),
+/// and a key whose row failed waits before its next attempt.
 #[derive(Default)]
 pub struct Publisher {
     producer: Mutex<Option<BaseProducer<Reports>>>,
-    retry: Mutex<Option<(Backoff, Instant)>>,
+    /// Keys whose last attempt failed: their backoff and when they may be sent again.
+    retry: Mutex<HashMap<String, (Backoff, Instant)>>,
 }
 
 impl Publisher {
-    /// Publishes every unpublished row, wave by wave, until none is left,
-    /// `stop` says so, or a row is not delivered.
+    /// Publishes the unpublished rows, wave by wave, until none is left that
+    /// may be sent now or `stop` says so. A key whose row fails is left out
+    /// for the rest of the run, its later rows with it, and waits (1 s
+    /// doubling to a minute); the other keys go on.
     pub fn run(
         &self,
         settings: &Settings,
         conn: &mut DbConnection,
         stop: impl Fn() -> bool,
     ) -> Result<Published, PublishError> {
-        if let Some(wait) = self.waiting() {
-            return Ok(Published { rows: 0, waiting: Some(wait) });
-        }
         let mut guard = lock(&self.producer);
         let producer = match &mut *guard {
             Some(p) => p,
@@ -100,46 +101,70 @@ impl Publisher {
                 )
             }
         };
-        let mut published = 0;
+        let mut waiting = self.waiting_keys();
+        let (mut published, mut failed) = (0, Vec::new());
         while !stop() {
-            let rows = outbox::unpublished(conn, SCAN)?;
+            let mut rows = outbox::unpublished(conn, SCAN)?;
+            rows.retain(|r| !waiting.contains_key(&r.key));
             if rows.is_empty() {
                 break;
             }
-            let (delivered, failed) = send_wave(producer, &first_of_each_key(&rows));
-            #[cfg(feature = "fault-injection")]
-            crate::fault_injection::after_delivery(delivered.len());
-            outbox::mark_published(conn, &delivered)?;
-            published += delivered.len();
-            OutboxPublished { rows: delivered.len() }.emit();
-            if let Some((_, first_error)) = failed.first() {
-                for (id, error) in &failed {
-                    outbox::mark_failed(conn, *id, error)?;
+            while !rows.is_empty() && !stop() {
+                let (delivered, failures) = send_wave(producer, &first_of_each_key(&rows));
+                #[cfg(feature = "fault-injection")]
+                crate::fault_injection::after_delivery(delivered.len());
+                outbox::mark_published(conn, &delivered)?;
+                published += delivered.len();
+                for (row, error) in failures {
+                    outbox::mark_failed(conn, row.id, &error)?;
+                    waiting.insert(row.key.clone(), self.key_failed(&row.key));
+                    failed.push(error);
                 }
-                let retry_in = self.failed();
-                let error = first_error.clone();
-                OutboxFailed { rows: failed.len(), retry_in, error: &error }.emit();
-                return Err(PublishError::Undelivered { rows: failed.len(), error, retry_in });
+                let sent: HashSet<i64> = delivered.iter().copied().collect();
+                self.keys_delivered(rows.iter().filter(|r| sent.contains(&r.id)).map(|r| r.key.as_str()));
+                rows.retain(|r| !sent.contains(&r.id) && !waiting.contains_key(&r.key));
             }
-            *lock(&self.retry) = None;
         }
-        Ok(Published { rows: published, waiting: None })
+        if published > 0 {
+            OutboxPublished { rows: published }.emit();
+        }
+        let soonest = waiting.values().min().copied();
+        match failed.first() {
+            None => Ok(Published { rows: published, waiting: soonest }),
+            Some(error) => {
+                // A fresh producer next time: an idempotent one may be stuck on a fatal error.
+                *guard = None;
+                let retry_in = soonest.unwrap_or_default();
+                OutboxFailed { rows: failed.len(), retry_in, error }.emit();
+                Err(PublishError::Undelivered { rows: failed.len(), error: error.clone(), retry_in })
+            }
+        }
     }
 
-    /// The time left before the next attempt after a failure.
-    fn waiting(&self) -> Option<Duration> {
-        let retry = lock(&self.retry);
-        let (_, at) = retry.as_ref()?;
-        at.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
+    /// Keys still waiting after a failure, with the time left.
+    fn waiting_keys(&self) -> HashMap<String, Duration> {
+        let now = Instant::now();
+        lock(&self.retry)
+            .iter()
+            .filter_map(|(key, (_, at))| Some((key.clone(), at.checked_duration_since(now).filter(|d| !d.is_zero())?)))
+            .collect()
     }
 
-    /// Counts a failed attempt; returns the wait before the next.
-    fn failed(&self) -> Duration {
+    /// Counts a failed attempt of `key`; returns its wait before the next.
+    fn key_failed(&self, key: &str) -> Duration {
         let mut retry = lock(&self.retry);
-        let (backoff, at) = retry.get_or_insert_with(|| (Backoff::new(RETRY_FIRST, RETRY_MAX), Instant::now()));
+        let (backoff, at) =
+            retry.entry(key.to_string()).or_insert_with(|| (Backoff::new(RETRY_FIRST, RETRY_MAX), Instant::now()));
         let wait = backoff.next_delay();
         *at = Instant::now() + wait;
         wait
+    }
+
+    fn keys_delivered<'a>(&self, keys: impl Iterator<Item = &'a str>) {
+        let mut retry = lock(&self.retry);
+        for key in keys {
+            retry.remove(key);
+        }
     }
 }
 
@@ -149,43 +174,40 @@ fn first_of_each_key(rows: &[OutboxRow]) -> Vec<&OutboxRow> {
     rows.iter().filter(|r| keys.insert(r.key.as_str())).collect()
 }
 
-/// Sends the rows and waits for their reports: (delivered ids, failed ids with why).
-fn send_wave(producer: &BaseProducer<Reports>, wave: &[&OutboxRow]) -> (Vec<i64>, Vec<(i64, String)>) {
+/// Sends the rows and waits for their reports: the ids delivered, and the
+/// rows that were not, with why.
+fn send_wave<'a>(producer: &BaseProducer<Reports>, wave: &[&'a OutboxRow]) -> (Vec<i64>, Vec<(&'a OutboxRow, String)>) {
+    // Reports of an earlier wave's purged rows are not this wave's.
+    lock(&producer.context().0).clear();
     let mut failed = Vec::new();
-    let mut sent = 0;
     for r in wave {
         loop {
             let record = BaseRecord::with_opaque_to(&r.topic, Box::new(r.id)).key(&r.key).payload(&r.payload);
             match producer.send(record) {
-                Ok(()) => sent += 1,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     producer.poll(Duration::from_millis(50));
                     continue;
                 }
-                Err((e, _)) => failed.push((r.id, format!("cannot queue: {e}"))),
+                Err((e, _)) => failed.push((*r, format!("cannot queue: {e}"))),
+                Ok(()) => {}
             }
             break;
         }
     }
-    let deadline = Instant::now() + WAVE_TIMEOUT;
-    while lock(&producer.context().0).len() < sent && Instant::now() < deadline {
-        producer.poll(Duration::from_millis(50));
-    }
-    if lock(&producer.context().0).len() < sent {
-        // Nothing may stay in flight past the run: a later run could overtake it.
+    if producer.flush(WAVE_TIMEOUT).is_err() {
+        // Nothing may stay in flight past the wave: a later one could overtake it.
         producer.purge(PurgeConfig::default().queue().inflight());
         producer.poll(Duration::from_millis(100));
     }
+    let reports: HashMap<i64, Result<(), String>> = lock(&producer.context().0).drain(..).collect();
+    let not_queued: HashSet<i64> = failed.iter().map(|(r, _)| r.id).collect();
     let mut delivered = Vec::new();
-    for (id, outcome) in lock(&producer.context().0).drain(..) {
-        match outcome {
-            Ok(()) => delivered.push(id),
-            Err(e) => failed.push((id, e)),
+    for r in wave.iter().filter(|r| !not_queued.contains(&r.id)) {
+        match reports.get(&r.id) {
+            Some(Ok(())) => delivered.push(r.id),
+            Some(Err(e)) => failed.push((*r, e.clone())),
+            None => failed.push((*r, format!("no delivery report within {} s", WAVE_TIMEOUT.as_secs()))),
         }
-    }
-    let reported: HashSet<i64> = delivered.iter().chain(failed.iter().map(|(id, _)| id)).copied().collect();
-    for r in wave.iter().filter(|r| !reported.contains(&r.id)) {
-        failed.push((r.id, format!("no delivery report within {} s", WAVE_TIMEOUT.as_secs())));
     }
     (delivered, failed)
 }
@@ -215,11 +237,15 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_makes_the_next_run_wait_longer_each_time() {
+    fn a_failed_key_waits_longer_each_time_and_a_delivery_frees_it() {
         let p = Publisher::default();
-        assert_eq!(p.waiting(), None);
-        assert_eq!(p.failed(), RETRY_FIRST);
-        assert!(p.waiting().is_some_and(|w| w <= RETRY_FIRST));
-        assert_eq!(p.failed(), RETRY_FIRST * 2);
+        assert!(p.waiting_keys().is_empty());
+        assert_eq!(p.key_failed("A"), RETRY_FIRST);
+        assert_eq!(p.key_failed("A"), RETRY_FIRST * 2);
+        assert_eq!(p.key_failed("B"), RETRY_FIRST, "each key has its own backoff");
+        let waiting = p.waiting_keys();
+        assert!(waiting["A"] <= RETRY_FIRST * 2 && waiting["A"] > RETRY_FIRST, "{waiting:?}");
+        p.keys_delivered(["A"].into_iter());
+        assert_eq!(p.waiting_keys().keys().collect::<Vec<_>>(), vec!["B"]);
     }
 }

@@ -1,6 +1,7 @@
 //! The user's code that the runtime runs: consumer modules (one per topic)
 //! and scheduled jobs. The binary passes it in (`consumers::registry`,
-//! `jobs::registry`); the runtime never names a user module.
+//! `jobs::registry`); the runtime never names a user module. (The one job it
+//! wakes, the outbox publisher, takes its name from `outbox::JOB`.)
 
 use std::sync::Arc;
 

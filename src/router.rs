@@ -144,7 +144,10 @@ mod tests {
         crate::db::connect(":memory:", 1).unwrap().get().unwrap()
     }
 
-    fn recorder(topic: &'static str, fail: bool, panic: bool) -> (Box<dyn Consumer>, Arc<Mutex<Vec<(i32, i64)>>>) {
+    /// The (partition, offset) of each record a recorder was handed.
+    type Seen = Arc<Mutex<Vec<(i32, i64)>>>;
+
+    fn recorder(topic: &'static str, fail: bool, panic: bool) -> (Box<dyn Consumer>, Seen) {
         let seen = Arc::new(Mutex::new(vec![]));
         (Box::new(Recorder { topic, seen: seen.clone(), fail, panic }), seen)
     }

@@ -241,7 +241,13 @@ pub fn install_panic_hook() {
 }
 
 fn init_logging(settings: &Settings) {
-    let _ = env_logger::Builder::new().parse_filters(&settings.rust_log).format_target(false).try_init();
+    // The HTTP client logs request URLs below info, and the provider's carries its API key.
+    let _ = env_logger::Builder::new()
+        .parse_filters(&settings.rust_log)
+        .filter_module("ureq", log::LevelFilter::Info)
+        .filter_module("ureq_proto", log::LevelFilter::Info)
+        .format_target(false)
+        .try_init();
 }
 
 /// Opens the database (applying migrations, so every command sees the tables).

@@ -142,6 +142,11 @@ pub fn run_job(settings: Settings, pool: db::Pool, registry: &Registry, name: &s
     let Some(job) = jobs.iter().find(|j| j.name() == name).cloned() else {
         bail!(UsageError(format!("no job named {name:?}; jobs: {}", names.join(", "))));
     };
+    if !job.enabled(&settings) {
+        bail!(UsageError(format!(
+            "job {name} is off with these settings (see its line in the README's built-in jobs)"
+        )));
+    }
     let ctx = Arc::new(JobContext::new(Arc::new(settings), pool, None, Shutdown::new()).with_topics(topics));
     Ok(JobRunner::new(job, ctx)?.run(Trigger::Manual))
 }

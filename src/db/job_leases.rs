@@ -72,6 +72,18 @@ pub fn renew(conn: &mut DbConnection, lease: &Lease, lease_for: Duration) -> Res
     Ok(write_tx!(conn, |c| diesel::update(target).set(l::lease_until.eq(until)).execute(c))? == 1)
 }
 
+/// Gives `lease` up now, if it is still this holder's: the next acquisition,
+/// by any copy, takes it at once (with a higher token).
+pub fn release(conn: &mut DbConnection, lease: &Lease) -> Result<(), DbError> {
+    let past = super::clock(conn)? - chrono::Duration::seconds(1);
+    let target = l::job_leases
+        .filter(l::job.eq(&lease.job))
+        .filter(l::holder.eq(&lease.holder))
+        .filter(l::token.eq(lease.token));
+    write_tx!(conn, |c| diesel::update(target).set(l::lease_until.eq(past)).execute(c))?;
+    Ok(())
+}
+
 /// Whether `lease` is still held. Inside a write transaction (where
 /// PostgreSQL locks the row against a takeover until the commit) it fences
 /// the transaction's writes.

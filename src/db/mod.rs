@@ -322,18 +322,6 @@ where
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn postgres_urls_get_the_bounds_they_do_not_set() {
-        let url = super::bounded_pg_url("postgres://u@h/db?connect_timeout=9");
-        assert!(url.starts_with("postgres://u@h/db?connect_timeout=9&keepalives=1&"), "{url}");
-        assert_eq!(url.matches("connect_timeout").count(), 1);
-        assert!(url.ends_with("&tcp_user_timeout=25000"), "{url}");
-        assert!(super::bounded_pg_url("postgres://h/db").starts_with("postgres://h/db?connect_timeout=5&"));
-    }
-}
-
 /// Runs `$body` with `$c` bound to the backend's own connection type, so a
 /// query written once compiles for both backends.
 #[macro_export]
@@ -363,4 +351,16 @@ macro_rules! write_tx {
             $crate::db::DbConnection::Postgresql(c) => c.transaction(|$c| $body),
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn postgres_urls_get_the_bounds_they_do_not_set() {
+        let url = super::bounded_pg_url("postgres://u@h/db?connect_timeout=9");
+        assert!(url.starts_with("postgres://u@h/db?connect_timeout=9&keepalives=1&"), "{url}");
+        assert_eq!(url.matches("connect_timeout").count(), 1);
+        assert!(url.ends_with("&tcp_user_timeout=25000"), "{url}");
+        assert!(super::bounded_pg_url("postgres://h/db").starts_with("postgres://h/db?connect_timeout=5&"));
+    }
 }

@@ -33,7 +33,17 @@ struct NewRow<'a> {
 }
 
 /// Adds an event to publish (inside the caller's transaction); returns its id.
+///
+/// Rows are published in id order, so a key's ids must follow the order its
+/// writers commit in. PostgreSQL hands out ids at insert, not at commit: a
+/// transaction-scoped lock on the key makes its writers take turns (SQLite's
+/// writers take turns anyway).
 pub fn enqueue(conn: &mut DbConnection, topic: &str, key: &str, payload: &str) -> Result<i64, DbError> {
+    if let DbConnection::Postgresql(c) = conn {
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind::<diesel::sql_types::Text, _>(key)
+            .execute(c)?;
+    }
     let row = NewRow { topic, key, payload, created_at: now() };
     Ok(on_backend!(conn, |c| diesel::insert_into(outbox::table).values(&row).returning(o::id).get_result(c))?)
 }

@@ -29,16 +29,11 @@ pub fn insert(conn: &mut DbConnection, row: &RawResponse) -> Result<(), DbError>
     Ok(())
 }
 
-/// The latest answer for `symbol` that held a price, fetched at or after `since`.
-pub fn latest_good(
-    conn: &mut DbConnection,
-    symbol: &str,
-    since: NaiveDateTime,
-) -> Result<Option<RawResponse>, DbError> {
+/// The latest answer for `symbol` (with a price or not), fetched at or after `since`.
+pub fn latest(conn: &mut DbConnection, symbol: &str, since: NaiveDateTime) -> Result<Option<RawResponse>, DbError> {
     Ok(on_backend!(conn, |c| r::raw_responses
         .filter(r::symbol.eq(symbol))
         .filter(r::fetched_at.ge(since))
-        .filter(r::error.is_null())
         .order(r::fetched_at.desc())
         .select(RawResponse::as_select())
         .first(c)

@@ -1,7 +1,7 @@
-//! Operational events. Each one logs a single line, `event=<name>` then
-//! fixed keys (free text last, quoted), and counts its metric, here and
-//! nowhere else: an operator filters every copy's logs on the same keys, and
-//! a metric never drifts from its log line. Labels are typed. The consumer's
+//! Operational events. Each one counts its metric and, when an operator
+//! should see it, logs a single line, `event=<name>` then fixed keys (free
+//! text last, quoted), here and nowhere else: an operator filters every
+//! copy's logs on the same keys, and a metric never drifts from its log line. Labels are typed. The consumer's
 //! events are here, the jobs' and notifications' in [`scheduled`], the
 //! market-data producer's in [`market`].
 

@@ -1,9 +1,10 @@
 //! `GET /v1/prices/latest?symbol=AAPL`: the symbol's price event, from a
-//! fetch younger than `PRICE_CACHE_SECONDS` or from a fetch now (stored, its
-//! event enqueued for Kafka and the publisher woken), with the symbol's
-//! moving average as the price-events module keeps it. 400: a malformed
-//! symbol, or one the provider has no quote for; 502: the provider did not
-//! answer with a price (the reason says why); 503: the database is away.
+//! fetch younger than `PRICE_CACHE_SECONDS` (a failed one too) or from a
+//! fetch now (stored, its event enqueued for Kafka and the publisher woken),
+//! with the symbol's moving average as the price-events module keeps it.
+//! 400: a malformed symbol, or one the provider has no quote for; 502: the
+//! provider did not answer with a price (the reason says why); 503: the
+//! database is away.
 
 use std::sync::Arc;
 
@@ -55,20 +56,22 @@ fn latest_now(status: &Status, symbol: &str) -> Response {
         Ok(c) => c,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
-    let (event, from_cache) = match cached {
-        Some(e) => (e, true),
-        None => match market::fetch(settings, &Provider::new(settings), &mut conn, symbol) {
-            Ok(e) => {
-                status.sources.jobs.wakers.wake(crate::outbox::JOB);
-                (e, false)
-            }
-            Err(FetchError::Provider { kind: Failure::EmptyQuote, message }) => {
-                return error(StatusCode::BAD_REQUEST, message)
-            }
-            Err(FetchError::Provider { message, .. }) => return error(StatusCode::BAD_GATEWAY, message),
-            Err(e @ FetchError::BadSymbol(_)) => return error(StatusCode::BAD_REQUEST, e),
-            Err(e @ FetchError::Db(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-        },
+    let from_cache = cached.is_some();
+    let fetched = cached.unwrap_or_else(|| {
+        let fetched = market::fetch(settings, &Provider::new(settings), &mut conn, symbol);
+        if fetched.is_ok() {
+            status.sources.jobs.wakers.wake(crate::outbox::JOB);
+        }
+        fetched
+    });
+    let event = match fetched {
+        Ok(e) => e,
+        Err(FetchError::Provider { kind: Failure::EmptyQuote, message }) => {
+            return error(StatusCode::BAD_REQUEST, message)
+        }
+        Err(FetchError::Provider { message, .. }) => return error(StatusCode::BAD_GATEWAY, message),
+        Err(e @ FetchError::BadSymbol(_)) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e @ FetchError::Db(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     let stats = price_stats::of(&mut conn, symbol).ok().flatten();
     let moving_average = json!({

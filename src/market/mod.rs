@@ -65,7 +65,8 @@ fn event(settings: &Settings, symbol: &str, price: f64, fetched_at: NaiveDateTim
 }
 
 /// Fetches `symbol` now: stores the answer and, with a price, enqueues its
-/// event (one transaction). The caller wakes the outbox publisher.
+/// event (one transaction; with `KAFKA_ENABLED=false` no event is enqueued,
+/// since nothing would publish it). The caller wakes the outbox publisher.
 pub fn fetch(
     settings: &Settings,
     provider: &Provider,
@@ -89,7 +90,7 @@ pub fn fetch(
     let event = answer.quote.as_ref().ok().map(|q| event(settings, &symbol, q.price, fetched_at, &id));
     db::transaction(conn, false, |c| {
         raw_responses::insert(c, &row)?;
-        if let Some(e) = &event {
+        if let Some(e) = event.as_ref().filter(|_| settings.kafka_enabled) {
             let payload = serde_json::to_string(e).unwrap_or_default();
             outbox::enqueue(c, &settings.topic(TOPIC), &e.symbol, &payload)?;
         }
@@ -104,26 +105,31 @@ pub fn fetch(
     }
 }
 
-/// The event of `symbol`'s latest answer with a price fetched within
-/// `max_age`, read back from the stored answer.
+/// The outcome of `symbol`'s latest fetch within `max_age`, read back from
+/// its stored answer: its event, or why it held none (a failure is served
+/// from the cache too, so that asking again does not spend provider calls).
 pub fn cached(
     settings: &Settings,
     conn: &mut DbConnection,
     symbol: &str,
     max_age: std::time::Duration,
-) -> Result<Option<PriceEvent>, DbError> {
+) -> Result<Option<Result<PriceEvent, FetchError>>, DbError> {
     if max_age.is_zero() {
         return Ok(None);
     }
-    let Some(row) =
-        raw_responses::latest_good(conn, symbol, db::now() - chrono::Duration::from_std(max_age).unwrap_or_default())?
-    else {
+    let since = db::now() - chrono::Duration::from_std(max_age).unwrap_or_default();
+    let Some(row) = raw_responses::latest(conn, symbol, since)? else {
         return Ok(None);
     };
-    let status = row.http_status.unwrap_or_default() as u16;
-    Ok(provider::parse(status, row.body.as_deref().unwrap_or_default(), symbol)
-        .ok()
-        .map(|q| event(settings, symbol, q.price, row.fetched_at, &row.id)))
+    let answer = match row.http_status {
+        Some(status) => provider::parse(status as u16, row.body.as_deref().unwrap_or_default(), symbol),
+        None => Err((Failure::Unreachable, row.error.clone().unwrap_or_default())),
+    };
+    Ok(Some(
+        answer
+            .map(|q| event(settings, symbol, q.price, row.fetched_at, &row.id))
+            .map_err(|(kind, message)| FetchError::Provider { kind, message }),
+    ))
 }
 
 #[cfg(test)]

@@ -108,7 +108,11 @@ impl Provider {
 
     /// A transport error, with the API key (which the URL carries) scrubbed.
     fn transport_failure(&self, e: &ureq::Error, doing: &str) -> (Failure, String) {
-        let kind = if matches!(e, ureq::Error::Timeout(_)) { Failure::Timeout } else { Failure::Unreachable };
+        let kind = match e {
+            ureq::Error::Timeout(_) => Failure::Timeout,
+            ureq::Error::BodyExceedsLimit(_) => Failure::BadQuote,
+            _ => Failure::Unreachable,
+        };
         let text = crate::redact::scrub(&e.to_string(), self.api_key.as_slice());
         (kind, format!("{doing} the provider failed: {text}"))
     }

@@ -242,7 +242,7 @@ impl<C: Clock + Clone> Pipeline<C> {
         match result {
             Ok(()) => {
                 self.offsets.confirmed(offsets);
-                self.heartbeat.committed();
+                self.heartbeat.committed(self.offsets.due(CommitMode::Sync).is_empty());
                 self.heartbeat.client_ok();
             }
             Err(e) => {
@@ -306,7 +306,7 @@ impl<C: Clock + Clone> Pipeline<C> {
                 Committed.emit();
                 if mode == CommitMode::Sync {
                     self.offsets.confirmed(&due);
-                    self.heartbeat.committed();
+                    self.heartbeat.committed(self.offsets.due(CommitMode::Sync).is_empty());
                 } else {
                     self.offsets.sent(&due);
                 }

@@ -204,7 +204,8 @@ impl Wakers {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     Tick,
-    /// Woken by new work (e.g. new notifications); no lease needed.
+    /// Woken by new work (e.g. new notifications); no lease needed, unless
+    /// the job says [`Job::lease_every_run`].
     Wake,
     /// `cronsumer jobs run NAME`.
     Manual,

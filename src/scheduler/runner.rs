@@ -124,8 +124,9 @@ impl JobRunner {
         }
         let started_at = Utc::now();
         let ctx = &self.ctx;
-        // Wake-ups can come many times a second under load: they take no lease,
-        // are counted in the metrics, and enter the ledger only when they fail.
+        // Wake-ups can come many times a second under load: they take no lease
+        // (unless the job leases every run), are counted in the metrics, and
+        // enter the ledger only when they fail.
         let ledger = trigger != Trigger::Wake && self.job.recorded();
         let exclusive = self.job.exclusive() && (trigger == Trigger::Tick || self.job.lease_every_run());
         let mut run_id = None;
@@ -158,6 +159,9 @@ impl JobRunner {
             }
             // The job gets its own connections; this one is only for the lease and ledger.
         }
+        // A job leased on every run gives its lease up when done, so that a
+        // copy woken next does not wait for it to expire.
+        let release = held.clone().filter(|_| self.job.lease_every_run());
         let keeper = held.map(|l| {
             ctx.leases.insert(l.clone());
             lease::Keeper::start(ctx.pool.clone(), l, self.lease_for)
@@ -167,6 +171,13 @@ impl JobRunner {
         if let Some(k) = keeper {
             k.stop();
             ctx.leases.remove(name);
+            if let Some(l) = release {
+                let released =
+                    ctx.pool.get().map_err(db::DbError::Pool).and_then(|mut c| job_leases::release(&mut c, &l));
+                if let Err(e) = released {
+                    log::warn!("job={name} cannot give its lease up (it expires by itself): {e}");
+                }
+            }
         }
         let elapsed = started.elapsed();
         let outcome = match result {

@@ -132,6 +132,9 @@ fn publisher_killed_between_delivery_and_marking_stores_each_event_once() {
     assert_eq!(stored as i64 + dead, records, "records on the topic vs events stored + repeats dead-lettered");
     let reasons =
         cronsumer::db::dead_letters::list(&mut fx.pool.get().unwrap(), Some(price_topic.as_str()), 10).unwrap();
-    assert!(reasons.iter().all(|d| d.error.starts_with("repeats the event with raw_response_id")), "{reasons:?}");
+    assert!(
+        reasons.iter().all(|d| d.error.starts_with("repeats the event with identity raw_response_id")),
+        "{reasons:?}"
+    );
     fx.report(records as usize, stored, dead as usize, 0);
 }

@@ -167,7 +167,9 @@ fn moving_average_crosses_its_window_and_a_repeated_event_counts_once(backend: B
     repeated.sort();
     assert_eq!(
         repeated,
-        ["r4", "r5"].map(|id| format!("repeats the event with raw_response_id {id}, stored already: not stored again")),
+        ["r4", "r5"].map(|id| format!(
+            "repeats the event with identity raw_response_id {id}, stored already: not stored again"
+        )),
         "each repeat is dead-lettered, saying so"
     );
 }
