@@ -59,7 +59,7 @@ pub fn run(settings: Settings, shutdown: Shutdown, registry: Registry) -> anyhow
     }
     let ctx = Arc::new(
         JobContext::new(settings.clone(), pool.clone(), supervisor.clone(), shutdown.clone())
-            .with_topics(topics.clone())
+            .with_topics(topics)
             .with_wakers(wakers.clone()),
     );
 
@@ -72,7 +72,6 @@ pub fn run(settings: Settings, shutdown: Shutdown, registry: Registry) -> anyhow
             supervisor: supervisor.clone(),
             jobs: ctx,
             runners: scheduler.runners().to_vec(),
-            topics,
         });
         status.start(&shutdown);
         http::serve(settings.http_addr, http::routes(status), shutdown.clone())

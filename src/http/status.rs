@@ -41,8 +41,6 @@ pub struct Sources {
     pub supervisor: Option<Arc<Mutex<Supervisor>>>,
     pub jobs: Arc<JobContext>,
     pub runners: Vec<Arc<JobRunner>>,
-    /// The topics the consumer reads (their lag is sampled).
-    pub topics: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -284,7 +282,7 @@ impl Status {
             }
         }
         let Some(r) = reader.as_ref() else { return };
-        let parts = match r.read(&self.sources.topics) {
+        let parts = match r.read(&self.sources.jobs.topics) {
             Ok(parts) => parts,
             // The readiness probe names an unreachable broker; this stays quiet.
             Err(e) => return log::debug!("lag not read: {e}"),
