@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::Event;
 use crate::metrics;
+use crate::scheduler::Trigger;
 
 /// How a job's run (or its tick) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +31,7 @@ impl JobOutcome {
 /// A job's run ended, or its tick was skipped.
 pub struct JobFinished<'a> {
     pub job: &'a str,
-    /// `tick`, `wake` or `manual`.
-    pub trigger: &'static str,
+    pub trigger: Trigger,
     pub outcome: JobOutcome,
     /// How long it ran (`None`: it did not run).
     pub elapsed: Option<Duration>,
@@ -49,7 +49,7 @@ impl Event for JobFinished<'_> {
         let level = match self.outcome {
             JobOutcome::Failed => log::Level::Error,
             // Wake-ups find a run going all the time under load; a tick that does is late.
-            JobOutcome::SkippedOverlap if self.trigger == "tick" => log::Level::Warn,
+            JobOutcome::SkippedOverlap if self.trigger == Trigger::Tick => log::Level::Warn,
             JobOutcome::Ok if !self.detail.is_empty() => log::Level::Info,
             _ => log::Level::Debug,
         };
@@ -57,7 +57,7 @@ impl Event for JobFinished<'_> {
             level,
             "event=job_finished job_name={} trigger={} outcome={} duration_ms={} detail={:?}",
             self.job,
-            self.trigger,
+            self.trigger.as_str(),
             self.outcome.as_str(),
             self.elapsed.map_or(0, |d| d.as_millis()),
             self.detail

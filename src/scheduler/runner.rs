@@ -108,9 +108,7 @@ impl JobRunner {
     /// Runs the job once under the guard, lease and ledger rules.
     pub fn run(&self, trigger: Trigger) -> RunOutcome {
         let name = self.job.name();
-        let skipped = |outcome, detail: &str| {
-            JobFinished { job: name, trigger: trigger.as_str(), outcome, elapsed: None, detail }.emit()
-        };
+        let skipped = |outcome, detail: &str| JobFinished { job: name, trigger, outcome, elapsed: None, detail }.emit();
         if trigger == Trigger::Tick {
             *lock(&self.ctx.last_tick) = Some(Instant::now());
         }
@@ -198,7 +196,7 @@ impl JobRunner {
             outcome: label.as_str(),
             detail: detail.to_string(),
         });
-        JobFinished { job: name, trigger: trigger.as_str(), outcome: label, elapsed: Some(elapsed), detail }.emit();
+        JobFinished { job: name, trigger, outcome: label, elapsed: Some(elapsed), detail }.emit();
         let label = label.as_str();
         let run_id = match (run_id, &outcome) {
             (None, RunOutcome::Failed(_)) if !ledger && self.job.recorded() => {
