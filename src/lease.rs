@@ -15,35 +15,49 @@ use crate::panics::lock;
 
 /// Renews one lease until stopped or lost.
 pub struct Keeper {
-    stop: mpsc::Sender<()>,
+    /// `true`: give the lease up when stopping.
+    stop: mpsc::Sender<bool>,
     thread: JoinHandle<()>,
 }
 
 impl Keeper {
     pub fn start(pool: Pool, lease: Lease, lease_for: Duration) -> Keeper {
-        let (stop, stopped) = mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(lease_for / 3) {
-                let renewed = pool
+        let (stop, stopped) = mpsc::channel::<bool>();
+        let thread = std::thread::spawn(move || loop {
+            let renewed = match stopped.recv_timeout(lease_for / 3) {
+                Err(mpsc::RecvTimeoutError::Timeout) => pool
                     .get()
                     .map_err(crate::db::DbError::Pool)
-                    .and_then(|mut c| job_leases::renew(&mut c, &lease, lease_for));
-                match renewed {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        log::error!("job={} lost its lease token={}: its writes are refused", lease.job, lease.token);
-                        return;
+                    .and_then(|mut c| job_leases::renew(&mut c, &lease, lease_for)),
+                Ok(true) => {
+                    let released = pool
+                        .get()
+                        .map_err(crate::db::DbError::Pool)
+                        .and_then(|mut c| job_leases::release(&mut c, &lease));
+                    if let Err(e) = released {
+                        log::warn!("job={} cannot give its lease up (it expires by itself): {e}", lease.job);
                     }
-                    // Tried again at the next third; the fence decides if it expired meanwhile.
-                    Err(e) => log::warn!("job={} cannot renew its lease: {e}", lease.job),
+                    return;
                 }
+                Ok(false) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            match renewed {
+                Ok(true) => {}
+                Ok(false) => {
+                    log::error!("job={} lost its lease token={}: its writes are refused", lease.job, lease.token);
+                    return;
+                }
+                // Tried again at the next third; the fence decides if it expired meanwhile.
+                Err(e) => log::warn!("job={} cannot renew its lease: {e}", lease.job),
             }
         });
         Keeper { stop, thread }
     }
 
-    pub fn stop(self) {
-        let _ = self.stop.send(());
+    /// Stops renewing; with `release`, gives the lease up at once, so that
+    /// the next acquisition (by any copy) need not wait for it to expire.
+    pub fn stop(self, release: bool) {
+        let _ = self.stop.send(release);
         let _ = self.thread.join();
     }
 }

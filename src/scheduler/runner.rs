@@ -157,9 +157,6 @@ impl JobRunner {
             }
             // The job gets its own connections; this one is only for the lease and ledger.
         }
-        // A job leased on every run gives its lease up when done, so that a
-        // copy woken next does not wait for it to expire.
-        let release = held.clone().filter(|_| self.job.lease_every_run());
         let keeper = held.map(|l| {
             ctx.leases.insert(l.clone());
             lease::Keeper::start(ctx.pool.clone(), l, self.lease_for)
@@ -167,15 +164,10 @@ impl JobRunner {
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| self.job.run(ctx)));
         if let Some(k) = keeper {
-            k.stop();
+            // A job leased on every run gives its lease up when done, so that
+            // a copy woken next does not wait for it to expire.
+            k.stop(self.job.lease_every_run());
             ctx.leases.remove(name);
-            if let Some(l) = release {
-                let released =
-                    ctx.pool.get().map_err(db::DbError::Pool).and_then(|mut c| job_leases::release(&mut c, &l));
-                if let Err(e) = released {
-                    log::warn!("job={name} cannot give its lease up (it expires by itself): {e}");
-                }
-            }
         }
         let elapsed = started.elapsed();
         let outcome = match result {
