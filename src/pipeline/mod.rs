@@ -237,12 +237,18 @@ impl<C: Clock + Clone> Pipeline<C> {
         }
     }
 
+    /// The broker confirmed `offsets`: the heartbeat hears whether anything
+    /// handled still waits for a commit.
+    fn confirmed(&mut self, offsets: &[(Tp, i64)]) {
+        self.offsets.confirmed(offsets);
+        self.heartbeat.committed(self.offsets.due(CommitMode::Sync).is_empty());
+    }
+
     /// The broker's answer to a commit.
     fn answered(&mut self, offsets: &[(Tp, i64)], result: Result<(), String>) {
         match result {
             Ok(()) => {
-                self.offsets.confirmed(offsets);
-                self.heartbeat.committed(self.offsets.due(CommitMode::Sync).is_empty());
+                self.confirmed(offsets);
                 self.heartbeat.client_ok();
             }
             Err(e) => {
@@ -305,8 +311,7 @@ impl<C: Clock + Clone> Pipeline<C> {
             Ok(()) => {
                 Committed.emit();
                 if mode == CommitMode::Sync {
-                    self.offsets.confirmed(&due);
-                    self.heartbeat.committed(self.offsets.due(CommitMode::Sync).is_empty());
+                    self.confirmed(&due);
                 } else {
                     self.offsets.sent(&due);
                 }
