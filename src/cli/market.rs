@@ -39,15 +39,13 @@ pub fn prices(
     let mut failed = 0;
     for symbol in &symbols {
         match market::fetch(settings, &provider, &mut conn, symbol) {
-            Ok(event) => {
-                let fields: Vec<(&str, Value)> = match serde_json::to_value(&event) {
-                    Ok(Value::Object(m)) => ["symbol", "price", "timestamp", "source", "raw_response_id"]
-                        .map(|k| (k, m[k].clone()))
-                        .to_vec(),
-                    _ => Vec::new(),
-                };
-                out.object(&fields);
-            }
+            Ok(e) => out.object(&[
+                ("symbol", json!(e.symbol)),
+                ("price", json!(e.price)),
+                ("timestamp", json!(e.timestamp)),
+                ("source", json!(e.source)),
+                ("raw_response_id", json!(e.raw_response_id)),
+            ]),
             Err(e) => {
                 failed += 1;
                 eprintln!("error: {symbol}: {e}");
