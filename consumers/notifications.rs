@@ -53,11 +53,12 @@ impl Consumer for Notifications {
     fn handle(&self, records: &[Record], ctx: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
         let mut rows = Vec::with_capacity(records.len());
         let mut sources = Vec::with_capacity(records.len());
+        let now = crate::db::now();
         for r in records {
             match payload::json_object(r, ctx.max_record_bytes()).and_then(|m| parse(&m)) {
                 Ok(p) => {
                     let users = serde_json::to_string(&p.users).unwrap_or_else(|_| "[]".into());
-                    rows.push(NewNotification::pending(Some(r.source()), users, p.event, p.content));
+                    rows.push(NewNotification::pending_at(now, Some(r.source()), users, p.event, p.content));
                     sources.push(r);
                 }
                 Err(reason) => ctx.reject(r, reason),

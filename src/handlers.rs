@@ -59,15 +59,19 @@ fn failure(what: &str, e: DbError) -> Failure {
 
 /// The records of each partition: offsets in order (the pipeline hands them so).
 fn spans(records: &[Record]) -> BTreeMap<Tp, Span> {
-    let mut spans: BTreeMap<Tp, Span> = BTreeMap::new();
+    // Borrowed keys, and one fingerprint per partition: this runs over every record.
+    let mut ends: BTreeMap<(&str, i32), (i64, &Record)> = BTreeMap::new();
     for r in records {
-        let at = Span { first: r.offset, next: r.offset + 1, last_fingerprint: r.fingerprint() };
-        spans
-            .entry((r.topic.clone(), r.partition))
-            .and_modify(|s| *s = Span { first: s.first.min(r.offset), ..at })
-            .or_insert(at);
+        ends.entry((&r.topic, r.partition))
+            .and_modify(|(first, last)| (*first, *last) = ((*first).min(r.offset), r))
+            .or_insert((r.offset, r));
     }
-    spans
+    ends.into_iter()
+        .map(|((topic, partition), (first, last))| {
+            let span = Span { first, next: last.offset + 1, last_fingerprint: last.fingerprint() };
+            ((topic.to_string(), partition), span)
+        })
+        .collect()
 }
 
 impl Handlers {

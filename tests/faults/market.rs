@@ -21,6 +21,12 @@ fn stored_events(fx: &Fixture) -> Vec<(String, f64, String)> {
     price_events::with_raw_ids(&mut fx.pool.get().unwrap()).unwrap()
 }
 
+/// Outbox rows not published whose last attempt failed.
+fn failed_attempts(fx: &Fixture) -> usize {
+    let waiting = outbox::list(&mut fx.pool.get().unwrap(), false, 1000).unwrap();
+    waiting.iter().filter(|r| r.last_error.is_some()).count()
+}
+
 fn pending(fx: &Fixture) -> i64 {
     outbox::pending(&mut fx.pool.get().unwrap()).unwrap()
 }
@@ -63,8 +69,10 @@ fn prices_fetched_while_the_broker_is_away_are_published_in_order() {
     let mut broker = Broker::new(&fx);
     broker.stop();
     let at_stop = good_answers(&fx).len();
-    wait_running(&[&svc], "20 fetches while the broker is away", Duration::from_secs(60), || {
-        good_answers(&fx).len() >= at_stop + 20
+    // The outage lasts until a publish attempt failed: a broker back within
+    // the producer's message timeout would leave nothing to retry.
+    wait_running(&[&svc], "20 fetches and a failed publish while the broker is away", Duration::from_secs(90), || {
+        good_answers(&fx).len() >= at_stop + 20 && failed_attempts(&fx) > 0
     });
     let fetched_during = good_answers(&fx).len() - at_stop;
     let waiting = pending(&fx);
