@@ -12,10 +12,13 @@
 //! also print CPU seconds per 10,000 records: every thread of the process,
 //! from its start (the client prefetches records before the first one is
 //! returned, so counting from the first record would miss the fetching).
+//! With `BENCH_BASELINE_BIN`, (3) also runs that build of the binary,
+//! alternating with this one.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -104,7 +107,7 @@ impl Table {
             stats.min(),
             stats.max(),
             ratio.map(|r| format!("  ratio {r:.2}")).unwrap_or_default(),
-            stats.cpu().map(|c| format!("  CPU {c:.2} s/10k")).unwrap_or_default()
+            stats.cpu().map(|c| format!("  CPU {c:.3} s/10k")).unwrap_or_default()
         );
         self.rows.push((stats, ratio));
     }
@@ -121,7 +124,7 @@ impl Table {
                 s.max(),
                 s.unit,
                 ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()),
-                s.cpu().map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
+                s.cpu().map(|c| format!("{c:.3}")).unwrap_or_else(|| "-".into()),
                 s.target
             );
         }
@@ -249,12 +252,25 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 
 /// (3) + (6) the service binary storing notifications; returns its drain,
 /// peak RSS MiB, steady RSS MiB and ms to ready.
-fn service_drain(s: &Settings, backend: Backend, n: usize, batch: usize) -> (Drained, f64, f64, f64) {
+/// `baseline`: another build of the binary, which migrates its own database.
+fn service_drain(
+    s: &Settings,
+    backend: Backend,
+    n: usize,
+    batch: usize,
+    baseline: Option<&Path>,
+) -> (Drained, f64, f64, f64) {
     let tdb = TestDb::new(backend);
-    tdb.pool(); // migrated before the clock starts
+    if baseline.is_none() {
+        tdb.pool(); // migrated before the clock starts
+    }
     let s = with(s, &tdb.url, &[("CONSUMER_BATCH_SIZE", batch.to_string()), ("KAFKA_GROUP_ID", unique("bench-svc-"))]);
     let started = Instant::now();
-    let svc = Service::start(&s, &tdb.url, &[("RUST_LOG", "warn")]);
+    let env = [("RUST_LOG", "warn")];
+    let svc = match baseline {
+        Some(bin) => Service::start_bin(bin, &s, &tdb.url, &env),
+        None => Service::start(&s, &tdb.url, &env),
+    };
     let (http, pid) = (svc.http.clone(), svc.pid());
     svc.wait_for("ready", Duration::from_secs(60), || http_get(&http, "/readyz").is_some_and(|(c, _)| c == 200));
     let ready_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -400,6 +416,7 @@ fn main() {
     let n = env_usize("BENCH_RECORDS", 200_000);
     let latency_secs = env_usize("BENCH_LATENCY_SECS", 60);
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let baseline = std::env::var_os("BENCH_BASELINE_BIN").map(PathBuf::from);
     let want = |case: &str| only.is_empty() || only.split(',').any(|c| c == case);
     println!("cronsumer benchmarks: {runs} run(s) per case, {n} records, 4 partitions, ~150-byte JSON");
     println!("machine: {} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), cpu_model());
@@ -433,11 +450,19 @@ fn main() {
                 (25, if backend == Backend::Sqlite { ">= 0.95" } else { ">= 0.8" }),
                 (500, if backend == Backend::Sqlite { ">= 0.97" } else { "reported" }),
             ] {
-                let mut drains = Vec::new();
+                let (mut drains, mut before) = (Vec::new(), Vec::new());
                 for _ in 0..runs {
-                    let (drained, peak, steady, ready) = service_drain(&base, backend, n, batch);
+                    // The baseline's runs alternate with this build's, so both see the same machine.
+                    if let Some(bin) = &baseline {
+                        before.push(service_drain(&base, backend, n, batch, Some(bin)).0);
+                    }
+                    let (drained, peak, steady, ready) = service_drain(&base, backend, n, batch, None);
                     drains.push(drained);
                     memory.push((backend, batch, peak, steady, ready));
+                }
+                if !before.is_empty() {
+                    let name = format!("(3) baseline service -> {backend:?}, batch {batch}");
+                    table.add(Stats::of(name, before, "-"), Some(r));
                 }
                 table.add(Stats::of(format!("(3) service -> {backend:?}, batch {batch}"), drains, target), Some(r));
             }

@@ -3,7 +3,9 @@
 # creates a venv with the Python peer's client (target/bench-venv), builds in
 # release mode, and prints the figures. Knobs: BENCH_RUNS (3), BENCH_RECORDS
 # (200000), BENCH_LATENCY_SECS (60), BENCH_ONLY (noop,db,peer,delivery,latency),
-# BENCH_REF_PROPS (librdkafka properties for the reference consumer, k=v,k=v).
+# BENCH_REF_PROPS (librdkafka properties for the reference consumer, k=v,k=v),
+# BENCH_BASELINE_BIN (another build of `cronsumer`, e.g. of an earlier commit:
+# case (3) runs it too, alternating with this build).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 eval "$(scripts/services.sh up)"

@@ -32,8 +32,14 @@ impl Service {
     /// Starts `cronsumer run` with the settings `s` on `db_url` and
     /// `extra_env` on top, in a fresh working directory.
     pub fn start(s: &Settings, db_url: &str, extra_env: &[(&str, &str)]) -> Service {
+        Service::start_bin(Path::new(env!("CARGO_BIN_EXE_cronsumer")), s, db_url, extra_env)
+    }
+
+    /// [`Service::start`] of another build of the binary (the benchmark's
+    /// baseline).
+    pub fn start_bin(bin: &Path, s: &Settings, db_url: &str, extra_env: &[(&str, &str)]) -> Service {
         let dir = std::env::temp_dir().join(unique("svc-"));
-        let mut svc = Service::start_in("service", &dir, env_of(s, db_url), extra_env);
+        let mut svc = Service::spawn(bin, "service", &dir, env_of(s, db_url), extra_env);
         svc.own_dir = Some(dir);
         svc
     }
@@ -43,12 +49,16 @@ impl Service {
     /// port, with `env` and then `extra_env` on top of the test's own
     /// environment (less the fault injection's variable).
     pub fn start_in(label: &str, dir: &Path, env: Vec<(String, String)>, extra_env: &[(&str, &str)]) -> Service {
+        Service::spawn(Path::new(env!("CARGO_BIN_EXE_cronsumer")), label, dir, env, extra_env)
+    }
+
+    fn spawn(bin: &Path, label: &str, dir: &Path, env: Vec<(String, String)>, extra_env: &[(&str, &str)]) -> Service {
         std::fs::create_dir_all(dir).unwrap();
         let http = free_addr();
         let log = dir.join("cronsumer.log");
         let out = File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cronsumer"));
+        let mut cmd = Command::new(bin);
         cmd.arg("run").current_dir(dir);
         #[cfg(feature = "fault-injection")]
         cmd.env_remove(cronsumer::fault_injection::PANIC_PAYLOAD_ENV);
@@ -58,7 +68,7 @@ impl Service {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", env!("CARGO_BIN_EXE_cronsumer")));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         Service { label: label.to_string(), child: Mutex::new(child), http, log, own_dir: None }
     }
 
