@@ -454,11 +454,13 @@ fn main() {
                 for _ in 0..runs {
                     // The baseline's runs alternate with this build's, so both see the same machine.
                     if let Some(bin) = &baseline {
-                        before.push(service_drain(&base, backend, n, batch, Some(bin)).0);
+                        let (drained, peak, steady, ready) = service_drain(&base, backend, n, batch, Some(bin));
+                        before.push(drained);
+                        memory.push(("baseline ", backend, batch, peak, steady, ready));
                     }
                     let (drained, peak, steady, ready) = service_drain(&base, backend, n, batch, None);
                     drains.push(drained);
-                    memory.push((backend, batch, peak, steady, ready));
+                    memory.push(("", backend, batch, peak, steady, ready));
                 }
                 if !before.is_empty() {
                     let name = format!("(3) baseline service -> {backend:?}, batch {batch}");
@@ -494,8 +496,8 @@ fn main() {
     table.print();
     if !memory.is_empty() {
         println!("\n(6) memory and start-up of the service during (3) (target: steady RSS <= 40 MB, ready < 1 s):");
-        for (backend, batch, peak, steady, ready) in &memory {
-            println!("  {backend:?} batch {batch}: peak RSS {peak:.1} MiB, steady RSS {steady:.1} MiB, start to /readyz 200 in {ready:.0} ms");
+        for (who, backend, batch, peak, steady, ready) in &memory {
+            println!("  {who}{backend:?} batch {batch}: peak RSS {peak:.1} MiB, steady RSS {steady:.1} MiB, start to /readyz 200 in {ready:.0} ms");
         }
     }
     if want("latency") {
