@@ -18,6 +18,9 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod latency;
+mod report;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,104 +34,11 @@ use cronsumer::record::Record;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use support::*;
 
+use latency::latency;
+use report::{cpu_model, cpu_secs, per_10k, Drained, Stats, Table};
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-struct Stats {
-    name: String,
-    values: Vec<f64>,
-    unit: &'static str,
-    target: String,
-    /// CPU seconds per 10,000 records, per run (empty: not measured).
-    cpu: Vec<f64>,
-}
-
-/// A drain's figures: records/s and CPU seconds per 10,000 records.
-struct Drained {
-    rate: f64,
-    cpu_per_10k: f64,
-}
-
-/// CPU seconds (user + system, every thread) `pid` used so far (`None`: this process).
-fn cpu_secs(pid: Option<u32>) -> f64 {
-    let path = pid.map_or("/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
-    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: Vec<f64> = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
-    ticks.iter().sum::<f64>() / 100.0 // USER_HZ
-}
-
-fn per_10k(cpu: f64, records: f64) -> f64 {
-    cpu / records * 10_000.0
-}
-
-impl Stats {
-    fn median(&self) -> f64 {
-        let mut v = self.values.clone();
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
-    }
-    fn min(&self) -> f64 {
-        self.values.iter().cloned().fold(f64::INFINITY, f64::min)
-    }
-    fn max(&self) -> f64 {
-        self.values.iter().cloned().fold(0.0, f64::max)
-    }
-    fn cpu(&self) -> Option<f64> {
-        let mut v = self.cpu.clone();
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v.get(v.len() / 2).copied()
-    }
-    fn of(name: String, drains: Vec<Drained>, target: &str) -> Stats {
-        Stats {
-            name,
-            values: drains.iter().map(|d| d.rate).collect(),
-            unit: "records/s",
-            target: target.into(),
-            cpu: drains.iter().map(|d| d.cpu_per_10k).collect(),
-        }
-    }
-}
-
-struct Table {
-    rows: Vec<(Stats, Option<f64>)>,
-}
-
-impl Table {
-    fn add(&mut self, stats: Stats, reference: Option<f64>) {
-        let ratio = reference.map(|r| stats.median() / r);
-        println!(
-            "  {:<48} median {:>10.0} {:<10} (min {:.0}, max {:.0}){}{}",
-            stats.name,
-            stats.median(),
-            stats.unit,
-            stats.min(),
-            stats.max(),
-            ratio.map(|r| format!("  ratio {r:.2}")).unwrap_or_default(),
-            stats.cpu().map(|c| format!("  CPU {c:.3} s/10k")).unwrap_or_default()
-        );
-        self.rows.push((stats, ratio));
-    }
-
-    fn print(&self) {
-        println!("\n| case | median | min | max | unit | ratio to (1) | CPU s / 10k records | target |");
-        println!("|---|---:|---:|---:|---|---:|---:|---|");
-        for (s, ratio) in &self.rows {
-            println!(
-                "| {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
-                s.name,
-                s.median(),
-                s.min(),
-                s.max(),
-                s.unit,
-                ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()),
-                s.cpu().map(|c| format!("{c:.3}")).unwrap_or_else(|| "-".into()),
-                s.target
-            );
-        }
-    }
 }
 
 /// ~150-byte notification payloads.
@@ -299,100 +209,6 @@ fn service_drain(
     (Drained { rate, cpu_per_10k }, peak, steady_mib, ready_ms)
 }
 
-fn percentiles(mut v: Vec<f64>) -> (f64, f64, f64, f64) {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
-    (p(0.5), p(0.95), p(0.99), v[v.len() - 1])
-}
-
-/// (4) produce at 10/s for `secs`; latency to the row (polled every 5 ms) and to the webhook.
-fn latency(s: &Settings, batch_timeout_ms: u64, secs: usize) {
-    let tdb = TestDb::new(Backend::Sqlite);
-    let pool = tdb.pool();
-    let sink = Sink::ok();
-    let prefix = unique("lat");
-    let s = with(
-        s,
-        &tdb.url,
-        &[
-            ("KAFKA_TOPIC_PREFIX", prefix.clone()),
-            ("KAFKA_GROUP_ID", unique("bench-lat-")),
-            ("CONSUMER_BATCH_TIMEOUT_MS", batch_timeout_ms.to_string()),
-            ("NOTIFIER", "webhook".into()),
-            ("NOTIFY_WEBHOOK_URL", sink.url.clone()),
-        ],
-    );
-    let (_topics, topic) = registry_topics(&s, 4);
-    let svc = Service::start(&s, &tdb.url, &[("RUST_LOG", "warn")]);
-    let http = svc.http.clone();
-    svc.wait_for("ready", Duration::from_secs(60), || http_get(&http, "/readyz").is_some_and(|(c, _)| c == 200));
-    let mut p = cronsumer::producer::RecordProducer::new(&s).unwrap();
-    let n = secs * 10;
-    let mut sent = Vec::with_capacity(n);
-    let mut to_row = Vec::with_capacity(n);
-    let start = Instant::now();
-    let mut stored = 0i64;
-    for i in 0..n {
-        let due = start + Duration::from_millis(100 * i as u64);
-        // Between sends, watch the table for rows arriving.
-        while Instant::now() < due {
-            let c = count_notifications(&pool);
-            while stored < c {
-                to_row.push(sent[stored as usize]);
-                stored += 1;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        p.send(&topic, None, &notification(i)).unwrap();
-        sent.push(Instant::now());
-        p.delivered();
-    }
-    p.finish(&topic).unwrap();
-    let mut row_lat = Vec::new();
-    svc.wait_for("all rows", Duration::from_secs(60), || {
-        let c = count_notifications(&pool);
-        while stored < c {
-            to_row.push(sent[stored as usize]);
-            row_lat.push(Instant::now());
-            stored += 1;
-        }
-        c as usize >= n
-    });
-    // Rows arrive in produce order only per partition; pair them by user_id instead.
-    let _ = (to_row, row_lat);
-    let rows = cronsumer::db::notifications::list(&mut pool.get().unwrap(), None, n as i64).unwrap();
-    let row_ms: Vec<f64> = rows
-        .iter()
-        .map(|r| {
-            let i: usize = r.users.trim_matches(['[', ']']).parse().unwrap();
-            let created = r.created_at.and_utc().timestamp_millis();
-            created as f64 - wall_ms(sent[i], start)
-        })
-        .collect();
-    svc.wait_for("all deliveries", Duration::from_secs(60), || sink.delivered().len() >= n);
-    let hook_ms: Vec<f64> = sink
-        .hits()
-        .iter()
-        .map(|h| {
-            let i = h.body["users"][0].as_u64().unwrap() as usize;
-            (h.at - sent[i]).as_secs_f64() * 1000.0
-        })
-        .collect();
-    assert_eq!(svc.terminate(), Some(0));
-    let (a, b, c, d) = percentiles(row_ms);
-    println!("  latency produce->row     batch timeout {batch_timeout_ms:>4} ms: p50 {a:.0} ms, p95 {b:.0} ms, p99 {c:.0} ms, max {d:.0} ms (target p99 <= {} ms)", batch_timeout_ms + 50);
-    let (a, b, c, d) = percentiles(hook_ms);
-    println!("  latency produce->webhook batch timeout {batch_timeout_ms:>4} ms: p50 {a:.0} ms, p95 {b:.0} ms, p99 {c:.0} ms, max {d:.0} ms (target p99 <= 1000 ms at 100 ms)");
-}
-
-/// The wall-clock time (ms since the epoch) of an Instant, anchored at `start`.
-fn wall_ms(t: Instant, start: Instant) -> f64 {
-    static ANCHOR: std::sync::OnceLock<(Instant, f64)> = std::sync::OnceLock::new();
-    let (i0, w0) = *ANCHOR
-        .get_or_init(|| (start, chrono::Utc::now().timestamp_millis() as f64 - start.elapsed().as_secs_f64() * 1000.0));
-    w0 + (t - i0).as_secs_f64() * 1000.0
-}
-
 /// (5) `n` pending notifications drained by one job run to a local webhook
 /// that answers after `delay`.
 fn delivery(s: &Settings, backend: Backend, n: usize, delay: Duration) -> f64 {
@@ -505,14 +321,4 @@ fn main() {
         latency(&base, 5000, latency_secs);
         latency(&base, 100, latency_secs);
     }
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "unknown CPU".into())
 }
