@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::db::job_leases::{self, Lease};
-use crate::db::Pool;
+use crate::db::{checkout, Pool};
 use crate::panics::lock;
 
 /// Renews one lease until stopped or lost.
@@ -25,15 +25,11 @@ impl Keeper {
         let (stop, stopped) = mpsc::channel::<bool>();
         let thread = std::thread::spawn(move || loop {
             let renewed = match stopped.recv_timeout(lease_for / 3) {
-                Err(mpsc::RecvTimeoutError::Timeout) => pool
-                    .get()
-                    .map_err(crate::db::DbError::Pool)
-                    .and_then(|mut c| job_leases::renew(&mut c, &lease, lease_for)),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    checkout(&pool, None).and_then(|mut c| job_leases::renew(&mut c, &lease, lease_for))
+                }
                 Ok(true) => {
-                    let released = pool
-                        .get()
-                        .map_err(crate::db::DbError::Pool)
-                        .and_then(|mut c| job_leases::release(&mut c, &lease));
+                    let released = checkout(&pool, None).and_then(|mut c| job_leases::release(&mut c, &lease));
                     if let Err(e) = released {
                         log::warn!("job={} cannot give its lease up (it expires by itself): {e}", lease.job);
                     }

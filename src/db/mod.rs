@@ -256,7 +256,6 @@ pub fn pending_migrations(conn: &mut DbConnection) -> Result<Vec<String>, DbErro
     .map_err(|e| DbError::Migration(e.to_string()))
 }
 
-/// A trivial query: does the database answer?
 /// A pooled connection, waiting no later than `until` (a stop's deadline)
 /// nor longer than the pool's own timeout.
 pub fn checkout(pool: &Pool, until: Option<std::time::Instant>) -> Result<Conn, DbError> {
@@ -269,6 +268,7 @@ pub fn checkout(pool: &Pool, until: Option<std::time::Instant>) -> Result<Conn, 
 /// Shortest pool wait, even past a deadline: one try for an idle connection.
 const MIN_CHECKOUT_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// A trivial query: does the database answer?
 pub fn ping(conn: &mut DbConnection) -> Result<(), DbError> {
     use diesel::RunQueryDsl;
     diesel::sql_query("SELECT 1").execute(conn)?;
