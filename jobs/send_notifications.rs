@@ -2,7 +2,8 @@
 //! by the consumer whenever it stores new notifications): claims due rows in
 //! chunks, delivers them through the notifier (up to its parallelism at once,
 //! `NOTIFY_CONCURRENCY` for the webhook), and marks each `sent` within
-//! [`MARK_EVERY`] of its delivery, schedules a retry with exponential backoff
+//! [`MARK_EVERY`] of its delivery (a chunk's last ones in the transaction
+//! that claims the next chunk), schedules a retry with exponential backoff
 //! (no sooner than a `Retry-After`), or marks it `failed` after
 //! `NOTIFICATIONS_MAX_ATTEMPTS`. Drains everything that is due. A crash
 //! resends at most the deliveries in flight and those delivered in the last
@@ -66,19 +67,23 @@ impl Job for SendNotifications {
             log::warn!("requeued {requeued} notification(s) whose claim expired");
         }
         let mut tally = Tally::default();
+        let mut marks = Marks::default();
         while !ctx.shutdown.is_triggered() {
             let claimed_at = Instant::now();
-            let rows = notifications::claim_due(&mut conn, &ctx.holder, CHUNK, CLAIM_FOR)?;
+            // The last chunk's deliveries are marked in the same transaction.
+            let rows = notifications::mark_sent_and_claim_due(&mut conn, &marks.ids, &ctx.holder, CHUNK, CLAIM_FOR)?;
+            marks.marked(&mut tally);
             if rows.is_empty() {
                 break;
             }
-            let finished = deliver_chunk(ctx, &mut conn, &rows, claimed_at, &mut tally)?;
+            let finished = deliver_chunk(ctx, &mut conn, &rows, claimed_at, &mut marks, &mut tally)?;
             // An open breaker defers every row: the rest waits for the next run.
             // A short chunk was all that was due (rows stored since wake the job again).
             if !finished || tally.deferred > 0 || (rows.len() as i64) < CHUNK {
                 break;
             }
         }
+        marks.flush(&mut conn, &ctx.holder, &mut tally)?;
         let mut report = if tally.sent + tally.retried + tally.failed == 0 {
             String::new()
         } else {
@@ -100,75 +105,118 @@ struct Tally {
     deferred: usize,
 }
 
-/// Delivers one claimed chunk, `parallelism` at a time, recording each
+/// What a chunk's delivery loop waits for next.
+enum Next {
+    Delivered(usize, Delivery),
+    /// Nothing finished within a tick; time to look at the claim.
+    Idle,
+    Done,
+}
+
+/// Delivers one claimed chunk, `parallelism` at a time on worker threads
+/// (on this thread when a delivery never waits), recording each
 /// outcome on this thread's connection and renewing the chunk's claims
 /// every [`CLAIM_RENEW_EVERY`]. Stops early, releasing the rows not
 /// attempted, at shutdown or when the claim nears its end unrenewed;
-/// returns false then.
+/// returns false then. Rows delivered are left in `marks`.
 fn deliver_chunk(
     ctx: &JobContext,
     conn: &mut DbConnection,
     rows: &[Notification],
-    mut claimed_at: Instant,
+    claimed_at: Instant,
+    marks: &mut Marks,
     tally: &mut Tally,
 ) -> Result<bool, JobError> {
     let notifier = &*ctx.notifier;
-    let workers = notifier.parallelism().clamp(1, rows.len());
-    let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
-    let mut attempted = vec![false; rows.len()];
-    let recorded = std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::channel::<(usize, Delivery)>();
-        for _ in 0..workers {
-            let tx = tx.clone();
-            let (next, stop) = (&next, &stop);
-            scope.spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(n) = rows.get(i) else { break };
-                    if tx.send((i, notifier.deliver(n))).is_err() {
-                        break;
+    let mut chunk = Chunk { ctx, conn, rows, claimed_at, marks, tally, attempted: vec![false; rows.len()], stop: &stop };
+    let recorded = if !notifier.waits() {
+        // Deliveries that never wait run here, one at a time: a worker thread
+        // and a channel hand-off per row would cost more than the delivery.
+        let mut i = 0;
+        chunk.record_all(|| {
+            let Some(n) = rows.get(i).filter(|_| !stop.load(Ordering::SeqCst)) else { return Next::Done };
+            i += 1;
+            Next::Delivered(i - 1, notifier.deliver(n))
+        })
+    } else {
+        let (workers, next) = (notifier.parallelism().clamp(1, rows.len()), AtomicUsize::new(0));
+        std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::channel::<(usize, Delivery)>();
+            for _ in 0..workers {
+                let tx = tx.clone();
+                let (next, stop) = (&next, &stop);
+                scope.spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        let Some(n) = rows.get(i) else { break };
+                        if tx.send((i, notifier.deliver(n))).is_err() {
+                            break;
+                        }
                     }
-                }
-            });
-        }
-        drop(tx);
-        let mut marks = Marks::default();
-        let result = (|| {
-            loop {
-                match rx.recv_timeout(MARK_EVERY / 5) {
-                    Ok((i, delivery)) => {
-                        attempted[i] = true;
-                        record(ctx, conn, &rows[i], delivery, &mut marks, tally)?;
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                }
-                if claimed_at.elapsed() >= CLAIM_RENEW_EVERY {
-                    // Renewed from the database's clock; if that fails, the margin below stops us in time.
-                    match notifications::renew_claims(conn, &ctx.holder, CLAIM_FOR) {
-                        Ok(_) => claimed_at = Instant::now(),
-                        Err(e) => log::warn!("cannot renew notification claims: {e}"),
-                    }
-                }
-                if claimed_at.elapsed() + CLAIM_MARGIN >= CLAIM_FOR || ctx.shutdown.is_triggered() {
-                    stop.store(true, Ordering::SeqCst);
-                }
-                marks.flush_if_due(conn, &ctx.holder, tally)?;
+                });
             }
-            marks.flush(conn, &ctx.holder, tally)
-        })();
-        // On an error, no new delivery starts; those in flight end on their own.
-        stop.store(true, Ordering::SeqCst);
-        result
-    });
+            drop(tx);
+            let result = chunk.record_all(|| match rx.recv_timeout(MARK_EVERY / 5) {
+                Ok((i, delivery)) => Next::Delivered(i, delivery),
+                Err(mpsc::RecvTimeoutError::Timeout) => Next::Idle,
+                Err(mpsc::RecvTimeoutError::Disconnected) => Next::Done,
+            });
+            // On an error, no new delivery starts; those in flight end on their own.
+            stop.store(true, Ordering::SeqCst);
+            result
+        })
+    };
     recorded?;
-    let rest: Vec<i64> = rows.iter().zip(&attempted).filter(|(_, a)| !**a).map(|(r, _)| r.id).collect();
+    let rest: Vec<i64> = rows.iter().zip(&chunk.attempted).filter(|(_, a)| !**a).map(|(r, _)| r.id).collect();
     if rest.is_empty() {
         return Ok(true);
     }
-    notifications::release(conn, &rest, &ctx.holder, db::now())?;
+    notifications::release(chunk.conn, &rest, &ctx.holder, db::now())?;
     Ok(false)
+}
+
+/// One chunk's delivery, as its outcomes come in.
+struct Chunk<'a> {
+    ctx: &'a JobContext,
+    conn: &'a mut DbConnection,
+    rows: &'a [Notification],
+    claimed_at: Instant,
+    marks: &'a mut Marks,
+    tally: &'a mut Tally,
+    attempted: Vec<bool>,
+    /// Set when no further delivery may start.
+    stop: &'a AtomicBool,
+}
+
+impl Chunk<'_> {
+    /// Records each outcome `next` gives until it is done; between them,
+    /// renews the claims, stops deliveries near the claim's end or at
+    /// shutdown, and marks what waited [`MARK_EVERY`].
+    fn record_all(&mut self, mut next: impl FnMut() -> Next) -> Result<(), JobError> {
+        let ctx = self.ctx;
+        loop {
+            match next() {
+                Next::Delivered(i, delivery) => {
+                    self.attempted[i] = true;
+                    record(ctx, self.conn, &self.rows[i], delivery, self.marks, self.tally)?;
+                }
+                Next::Idle => {}
+                Next::Done => return Ok(()),
+            }
+            if self.claimed_at.elapsed() >= CLAIM_RENEW_EVERY {
+                // Renewed from the database's clock; if that fails, the margin below stops us in time.
+                match notifications::renew_claims(self.conn, &ctx.holder, CLAIM_FOR) {
+                    Ok(_) => self.claimed_at = Instant::now(),
+                    Err(e) => log::warn!("cannot renew notification claims: {e}"),
+                }
+            }
+            if self.claimed_at.elapsed() + CLAIM_MARGIN >= CLAIM_FOR || ctx.shutdown.is_triggered() {
+                self.stop.store(true, Ordering::SeqCst);
+            }
+            self.marks.flush_if_due(self.conn, &ctx.holder, self.tally)?;
+        }
+    }
 }
 
 /// Delivered rows not marked `sent` yet, and since when the oldest waits.
@@ -192,15 +240,20 @@ impl Marks {
     }
 
     fn flush(&mut self, conn: &mut DbConnection, holder: &str, tally: &mut Tally) -> Result<(), JobError> {
-        if self.ids.is_empty() {
-            return Ok(());
-        }
         notifications::mark_sent_many(conn, &self.ids, holder)?;
+        self.marked(tally);
+        Ok(())
+    }
+
+    /// The rows held were marked `sent`: counted, reported and let go.
+    fn marked(&mut self, tally: &mut Tally) {
+        if self.ids.is_empty() {
+            return;
+        }
         tally.sent += self.ids.len();
         NotificationsDone { result: NotificationResult::Sent, count: self.ids.len() }.emit();
         self.ids.clear();
         self.since = None;
-        Ok(())
     }
 }
 

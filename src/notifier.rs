@@ -44,6 +44,12 @@ pub trait Notifier: Send + Sync {
     fn parallelism(&self) -> usize {
         1
     }
+    /// Whether a delivery can wait on something outside the process (the
+    /// network): the sender then delivers on worker threads, so that it keeps
+    /// renewing its claims and marking rows sent while one is in flight.
+    fn waits(&self) -> bool {
+        true
+    }
 }
 
 /// The idempotency key a receiver can use to drop repeats of one notification.
@@ -74,6 +80,10 @@ impl Notifier for LogNotifier {
     fn deliver(&self, n: &Notification) -> Delivery {
         log::info!("notify id={} users={} event={} message={:?}", n.id, n.users, n.event, n.message);
         Delivery::Sent
+    }
+
+    fn waits(&self) -> bool {
+        false
     }
 }
 

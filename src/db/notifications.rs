@@ -176,20 +176,39 @@ impl InsertChunk for diesel::PgConnection {
     }
 }
 
-/// Claims up to `limit` due rows for `holder` for `claim_for` (by the
-/// database's clock): pending
-/// rows whose `next_attempt_at` has come, oldest due first. (Rows whose claim
+/// Marks `sent` the rows in `sent` (delivered; only the claim's holder may
+/// say so), then claims up to `limit` due rows for `holder` for `claim_for`
+/// (by the database's clock), in one transaction: a sender commits once per
+/// chunk, not once to mark and once to claim. Due rows are pending rows
+/// whose `next_attempt_at` has come, oldest due first. (Rows whose claim
 /// expired are first put back by [`requeue_expired`].) The filter and order
 /// follow the partial index of pending rows, so a claim costs the same
 /// however many sent rows the table holds. PostgreSQL skips rows another copy holds.
-pub fn claim_due(
+pub fn mark_sent_and_claim_due(
     conn: &mut DbConnection,
+    sent: &[i64],
+    holder: &str,
+    limit: i64,
+    claim_for: std::time::Duration,
+) -> Result<Vec<Notification>, DbError> {
+    let t = super::clock(conn)?;
+    let mut rows = super::transaction(conn, false, |c| {
+        mark_sent(c, sent, holder)?;
+        claim(c, t, holder, limit, claim_for)
+    })?;
+    rows.sort_by_key(|r| (r.next_attempt_at, r.id));
+    Ok(rows)
+}
+
+/// The claim of [`mark_sent_and_claim_due`], inside its transaction.
+fn claim(
+    conn: &mut DbConnection,
+    t: NaiveDateTime,
     holder: &str,
     limit: i64,
     claim_for: std::time::Duration,
 ) -> Result<Vec<Notification>, DbError> {
     use diesel::sql_types::{BigInt, Text, Timestamp};
-    let t = super::clock(conn)?;
     let claimed_until = super::after(t, claim_for);
     // One statement selects and claims: no id list to build, bind and parse
     // per chunk. The statuses are literals: a planner matches a partial
@@ -212,17 +231,12 @@ pub fn claim_due(
                 .bind::<BigInt, _>(limit)
         };
     }
-    let mut rows: Vec<Notification> = match conn {
+    Ok(match conn {
         DbConnection::Postgresql(c) => {
             claim!(sql(["$1", "$2", "$3", "$4"], " FOR UPDATE SKIP LOCKED")).get_results(c)?
         }
-        DbConnection::Sqlite(c) => {
-            let sql = sql(["?"; 4], "");
-            c.immediate_transaction(|c| claim!(sql.as_str()).get_results(c))?
-        }
-    };
-    rows.sort_by_key(|r| (r.next_attempt_at, r.id));
-    Ok(rows)
+        DbConnection::Sqlite(c) => claim!(sql(["?"; 4], "").as_str()).get_results(c)?,
+    })
 }
 
 /// Extends every claim `holder` holds by `claim_for` from now (by the
@@ -238,9 +252,17 @@ pub fn mark_sent_many(conn: &mut DbConnection, ids: &[i64], holder: &str) -> Res
     if ids.is_empty() {
         return Ok(0);
     }
+    super::transaction(conn, false, |c| mark_sent(c, ids, holder))
+}
+
+/// The statement of [`mark_sent_many`], in the caller's transaction.
+fn mark_sent(conn: &mut DbConnection, ids: &[i64], holder: &str) -> Result<usize, DbError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
     let t = now();
     let target = n::notifications.filter(n::id.eq_any(ids)).filter(n::claimed_by.eq(holder)).filter(status_is(SENDING));
-    Ok(write_tx!(conn, |c| diesel::update(target)
+    Ok(on_backend!(conn, |c| diesel::update(target)
         .set((
             n::status.eq(SENT),
             n::sent_at.eq(Some(t)),
