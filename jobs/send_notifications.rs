@@ -129,7 +129,8 @@ fn deliver_chunk(
 ) -> Result<bool, JobError> {
     let notifier = &*ctx.notifier;
     let stop = AtomicBool::new(false);
-    let mut chunk = Chunk { ctx, conn, rows, claimed_at, marks, tally, attempted: vec![false; rows.len()], stop: &stop };
+    let mut chunk =
+        Chunk { ctx, conn, rows, claimed_at, marks, tally, attempted: vec![false; rows.len()], stop: &stop };
     let recorded = if !notifier.waits() {
         // Deliveries that never wait run here, one at a time: a worker thread
         // and a channel hand-off per row would cost more than the delivery.

@@ -15,7 +15,7 @@ use super::schema::consumer_offsets::{self, dsl as co};
 use super::{now, DbConnection, DbError};
 use crate::broker::Tp;
 use crate::events::{Event as _, OffsetReset};
-use crate::on_backend;
+use crate::{on_backend, prepared};
 
 /// Where the database says to read each of `tps` from (`None`: it applied
 /// nothing of that partition).
@@ -67,7 +67,8 @@ pub fn advance(
     // The usual case in one statement: nothing of these records applied,
     // and nothing this copy applied lost.
     let usual = co::next_offset.le(span.first).and(co::next_offset.ge(mine.unwrap_or(i64::MIN)));
-    if on_backend!(conn, |c| diesel::update(row.filter(usual)).set(set).execute(c))? == 1 {
+    // Kept prepared: it runs for every partition of every batch.
+    if on_backend!(conn, |c| prepared!(diesel::update(row.filter(usual)).set(set)).execute(c))? == 1 {
         return Ok(Advance::Moved);
     }
     let stored: Option<(i64, i64)> =

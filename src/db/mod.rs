@@ -13,11 +13,13 @@ pub mod job_leases;
 pub mod job_runs;
 pub mod notifications;
 pub mod outbox;
+pub mod prepared;
 pub mod price_events;
 pub mod price_stats;
 pub mod raw_responses;
 pub mod schema;
 pub mod sources;
+pub mod stamp;
 
 use std::path::Path;
 use std::time::Duration;

@@ -6,9 +6,10 @@ use diesel::prelude::*;
 
 use super::schema::notifications::{self, dsl as n};
 use super::sources::{self, SourceKey, Stored};
+use super::stamp::Stamp;
 use super::{now, DbConnection, DbError};
 use crate::record::Source;
-use crate::{on_backend, write_tx};
+use crate::{on_backend, prepared, write_tx};
 
 pub const PENDING: &str = "pending";
 pub const SENDING: &str = "sending";
@@ -28,7 +29,9 @@ pub struct Notification {
     pub status: String,
     pub attempts: i32,
     pub last_error: Option<String>,
+    #[diesel(deserialize_as = Stamp)]
     pub created_at: NaiveDateTime,
+    #[diesel(deserialize_as = Stamp)]
     pub next_attempt_at: NaiveDateTime,
     pub claimed_until: Option<NaiveDateTime>,
     pub claimed_by: Option<String>,
@@ -46,8 +49,9 @@ pub struct NewNotification {
     pub message: String,
     pub status: String,
     pub attempts: i32,
-    pub created_at: NaiveDateTime,
-    pub next_attempt_at: NaiveDateTime,
+    /// [`Stamp`]s: a batch binds two per row.
+    pub created_at: Stamp,
+    pub next_attempt_at: Stamp,
     pub source_fingerprint: Option<i64>,
 }
 
@@ -76,8 +80,8 @@ impl NewNotification {
             message,
             status: PENDING.into(),
             attempts: 0,
-            created_at: t,
-            next_attempt_at: t,
+            created_at: Stamp(t),
+            next_attempt_at: Stamp(t),
         }
     }
 }
@@ -231,11 +235,12 @@ fn claim(
                 .bind::<BigInt, _>(limit)
         };
     }
+    // Kept prepared: the text is the same for every chunk.
     Ok(match conn {
         DbConnection::Postgresql(c) => {
-            claim!(sql(["$1", "$2", "$3", "$4"], " FOR UPDATE SKIP LOCKED")).get_results(c)?
+            prepared!(claim!(sql(["$1", "$2", "$3", "$4"], " FOR UPDATE SKIP LOCKED"))).get_results(c)?
         }
-        DbConnection::Sqlite(c) => claim!(sql(["?"; 4], "").as_str()).get_results(c)?,
+        DbConnection::Sqlite(c) => prepared!(claim!(sql(["?"; 4], ""))).get_results(c)?,
     })
 }
 
