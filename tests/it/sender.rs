@@ -69,6 +69,24 @@ fn thousand_pending_are_delivered_exactly_once(backend: Backend) {
 }
 both_backends!(thousand_pending_are_delivered_exactly_once);
 
+/// The log notifier delivers on the sender's own thread: one run sends more
+/// than two chunks (each chunk's rows marked with the next claim), each row
+/// once.
+fn the_log_notifier_sends_every_due_row_in_one_run(backend: Backend) {
+    let tdb = TestDb::new(backend);
+    let pool = tdb.pool();
+    let s = settings(&tdb.url, &unique("sched"), &[("NOTIFIER", "log")]);
+    insert_pending(&pool, "seed", 450);
+    let runner = runner(send_job(), job_context(&s, &pool));
+    assert!(matches!(runner.run(Trigger::Manual), RunOutcome::Ok(_)));
+    assert_eq!(by_status(&pool), [("sent".to_string(), 450)].into());
+    let sent = notifications::list(&mut pool.get().unwrap(), Some(notifications::SENT), 1000).unwrap();
+    assert!(sent.iter().all(|n| n.attempts == 1 && n.sent_at.is_some()), "a row was marked twice or not at all");
+    let runs = db::job_runs::list(&mut pool.get().unwrap(), Some("send_notifications"), 10).unwrap();
+    assert_eq!(runs[0].details.as_deref(), Some("sent=450 retried=0 failed=0"));
+}
+both_backends!(the_log_notifier_sends_every_due_row_in_one_run);
+
 fn server_errors_are_retried_with_backoff_then_delivered_once(backend: Backend) {
     let tdb = TestDb::new(backend);
     let pool = tdb.pool();
