@@ -261,7 +261,7 @@ fn main() {
     }
     let mut memory = Vec::new();
     // The peer's runs alternate with the service's SQLite runs, so that both see the same machine.
-    let mut peer: Vec<(usize, Vec<Drained>)> = vec![(25, vec![]), (500, vec![])];
+    let mut peer: std::collections::BTreeMap<usize, Vec<Drained>> = Default::default();
     if want("db") {
         for backend in [Backend::Sqlite, Backend::Postgres] {
             for (batch, target) in [
@@ -280,8 +280,7 @@ fn main() {
                     drains.push(drained);
                     memory.push(("", backend, batch, peak, steady, ready));
                     if backend == Backend::Sqlite && want("peer") {
-                        let runs = peer.iter_mut().find(|(b, _)| *b == batch).map(|(_, runs)| runs);
-                        runs.expect("a peer batch size for each SQLite case").push(peer_drain(&base, &topic, n, batch));
+                        peer.entry(batch).or_default().push(peer_drain(&base, &topic, n, batch));
                     }
                 }
                 if !before.is_empty() {
@@ -293,10 +292,9 @@ fn main() {
         }
     }
     if want("peer") {
-        for (batch, mut drains) in peer {
-            if drains.is_empty() {
-                drains = (0..runs).map(|_| peer_drain(&base, &topic, n, batch)).collect();
-            }
+        for batch in [25, 500] {
+            let drains =
+                peer.remove(&batch).unwrap_or_else(|| (0..runs).map(|_| peer_drain(&base, &topic, n, batch)).collect());
             table.add(Stats::of(format!("(7) Python peer -> Sqlite, batch {batch}"), drains, "-"), Some(r));
         }
     }
