@@ -21,19 +21,22 @@ impl Job for FetchPrices {
         Ok(settings.price_fetch_cron.clone())
     }
 
-    fn enabled(&self, settings: &Settings) -> bool {
-        settings.kafka_enabled && !settings.price_symbols.is_empty()
+    fn off(&self, settings: &Settings) -> Option<String> {
+        if !settings.kafka_enabled {
+            Some("KAFKA_ENABLED=false: its events could not be published".into())
+        } else {
+            settings.price_symbols.is_empty().then(|| "PRICE_SYMBOLS is empty".into())
+        }
     }
 
     fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
         let provider = Provider::new(&ctx.settings);
-        let mut conn = ctx.db()?;
         let (mut fetched, mut failed) = (0, Vec::new());
         for symbol in &ctx.settings.price_symbols {
             if ctx.shutdown.is_triggered() {
                 break;
             }
-            match market::fetch(&ctx.settings, &provider, &mut conn, symbol) {
+            match market::fetch(&ctx.settings, &provider, &ctx.pool, symbol) {
                 Ok(_) => fetched += 1,
                 Err(FetchError::Db(e)) => return Err(e.into()),
                 Err(e) => failed.push(format!("{symbol}: {e}")),

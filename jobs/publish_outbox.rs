@@ -5,7 +5,7 @@
 
 use crate::config::Settings;
 use crate::cron::{CronError, Schedule};
-use crate::outbox::{PublishError, Publisher};
+use crate::outbox::{Fence, PublishError, Publisher};
 use crate::scheduler::{Job, JobContext, JobError, JobReport};
 
 #[derive(Default)]
@@ -22,8 +22,8 @@ impl Job for PublishOutbox {
         "*/5 * * * * *".parse()
     }
 
-    fn enabled(&self, settings: &Settings) -> bool {
-        settings.kafka_enabled
+    fn off(&self, settings: &Settings) -> Option<String> {
+        (!settings.kafka_enabled).then(|| "KAFKA_ENABLED=false: nothing may be published".to_string())
     }
 
     fn wakeable(&self) -> bool {
@@ -36,7 +36,8 @@ impl Job for PublishOutbox {
 
     fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
         let mut conn = ctx.db()?;
-        match self.publisher.run(&ctx.settings, &mut conn, || ctx.shutdown.is_triggered()) {
+        let fence: Fence<'_> = &|c, write| Ok(ctx.fenced_write(self.name(), c, write)?.is_some());
+        match self.publisher.run(&ctx.settings, &mut conn, fence, || ctx.shutdown.is_triggered()) {
             Ok(p) => {
                 let mut details = Vec::new();
                 if p.rows > 0 {
@@ -48,6 +49,7 @@ impl Job for PublishOutbox {
                 Ok(JobReport::new(details.join(" ")))
             }
             Err(PublishError::Db(e)) => Err(e.into()),
+            Err(PublishError::LeaseLost) => Err(JobError::LeaseLost(self.name().into())),
             Err(e) => Err(JobError::Other(e.to_string())),
         }
     }

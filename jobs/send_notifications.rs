@@ -66,6 +66,9 @@ impl Job for SendNotifications {
         if requeued > 0 {
             log::warn!("requeued {requeued} notification(s) whose claim expired");
         }
+        // Retry and defer times are the database's, as claims are: copies
+        // whose clocks disagree still agree on when a row is due.
+        let skew = db::clock(&mut conn)? - db::now();
         let mut tally = Tally::default();
         let mut marks = Marks::default();
         while !ctx.shutdown.is_triggered() {
@@ -76,7 +79,7 @@ impl Job for SendNotifications {
             if rows.is_empty() {
                 break;
             }
-            let finished = deliver_chunk(ctx, &mut conn, &rows, claimed_at, &mut marks, &mut tally)?;
+            let finished = deliver_chunk(ctx, &mut conn, &rows, claimed_at, skew, &mut marks, &mut tally)?;
             // An open breaker defers every row: the rest waits for the next run.
             // A short chunk was all that was due (rows stored since wake the job again).
             if !finished || tally.deferred > 0 || (rows.len() as i64) < CHUNK {
@@ -124,13 +127,14 @@ fn deliver_chunk(
     conn: &mut DbConnection,
     rows: &[Notification],
     claimed_at: Instant,
+    skew: chrono::Duration,
     marks: &mut Marks,
     tally: &mut Tally,
 ) -> Result<bool, JobError> {
     let notifier = &*ctx.notifier;
     let stop = AtomicBool::new(false);
-    let mut chunk =
-        Chunk { ctx, conn, rows, claimed_at, marks, tally, attempted: vec![false; rows.len()], stop: &stop };
+    let attempted = vec![false; rows.len()];
+    let mut chunk = Chunk { ctx, conn, rows, claimed_at, skew, marks, tally, attempted, stop: &stop };
     let recorded = if !notifier.waits() {
         // Deliveries that never wait run here, one at a time: a worker thread
         // and a channel hand-off per row would cost more than the delivery.
@@ -173,7 +177,7 @@ fn deliver_chunk(
     if rest.is_empty() {
         return Ok(true);
     }
-    notifications::release(chunk.conn, &rest, &ctx.holder, db::now())?;
+    notifications::release(chunk.conn, &rest, &ctx.holder, db::now() + skew)?;
     Ok(false)
 }
 
@@ -183,6 +187,8 @@ struct Chunk<'a> {
     conn: &'a mut DbConnection,
     rows: &'a [Notification],
     claimed_at: Instant,
+    /// The database's clock minus this machine's.
+    skew: chrono::Duration,
     marks: &'a mut Marks,
     tally: &'a mut Tally,
     attempted: Vec<bool>,
@@ -200,14 +206,16 @@ impl Chunk<'_> {
             match next() {
                 Next::Delivered(i, delivery) => {
                     self.attempted[i] = true;
-                    record(ctx, self.conn, &self.rows[i], delivery, self.marks, self.tally)?;
+                    let now = db::now() + self.skew;
+                    record(ctx, self.conn, &self.rows[i], delivery, now, self.marks, self.tally)?;
                 }
                 Next::Idle => {}
                 Next::Done => return Ok(()),
             }
             if self.claimed_at.elapsed() >= CLAIM_RENEW_EVERY {
                 // Renewed from the database's clock; if that fails, the margin below stops us in time.
-                match notifications::renew_claims(self.conn, &ctx.holder, CLAIM_FOR) {
+                let ids: Vec<i64> = self.rows.iter().map(|r| r.id).collect();
+                match notifications::renew_claims(self.conn, &ids, &ctx.holder, CLAIM_FOR) {
                     Ok(_) => self.claimed_at = Instant::now(),
                     Err(e) => log::warn!("cannot renew notification claims: {e}"),
                 }
@@ -265,6 +273,7 @@ fn record(
     conn: &mut DbConnection,
     n: &Notification,
     delivery: Delivery,
+    now: chrono::NaiveDateTime,
     marks: &mut Marks,
     tally: &mut Tally,
 ) -> Result<(), JobError> {
@@ -273,14 +282,14 @@ fn record(
         Delivery::Sent => marks.push(n.id),
         Delivery::Retry { error, after } if n.attempts + 1 < max_attempts => {
             let delay = retry_delay(&ctx.settings, n.attempts + 1).max(after.unwrap_or_default()).min(RETRY_MAX);
-            let at = db::after(db::now(), delay);
+            let at = db::after(now, delay);
             notifications::mark_attempt_failed(conn, n.id, &ctx.holder, &error, Some(at))?;
             tally.retried += 1;
             let retry_at = Some(at.to_string());
             NotificationAttemptFailed { id: n.id, attempt: n.attempts + 1, retry_at, error: &error }.emit();
         }
         Delivery::Deferred(wait) => {
-            let at = db::after(db::now(), wait);
+            let at = db::after(now, wait);
             notifications::release(conn, &[n.id], &ctx.holder, at)?;
             tally.deferred += 1;
             NotificationsDone { result: NotificationResult::Deferred, count: 1 }.emit();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the deployment kit (issue 13): the Prometheus alerting rules and their
-# unit tests, the Grafana dashboard, and .env.example. Installs Debian's
-# prometheus package (for promtool) when promtool is missing.
+# unit tests, the Grafana dashboard, and .env.example. Installs promtool
+# (Debian's prometheus package, through scripts/services.sh tools) when missing.
 # Usage: scripts/check-deploy.sh   (from any directory)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -10,14 +10,8 @@ ALERTS=deploy/prometheus/alerts.yml
 ALERTS_TEST=deploy/prometheus/alerts_test.yml
 DASHBOARD=deploy/grafana/cronsumer.json
 
-if ! command -v promtool >/dev/null 2>&1; then
-  echo "promtool: missing, installing Debian's prometheus package"
-  SUDO=
-  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq prometheus >/dev/null
-  command -v promtool >/dev/null 2>&1 || { echo "FAIL promtool still missing after installing prometheus"; exit 1; }
-fi
+command -v promtool >/dev/null 2>&1 || scripts/services.sh tools
+command -v promtool >/dev/null 2>&1 || { echo "FAIL promtool missing (scripts/services.sh tools)"; exit 1; }
 
 if out=$(promtool check rules "$ALERTS" 2>&1); then
   echo "ok   promtool check rules $ALERTS ($(grep -o '[0-9]* rules found' <<<"$out"))"

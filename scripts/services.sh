@@ -4,6 +4,8 @@
 # Apache-Kafka-compatible broker) and PostgreSQL.
 #
 #   scripts/services.sh up       install what is missing, start, wait until each answers
+#   scripts/services.sh tools    install the test tools that are missing (Debian's faketime,
+#                                chromium and prometheus' promtool)
 #   scripts/services.sh down     stop what this script started
 #   scripts/services.sh status   say what answers
 #   scripts/services.sh env      print the variables the tests read
@@ -129,6 +131,24 @@ psql_ok() {
   psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1
 }
 
+# The tools the tests run besides the services: libfaketime (a copy whose
+# clock runs ten minutes ahead), a headless browser (the web console's test)
+# and promtool (the alert rules' tests), from Debian's packages.
+ensure_tools() {
+  local need=()
+  [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 \
+    || need+=(faketime)
+  command -v chromium >/dev/null || need+=(chromium)
+  command -v promtool >/dev/null || need+=(prometheus)
+  [ ${#need[@]} -gt 0 ] || return 0
+  command -v apt-get >/dev/null || die "missing ${need[*]} and no apt-get to install them: install them by hand"
+  local sudo=
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  log "installing ${need[*]} from Debian's packages"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq "${need[@]}" >&2 || die "cannot install ${need[*]}"
+}
+
 print_env() {
   echo "export CRONSUMER_TEST_BROKER=127.0.0.1:$BROKER_PORT"
   echo "export CRONSUMER_TEST_PG=postgres://postgres@$PG_HOST:$PG_PORT/postgres"
@@ -137,6 +157,7 @@ print_env() {
 
 case "${1:-up}" in
   up) broker_start; pg_start; print_env ;;
+  tools) ensure_tools ;;
   down) broker_stop TERM; log "broker stopped (PostgreSQL is left running)" ;;
   status)
     port_open 127.0.0.1 "$BROKER_PORT" && log "broker: up on $BROKER_PORT" || log "broker: down"
@@ -146,5 +167,5 @@ case "${1:-up}" in
   broker-stop) broker_stop TERM ;;
   broker-kill) broker_stop KILL ;;
   pg-crash) pg_crash ;;
-  *) die "unknown command '$1' (up, down, status, env, broker-start, broker-stop, broker-kill, pg-crash)" ;;
+  *) die "unknown command '$1' (up, tools, down, status, env, broker-start, broker-stop, broker-kill, pg-crash)" ;;
 esac

@@ -68,10 +68,12 @@ pub fn run(settings: Settings, shutdown: Shutdown, registry: Registry) -> anyhow
         let scheduler = Scheduler::start(jobs, ctx.clone(), &wakers).await?;
         let status = Status::new(Sources {
             settings: settings.clone(),
+            http_pool: db::connect(&settings.database_url, http::HTTP_POOL_SIZE)?,
             pool,
             supervisor: supervisor.clone(),
             jobs: ctx,
             runners: scheduler.runners().to_vec(),
+            jobs_off: scheduler.off().to_vec(),
         });
         status.start(&shutdown);
         http::serve(settings.http_addr, http::routes(status), shutdown.clone())

@@ -89,9 +89,11 @@ impl Applied {
         std::mem::take(&mut self.again)
     }
 
-    /// Expects nothing more of `tp` (its log restarted).
+    /// Expects nothing more of `tp` (its log restarted, or it left).
     pub fn forget(&mut self, tp: &Tp) {
         self.mine.remove(tp);
+        self.unsure.remove(tp);
+        self.again.retain(|(t, _)| t != tp);
     }
 }
 

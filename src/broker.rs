@@ -7,12 +7,25 @@
 //! ([`Broker::assign`], [`Broker::unassign`]), so the batch in hand is
 //! finished and committed while the revoked partitions are still ours.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::record::Record;
 
 /// A topic partition.
 pub type Tp = (String, i32);
+
+/// Where an assigned partition is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The offset the database stored.
+    At(i64),
+    /// Kafka's committed offset, else the reset policy (the database has none).
+    Committed,
+    /// The log's beginning: the stored offset belongs to a log that is gone
+    /// (the topic was deleted and recreated while this group was away).
+    Beginning,
+}
 
 /// How a commit is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,9 +68,12 @@ pub trait Broker {
     /// Stops fetching these partitions (polling goes on, so the group keeps us).
     fn pause(&mut self, tps: &[Tp]) -> Result<(), String>;
     fn resume(&mut self, tps: &[Tp]) -> Result<(), String>;
-    /// Completes an [`Event::Assigned`], reading each partition from the
-    /// offset given, or from the committed one (or the reset policy).
-    fn assign(&mut self, tps: &[(Tp, Option<i64>)]) -> Result<(), String>;
+    /// Completes an [`Event::Assigned`], reading each partition from where
+    /// its [`Start`] says.
+    fn assign(&mut self, tps: &[(Tp, Start)]) -> Result<(), String>;
+    /// The ids of `topics` as the cluster knows them now (a topic deleted
+    /// and recreated has a new one); a topic that does not exist is left out.
+    fn topic_ids(&mut self, topics: &[String]) -> Result<BTreeMap<String, String>, String>;
     /// Reads an assigned partition again from `offset` (records fetched
     /// before are not returned).
     fn seek(&mut self, tp: &Tp, offset: i64) -> Result<(), String>;

@@ -8,17 +8,17 @@
 //! committed. A handler panic ends the thread without committing past the
 //! last handled batch; the supervisor restarts it.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode as RdCommitMode, Consumer as _, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::broker::{Broker, CommitMode, Event, Tp};
+use crate::broker::{Broker, CommitMode, Event, Start, Tp};
 use crate::clock::SystemClock;
 use crate::config::Settings;
 use crate::db::Pool;
@@ -123,6 +123,30 @@ impl ConsumerContext for Ctx {
             })
             .collect();
         self.queue().push_back(Event::Committed { offsets, result: result.map_err(|e| e.to_string()) });
+    }
+}
+
+/// Sends an asynchronous commit whose answer comes back through the
+/// consumer's queue, to [`Ctx::commit_callback`]. (rust-rdkafka's own
+/// asynchronous commit asks for no answer, so none ever came:
+/// fede1024/rust-rdkafka#856.)
+fn commit_with_answer(consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) -> Result<(), String> {
+    use rdkafka::bindings as rd;
+    let rk = consumer.client().native_ptr();
+    // SAFETY: the client and the list outlive the call; librdkafka keeps its
+    // own reference to the queue for the answer, so ours is released at once.
+    let err = unsafe {
+        let queue = rd::rd_kafka_queue_get_consumer(rk);
+        if queue.is_null() {
+            return Err("the consumer has no queue (not in a group)".into());
+        }
+        let err = rd::rd_kafka_commit_queue(rk, tpl.ptr(), queue, None, std::ptr::null_mut());
+        rd::rd_kafka_queue_destroy(queue);
+        err
+    };
+    match err {
+        rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
+        e => Err(rdkafka::error::RDKafkaErrorCode::from(e).to_string()),
     }
 }
 
@@ -275,7 +299,7 @@ impl Broker for RdBroker {
         for ((t, p), o) in offsets {
             tpl.add_partition_offset(t, *p, Offset::Offset(*o)).map_err(|e| e.to_string())?;
         }
-        self.consumer.commit(&tpl, RdCommitMode::Async).map_err(|e| e.to_string())?;
+        commit_with_answer(&self.consumer, &tpl)?;
         if mode == CommitMode::Async {
             return Ok(());
         }
@@ -304,14 +328,22 @@ impl Broker for RdBroker {
         Ok(())
     }
 
-    fn assign(&mut self, tps: &[(Tp, Option<i64>)]) -> Result<(), String> {
+    fn assign(&mut self, tps: &[(Tp, Start)]) -> Result<(), String> {
         let mut tpl = TopicPartitionList::new();
         for ((t, p), start) in tps {
-            // Invalid: the committed offset, else the reset policy.
-            let offset = start.map_or(Offset::Invalid, Offset::Offset);
+            let offset = match start {
+                Start::At(o) => Offset::Offset(*o),
+                // Invalid: the committed offset, else the reset policy.
+                Start::Committed => Offset::Invalid,
+                Start::Beginning => Offset::Beginning,
+            };
             tpl.add_partition_offset(t, *p, offset).map_err(|e| e.to_string())?;
         }
         complete(&self.consumer, true, &tpl).map_err(|e| e.to_string())
+    }
+
+    fn topic_ids(&mut self, topics: &[String]) -> Result<BTreeMap<String, String>, String> {
+        self.ids.look(self.consumer.client().native_ptr(), topics)
     }
 
     fn seek(&mut self, (topic, partition): &Tp, offset: i64) -> Result<(), String> {

@@ -23,7 +23,7 @@ use crate::record::Record;
 use crate::router::{DispatchError, Router};
 use crate::scheduler::Wakers;
 use crate::shutdown::StopRequest;
-use crate::sink::{Failure, FailureKind, Sink};
+use crate::sink::{Failure, FailureKind, Sink, Stored};
 
 pub struct Handlers {
     router: Router,
@@ -42,6 +42,8 @@ pub struct Handlers {
     /// database lost committed batches.
     applied: Applied,
     next_verify: Instant,
+    /// The ids of the topics read, stored with their partitions' offsets.
+    topic_ids: BTreeMap<String, String>,
 }
 
 /// How often the stored offsets are compared with what this sink stored.
@@ -86,6 +88,7 @@ impl Handlers {
             rewinds: BTreeMap::new(),
             applied: Applied::default(),
             next_verify: Instant::now(),
+            topic_ids: BTreeMap::new(),
         }
     }
 
@@ -101,8 +104,8 @@ impl Handlers {
         let spans = spans(records);
         let mut conn = checkout(&self.pool, self.stop.drain_by()).map_err(|e| failure("database", e))?;
         let durable = self.settings.database_consumer_sync_commit || spans.keys().any(|tp| !self.durable.contains(tp));
-        let (group, rewinds, applied, router) =
-            (&self.settings.kafka_group_id, &self.rewinds, &self.applied, &mut self.router);
+        let (group, rewinds, applied, router, ids) =
+            (&self.settings.kafka_group_id, &self.rewinds, &self.applied, &mut self.router, &self.topic_ids);
         let mut lost = None;
         let out = crate::db::transaction(&mut conn, !durable, |c| {
             let mut applied_below = BTreeMap::new();
@@ -116,7 +119,8 @@ impl Handlers {
                     records.iter().find(same).map(Record::fingerprint)
                 };
                 let mine = if rewind.is_some() { None } else { applied.expected(tp, span.first) };
-                match consumer_offsets::advance(c, group, tp, *span, mine, fingerprint_at)
+                let topic_id = ids.get(&tp.0).map(String::as_str);
+                match consumer_offsets::advance(c, group, tp, *span, mine, topic_id, fingerprint_at)
                     .map_err(|e| failure("offsets", e))?
                 {
                     Advance::Moved => {}
@@ -202,17 +206,31 @@ impl Handlers {
 }
 
 impl Sink for Handlers {
-    fn positions(&mut self, tps: &[Tp]) -> Result<Vec<Option<i64>>, Failure> {
-        let starts = checkout(&self.pool, self.stop.drain_by())
+    fn positions(&mut self, tps: &[Tp]) -> Result<Vec<Option<Stored>>, Failure> {
+        let stored = checkout(&self.pool, self.stop.drain_by())
             .and_then(|mut conn| consumer_offsets::positions(&mut conn, &self.settings.kafka_group_id, tps))
             .map_err(|e| failure("offsets", e));
-        self.applied.assigned(tps, starts.as_deref().ok());
+        let starts: Option<Vec<Option<i64>>> =
+            stored.as_ref().ok().map(|s| s.iter().map(|s| s.as_ref().map(|s| s.next)).collect());
+        self.applied.assigned(tps, starts.as_deref());
         for (tp, start) in tps.iter().zip(starts.iter().flatten()) {
             if start.is_some() {
                 self.durable.insert(tp.clone());
             }
         }
-        starts
+        stored
+    }
+
+    fn identify(&mut self, topic_ids: &BTreeMap<String, String>) {
+        self.topic_ids.extend(topic_ids.iter().map(|(t, id)| (t.clone(), id.clone())));
+    }
+
+    fn released(&mut self, tps: &[Tp]) {
+        for tp in tps {
+            self.rewinds.remove(tp);
+            self.durable.remove(tp);
+            self.applied.forget(tp);
+        }
     }
 
     fn rewind(&mut self, tp: &Tp, to: i64) {
@@ -306,5 +324,36 @@ mod tests {
                 (("b".into(), 0), span(0, 1, &batch[3]))
             ]
         );
+    }
+
+    /// What the sink keeps of a partition goes when it leaves: a rewind not
+    /// applied yet, its durability and what it applied are the next
+    /// assignment's to learn afresh.
+    #[test]
+    fn a_partition_that_leaves_takes_its_state_with_it() {
+        let dir = std::env::temp_dir().join(format!("cronsumer-released-{}", std::process::id()));
+        let url = dir.join("t.db").display().to_string();
+        let (pool, _) = crate::db::connect_and_migrate(&url, 1).unwrap();
+        let settings = Arc::new(Settings::from_vars(Default::default()).unwrap());
+        let router = Router::new(vec![], str::to_string);
+        let mut sink = Handlers::new(router, pool, settings, Wakers::default(), Arc::default());
+        let tp = |p: i32| -> Tp { ("t".into(), p) };
+        let rec = |p: i32, offset: i64| Record {
+            topic: "t".into(),
+            partition: p,
+            offset,
+            key: None,
+            payload: None,
+            timestamp: None,
+        };
+        sink.handle(&[rec(0, 0), rec(1, 0), rec(1, 1), rec(2, 0)]).unwrap();
+        sink.rewind(&tp(0), 0);
+        assert_eq!(sink.applied.expected(&tp(1), 2), Some(2));
+        sink.released(&[tp(0), tp(1)]);
+        assert!(sink.rewinds.is_empty(), "a rewind of a partition that left");
+        assert_eq!(sink.durable.iter().collect::<Vec<_>>(), vec![&tp(2)]);
+        assert_eq!(sink.applied.expected(&tp(1), 2), None, "what was applied of a partition that left");
+        assert_eq!(sink.applied.expected(&tp(2), 1), Some(1));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

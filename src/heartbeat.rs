@@ -10,7 +10,9 @@ pub struct Heartbeat {
     epoch: Instant,
     /// Milliseconds since `epoch` + 1 (0 = never).
     last_poll: AtomicU64,
+    /// The last commit Kafka confirmed, and the last batch the database committed.
     last_commit: AtomicU64,
+    last_stored: AtomicU64,
     /// Since when handled records have waited for a commit (0 = none wait).
     uncommitted_since: AtomicU64,
     records: AtomicU64,
@@ -51,6 +53,7 @@ impl Default for Heartbeat {
             epoch: Instant::now(),
             last_poll: AtomicU64::new(0),
             last_commit: AtomicU64::new(0),
+            last_stored: AtomicU64::new(0),
             uncommitted_since: AtomicU64::new(0),
             records: AtomicU64::new(0),
             assigned: AtomicI64::new(0),
@@ -79,8 +82,10 @@ impl Heartbeat {
         self.last_poll.store(self.stamp(), Ordering::Relaxed);
     }
 
-    /// A batch of `records` was handled (its commit may follow shortly).
+    /// A batch of `records` was handled: the database committed it (its
+    /// Kafka commit may follow shortly).
     pub fn handled(&self, records: usize) {
+        self.last_stored.store(self.stamp(), Ordering::Relaxed);
         self.records.fetch_add(records as u64, Ordering::Relaxed);
         let _ = self.uncommitted_since.compare_exchange(0, self.stamp(), Ordering::Relaxed, Ordering::Relaxed);
     }
@@ -146,8 +151,14 @@ impl Heartbeat {
         self.age(&self.last_poll)
     }
 
+    /// Time since Kafka last confirmed a commit.
     pub fn since_commit(&self) -> Option<Duration> {
         self.age(&self.last_commit)
+    }
+
+    /// Time since the database last committed a batch.
+    pub fn since_stored(&self) -> Option<Duration> {
+        self.age(&self.last_stored)
     }
 
     pub fn records(&self) -> u64 {

@@ -29,6 +29,8 @@ pub enum SetupError {
     CreateFailed { topic: String, reason: String },
     #[error("Kafka client error: {0}")]
     Client(#[from] KafkaError),
+    #[error("stopped while waiting for the broker")]
+    Stopped,
 }
 
 /// Settings every client shares: servers, security, then the user's
@@ -89,6 +91,10 @@ pub fn producer_config(settings: &Settings) -> ClientConfig {
     for (k, v) in base_config(settings).config_map() {
         c.set(k, v);
     }
+    // Every record acknowledged by all replicas, none written twice by a retry:
+    // a pass-through may not undo them (settings refuse it; this is the backstop).
+    c.set("acks", "all");
+    c.set("enable.idempotence", "true");
     c
 }
 
@@ -134,7 +140,8 @@ pub fn wait_for_broker(
         match admin.inner().fetch_metadata(None, METADATA_TIMEOUT) {
             Ok(m) if !m.brokers().is_empty() => return Ok(m),
             Ok(_) => log::warn!("kafka metadata named no broker (attempt {attempt})"),
-            Err(e) if attempt > retries || shutdown() => {
+            Err(_) if shutdown() => return Err(SetupError::Stopped),
+            Err(e) if attempt > retries => {
                 return Err(SetupError::Unreachable {
                     servers: settings.kafka_bootstrap_servers.clone(),
                     attempts: attempt,
@@ -148,7 +155,14 @@ pub fn wait_for_broker(
                     settings.kafka_bootstrap_servers,
                     delay.as_millis()
                 );
-                std::thread::sleep(delay);
+                // In slices: a stop asked for meanwhile ends the wait at once.
+                let until = std::time::Instant::now() + delay;
+                while !shutdown() && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(50).min(until - std::time::Instant::now()));
+                }
+                if shutdown() {
+                    return Err(SetupError::Stopped);
+                }
             }
         }
     }
@@ -295,5 +309,16 @@ mod tests {
         let Err(refused) = created else { panic!("an invalid value is refused") };
         let shown = scrubbed(&settings, refused).to_string();
         assert!(!shown.contains("hunter3"), "{shown}");
+    }
+
+    #[test]
+    fn clients_keep_their_guarantees_whatever_passes_through() {
+        let mut settings = Settings::from_vars(Default::default()).unwrap();
+        for (name, value) in [("acks", "1"), ("enable.idempotence", "false"), ("enable.auto.commit", "true")] {
+            settings.kafka_props.insert(name.into(), value.into());
+        }
+        let producer = producer_config(&settings);
+        assert_eq!((producer.get("acks"), producer.get("enable.idempotence")), (Some("all"), Some("true")));
+        assert_eq!(consumer_config(&settings).get("enable.auto.commit"), Some("false"));
     }
 }

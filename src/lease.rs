@@ -23,13 +23,17 @@ pub struct Keeper {
 impl Keeper {
     pub fn start(pool: Pool, lease: Lease, lease_for: Duration) -> Keeper {
         let (stop, stopped) = mpsc::channel::<bool>();
+        // A renewal never waits for a connection past its turn: a lease that
+        // outlived its keeper's wait would be another copy's by then.
+        let turn = lease_for / 3;
+        let connection = move |pool: &Pool| checkout(pool, Some(std::time::Instant::now() + turn));
         let thread = std::thread::spawn(move || loop {
-            let renewed = match stopped.recv_timeout(lease_for / 3) {
+            let renewed = match stopped.recv_timeout(turn) {
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    checkout(&pool, None).and_then(|mut c| job_leases::renew(&mut c, &lease, lease_for))
+                    connection(&pool).and_then(|mut c| job_leases::renew(&mut c, &lease, lease_for))
                 }
                 Ok(true) => {
-                    let released = checkout(&pool, None).and_then(|mut c| job_leases::release(&mut c, &lease));
+                    let released = connection(&pool).and_then(|mut c| job_leases::release(&mut c, &lease));
                     if let Err(e) = released {
                         log::warn!("job={} cannot give its lease up (it expires by itself): {e}", lease.job);
                     }

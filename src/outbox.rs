@@ -60,7 +60,15 @@ pub enum PublishError {
     Producer(KafkaError),
     #[error("{rows} outbox row(s) not delivered ({error}); their keys wait {} ms", retry_in.as_millis())]
     Undelivered { rows: usize, error: String, retry_in: Duration },
+    #[error("the publisher lost its lease (another copy publishes now): nothing more was sent or marked")]
+    LeaseLost,
 }
+
+/// The publisher's writes go through its run's fence: `write` runs in one
+/// transaction that first checks that the run still holds the publisher's
+/// lease; `Ok(false)` when it was lost (nothing written).
+pub type Fence<'a> =
+    &'a dyn Fn(&mut DbConnection, &mut dyn FnMut(&mut DbConnection) -> Result<(), DbError>) -> Result<bool, DbError>;
 
 /// What one run did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -83,11 +91,15 @@ impl Publisher {
     /// Publishes the unpublished rows, wave by wave, until none is left that
     /// may be sent now or `stop` says so. A key whose row fails is left out
     /// for the rest of the run, its later rows with it, and waits (1 s
-    /// doubling to a minute); the other keys go on.
+    /// doubling to a minute); the other keys go on. Each wave is sent only
+    /// while the run holds its lease, and marked through `fence`: a run that
+    /// lost its lease sends and marks nothing more, so two copies never
+    /// publish the same rows side by side.
     pub fn run(
         &self,
         settings: &Settings,
         conn: &mut DbConnection,
+        fence: Fence<'_>,
         stop: impl Fn() -> bool,
     ) -> Result<Published, PublishError> {
         let mut guard = lock(&self.producer);
@@ -110,13 +122,22 @@ impl Publisher {
                 break;
             }
             while !rows.is_empty() && !stop() {
+                if !fence(conn, &mut |_| Ok(()))? {
+                    return Err(PublishError::LeaseLost);
+                }
                 let (delivered, failures) = send_wave(producer, &first_of_each_key(&rows));
                 #[cfg(feature = "fault-injection")]
                 crate::fault_injection::after_delivery(delivered.len());
-                outbox::mark_published(conn, &delivered)?;
+                let marked = fence(conn, &mut |c| {
+                    outbox::mark_published(c, &delivered)?;
+                    failures.iter().try_for_each(|(row, error)| outbox::mark_failed(c, row.id, error))
+                })?;
+                if !marked {
+                    // Its rows go out again from the lease's new holder: consumers tell them by identity.
+                    return Err(PublishError::LeaseLost);
+                }
                 published += delivered.len();
                 for (row, error) in failures {
-                    outbox::mark_failed(conn, row.id, &error)?;
                     waiting.insert(row.key.clone(), self.key_failed(&row.key));
                     failed.push(error);
                 }

@@ -2,7 +2,9 @@
 //! router and the database in production, a simulated database in the
 //! tests), and the ways handling can fail.
 
-use crate::broker::Tp;
+use std::collections::BTreeMap;
+
+use crate::broker::{Start, Tp};
 use crate::record::Record;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,13 +37,43 @@ pub struct Failure {
     pub message: String,
 }
 
+/// A partition's position as the database stored it: the next offset to
+/// read, and the id of the topic whose log that offset belongs to (`None`:
+/// stored before ids were kept, or while they could not be read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub next: i64,
+    pub topic_id: Option<String>,
+}
+
+impl Stored {
+    /// Where to read a partition from, given what the database stored of it
+    /// and its topic's id now: a stored offset of another log (the topic was
+    /// deleted and recreated while this group was away) means the new log's
+    /// beginning, never the old offset, below which it would go unread.
+    pub fn start(stored: Option<&Stored>, topic_id: Option<&str>) -> Start {
+        match stored {
+            None => Start::Committed,
+            Some(s) => match (s.topic_id.as_deref(), topic_id) {
+                (Some(then), Some(now)) if then != now => Start::Beginning,
+                _ => Start::At(s.next),
+            },
+        }
+    }
+}
+
 /// Where records go: handlers, the database, `dead_letters`, and the
 /// offsets they were applied up to, all in one transaction per call.
 pub trait Sink {
-    /// Where to read each of `tps` from: the next offset the database
-    /// applied, or `None` when it applied nothing (Kafka's committed offset
-    /// or the reset policy decides).
-    fn positions(&mut self, tps: &[Tp]) -> Result<Vec<Option<i64>>, Failure>;
+    /// What the database stored of each of `tps` (`None`: it applied
+    /// nothing of that partition; Kafka's committed offset or the reset
+    /// policy decides). See [`Stored::start`].
+    fn positions(&mut self, tps: &[Tp]) -> Result<Vec<Option<Stored>>, Failure>;
+    /// The ids of the topics being read, as the cluster knows them now:
+    /// stored with their partitions' offsets.
+    fn identify(&mut self, topic_ids: &BTreeMap<String, String>);
+    /// Partitions that left this copy: what the sink keeps of them goes.
+    fn released(&mut self, tps: &[Tp]);
     /// A partition read from its stored position restarted below it, at
     /// `to` (the broker reset it: the topic was recreated or truncated).
     fn rewind(&mut self, tp: &Tp, to: i64);
@@ -68,4 +100,20 @@ pub trait Sink {
 pub struct Panicked {
     pub at: String,
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_offset_of_another_log_starts_at_the_beginning() {
+        let stored = |id: Option<&str>| Some(Stored { next: 100, topic_id: id.map(String::from) });
+        assert_eq!(Stored::start(None, Some("a")), Start::Committed);
+        assert_eq!(Stored::start(stored(Some("a")).as_ref(), Some("a")), Start::At(100));
+        assert_eq!(Stored::start(stored(Some("a")).as_ref(), Some("b")), Start::Beginning);
+        // Unknown on either side: the stored offset, as before ids were kept.
+        assert_eq!(Stored::start(stored(None).as_ref(), Some("b")), Start::At(100));
+        assert_eq!(Stored::start(stored(Some("a")).as_ref(), None), Start::At(100));
+    }
 }

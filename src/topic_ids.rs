@@ -4,7 +4,7 @@
 //! would never be read. This asks the cluster for the subscribed topics' ids
 //! (DescribeTopics, not wrapped by rust-rdkafka) and says which changed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CStr, CString};
 use std::os::raw::c_char;
 use std::time::{Duration, Instant};
@@ -15,6 +15,8 @@ use rdkafka::bindings as rd;
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Longest wait for the cluster's answer (the consumer thread waits on it).
 const ANSWER_WITHIN: Duration = Duration::from_millis(500);
+/// Longest time an assignment spends asking for its topics' ids.
+const LOOK_WITHIN: Duration = Duration::from_secs(2);
 
 /// The ids of a set of topics, as last seen.
 #[derive(Debug, Default)]
@@ -39,6 +41,26 @@ impl TopicIds {
                 vec![]
             }
         }
+    }
+
+    /// The ids of `topics` now (retried within [`LOOK_WITHIN`]: a partition
+    /// assigned without them would not be checked against its stored id),
+    /// which later checks compare with.
+    pub fn look(&mut self, client: *mut rd::rd_kafka_t, topics: &[String]) -> Result<BTreeMap<String, String>, String> {
+        let until = Instant::now() + LOOK_WITHIN;
+        let ids = loop {
+            match describe(client, topics) {
+                Ok(ids) => break ids,
+                Err(e) if Instant::now() >= until => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        for (topic, id) in &ids {
+            if let Some(before) = self.seen.insert(topic.clone(), id.clone()).filter(|b| b != id) {
+                log::info!("topic id changed topic={topic} id_before={before} id_now={id}");
+            }
+        }
+        Ok(ids.into_iter().collect())
     }
 
     fn compare(&mut self, ids: HashMap<String, String>) -> Vec<String> {

@@ -34,11 +34,10 @@ pub fn prices(
 ) -> anyhow::Result<ExitCode> {
     let PricesCommand::Fetch { symbols } = command;
     let pool = pool(settings)?;
-    let mut conn = pool.get().map_err(DbError::Pool)?;
     let provider = Provider::new(settings);
     let mut failed = 0;
     for symbol in &symbols {
-        match market::fetch(settings, &provider, &mut conn, symbol) {
+        match market::fetch(settings, &provider, &pool, symbol) {
             Ok(e) => out.object(&[
                 ("symbol", json!(e.symbol)),
                 ("price", json!(e.price)),
@@ -52,7 +51,6 @@ pub fn prices(
             }
         }
     }
-    drop(conn);
     // With KAFKA_ENABLED=false nothing was enqueued: there is nothing to publish.
     let published = failed < symbols.len() && (!settings.kafka_enabled || publish(settings, registry, out)?);
     Ok(if failed == 0 && published { ExitCode::SUCCESS } else { ExitCode::from(1) })

@@ -314,7 +314,11 @@ pub fn execute(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
         Command::Run => {
             let shutdown = Shutdown::new();
             app::watch_signals(shutdown.clone()).context("cannot watch for signals")?;
-            app::run(settings, shutdown, registry)?;
+            match app::run(settings, shutdown.clone(), registry) {
+                // A stop that was asked for is a clean stop, whatever phase the start was in.
+                Err(e) if shutdown.is_triggered() => log::info!("stopped during start: {e:#}"),
+                result => result?,
+            }
         }
         Command::Migrate => {
             let (_, applied) = db::connect_and_migrate(&settings.database_url, 1)?;

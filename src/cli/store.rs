@@ -10,6 +10,7 @@ use super::output::{bytes, time, Output};
 use super::{pool, DeadLettersCommand, JobsCommand, NotificationsCommand, UsageError};
 use crate::config::Settings;
 use crate::db::{self, dead_letters, notifications, DbError};
+use crate::producer::ReplayError;
 use crate::registry::Registry;
 use crate::scheduler::{Job, JobContext, JobRunner, RunOutcome, Trigger};
 use crate::shutdown::Shutdown;
@@ -71,7 +72,14 @@ pub fn dead_letters(settings: &Settings, out: &Output, command: DeadLettersComma
                     }
                 }
             };
-            let delivered = crate::producer::replay(settings, &mut conn, &targets)?;
+            drop(conn);
+            let delivered = match crate::producer::replay(settings, &pool, &targets) {
+                Err(ReplayError::Taken) if !all => {
+                    bail!(UsageError(format!("dead letter {}: being replayed now, or replayed already", targets[0].id)))
+                }
+                Err(ReplayError::Taken) => 0,
+                result => result?,
+            };
             if out.json {
                 out.object(&[("replayed", json!(delivered))]);
             } else {
@@ -126,7 +134,12 @@ pub fn notifications(settings: &Settings, out: &Output, command: NotificationsCo
         }
         NotificationsCommand::Retry { id } => {
             if !notifications::retry_now(&mut conn, id, false)? {
-                bail!(UsageError(format!("no notification with id {id} (see `cronsumer notifications list`)")));
+                let why = match notifications::status_of(&mut conn, id)? {
+                    // As the console's retry: a row being sent would be delivered twice at once.
+                    Some(_) => format!("notification {id} is being sent now; retry it once it is sent or failed"),
+                    None => format!("no notification with id {id} (see `cronsumer notifications list`)"),
+                };
+                bail!(UsageError(why));
             }
             println!("notification {id} is pending again");
         }
@@ -142,10 +155,8 @@ pub fn run_job(settings: Settings, pool: db::Pool, registry: &Registry, name: &s
     let Some(job) = jobs.iter().find(|j| j.name() == name).cloned() else {
         bail!(UsageError(format!("no job named {name:?}; jobs: {}", names.join(", "))));
     };
-    if !job.enabled(&settings) {
-        bail!(UsageError(format!(
-            "job {name} is off with these settings (see its line in the README's built-in jobs)"
-        )));
+    if let Some(why) = job.off(&settings) {
+        bail!(UsageError(format!("job {name} is off with these settings: {why}")));
     }
     let ctx = Arc::new(JobContext::new(Arc::new(settings), pool, None, Shutdown::new()).with_topics(topics));
     Ok(JobRunner::new(job, ctx)?.run(Trigger::Manual))
@@ -160,15 +171,18 @@ pub fn jobs(settings: Settings, registry: &Registry, out: &Output, command: Jobs
             for job in &(registry.jobs)() {
                 let cron = job.schedule(&settings).map_err(|e| anyhow::anyhow!("job {}: {e}", job.name()))?;
                 let last = db::job_runs::last(&mut conn, job.name())?;
+                let off = job.off(&settings);
+                let next = if off.is_some() { None } else { cron.next_after(chrono::Utc::now()) };
                 rows.push(vec![
                     json!(job.name()),
                     json!(cron.as_str()),
                     time(last.as_ref().map(|r| r.started_at)),
                     last.as_ref().map(|r| json!(r.outcome)).unwrap_or(Value::Null),
-                    time(cron.next_after(chrono::Utc::now()).map(|t| t.naive_utc())),
+                    time(next.map(|t| t.naive_utc())),
+                    json!(off.map_or("on".to_string(), |why| format!("off: {why}"))),
                 ]);
             }
-            out.rows(&["JOB", "SCHEDULE", "LAST_RUN", "OUTCOME", "NEXT_RUN"], &rows);
+            out.rows(&["JOB", "SCHEDULE", "LAST_RUN", "OUTCOME", "NEXT_RUN", "STATE"], &rows);
             Ok(ExitCode::SUCCESS)
         }
         JobsCommand::Run { name } => {

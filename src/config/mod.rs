@@ -242,6 +242,14 @@ impl Settings {
         if self.notifier == NotifierKind::Webhook && self.notify_webhook_url.is_none() {
             r.problem("NOTIFY_WEBHOOK_URL", "", "an http:// or https:// URL (required when NOTIFIER=webhook)");
         }
+        for (name, allowed) in GUARANTEES {
+            let Some(value) = self.kafka_props.get(*name) else { continue };
+            if !allowed.contains(&value.trim().to_ascii_lowercase().as_str()) {
+                let var = format!("KAFKA_PROP_{}", name.replace('.', "_").to_uppercase());
+                let expected = format!("{} (it carries a delivery guarantee), or leave it unset", allowed.join(" or "));
+                r.problem(&var, value, &expected);
+            }
+        }
         if self.kafka_security_protocol.starts_with("SASL") && self.kafka_sasl_mechanism.is_none() {
             let expected = format!("one of {} when KAFKA_SECURITY_PROTOCOL is SASL_*", SASL_MECHANISMS.join(", "));
             r.problem("KAFKA_SASL_MECHANISM", "", &expected);
@@ -269,6 +277,16 @@ impl Settings {
         format!("{}{name}", self.kafka_topic_prefix)
     }
 }
+
+/// librdkafka properties that carry a guarantee, with the values that keep
+/// it: a pass-through may restate them, never weaken them. (The clients set
+/// them again after the pass-through too.)
+pub const GUARANTEES: &[(&str, &[&str])] = &[
+    ("acks", &["all", "-1"]),
+    ("enable.idempotence", &["true"]),
+    ("enable.auto.commit", &["false"]),
+    ("enable.auto.offset.store", &["false"]),
+];
 
 /// `KAFKA_PROP_SESSION_TIMEOUT_MS=6000` → `session.timeout.ms = 6000`.
 fn kafka_props(vars: &HashMap<String, String>) -> BTreeMap<String, String> {

@@ -137,3 +137,15 @@ fn kafka_props_pass_through_and_secrets_are_redacted() {
     }
     assert!(text.contains("postgres://app:***@db:5432/app"));
 }
+
+#[test]
+fn a_pass_through_may_not_weaken_a_delivery_guarantee() {
+    let p = problems(&[("KAFKA_PROP_ACKS", "1"), ("KAFKA_PROP_ENABLE_IDEMPOTENCE", "false")]);
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p[0].starts_with(r#"invalid setting KAFKA_PROP_ACKS="1": expected all or -1"#), "{p:?}");
+    assert!(p[1].starts_with(r#"invalid setting KAFKA_PROP_ENABLE_IDEMPOTENCE="false""#), "{p:?}");
+    assert_eq!(problems(&[("KAFKA_PROP_ENABLE_AUTO_COMMIT", "true")]).len(), 1);
+    // Restating the guarantee is fine.
+    let s = load(&[("KAFKA_PROP_ACKS", "all"), ("KAFKA_PROP_ENABLE_IDEMPOTENCE", "TRUE")]).unwrap();
+    assert_eq!(s.kafka_props.get("acks").map(String::as_str), Some("all"));
+}

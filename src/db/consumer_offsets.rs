@@ -15,13 +15,28 @@ use super::schema::consumer_offsets::{self, dsl as co};
 use super::{now, DbConnection, DbError};
 use crate::broker::Tp;
 use crate::events::{Event as _, OffsetReset};
+use crate::sink::Stored;
 use crate::{on_backend, prepared};
 
-/// Where the database says to read each of `tps` from (`None`: it applied
-/// nothing of that partition).
-pub fn positions(conn: &mut DbConnection, group: &str, tps: &[Tp]) -> Result<Vec<Option<i64>>, DbError> {
-    let stored = list(conn, group)?;
-    Ok(tps.iter().map(|tp| stored.iter().find(|(t, _)| t == tp).map(|(_, o)| *o)).collect())
+/// What the database stored of each of `tps`: the next offset and the id
+/// of the topic it belongs to (`None`: it applied nothing of that partition).
+pub fn positions(conn: &mut DbConnection, group: &str, tps: &[Tp]) -> Result<Vec<Option<Stored>>, DbError> {
+    let rows: Vec<(String, i32, i64, Option<String>)> = on_backend!(conn, |c| co::consumer_offsets
+        .filter(co::group_id.eq(group))
+        .select((co::topic, co::partition, co::next_offset, co::topic_id))
+        .load(c))?;
+    Ok(tps
+        .iter()
+        .map(|(topic, partition)| {
+            let row = rows.iter().find(|(t, p, _, _)| t == topic && p == partition);
+            row.map(|(_, _, next, topic_id)| Stored { next: *next, topic_id: topic_id.clone() })
+        })
+        .collect())
+}
+
+diesel::define_sql_function! {
+    /// The first of its arguments that is not NULL.
+    fn coalesce(x: diesel::sql_types::Nullable<diesel::sql_types::Text>, y: diesel::sql_types::Nullable<diesel::sql_types::Text>) -> diesel::sql_types::Nullable<diesel::sql_types::Text>;
 }
 
 /// A batch's records of one partition, as [`advance`] needs them.
@@ -48,7 +63,8 @@ pub enum Advance {
 }
 
 /// Moves a partition's offset to the end of `span`, inside the caller's
-/// transaction. `mine` is the offset this copy stored last (if any).
+/// transaction, with the id of the topic it reads (`topic_id`; unknown
+/// keeps the stored one). `mine` is the offset this copy stored last (if any).
 /// `fingerprint_at` gives the fingerprint of a record of the span by offset:
 /// when the stored offset is inside the span and the record before it
 /// differs from the one applied there, the log changed under the offset
@@ -59,11 +75,17 @@ pub fn advance(
     tp: &Tp,
     span: Span,
     mine: Option<i64>,
+    topic_id: Option<&str>,
     fingerprint_at: impl Fn(i64) -> Option<i64>,
 ) -> Result<Advance, DbError> {
     let row = co::consumer_offsets.find((group, &tp.0, tp.1));
     let t = now();
-    let set = (co::next_offset.eq(span.next), co::last_fingerprint.eq(span.last_fingerprint), co::updated_at.eq(t));
+    let set = (
+        co::next_offset.eq(span.next),
+        co::last_fingerprint.eq(span.last_fingerprint),
+        co::updated_at.eq(t),
+        co::topic_id.eq(coalesce(topic_id, co::topic_id)),
+    );
     // The usual case in one statement: nothing of these records applied,
     // and nothing this copy applied lost.
     let usual = co::next_offset.le(span.first).and(co::next_offset.ge(mine.unwrap_or(i64::MIN)));
@@ -74,7 +96,15 @@ pub fn advance(
     let stored: Option<(i64, i64)> =
         on_backend!(conn, |c| row.select((co::next_offset, co::last_fingerprint)).first(c).optional())?;
     let Some((stored, fingerprint)) = stored else {
-        let values = (co::group_id.eq(group), co::topic.eq(&tp.0), co::partition.eq(tp.1), set);
+        let values = (
+            co::group_id.eq(group),
+            co::topic.eq(&tp.0),
+            co::partition.eq(tp.1),
+            co::next_offset.eq(span.next),
+            co::last_fingerprint.eq(span.last_fingerprint),
+            co::updated_at.eq(t),
+            co::topic_id.eq(topic_id),
+        );
         on_backend!(conn, |c| diesel::insert_into(consumer_offsets::table).values(values).execute(c))?;
         return Ok(Advance::Moved);
     };

@@ -161,9 +161,30 @@ pub fn find(conn: &mut DbConnection, id: i64) -> Result<Option<DeadLetter>, DbEr
     Ok(on_backend!(conn, |c| d::dead_letters.find(id).select(DeadLetter::as_select()).first(c).optional())?)
 }
 
-pub fn mark_replayed(conn: &mut DbConnection, id: i64) -> Result<(), DbError> {
-    let t = now();
-    on_backend!(conn, |c| diesel::update(d::dead_letters.find(id)).set(d::replayed_at.eq(Some(t))).execute(c))?;
+/// Claims the dead letters of `ids` not replayed yet nor held by another
+/// replay, for `hold` (by the database's clock); returns the ids claimed.
+/// Two replays of one dead letter at once: one of them claims it.
+pub fn claim_replay(conn: &mut DbConnection, ids: &[i64], hold: std::time::Duration) -> Result<Vec<i64>, DbError> {
+    let t = super::clock(conn)?;
+    let free = d::replaying_until.is_null().or(d::replaying_until.lt(t));
+    let target = d::dead_letters.filter(d::id.eq_any(ids)).filter(d::replayed_at.is_null()).filter(free);
+    let until = super::after(t, hold);
+    let mut claimed: Vec<i64> = on_backend!(conn, |c| diesel::update(target)
+        .set(d::replaying_until.eq(Some(until)))
+        .returning(d::id)
+        .get_results(c))?;
+    claimed.sort_unstable();
+    Ok(claimed)
+}
+
+/// Ends the replay of `ids`: marked replayed when `delivered`, else free
+/// to be replayed again.
+pub fn replay_done(conn: &mut DbConnection, ids: &[i64], delivered: bool) -> Result<(), DbError> {
+    let target = d::dead_letters.filter(d::id.eq_any(ids));
+    let replayed = delivered.then(now);
+    on_backend!(conn, |c| diesel::update(target)
+        .set((d::replayed_at.eq(replayed), d::replaying_until.eq(None::<NaiveDateTime>)))
+        .execute(c))?;
     Ok(())
 }
 

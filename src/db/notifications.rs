@@ -244,11 +244,17 @@ fn claim(
     })
 }
 
-/// Extends every claim `holder` holds by `claim_for` from now (by the
-/// database's clock); returns how many.
-pub fn renew_claims(conn: &mut DbConnection, holder: &str, claim_for: std::time::Duration) -> Result<usize, DbError> {
+/// Extends the claims of `ids` that `holder` holds by `claim_for` from now
+/// (by the database's clock); returns how many. Only those: rows an earlier
+/// run of the holder left claimed (it failed) expire and go back.
+pub fn renew_claims(
+    conn: &mut DbConnection,
+    ids: &[i64],
+    holder: &str,
+    claim_for: std::time::Duration,
+) -> Result<usize, DbError> {
     let until = super::after(super::clock(conn)?, claim_for);
-    let target = n::notifications.filter(n::claimed_by.eq(holder)).filter(status_is(SENDING));
+    let target = n::notifications.filter(n::id.eq_any(ids)).filter(n::claimed_by.eq(holder)).filter(status_is(SENDING));
     Ok(on_backend!(conn, |c| diesel::update(target).set(n::claimed_until.eq(Some(until))).execute(c))?)
 }
 
@@ -323,12 +329,13 @@ pub fn requeue_expired(conn: &mut DbConnection) -> Result<usize, DbError> {
         .execute(c))?)
 }
 
-/// Sets a row back to `pending`, due now (operator retry): any row, or with
-/// `only_failed` a `failed` one (never one being sent). Returns false when
-/// no such row.
+/// Sets a row back to `pending`, due now (operator retry): a `failed`,
+/// `sent` or `pending` one, or with `only_failed` a `failed` one; never one
+/// being sent (it would be delivered twice at once). Returns false when no
+/// such row.
 pub fn retry_now(conn: &mut DbConnection, id: i64, only_failed: bool) -> Result<bool, DbError> {
     let t = now();
-    let statuses: &[&str] = if only_failed { &[FAILED] } else { &[PENDING, SENDING, SENT, FAILED] };
+    let statuses: &[&str] = if only_failed { &[FAILED] } else { &[PENDING, SENT, FAILED] };
     let changed = on_backend!(conn, |c| diesel::update(
         n::notifications.filter(n::id.eq(id)).filter(n::status.eq_any(statuses))
     )
@@ -366,6 +373,11 @@ pub fn count_by_status(conn: &mut DbConnection) -> Result<Vec<(String, i64)>, Db
         .select((n::status, count_star()))
         .order(n::status)
         .load::<(String, i64)>(c))?)
+}
+
+/// The status of row `id`, if there is one.
+pub fn status_of(conn: &mut DbConnection, id: i64) -> Result<Option<String>, DbError> {
+    Ok(on_backend!(conn, |c| n::notifications.find(id).select(n::status).first(c).optional())?)
 }
 
 pub fn count(conn: &mut DbConnection) -> Result<i64, DbError> {

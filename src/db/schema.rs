@@ -34,6 +34,7 @@ diesel::table! {
         failed_at -> Timestamp,
         replayed_at -> Nullable<Timestamp>,
         fingerprint -> BigInt,
+        replaying_until -> Nullable<Timestamp>,
     }
 }
 
@@ -82,6 +83,7 @@ diesel::table! {
         next_offset -> BigInt,
         last_fingerprint -> BigInt,
         updated_at -> Timestamp,
+        topic_id -> Nullable<Text>,
     }
 }
 

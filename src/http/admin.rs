@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 
 use super::status::Status;
-use crate::db::{dead_letters, notifications, DbError};
+use crate::db::{checkout, dead_letters, notifications};
+use crate::producer::ReplayError;
 use crate::scheduler::{RunOutcome, Trigger};
 
 pub const COOKIE: &str = "cronsumer_admin";
@@ -130,23 +131,27 @@ fn db_failed(e: impl std::fmt::Display) -> (StatusCode, String) {
 
 pub async fn replay(State(status): State<Arc<Status>>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
     act(status, headers, format!("replay dead letter {id}"), move |s| {
-        let mut conn = s.sources.pool.get().map_err(|e| db_failed(DbError::Pool(e)))?;
-        let Some(d) = dead_letters::find(&mut conn, id).map_err(db_failed)? else {
+        let pool = &s.sources.http_pool;
+        let found = checkout(pool, None).and_then(|mut c| dead_letters::find(&mut c, id)).map_err(db_failed)?;
+        let Some(d) = found else {
             return Err((StatusCode::NOT_FOUND, format!("no dead letter with id {id}")));
         };
         if d.replayed_at.is_some() {
             return Err((StatusCode::CONFLICT, format!("dead letter {id} was replayed already")));
         }
-        crate::producer::replay(&s.sources.settings, &mut conn, &[d])
-            .map_err(|e| (StatusCode::BAD_GATEWAY, format!("replay failed: {e}")))?;
-        Ok(format!("dead letter {id} replayed"))
+        match crate::producer::replay(&s.sources.settings, pool, &[d]) {
+            Ok(_) => Ok(format!("dead letter {id} replayed")),
+            Err(e @ ReplayError::Taken) => Err((StatusCode::CONFLICT, format!("dead letter {id}: {e}"))),
+            Err(ReplayError::Db(e)) => Err(db_failed(e)),
+            Err(e) => Err((StatusCode::BAD_GATEWAY, format!("replay failed: {e}"))),
+        }
     })
     .await
 }
 
 pub async fn retry(State(status): State<Arc<Status>>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
     act(status, headers, format!("retry notification {id}"), move |s| {
-        let mut conn = s.sources.pool.get().map_err(|e| db_failed(DbError::Pool(e)))?;
+        let mut conn = checkout(&s.sources.http_pool, None).map_err(db_failed)?;
         // Only a failed one: a row being sent would be sent twice.
         if !notifications::retry_now(&mut conn, id, true).map_err(db_failed)? {
             return Err((StatusCode::CONFLICT, format!("no failed notification with id {id}")));

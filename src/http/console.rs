@@ -95,8 +95,9 @@ fn consumer_section(out: &mut String, s: &Status) {
     let state = if c.alive { "running" } else { "stopped" };
     let _ = write!(
         out,
-        "<p>Thread <b class={state}>{state}</b>; last poll {}, last commit {}.</p>",
+        "<p>Thread <b class={state}>{state}</b>; last poll {}; last commit in the database {}, in Kafka {}.</p>",
         ago(c.since_poll),
+        ago(c.since_stored),
         ago(c.since_commit)
     );
     match (&c.in_hand, c.retrying_for) {
@@ -140,7 +141,7 @@ fn button(admin: Admin, action: &str, label: &str) -> String {
 
 /// One read from the database for the page, or why it failed.
 fn read<T>(s: &Status, f: impl FnOnce(&mut DbConnection) -> Result<T, DbError>) -> Result<T, String> {
-    let mut conn = s.sources.pool.get().map_err(|e| e.to_string())?;
+    let mut conn = crate::db::checkout(&s.sources.http_pool, None).map_err(|e| e.to_string())?;
     f(&mut conn).map_err(|e| e.to_string())
 }
 
@@ -263,6 +264,15 @@ fn jobs_section(out: &mut String, s: &Status, admin: Admin) {
             last.as_ref().map_or(String::new(), |l| l.duration.clone()),
             r.next_run().map_or("—".into(), |t| t.format("%H:%M:%S UTC").to_string()),
             button(admin, &format!("/actions/jobs/{}/run", r.name()), "Run now")
+        );
+    }
+    for off in &s.sources.jobs_off {
+        let _ = write!(
+            out,
+            "<tr class=off><td>{}<td><code>{}</code><td colspan=5><span class=muted>off: {}</span></tr>",
+            esc(off.name),
+            esc(&off.schedule),
+            esc(&off.why)
         );
     }
     out.push_str("</table></section>");

@@ -32,7 +32,7 @@ pub mod console;
 mod prices;
 pub mod status;
 
-pub use status::{Sources, Status};
+pub use status::{Sources, Status, HTTP_POOL_SIZE};
 
 /// Time a client has to send a request's head, from the connection's start
 /// or the previous answer (slowloris, idle keep-alives).
@@ -44,6 +44,25 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// An action may produce to the broker (a replay waits for its delivery).
 pub const ACTION_TIMEOUT: Duration = Duration::from_secs(65);
+
+/// Requests served at once by each route family that reaches the database
+/// or the provider; past it, 503 with `Retry-After`, at once.
+const CONSOLE_REQUESTS: usize = 4;
+const ACTION_REQUESTS: usize = 2;
+const API_REQUESTS: usize = 64;
+
+/// Serves `req` if one of `slots` is free, else answers 503 at once.
+async fn bounded(slots: Arc<tokio::sync::Semaphore>, req: Request, next: Next) -> Response {
+    match slots.try_acquire_owned() {
+        Ok(_slot) => next.run(req).await,
+        Err(_) => {
+            let mut r = (StatusCode::SERVICE_UNAVAILABLE, "busy: too many requests at once; ask again shortly\n")
+                .into_response();
+            r.headers_mut().insert(header::RETRY_AFTER, 1.into());
+            r
+        }
+    }
+}
 
 fn problems(list: Vec<String>) -> Response {
     let (status, body) = if list.is_empty() {
@@ -78,25 +97,36 @@ async fn time_limit(limit: Duration, req: Request, next: Next) -> Response {
     }
 }
 
+/// `n` request slots, for [`bounded`].
+fn slots(n: usize) -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(n))
+}
+
 /// Every route, with its limits.
 pub fn routes(status: Arc<Status>) -> Router {
+    let (console, actions, api) = (slots(CONSOLE_REQUESTS), slots(ACTION_REQUESTS), slots(API_REQUESTS));
     let actions = Router::new()
         .route("/actions/dead-letters/{id}/replay", post(admin::replay))
         .route("/actions/notifications/{id}/retry", post(admin::retry))
         .route("/actions/jobs/{name}/run", post(admin::run_job))
+        .layer(middleware::from_fn(move |req: Request, next: Next| bounded(actions.clone(), req, next)))
         .layer(middleware::from_fn(|req: Request, next: Next| time_limit(ACTION_TIMEOUT, req, next)));
-    let quick = Router::new()
+    let page = Router::new()
         .route("/", get(console::page))
+        .layer(middleware::from_fn(move |req: Request, next: Next| bounded(console.clone(), req, next)));
+    let quick = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/unlock", post(admin::unlock))
         .route("/lock", post(admin::lock))
+        .merge(page)
         .layer(middleware::from_fn(|req: Request, next: Next| time_limit(REQUEST_TIMEOUT, req, next)));
     // A price fetch may wait for the provider's whole timeout.
     let fetch_limit = status.sources.settings.price_provider_timeout + REQUEST_TIMEOUT;
     let api = Router::new()
         .route("/v1/prices/latest", get(prices::latest))
+        .layer(middleware::from_fn(move |req: Request, next: Next| bounded(api.clone(), req, next)))
         .layer(middleware::from_fn(move |req: Request, next: Next| time_limit(fetch_limit, req, next)));
     quick.merge(actions).merge(api).fallback(not_found).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(status)
 }

@@ -15,7 +15,7 @@ use crate::db::Pool;
 use crate::heartbeat::InHand;
 use crate::metrics;
 use crate::panics::{lock, read, write};
-use crate::scheduler::{JobContext, JobRunner};
+use crate::scheduler::{JobContext, JobRunner, OffJob};
 use crate::shutdown::Shutdown;
 use crate::supervisor::{Restart, Supervisor};
 
@@ -34,13 +34,23 @@ const MOVING_AVERAGES_EXPORTED: i64 = 100;
 /// A probe result older than this is a problem in itself: its refresher is stuck.
 const STALE_AFTER: Duration = Duration::from_secs(10);
 
+/// Connections of the HTTP endpoint's own pool: the console's, the API's,
+/// the actions' and the background checks' database work.
+pub const HTTP_POOL_SIZE: u32 = 2;
+
 /// What the service is made of, as the status reads it.
 pub struct Sources {
     pub settings: Arc<Settings>,
+    /// The service's pool (the consumer's and the jobs'): its gauges only.
     pub pool: Pool,
+    /// The HTTP endpoint's own connections ([`HTTP_POOL_SIZE`]): whatever its
+    /// clients do, they cannot take the consumer's.
+    pub http_pool: Pool,
     pub supervisor: Option<Arc<Mutex<Supervisor>>>,
     pub jobs: Arc<JobContext>,
     pub runners: Vec<Arc<JobRunner>>,
+    /// The registered jobs that are off with these settings, and why.
+    pub jobs_off: Vec<OffJob>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -54,7 +64,9 @@ struct Probe {
 pub struct ConsumerView {
     pub alive: bool,
     pub since_poll: Option<Duration>,
+    /// Since Kafka last confirmed a commit, and since the database last committed a batch.
     pub since_commit: Option<Duration>,
+    pub since_stored: Option<Duration>,
     pub in_hand: Option<InHand>,
     pub retrying_for: Option<Duration>,
     pub restarts: u64,
@@ -64,6 +76,8 @@ pub struct ConsumerView {
 
 pub struct Status {
     pub sources: Sources,
+    /// The price API's fetches under way.
+    pub(super) prices: super::prices::Fetches,
     admin: Option<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>>,
     live: RwLock<Probe>,
     ready: RwLock<Probe>,
@@ -82,6 +96,7 @@ impl Status {
             if sources.settings.kafka_enabled { crate::kafka::admin_client(&sources.settings).ok() } else { None };
         Arc::new(Status {
             sources,
+            prices: Default::default(),
             admin,
             live: RwLock::default(),
             ready: RwLock::default(),
@@ -179,6 +194,7 @@ impl Status {
             alive: s.is_alive(),
             since_poll: hb.as_ref().and_then(|h| h.since_poll()),
             since_commit: hb.as_ref().and_then(|h| h.since_commit()),
+            since_stored: hb.as_ref().and_then(|h| h.since_stored()),
             in_hand: hb.as_ref().and_then(|h| h.in_hand()),
             retrying_for: hb.as_ref().and_then(|h| h.retrying_for()),
             restarts: s.restarts(),
@@ -218,7 +234,7 @@ impl Status {
 
     fn check_readiness(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        match self.sources.pool.get() {
+        match crate::db::checkout(&self.sources.http_pool, None) {
             Ok(mut c) => {
                 if let Err(e) = crate::db::ping(&mut c) {
                     problems.push(format!("database does not answer: {e}"));
@@ -258,7 +274,7 @@ impl Status {
     /// (the averages of the symbols updated last, so that hostile input
     /// cannot grow the metrics without bound).
     fn sample_store(&self) {
-        let Ok(mut conn) = self.sources.pool.get() else { return };
+        let Ok(mut conn) = crate::db::checkout(&self.sources.http_pool, None) else { return };
         let m = metrics::get();
         if let Ok(n) = crate::db::outbox::pending(&mut conn) {
             m.outbox_pending.set(n);

@@ -14,7 +14,7 @@ pub use provider::{Failure, Provider, BODY_KEPT};
 
 use crate::config::Settings;
 use crate::db::raw_responses::{self, RawResponse};
-use crate::db::{self, outbox, DbConnection, DbError};
+use crate::db::{self, outbox, DbConnection, DbError, Pool};
 use crate::events::{Event as _, PriceFetched};
 
 /// The topic price events go to (before `KAFKA_TOPIC_PREFIX` and
@@ -67,14 +67,17 @@ fn event(settings: &Settings, symbol: &str, price: f64, fetched_at: NaiveDateTim
 /// Fetches `symbol` now: stores the answer and, with a price, enqueues its
 /// event (one transaction; with `KAFKA_ENABLED=false` no event is enqueued,
 /// since nothing would publish it). The caller wakes the outbox publisher.
+/// No database connection is held during the provider's call: one is
+/// taken from `pool` once the answer is in.
 pub fn fetch(
     settings: &Settings,
     provider: &Provider,
-    conn: &mut DbConnection,
+    pool: &Pool,
     symbol_text: &str,
 ) -> Result<PriceEvent, FetchError> {
     let symbol = symbol(symbol_text).map_err(FetchError::BadSymbol)?;
     let answer = provider.fetch(&symbol);
+    let conn = &mut db::checkout(pool, None)?;
     let fetched_at = db::now();
     let id = uuid::Uuid::new_v4().to_string();
     let row = RawResponse {

@@ -98,6 +98,9 @@ pub struct Pipeline<C: Clock + Clone> {
     starts: BTreeMap<Tp, i64>,
     /// Partitions to read again from an offset (see [`Sink::read_again`]).
     seeks: Vec<(Tp, i64)>,
+    /// Partitions that must restart at an offset: records above it, fetched
+    /// before their seek, are not taken until one at or below it arrives.
+    restart_at: BTreeMap<Tp, i64>,
 }
 
 impl<C: Clock + Clone> Pipeline<C> {
@@ -123,6 +126,7 @@ impl<C: Clock + Clone> Pipeline<C> {
             stop: Arc::default(),
             starts: BTreeMap::new(),
             seeks: Vec::new(),
+            restart_at: BTreeMap::new(),
         }
     }
 
@@ -195,9 +199,9 @@ impl<C: Clock + Clone> Pipeline<C> {
                 Event::Revoked(tps) => self.revoke(broker, sink, &tps)?,
                 Event::Lost(tps) => {
                     log::warn!("partitions lost (session expired): {tps:?}; their records go to the next owner");
-                    self.release(broker, &tps);
+                    self.release(broker, sink, &tps);
                 }
-                Event::Reset(tps) => self.reset(sink, &tps),
+                Event::Reset(tps) => self.reset(broker, sink, &tps),
                 Event::Committed { offsets, result } => self.answered(&offsets, result),
             }
         }
@@ -231,7 +235,9 @@ impl<C: Clock + Clone> Pipeline<C> {
     fn accept(&mut self, r: Record) {
         // A record fetched before its partition left: the next owner reads it.
         if self.offsets.is_assigned(&(r.topic.clone(), r.partition)) {
-            self.batcher.push(r);
+            if self.restarts_here(&r) {
+                self.batcher.push(r);
+            }
         } else {
             log::debug!("dropping a record of a partition not assigned position={}", r.position());
         }

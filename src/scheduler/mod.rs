@@ -106,17 +106,27 @@ impl JobContext {
         conn: &mut DbConnection,
         write: impl FnOnce(&mut DbConnection) -> Result<T, db::DbError>,
     ) -> Result<T, JobError> {
-        use diesel::Connection as _;
+        self.fenced_write(job, conn, write)?.ok_or_else(|| JobError::LeaseLost(job.to_string()))
+    }
+
+    /// [`Self::fenced`], saying `None` when the lease was lost. The
+    /// transaction is a write one from its start (immediate on SQLite), so
+    /// its check and its writes see one state.
+    pub fn fenced_write<T>(
+        &self,
+        job: &str,
+        conn: &mut DbConnection,
+        write: impl FnOnce(&mut DbConnection) -> Result<T, db::DbError>,
+    ) -> Result<Option<T>, db::DbError> {
         let lease = self.leases.get(job);
-        let done = conn.transaction::<_, db::DbError, _>(|c| {
+        db::transaction(conn, false, |c| {
             if let Some(l) = &lease {
                 if !job_leases::holds(c, l)? {
                     return Ok(None);
                 }
             }
             write(c).map(Some)
-        })?;
-        done.ok_or_else(|| JobError::LeaseLost(job.to_string()))
+        })
     }
 
     /// A pooled connection, as `HandlerContext::db()` gives handlers theirs.
@@ -155,10 +165,11 @@ pub trait Job: Send + Sync {
     fn exclusive(&self) -> bool {
         true
     }
-    /// Whether it runs at all with these settings (a job a setting turns
-    /// off is not scheduled, and says so at start).
-    fn enabled(&self, _settings: &Settings) -> bool {
-        true
+    /// Why it does not run with these settings (`None`: it runs). A job
+    /// that is off is not scheduled; the start, `jobs list` and the console
+    /// say so, with this reason.
+    fn off(&self, _settings: &Settings) -> Option<String> {
+        None
     }
     /// Whether an exclusive job takes its lease on every run, not only on
     /// ticks: woken and manual runs too (a publisher that must keep order).
@@ -221,10 +232,19 @@ impl Trigger {
     }
 }
 
+/// A registered job that is off with these settings, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffJob {
+    pub name: &'static str,
+    pub schedule: String,
+    pub why: String,
+}
+
 /// The running scheduler; [`Scheduler::stop`] ends it.
 pub struct Scheduler {
     inner: tokio_cron_scheduler::JobScheduler,
     runners: Vec<Arc<JobRunner>>,
+    off: Vec<OffJob>,
 }
 
 impl Scheduler {
@@ -232,10 +252,12 @@ impl Scheduler {
     /// that have a waker, and starts ticking.
     pub async fn start(jobs: Vec<Arc<dyn Job>>, ctx: Arc<JobContext>, wakers: &Wakers) -> Result<Scheduler, JobError> {
         let inner = tokio_cron_scheduler::JobScheduler::new().await.map_err(|e| JobError::Other(e.to_string()))?;
-        let mut runners = Vec::new();
+        let (mut runners, mut off) = (Vec::new(), Vec::new());
         for job in jobs {
-            if !job.enabled(&ctx.settings) {
-                log::info!("job={} is off with these settings: not scheduled", job.name());
+            if let Some(why) = job.off(&ctx.settings) {
+                log::info!("job={} is off with these settings: not scheduled ({why})", job.name());
+                let schedule = job.schedule(&ctx.settings).map(|s| s.as_str().to_string()).unwrap_or_default();
+                off.push(OffJob { name: job.name(), schedule, why });
                 continue;
             }
             let runner = Arc::new(JobRunner::new(job, ctx.clone())?);
@@ -256,11 +278,16 @@ impl Scheduler {
             runners.push(runner);
         }
         inner.start().await.map_err(|e| JobError::Other(e.to_string()))?;
-        Ok(Scheduler { inner, runners })
+        Ok(Scheduler { inner, runners, off })
     }
 
     pub fn runners(&self) -> &[Arc<JobRunner>] {
         &self.runners
+    }
+
+    /// The registered jobs that are off with these settings.
+    pub fn off(&self) -> &[OffJob] {
+        &self.off
     }
 
     /// Stops new ticks, then waits (up to `timeout`) for running jobs to finish.

@@ -1,7 +1,9 @@
-//! A topic deleted and recreated while the service runs. The
-//! consumer notices the topic's new id and reads the new log from its
-//! beginning; the new records reuse positions (partition, offset) that old
-//! rows are stored under, and none of them may be skipped as a redelivery.
+//! A topic deleted and recreated, while the service runs and while it is
+//! stopped. The consumer notices the topic's new id (while running: within
+//! 5 s; while stopped: at assignment, against the id stored with the
+//! offsets) and reads the new log from its beginning; the new records reuse
+//! positions (partition, offset) that old rows are stored under, and none
+//! of them may be skipped as a redelivery.
 
 use std::time::Duration;
 
@@ -44,23 +46,12 @@ fn topic_deleted_and_recreated(backend: Backend) {
     // cover every reused position: the commit monitor can tell nothing
     // there, so it pauses from the deletion until the new log is consumed.
     // What counts is checked below by content: every record, old and new.
-    fx.stop_watching();
-    delete_topic(&fx.s, &fx.topic);
-    create_topic(&fx.s, &fx.topic, PARTITIONS);
-    let fresh: Vec<Vec<u8>> = (1000..1000 + NEW).map(notification).collect();
-    produce(&fx.s, &fx.topic, &fresh);
+    recreate_with(&fx, 1000..1000 + NEW);
     let resets = format!("cronsumer_offset_resets_total{{topic=\"{}\"}}", fx.topic);
     wait_running(&[&service], "the recreation noticed", Duration::from_secs(60), || {
         metric(&service.metrics(), &resets).is_some_and(|n| n > 0.0)
     });
-    let want = (OLD + NEW) as i64;
-    wait_running(&[&service], "every new record stored or dead-lettered", Duration::from_secs(120), || {
-        fx.rows() + fx.dead() >= want
-    });
-    wait_running(&[&service], "commits covering the new topic", Duration::from_secs(60), || {
-        fx.commits(&fx.topic) == Some(NEW as i64)
-    });
-    fx.watch_again();
+    new_log_caught_up(&fx, &service, OLD + NEW, NEW);
     // The partitions go on as before once the new log is caught up.
     let more: Vec<Vec<u8>> = (2000..2000 + MORE).map(notification).collect();
     produce(&fx.s, &fx.topic, &more);
@@ -71,27 +62,85 @@ fn topic_deleted_and_recreated(backend: Backend) {
     });
     service.assert_running("at the end");
 
+    let expected: Vec<usize> = (0..OLD).chain(1000..1000 + NEW).chain(2000..2000 + MORE).collect();
+    let dead = assert_each_once(&fx, &service, &expected, 1000..1000 + NEW);
+    // Keys k0..k59 land on the partitions they did before, so most of the
+    // first 60 new records meet a stored position.
+    assert!(dead >= OLD / 2, "only {dead} new records met a reused position");
+    let logged = service.log_text().matches("already holds a different record").count();
+    assert!(logged >= dead, "each reused position logged ({logged} lines for {dead})");
+}
+both_backends!(topic_deleted_and_recreated);
+
+/// Deletes and recreates the notifications topic, and produces the
+/// notifications `numbers` to it. (The commit monitor pauses until the new
+/// log is caught up: see [`topic_deleted_and_recreated`].)
+fn recreate_with(fx: &Fixture, numbers: std::ops::Range<usize>) {
+    fx.stop_watching();
+    delete_topic(&fx.s, &fx.topic);
+    create_topic(&fx.s, &fx.topic, PARTITIONS);
+    produce(&fx.s, &fx.topic, &numbers.map(notification).collect::<Vec<_>>());
+}
+
+/// Waits until `stored` records are stored or dead-lettered and the new
+/// log's `new` records committed, then watches the commits again.
+fn new_log_caught_up(fx: &Fixture, service: &Service, stored: usize, new: usize) {
+    wait_running(&[service], "every new record stored or dead-lettered", Duration::from_secs(120), || {
+        fx.rows() + fx.dead() >= stored as i64
+    });
+    wait_running(&[service], "commits covering the new log", Duration::from_secs(60), || {
+        fx.commits(&fx.topic) == Some(new as i64)
+    });
+    fx.watch_again();
+}
+
+/// Each record of `expected`, old and new, stored once as a row or a dead
+/// letter (only records of `new` at a reused position, saying so), counted
+/// in `/metrics` and reported; returns how many were dead-lettered.
+fn assert_each_once(fx: &Fixture, service: &Service, expected: &[usize], new: std::ops::Range<usize>) -> usize {
     let (rows, dead) = stored_numbers(&fx.pool);
     let mut seen: Vec<usize> = rows.iter().copied().chain(dead.iter().map(|(n, _)| *n)).collect();
     seen.sort_unstable();
-    let expected: Vec<usize> = (0..OLD).chain(1000..1000 + NEW).chain(2000..2000 + MORE).collect();
     let duplicates = seen.len() - {
         let mut d = seen.clone();
         d.dedup();
         d.len()
     };
-    fx.report(OLD + NEW + MORE, rows.len(), dead.len(), duplicates);
+    fx.report(expected.len(), rows.len(), dead.len(), duplicates);
     assert_eq!(seen, expected, "each record, old and new, stored once as a row or a dead letter");
     for (n, reason) in &dead {
-        assert!((1000..1000 + NEW).contains(n), "record {n} dead-lettered: {reason}");
+        assert!(new.contains(n), "record {n} dead-lettered: {reason}");
         assert!(reason.contains("already holds a different record"), "record {n}: {reason}");
     }
-    // Keys k0..k59 land on the partitions they did before, so most of the
-    // first 60 new records meet a stored position.
-    assert!(dead.len() >= OLD / 2, "only {} new records met a reused position", dead.len());
     let counted = metric(&service.metrics(), &format!("cronsumer_reused_positions_total{{topic=\"{}\"}}", fx.topic));
-    assert_eq!(counted, Some(dead.len() as f64), "reused positions counted in /metrics");
-    let logged = service.log_text().matches("already holds a different record").count();
-    assert!(logged >= dead.len(), "each reused position logged ({logged} lines for {})", dead.len());
+    assert_eq!(counted.unwrap_or(0.0), dead.len() as f64, "reused positions counted in /metrics");
+    dead.len()
 }
-both_backends!(topic_deleted_and_recreated);
+
+const BEFORE_STOP: usize = 100;
+const AFTER_STOP: usize = 150;
+
+/// The topic deleted and recreated while no copy runs: the stored offsets
+/// belong to the old log, and the new one holds more records than they
+/// reach. Seeking to them would skip what lies below (100 of 150 records
+/// never read, before topic ids were stored); the restarted service reads
+/// the new log from its beginning.
+fn topic_recreated_while_stopped(backend: Backend) {
+    let _serial = serial();
+    let fx = Fixture::new("topic_recreated_while_stopped", backend, &[]);
+    let first = fx.start("first", &[]);
+    fx.produce_notifications(BEFORE_STOP);
+    fx.wait_all(&[&first], BEFORE_STOP, Duration::from_secs(120));
+    assert_eq!(first.terminate(), Some(0), "a clean stop");
+
+    recreate_with(&fx, 1000..1000 + AFTER_STOP);
+    let second = fx.start("second", &[]);
+    new_log_caught_up(&fx, &second, BEFORE_STOP + AFTER_STOP, AFTER_STOP);
+    let resets = metric(&second.metrics(), &format!("cronsumer_offset_resets_total{{topic=\"{}\"}}", fx.topic));
+    assert!(resets.is_some_and(|n| n >= 1.0), "the new log's partitions counted as reset: {resets:?}");
+    assert!(second.log_text().contains("recreated while this group was away"), "the reset is logged with why");
+    second.assert_running("at the end");
+    let expected: Vec<usize> = (0..BEFORE_STOP).chain(1000..1000 + AFTER_STOP).collect();
+    assert_each_once(&fx, &second, &expected, 1000..1000 + AFTER_STOP);
+}
+both_backends!(topic_recreated_while_stopped);

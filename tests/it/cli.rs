@@ -140,3 +140,22 @@ fn secrets_are_never_printed() {
     assert_eq!(code, 2);
     assert!(err.contains("HTTP_ADMIN_TOKEN") && !err.contains("hunter2"), "{err}");
 }
+
+/// A stop asked for while the service still waits for an unreachable broker
+/// at start is a clean stop: exit 0, as a service manager expects.
+#[test]
+fn sigterm_while_waiting_for_the_broker_at_start_exits_0() {
+    let dir = std::env::temp_dir().join(crate::support::unique("start-term-"));
+    let env = vec![
+        ("DATABASE_URL".to_string(), dir.join("app.db").display().to_string()),
+        // Nothing listens on port 1: every attempt fails, for a long while.
+        ("KAFKA_BOOTSTRAP_SERVERS".to_string(), "127.0.0.1:1".to_string()),
+        ("KAFKA_CONNECT_MAX_RETRIES".to_string(), "100".to_string()),
+    ];
+    let svc = crate::support::Service::start_in("waiting", &dir, env, &[("SHUTDOWN_TIMEOUT_MS", "5000")]);
+    svc.wait_for("a failed broker attempt", std::time::Duration::from_secs(60), || {
+        svc.log_text().contains("kafka unreachable")
+    });
+    assert_eq!(svc.terminate(), Some(0), "exit status of a stop asked for during start:\n{}", svc.log_tail(20));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -14,31 +14,6 @@ use crate::support::*;
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
-/// One HTTP/1.1 request on a fresh connection: `(status, head, body)`.
-fn request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Option<(u16, String, String)> {
-    let sock: std::net::SocketAddr = addr.parse().ok()?;
-    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    s.write_all(req.as_bytes()).ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    Some((status, head.to_string(), body.to_string()))
-}
-
 fn post(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
     let form = ("Content-Type", "application/x-www-form-urlencoded");
     let headers: Vec<(&str, &str)> = headers.iter().copied().chain([form]).collect();
@@ -133,6 +108,31 @@ fn every_route_answers_and_the_console_is_read_only_without_a_token() {
     // Probes and pages are GETs only.
     let (code, _, _) = post(&svc.http, "/healthz", &[]);
     assert_eq!(code, 405);
+}
+
+/// The console says what is true: when the database and Kafka last
+/// committed (Kafka's answers to commits reach the consumer, so a quiet
+/// stream after a commit stays healthy), and every job, those a setting
+/// turns off with the reason.
+#[test]
+fn the_console_shows_the_last_commits_and_the_jobs_that_are_off() {
+    let (_tdb, _s, _topics, svc) = service_with_data(&[("CONSUMER_STALL_TIMEOUT_MS", "2000")]);
+    let shows_commits = |page: &str| {
+        let line = page.split("last commit in the database ").nth(1).unwrap_or_default();
+        let line = line.split("</p>").next().unwrap_or_default();
+        let (db, kafka) = line.split_once(", in Kafka ").unwrap_or_default();
+        db.ends_with(" s ago") && kafka.ends_with(" s ago.")
+    };
+    svc.wait_for("both commits on the console", Duration::from_secs(30), || {
+        http_get(&svc.http, "/").is_some_and(|(_, page)| shows_commits(&page))
+    });
+    // Longer than the stall timeout, with nothing to read: handled records wait for no commit.
+    std::thread::sleep(Duration::from_secs(4));
+    let (code, body) = svc.healthz().unwrap();
+    assert_eq!((code, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (_, page) = http_get(&svc.http, "/").unwrap();
+    assert!(!page.contains("never"), "{page}");
+    assert!(page.contains("<td>fetch_prices<td>") && page.contains("off: PRICE_SYMBOLS is empty"), "{page}");
 }
 
 #[test]

@@ -40,7 +40,7 @@ fn fetch_stores_the_answer_and_publishes_one_event(backend: Backend) {
     let s = market_settings(&tdb, &provider, &[]);
     let _topics = TestTopics::registry(&s, 2);
 
-    let event = market::fetch(&s, &Provider::new(&s), &mut conn(&pool), " aapl").unwrap();
+    let event = market::fetch(&s, &Provider::new(&s), &pool, " aapl").unwrap();
     assert_eq!((event.symbol.as_str(), event.price, event.source.as_str()), ("AAPL", 101.0, "alpha_vantage"));
     assert_eq!(provider.calls(), vec!["AAPL"]);
     let raw = raw_responses::recent(&mut conn(&pool), 10).unwrap();
@@ -97,7 +97,7 @@ fn non_answers_are_stored_with_their_error_and_publish_nothing(backend: Backend)
         (&closed, "AAPL", Failure::Unreachable),
     ];
     for (s, symbol, want) in cases {
-        match market::fetch(s, &Provider::new(s), &mut conn(&pool), symbol) {
+        match market::fetch(s, &Provider::new(s), &pool, symbol) {
             Err(FetchError::Provider { kind, message }) => {
                 assert_eq!(kind, want, "{symbol}: {message}");
                 assert!(!message.contains("test-key-1234"), "{symbol}: the API key leaked: {message}");
@@ -251,3 +251,92 @@ fn symbols_flow_end_to_end_and_the_api_answers() {
     assert_eq!(status, 400, "no symbol");
     svc.assert_running("at the end");
 }
+
+/// 32 clients ask for prices while the provider takes 8 s to answer. The
+/// consumer keeps its database connections: 200 notifications are stored
+/// before any of those requests is answered with a price. A symbol being
+/// fetched is fetched once for all who ask; past the bound of provider
+/// calls at once the API answers 429 with `Retry-After` at once; the
+/// database is never said to be away.
+#[test]
+fn clients_of_a_slow_provider_cannot_starve_the_consumer() {
+    use std::sync::Mutex;
+    let provider =
+        FakeProvider::start(|symbol, n| Reply { delay: Duration::from_secs(8), ..Reply::quote(symbol, n as f64) });
+    let tdb = TestDb::new(Backend::Postgres);
+    let pool = tdb.pool();
+    let extra =
+        [("PRICE_PROVIDER_TIMEOUT_MS", "20000"), ("PRICE_CACHE_SECONDS", "0"), ("CONSUMER_BATCH_TIMEOUT_MS", "100")];
+    let s = market_settings(&tdb, &provider, &extra);
+    let (_topics, topic) = registry_topics(&s, 2);
+    let svc = Service::start(&s, &tdb.url, &[]);
+    svc.wait_for("partitions assigned", Duration::from_secs(60), || svc.assigned() > 0.0);
+
+    // Each answer: the symbol, the status, the head and the body.
+    type Answers = Arc<Mutex<Vec<(String, u16, String, String)>>>;
+    let answers: Answers = Arc::default();
+    let symbols: Vec<String> = (0..24).map(|i| format!("S{i:02}")).chain((0..8).map(|_| "SAME".to_string())).collect();
+    let clients: Vec<_> = symbols
+        .into_iter()
+        .map(|symbol| {
+            let (addr, answers) = (svc.http.clone(), answers.clone());
+            std::thread::spawn(move || {
+                let path = format!("/v1/prices/latest?symbol={symbol}");
+                let (status, head, body) = request(&addr, "GET", &path, &[], "").expect("the API answers");
+                answers.lock().unwrap().push((symbol, status, head, body));
+            })
+        })
+        .collect();
+    svc.wait_for("the provider busy with its calls", Duration::from_secs(10), || provider.calls().len() >= 4);
+    let priced = || answers.lock().unwrap().iter().filter(|a| a.1 == 200).count();
+    produce(&s, &topic, &(0..200).map(notification).collect::<Vec<_>>());
+    svc.wait_for("200 notifications stored", Duration::from_secs(60), || count_notifications(&pool) == 200);
+    assert_eq!(priced(), 0, "the notifications waited for the provider's answers");
+    for c in clients {
+        c.join().unwrap();
+    }
+
+    let answers = answers.lock().unwrap();
+    let calls = provider.calls();
+    assert!(calls.len() <= 4, "provider calls at once are bounded: {calls:?}");
+    for (symbol, status, head, body) in answers.iter() {
+        match status {
+            200 => assert!(calls.contains(symbol), "{symbol}: {body}"),
+            429 => assert!(head.to_ascii_lowercase().contains("retry-after: 20"), "{symbol}: {head}"),
+            other => panic!("{symbol}: {other} {body}"),
+        }
+    }
+    assert!(answers.iter().filter(|a| a.1 == 200).count() >= 1, "some symbols were fetched");
+    let same: Vec<_> = answers.iter().filter(|a| a.0 == "SAME").collect();
+    assert_eq!(calls.iter().filter(|c| *c == "SAME").count().max(1), 1, "SAME fetched once for its 8 clients");
+    assert!(same.windows(2).all(|w| (w[0].1, &w[0].3) == (w[1].1, &w[1].3)), "SAME answered alike: {same:?}");
+    svc.assert_running("at the end");
+}
+
+/// A publisher run whose lease another copy took sends and marks nothing
+/// more: its rows wait for the lease's new holder, which sends each once.
+fn a_publisher_that_lost_its_lease_sends_and_marks_nothing(backend: Backend) {
+    use cronsumer::db::job_leases;
+    use cronsumer::outbox::{Fence, PublishError, Publisher, JOB};
+    let tdb = TestDb::new(backend);
+    let pool = tdb.pool();
+    let s = settings(&tdb.url, &unique("fence"), &[]);
+    let (_topics, _) = registry_topics(&s, 2);
+    let topic = s.topic(market::TOPIC);
+    for (i, symbol) in ["AAPL", "MSFT", "AAPL"].iter().enumerate() {
+        outbox::enqueue(&mut conn(&pool), &topic, symbol, &format!(r#"{{"n": {i}}}"#)).unwrap();
+    }
+    // Copy A's run took the lease; it expired and copy B took it (a higher token).
+    let a = job_leases::acquire(&mut conn(&pool), JOB, "copy-a", Duration::from_millis(300)).unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let b = job_leases::acquire(&mut conn(&pool), JOB, "copy-b", Duration::from_secs(60)).unwrap().unwrap();
+    assert!(b.token > a.token);
+    let ctx = job_context(&s, &pool);
+    ctx.leases.insert(a);
+    let fence: Fence<'_> = &|c, write| Ok(ctx.fenced_write(JOB, c, write)?.is_some());
+    let run = Publisher::default().run(&s, &mut conn(&pool), fence, || false);
+    assert!(matches!(run, Err(PublishError::LeaseLost)), "{run:?}");
+    assert_eq!(outbox::pending(&mut conn(&pool)).unwrap(), 3, "nothing marked");
+    assert_eq!(records_in(&s, &topic, 2), 0, "nothing sent");
+}
+both_backends!(a_publisher_that_lost_its_lease_sends_and_marks_nothing);

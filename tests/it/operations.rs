@@ -148,6 +148,21 @@ fn notifications_list_and_retry() {
     let (code, _, err) = cli(&s, &tdb.url, &["notifications", "retry", "424242"]);
     assert_eq!(code, 2);
     assert!(err.contains("no notification with id 424242"), "{err}");
+    // A row a sender holds is not reset under it (it would be delivered twice at once).
+    let claimed = db::notifications::mark_sent_and_claim_due(
+        &mut pool.get().unwrap(),
+        &[],
+        "sender-1",
+        10,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(claimed.iter().map(|n| n.id).collect::<Vec<_>>(), vec![id]);
+    let (code, _, err) = cli(&s, &tdb.url, &["notifications", "retry", &id.to_string()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("notification {id} is being sent")), "{err}");
+    let held = db::notifications::list(&mut pool.get().unwrap(), None, 10).unwrap();
+    assert_eq!((held[0].status.as_str(), held[0].claimed_by.as_deref()), ("sending", Some("sender-1")));
     let (code, _, err) = cli(&s, &tdb.url, &["notifications", "list", "--status", "lost"]);
     assert_eq!(code, 2);
     assert!(err.contains("expected one of pending, sending, sent, failed"), "{err}");
@@ -300,3 +315,44 @@ fn produce_reads_stdin_checks_json_and_names_a_missing_topic() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&format!("topic {missing} does not exist")), "{err}");
 }
+
+/// Two replays of one dead letter at once (two operators, the console and
+/// the CLI): it is produced once, and marked replayed once.
+fn concurrent_replays_of_one_dead_letter_produce_it_once(backend: Backend) {
+    let tdb = TestDb::new(backend);
+    let pool = tdb.pool();
+    let s = settings(&tdb.url, &unique("replay"), &[]);
+    let (_topics, topic) = registry_topics(&s, 1);
+    let record = cronsumer::record::Record {
+        topic: topic.clone(),
+        partition: 0,
+        offset: 7,
+        key: Some(b"k".to_vec()),
+        payload: Some(notification(7)),
+        timestamp: None,
+    };
+    let row = db::dead_letters::NewDeadLetter::of(&record, "a test");
+    db::dead_letters::insert_all(&mut pool.get().unwrap(), &[row]).unwrap();
+    let d = db::dead_letters::list(&mut pool.get().unwrap(), None, 1).unwrap().remove(0);
+    let start = std::sync::Barrier::new(2);
+    let outcomes: Vec<String> = std::thread::scope(|scope| {
+        let replays: Vec<_> = (0..2)
+            .map(|_| {
+                let (s, pool, d, start) = (&s, &pool, d.clone(), &start);
+                scope.spawn(move || {
+                    start.wait();
+                    format!("{:?}", cronsumer::producer::replay(s, pool, &[d]))
+                })
+            })
+            .collect();
+        replays.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(records_in(&s, &topic, 1), 1, "produced once: {outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|o| *o == "Ok(1)").count(), 1, "{outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|o| o.contains("Taken")).count(), 1, "{outcomes:?}");
+    let after = db::dead_letters::find(&mut pool.get().unwrap(), d.id).unwrap().unwrap();
+    assert!(after.replayed_at.is_some());
+    let again = cronsumer::producer::replay(&s, &pool, &[after]);
+    assert!(matches!(again, Err(cronsumer::producer::ReplayError::Taken)), "replayed already: {again:?}");
+}
+both_backends!(concurrent_replays_of_one_dead_letter_produce_it_once);

@@ -169,3 +169,35 @@ fn a_run_that_lost_its_lease_cannot_write(backend: Backend) {
     assert_eq!(notifications::count(&mut conn).unwrap(), 0, "a row was written without the lease");
 }
 both_backends!(a_run_that_lost_its_lease_cannot_write);
+
+/// A fenced write is a write transaction from its start (immediate on
+/// SQLite): another writer committing between its check and its writes
+/// waits for it, instead of failing it with a stale snapshot.
+#[test]
+fn a_fenced_write_holds_the_write_lock_from_its_check_on() {
+    let tdb = TestDb::new(Backend::Sqlite);
+    let pool = tdb.pool();
+    let s = settings(&tdb.url, &unique("fence"), &[]);
+    let ctx = job_context(&s, &pool);
+    let checked = std::sync::Barrier::new(2);
+    let (fenced, other) = std::thread::scope(|scope| {
+        let fenced = scope.spawn(|| {
+            let mut conn = pool.get().unwrap();
+            ctx.fenced("test_job", &mut conn, |c| {
+                notifications::count(c)?;
+                checked.wait();
+                // Another writer tries its write meanwhile.
+                std::thread::sleep(Duration::from_millis(300));
+                db::job_runs::start(c, "test_job", "fenced")
+            })
+        });
+        let other = scope.spawn(|| {
+            checked.wait();
+            std::thread::sleep(Duration::from_millis(50));
+            db::job_runs::start(&mut pool.get().unwrap(), "test_job", "other")
+        });
+        (fenced.join().unwrap(), other.join().unwrap())
+    });
+    assert!(fenced.is_ok(), "the fenced write failed: {fenced:?}");
+    assert!(other.is_ok(), "the other write failed: {other:?}");
+}

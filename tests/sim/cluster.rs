@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use cronsumer::broker::{Broker, CommitMode, Event, Tp};
+use cronsumer::broker::{Broker, CommitMode, Event, Start, Tp};
 use cronsumer::clock::Clock;
 use cronsumer::record::Record;
 
@@ -92,6 +92,8 @@ pub struct Cluster {
     again: bool,
     pub commit_fail: f64,
     pub poll_error: f64,
+    /// Chance that a seek fails (the pipeline must try again, taking nothing past it meanwhile).
+    pub seek_fail: f64,
     /// Chance that a rebalance starts inside a poll (as rdkafka serves it).
     pub rebalance_in_poll: f64,
     /// Starts a rebalance inside the poll after this many more polls.
@@ -120,6 +122,7 @@ impl Cluster {
             again: false,
             commit_fail: 0.0,
             poll_error: 0.0,
+            seek_fail: 0.0,
             rebalance_in_poll: 0.0,
             rebalance_after_polls: None,
             violations: Vec::new(),
@@ -449,11 +452,16 @@ impl Cluster {
         Ok(())
     }
 
-    fn assign(&mut self, m: usize, tps: &[(Tp, Option<i64>)]) {
+    fn assign(&mut self, m: usize, tps: &[(Tp, Start)]) {
         let c = &mut self.members[m];
         for (tp, start) in tps {
             c.owned.insert(tp.clone());
-            c.fetch.insert(tp.clone(), start.unwrap_or_else(|| self.committed.get(tp).copied().unwrap_or(0)));
+            let offset = match start {
+                Start::At(o) => *o,
+                Start::Committed => self.committed.get(tp).copied().unwrap_or(0),
+                Start::Beginning => 0,
+            };
+            c.fetch.insert(tp.clone(), offset);
         }
         c.assigning = false;
         self.progress();
@@ -513,20 +521,33 @@ impl Broker for SimBroker {
         Ok(())
     }
 
-    fn assign(&mut self, tps: &[(Tp, Option<i64>)]) -> Result<(), String> {
+    fn assign(&mut self, tps: &[(Tp, Start)]) -> Result<(), String> {
         self.cluster.borrow_mut().assign(self.member, tps);
         Ok(())
     }
 
+    /// The simulated topics are never recreated: their ids never change.
+    fn topic_ids(&mut self, topics: &[String]) -> Result<BTreeMap<String, String>, String> {
+        Ok(topics.iter().map(|t| (t.clone(), format!("id-of-{t}"))).collect())
+    }
+
     fn seek(&mut self, tp: &Tp, offset: i64) -> Result<(), String> {
         let mut cluster = self.cluster.borrow_mut();
+        let cluster = &mut *cluster;
+        if cluster.rng.chance(cluster.seek_fail) {
+            return Err("sim: seek failed".into());
+        }
+        // As the rdkafka seam, which keeps what it polled during a commit
+        // wait: records fetched before the seek may still come, sometimes.
+        let keep_queued = cluster.rng.chance(0.5);
         let c = &mut cluster.members[self.member];
         if !c.owned.contains(tp) {
             return Err("sim: seek on a partition not assigned".into());
         }
         c.fetch.insert(tp.clone(), offset);
-        // Records fetched before the seek are not returned.
-        c.events.retain(|(_, e)| !matches!(e, Event::Record(r) if r.topic == tp.0 && r.partition == tp.1));
+        if !keep_queued {
+            c.events.retain(|(_, e)| !matches!(e, Event::Record(r) if r.topic == tp.0 && r.partition == tp.1));
+        }
         Ok(())
     }
 

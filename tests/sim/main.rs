@@ -88,6 +88,7 @@ pub fn run_seed(seed: u64) -> Result<Outcome, String> {
     w.cluster.borrow_mut().commit_fail = rng.pick(&[0.0, 0.05, 0.3]);
     w.cluster.borrow_mut().poll_error = rng.pick(&[0.0, 0.01]);
     w.cluster.borrow_mut().rebalance_in_poll = rng.pick(&[0.0, 0.002, 0.02]);
+    w.cluster.borrow_mut().seek_fail = rng.pick(&[0.0, 0.3]);
     w.db.borrow_mut().blip = rng.pick(&[0.0, 0.02]);
     w.db.borrow_mut().outage_unknown = rng.pick(&[0.0, 0.3]);
     w.db.borrow_mut().answer_lost = rng.pick(&[0.0, 0.02]);

@@ -17,7 +17,7 @@ use cronsumer::heartbeat::Heartbeat;
 use cronsumer::pipeline::{Pipeline, REVOKE_BUDGET};
 use cronsumer::poison::PoisonLedger;
 use cronsumer::record::Record;
-use cronsumer::sink::{Failure, FailureKind, Sink};
+use cronsumer::sink::{Failure, FailureKind, Sink, Stored};
 
 use crate::cluster::{Cluster, SimBroker};
 use crate::rng::Rng;
@@ -312,10 +312,18 @@ impl SimSink {
 }
 
 impl Sink for SimSink {
-    fn positions(&mut self, tps: &[Tp]) -> Result<Vec<Option<i64>>, Failure> {
+    fn positions(&mut self, tps: &[Tp]) -> Result<Vec<Option<Stored>>, Failure> {
         let starts = self.db.borrow_mut().positions(tps);
         self.applied.assigned(tps, starts.as_deref().ok());
-        starts
+        starts.map(|s| s.into_iter().map(|next| next.map(|next| Stored { next, topic_id: None })).collect())
+    }
+
+    fn identify(&mut self, _topic_ids: &BTreeMap<String, String>) {}
+
+    fn released(&mut self, tps: &[Tp]) {
+        for tp in tps {
+            self.applied.forget(tp);
+        }
     }
 
     fn rewind(&mut self, tp: &Tp, to: i64) {
@@ -564,8 +572,10 @@ impl World {
         }
         drop((cluster, db));
         for m in 0..self.members.len() {
-            let Some(bound) = self.members[m].pipeline.as_ref().map(|p| p.memory_bound()) else { continue };
-            let held = self.in_memory(m);
+            let Some(p) = self.members[m].pipeline.as_ref() else { continue };
+            // A partition waiting for its seek holds nothing: what its client fetches meanwhile is dropped.
+            let (bound, again) = (p.memory_bound(), p.reading_again());
+            let held = self.in_memory_except(m, &again);
             self.max_buffered = self.max_buffered.max(held);
             if held > bound {
                 return Err(format!("I5: member {m} holds {held} records, bound {bound}"));
@@ -576,11 +586,8 @@ impl World {
 
     /// Records member `m` holds, seen from outside: fetched by its client
     /// (and out of its queue: a record the poll that served a rebalance
-    /// fetched waits there) and neither stored nor dead-lettered yet.
-    fn in_memory(&mut self, m: usize) -> usize {
-        self.in_memory_except(m, &[])
-    }
-
+    /// fetched waits there) and neither stored nor dead-lettered yet, but
+    /// for the partitions `except`.
     fn in_memory_except(&mut self, m: usize, except: &[Tp]) -> usize {
         let cluster = self.cluster.borrow();
         let db = self.db.borrow();
@@ -672,6 +679,7 @@ impl World {
             c.commit_fail = 0.0;
             c.poll_error = 0.0;
             c.rebalance_in_poll = 0.0;
+            c.seek_fail = 0.0;
             let mut db = self.db.borrow_mut();
             db.up = true;
             db.down_until = None;

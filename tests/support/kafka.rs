@@ -128,3 +128,9 @@ pub fn try_committed(settings: &Settings, topic: &str, partitions: i32) -> Optio
 pub fn sum_offsets(m: &BTreeMap<i32, i64>) -> i64 {
     m.values().map(|&o| o.max(0)).sum()
 }
+
+/// Records in `topic` (its partitions' high watermarks summed).
+pub fn records_in(settings: &Settings, topic: &str, partitions: i32) -> i64 {
+    let c: BaseConsumer = cronsumer::kafka::consumer_config(settings).create().unwrap();
+    (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1).sum()
+}
