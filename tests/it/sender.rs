@@ -309,3 +309,28 @@ fn a_webhook_slower_than_the_claim_is_not_sent_twice() {
     let twice: Vec<_> = delivered.iter().filter(|(_, c)| **c > 1).collect();
     assert!(twice.is_empty(), "delivered twice: {twice:?}");
 }
+
+/// Rows a failed run of a sender left claimed are not renewed by that
+/// sender's later runs (which renew the chunk they deliver, no more): they
+/// expire, and go back to pending, however long the backlog lasts.
+fn claims_a_failed_run_left_are_not_renewed_by_later_runs(backend: Backend) {
+    let tdb = TestDb::new(backend);
+    let pool = tdb.pool();
+    insert_pending(&pool, "seed", 4);
+    let mut conn = pool.get().unwrap();
+    let claim = |conn: &mut db::Conn, n| {
+        notifications::mark_sent_and_claim_due(conn, &[], "sender-1", n, Duration::from_millis(400)).unwrap()
+    };
+    let left = claim(&mut conn, 2);
+    let chunk = claim(&mut conn, 2);
+    std::thread::sleep(Duration::from_millis(200));
+    let ids: Vec<i64> = chunk.iter().map(|n| n.id).collect();
+    assert_eq!(notifications::renew_claims(&mut conn, &ids, "sender-1", Duration::from_secs(60)).unwrap(), 2);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(notifications::requeue_expired(&mut conn).unwrap(), left.len(), "the left rows expired");
+    let pending: Vec<i64> = notifications::list(&mut conn, Some("pending"), 10).unwrap().iter().map(|n| n.id).collect();
+    let mut left: Vec<i64> = left.iter().map(|n| n.id).collect();
+    left.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(pending, left);
+}
+both_backends!(claims_a_failed_run_left_are_not_renewed_by_later_runs);
