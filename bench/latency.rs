@@ -34,7 +34,7 @@ pub fn latency(s: &Settings, batch_timeout_ms: u64, secs: usize) {
     let svc = Service::start(&s, &tdb.url, &[("RUST_LOG", "warn")]);
     let http = svc.http.clone();
     svc.wait_for("ready", Duration::from_secs(60), || http_get(&http, "/readyz").is_some_and(|(c, _)| c == 200));
-    let mut p = cronsumer::producer::RecordProducer::new(&s).unwrap();
+    let mut p = cronsumer::kafka::producer::RecordProducer::new(&s).unwrap();
     let n = secs * 10;
     let mut sent = Vec::with_capacity(n);
     let start = Instant::now();

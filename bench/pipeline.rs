@@ -25,12 +25,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cronsumer::common::record::Record;
 use cronsumer::config::Settings;
-use cronsumer::consumer::spawn;
+use cronsumer::consume::handler::{Handler, HandlerContext, HandlerError};
+use cronsumer::consume::heartbeat::Heartbeat;
+use cronsumer::consume::thread::spawn;
 use cronsumer::db::Backend;
-use cronsumer::handler::{Consumer, HandlerContext, HandlerError};
-use cronsumer::heartbeat::Heartbeat;
-use cronsumer::record::Record;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use support::*;
 
@@ -52,7 +52,7 @@ fn payload(i: usize) -> Vec<u8> {
 /// Produces `n` records to `topic` (which exists).
 fn prepare(s: &Settings, topic: &str, n: usize) {
     let started = Instant::now();
-    let mut p = cronsumer::producer::RecordProducer::new(s).unwrap();
+    let mut p = cronsumer::kafka::producer::RecordProducer::new(s).unwrap();
     for i in 0..n {
         p.send(topic, Some(format!("k{i}").as_bytes()), &payload(i)).unwrap();
     }
@@ -105,7 +105,7 @@ fn peer_drain(s: &Settings, topic: &str, n: usize, batch: usize) -> Drained {
 }
 
 struct NoOp;
-impl Consumer for NoOp {
+impl Handler for NoOp {
     fn topic(&self) -> &'static str {
         "notifications"
     }
@@ -114,7 +114,7 @@ impl Consumer for NoOp {
     }
 }
 
-fn noop_modules() -> Vec<Box<dyn Consumer>> {
+fn noop_modules() -> Vec<Box<dyn Handler>> {
     vec![Box::new(NoOp)]
 }
 
@@ -125,7 +125,7 @@ fn noop_drain(s: &Settings, n: usize, batch: usize) -> f64 {
     vars.push(("KAFKA_GROUP_ID", unique("bench-noop-")));
     let s = with(s, &tdb.url, &vars);
     let heartbeat = Arc::new(Heartbeat::default());
-    let stop = Arc::new(cronsumer::shutdown::StopRequest::default());
+    let stop = Arc::new(cronsumer::common::shutdown::StopRequest::default());
     let setup = setup(&s, &tdb.pool()).modules(noop_modules).build();
     let handle = spawn(setup, heartbeat.clone(), stop.clone()).unwrap();
     while heartbeat.records() == 0 {
@@ -212,14 +212,14 @@ fn service_drain(
 /// (5) `n` pending notifications drained by one job run to a local webhook
 /// that answers after `delay`.
 fn delivery(s: &Settings, backend: Backend, n: usize, delay: Duration) -> f64 {
-    use cronsumer::scheduler::Trigger;
+    use cronsumer::schedule::Trigger;
     let tdb = TestDb::new(backend);
     let pool = tdb.pool();
     let sink = Sink::ok();
     sink.set_delay(delay);
     insert_pending(&pool, "bench", n);
     let s = with(s, &tdb.url, &[("NOTIFIER", "webhook".into()), ("NOTIFY_WEBHOOK_URL", sink.url.clone())]);
-    let runner = runner(Arc::new(cronsumer::jobs::send_notifications::SendNotifications), job_context(&s, &pool));
+    let runner = runner(Arc::new(cronsumer::deliver::sender::SendNotifications::new(&s)), job_context(&s, &pool));
     let started = Instant::now();
     runner.run(Trigger::Manual);
     let rate = n as f64 / started.elapsed().as_secs_f64();

@@ -9,10 +9,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::consume::{payload, Handler, HandlerContext, HandlerError, Record};
 use crate::db::notifications::{insert_all, NewNotification};
-use crate::handler::{Consumer, HandlerContext, HandlerError};
-use crate::payload;
-use crate::record::Record;
 
 pub struct Notifications;
 
@@ -45,7 +43,7 @@ pub fn parse(map: &Map<String, Value>) -> Result<Parsed, String> {
     })
 }
 
-impl Consumer for Notifications {
+impl Handler for Notifications {
     fn topic(&self) -> &'static str {
         "notifications"
     }
@@ -70,7 +68,7 @@ impl Consumer for Notifications {
         for i in insert_all(ctx.db(), &rows)?.reused {
             ctx.reject_reused(sources[i]);
         }
-        ctx.wake_job(crate::jobs::send_notifications::NAME);
+        ctx.wake_job(crate::deliver::sender::NAME);
         Ok(())
     }
 }

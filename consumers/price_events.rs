@@ -14,11 +14,9 @@
 use chrono::{DateTime, NaiveDateTime};
 use serde_json::{Map, Value};
 
+use crate::consume::{payload, Handler, HandlerContext, HandlerError, Record};
 use crate::db::price_events::{insert_all, stored_raw_ids, NewPriceEvent};
 use crate::db::price_stats::{self, PriceStat};
-use crate::handler::{Consumer, HandlerContext, HandlerError};
-use crate::payload;
-use crate::record::Record;
 
 pub struct PriceEvents;
 
@@ -70,7 +68,7 @@ pub fn parse(map: &Map<String, Value>) -> Result<Parsed, String> {
     Ok(Parsed { symbol, price, timestamp, source: payload::string(map, "source")?, raw_response_id })
 }
 
-impl Consumer for PriceEvents {
+impl Handler for PriceEvents {
     fn topic(&self) -> &'static str {
         crate::market::TOPIC
     }

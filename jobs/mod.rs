@@ -1,25 +1,38 @@
-//! Scheduled jobs, one per file: the list below registers every job the
-//! embedded scheduler runs. To add a periodic task, add a file next to this
-//! one implementing `cronsumer::scheduler::Job` and one line to `registry()`.
-
-pub mod fetch_prices;
-pub mod maintenance;
-pub mod publish_outbox;
-pub mod send_notifications;
-pub mod supervise_consumer;
+//! Your scheduled jobs, one per file: the list below registers each job the
+//! embedded scheduler runs besides the service's own (the sender,
+//! maintenance, supervision, the market-data producer), which their parts
+//! register themselves. To add a periodic task, add a file next to this one
+//! implementing `cronsumer::schedule::Job` and one line to `registry()`:
+//!
+//! ```ignore
+//! //! jobs/report.rs: `report` (every hour) logs how many notifications wait.
+//! use crate::config::{cron::Schedule, cron::CronError, Settings};
+//! use crate::db::notifications;
+//! use crate::schedule::{Job, JobContext, JobError, JobReport};
+//!
+//! pub struct Report;
+//!
+//! impl Job for Report {
+//!     fn name(&self) -> &'static str {
+//!         "report"
+//!     }
+//!     fn schedule(&self, _settings: &Settings) -> Result<Schedule, CronError> {
+//!         "0 0 * * * *".parse() // sec min hour day month weekday, UTC
+//!     }
+//!     fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
+//!         let counts = notifications::count_by_status(&mut ctx.db()?)?;
+//!         Ok(JobReport::new(format!("{counts:?}")))
+//!     }
+//! }
+//! ```
+//!
+//! and here `pub mod report;` and `Arc::new(report::Report),` in the list.
 
 use std::sync::Arc;
 
-use crate::scheduler::Job;
+use crate::schedule::Job;
 
-/// Every scheduled job; each brings its own cron expression.
+/// Your jobs; each brings its own cron expression.
 pub fn registry() -> Vec<Arc<dyn Job>> {
-    vec![
-        Arc::new(send_notifications::SendNotifications),
-        Arc::new(maintenance::Maintenance5m),
-        Arc::new(maintenance::Maintenance15m),
-        Arc::new(supervise_consumer::SuperviseConsumer),
-        Arc::new(fetch_prices::FetchPrices),
-        Arc::new(publish_outbox::PublishOutbox::default()),
-    ]
+    vec![]
 }

@@ -8,24 +8,28 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use crate::common::locks::lock;
+use crate::common::shutdown::Shutdown;
 use crate::config::Settings;
-use crate::consumer::ConsumerSetup;
+use crate::consume::supervise::SuperviseConsumer;
+use crate::consume::supervisor::Supervisor;
+use crate::consume::thread::ConsumerSetup;
+use crate::deliver::sender::SendNotifications;
+use crate::events::{Event as _, Lifecycle};
 use crate::http::{self, Sources, Status};
-use crate::panics::lock;
+use crate::market::fetch_prices::FetchPrices;
+use crate::market::publish_outbox::PublishOutbox;
 use crate::registry::Registry;
-use crate::scheduler::{JobContext, Scheduler, Wakers};
-use crate::shutdown::Shutdown;
-use crate::supervisor::Supervisor;
+use crate::schedule::maintenance::{Maintenance15m, Maintenance5m};
+use crate::schedule::{Job, JobContext, Scheduler, Wakers};
 use crate::{db, kafka};
 
 /// Waits for the broker, then checks (or creates) `topics`.
 pub fn prepare_kafka(settings: &Settings, topics: &[String], shutdown: &Shutdown) -> Result<(), kafka::SetupError> {
     let admin = kafka::admin_client(settings)?;
     let metadata = kafka::wait_for_broker(settings, &admin, &|| shutdown.is_triggered())?;
-    let created = kafka::ensure_topics(&admin, &metadata, topics, settings.kafka_auto_create_topics)?;
-    if !created.is_empty() {
-        log::info!("created missing topics: {}", created.join(", "));
-    }
+    // Each topic created is told as it is.
+    kafka::ensure_topics(&admin, &metadata, topics, settings.kafka_auto_create_topics)?;
     Ok(())
 }
 
@@ -35,11 +39,11 @@ pub fn run(settings: Settings, shutdown: Shutdown, registry: Registry) -> anyhow
     let settings = Arc::new(settings);
     let (pool, applied) = db::connect_and_migrate(&settings.database_url, settings.database_pool_size)?;
     if !applied.is_empty() {
-        log::info!("applied migrations: {}", applied.join(", "));
+        Lifecycle::MigrationsApplied(&applied).emit();
     }
-    let jobs = (registry.jobs)();
-    let wakers = Wakers::of(&jobs);
     let topics = registry.topics(&settings);
+    // The consumer wakes jobs (new notifications: send them), and supervision is a job.
+    let wakers = Wakers::of(&jobs(&settings, &registry, None));
     let mut supervisor = None;
     if settings.kafka_enabled {
         prepare_kafka(&settings, &topics, &shutdown)?;
@@ -49,16 +53,17 @@ pub fn run(settings: Settings, shutdown: Shutdown, registry: Registry) -> anyhow
             modules: registry.consumers,
             extra_topics: Vec::new(),
             wakers: wakers.clone(),
-            panics: Default::default(),
+            poison: Default::default(),
         };
         let mut s = Supervisor::new(setup);
         s.start().context("cannot start the consumer thread")?;
         supervisor = Some(Arc::new(Mutex::new(s)));
     } else {
-        log::info!("KAFKA_ENABLED=false: the consumer thread is not started");
+        Lifecycle::ConsumerOff.emit();
     }
+    let jobs = jobs(&settings, &registry, supervisor.clone());
     let ctx = Arc::new(
-        JobContext::new(settings.clone(), pool.clone(), supervisor.clone(), shutdown.clone())
+        JobContext::new(settings.clone(), pool.clone(), shutdown.clone())
             .with_topics(topics)
             .with_wakers(wakers.clone()),
     );
@@ -79,10 +84,10 @@ pub fn run(settings: Settings, shutdown: Shutdown, registry: Registry) -> anyhow
         http::serve(settings.http_addr, http::routes(status), shutdown.clone())
             .await
             .context("cannot start the HTTP endpoint (HTTP_ADDR)")?;
-        log::info!("cronsumer running");
+        Lifecycle::Running.emit();
         shutdown.wait().await;
         let by = shutdown.deadline(settings.shutdown_timeout);
-        log::info!("shutting down timeout_ms={}", settings.shutdown_timeout.as_millis());
+        Lifecycle::ShuttingDown { timeout_ms: settings.shutdown_timeout.as_millis() }.emit();
         // The consumer finishes its batch while running jobs finish theirs, all by one deadline.
         if let Some(s) = &supervisor {
             lock(s).request_stop(by);
@@ -96,8 +101,24 @@ pub fn run(settings: Settings, shutdown: Shutdown, registry: Registry) -> anyhow
     }
     // Blocking job runs still going are abandoned (their claims expire).
     rt.shutdown_timeout(by.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)));
-    log::info!("stopped");
+    Lifecycle::Stopped.emit();
     result
+}
+
+/// Every job this process runs: the service's own, registered by their
+/// parts (the sender, maintenance, supervision of the consumer thread when
+/// there is one, the market-data producer), then the user's from `jobs/`.
+pub fn jobs(settings: &Settings, registry: &Registry, supervisor: Option<Arc<Mutex<Supervisor>>>) -> Vec<Arc<dyn Job>> {
+    let mut jobs: Vec<Arc<dyn Job>> = vec![
+        Arc::new(SendNotifications::new(settings)),
+        Arc::new(Maintenance5m),
+        Arc::new(Maintenance15m),
+        Arc::new(SuperviseConsumer::new(supervisor)),
+        Arc::new(FetchPrices),
+        Arc::new(PublishOutbox::default()),
+    ];
+    jobs.extend((registry.jobs)());
+    jobs
 }
 
 /// Triggers `shutdown` on SIGINT or SIGTERM (from a small thread of its own).
@@ -107,12 +128,12 @@ pub fn watch_signals(shutdown: Shutdown) -> std::io::Result<()> {
         rt.block_on(async move {
             use tokio::signal::unix::{signal, SignalKind};
             let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-                log::error!("cannot install signal handlers");
+                Lifecycle::SignalsNotWatched.emit();
                 return;
             };
             tokio::select! {
-                _ = term.recv() => log::info!("SIGTERM received"),
-                _ = int.recv() => log::info!("SIGINT received"),
+                _ = term.recv() => Lifecycle::Signal("SIGTERM").emit(),
+                _ = int.recv() => Lifecycle::Signal("SIGINT").emit(),
             }
             shutdown.trigger();
         })

@@ -1,66 +1,46 @@
 //! cronsumer: a batch Kafka consumer and an embedded cron scheduler in one
 //! service.
 //!
+//! The service's parts, each a folder whose `mod.rs` maps what is inside:
+//!
+//! - [`common`]: time, shutdown, backoff, locks, metrics, the record; and
+//!   [`events`]: every operational event's log line and metric, one file per part.
 //! - [`config`]: every setting, declared once, read from `.env` and the
-//!   environment and validated at start; [`cron`] schedules.
+//!   environment and validated at start (with cron schedules and redaction).
 //! - [`db`]: the diesel pool (SQLite or PostgreSQL), migrations, one model per table.
-//! - [`kafka`]: client configuration, broker wait, topic checks; [`producer`].
-//! - [`pipeline`]: the consumer state machine (batcher → router → the
-//!   [`handler`] contract → offsets commit), which reaches Kafka only through
-//!   the [`broker`] seam and time only through a [`clock`]; [`consumer`] runs
-//!   it on rdkafka in a thread watched by the [`supervisor`] through its
-//!   [`heartbeat`].
-//! - [`scheduler`]: runs the jobs on their schedules.
-//! - [`market`]: the market-data producer (provider client, fetch, stored
-//!   answers), and the [`outbox`] publisher that takes events to Kafka.
-//! - [`registry`]: the user's code the runtime runs: [`consumers`] (one
-//!   file per topic) and [`jobs`] (one file per periodic job).
-//! - [`app`]: `cronsumer run`, wiring it all together under one [`shutdown`]
-//!   signal; [`cli`]: every command.
-//! - [`metrics`] are exported and counted through one module of events,
-//!   which also logs each with fixed keys.
+//! - [`kafka`]: client configuration, broker wait, topic checks, the producer.
+//! - [`schedule`]: jobs on their cron schedules, their leases and ledger,
+//!   and the store's maintenance.
+//! - [`consume`]: the consumer: the pipeline behind the broker seam, the
+//!   handlers' contract and the database sink, the rdkafka side, the thread
+//!   and its supervisor.
+//! - [`deliver`]: notifications to their receivers: the notifiers and the sender.
+//! - [`market`]: the market-data producer and the outbox publisher.
+//! - [`http`]: the probes, the metrics, the console and the price API.
+//! - [`app`]: `cronsumer run`, wiring it all together under one shutdown;
+//!   [`registry`]: the user's code as the runtime receives it; [`cli`]: every command.
+//!
+//! Dependencies run one way, each part using only those before it:
+//! `common` and `events` ← `config` ← `db` ← `kafka` ← `schedule` ←
+//! (`consume`, `deliver`, `market`, which do not use each other) ← `http` ←
+//! `app` and `registry` ← `cli`. The runtime never names the user's modules
+//! (`consumers/`, one file per topic) or jobs (`jobs/`): the binary hands
+//! them over through [`registry`]. The tests in `layering.rs` hold these
+//! rules, and that no module imports another in a circle.
 
 pub mod app;
-pub mod applied;
-mod backoff;
-mod batcher;
-mod breaker;
-pub mod broker;
 pub mod cli;
-pub mod clock;
+pub mod common;
 pub mod config;
-pub mod consumer;
-pub mod cron;
+pub mod consume;
 pub mod db;
-mod env_file;
+pub mod deliver;
 mod events;
-#[cfg(feature = "fault-injection")]
-pub mod fault_injection;
-pub mod handler;
-mod handlers;
-pub mod heartbeat;
 mod http;
 pub mod kafka;
-mod lease;
 pub mod market;
-pub mod metrics;
-pub mod notifier;
-mod offsets;
-pub mod outbox;
-mod panics;
-mod payload;
-pub mod pipeline;
-pub mod poison;
-pub mod producer;
-pub mod record;
-mod redact;
 pub mod registry;
-mod router;
-pub mod scheduler;
-pub mod shutdown;
-pub mod sink;
-pub mod supervisor;
-mod topic_ids;
+pub mod schedule;
 
 #[path = "../consumers/mod.rs"]
 pub mod consumers;
@@ -72,3 +52,6 @@ pub mod jobs;
 pub fn registry() -> registry::Registry {
     registry::Registry { consumers: consumers::registry, jobs: jobs::registry }
 }
+
+#[cfg(test)]
+mod layering;

@@ -12,8 +12,8 @@ use cronsumer::consumers::registry as consumers;
 
 /// The fault tests' build: the same modules, which panic on a chosen payload.
 #[cfg(feature = "fault-injection")]
-fn consumers() -> Vec<Box<dyn cronsumer::handler::Consumer>> {
-    cronsumer::fault_injection::wrap(cronsumer::consumers::registry())
+fn consumers() -> Vec<Box<dyn cronsumer::consume::handler::Handler>> {
+    cronsumer::consume::fault_injection::wrap(cronsumer::consumers::registry())
 }
 
 fn main() -> ExitCode {

@@ -6,14 +6,14 @@
 use std::sync::Arc;
 
 use crate::config::Settings;
-use crate::handler::Consumer;
-use crate::scheduler::Job;
+use crate::consume::handler::Handler;
+use crate::schedule::Job;
 
 #[derive(Clone, Copy)]
 pub struct Registry {
     /// Makes the consumer modules; called at each consumer-thread (re)start
     /// for fresh instances.
-    pub consumers: fn() -> Vec<Box<dyn Consumer>>,
+    pub consumers: fn() -> Vec<Box<dyn Handler>>,
     pub jobs: fn() -> Vec<Arc<dyn Job>>,
 }
 

@@ -12,7 +12,7 @@ use crate::config::Settings;
 use crate::db::{self, DbError};
 use crate::kafka;
 use crate::registry::Registry;
-use crate::scheduler::Job;
+use crate::schedule::Job;
 
 struct Report {
     checks: Vec<(String, bool, String)>,
@@ -34,7 +34,7 @@ pub fn run(settings: &Settings, registry: &Registry, out: &Output) -> anyhow::Re
     } else {
         r.ok("kafka", "disabled (KAFKA_ENABLED=false)".into());
     }
-    database_checks(settings, &(registry.jobs)(), &mut r);
+    database_checks(settings, &crate::app::jobs(settings, registry, None), &mut r);
     let failed = r.checks.iter().filter(|c| !c.1).count();
     let rows: Vec<Vec<Value>> = r
         .checks
@@ -114,7 +114,7 @@ fn kafka_checks(settings: &Settings, required: &[String], r: &mut Report) {
 }
 
 fn database_checks(settings: &Settings, jobs: &[Arc<dyn Job>], r: &mut Report) {
-    let url = crate::redact::url(&settings.database_url);
+    let url = crate::config::redact::url(&settings.database_url);
     let pool = match db::connect(&settings.database_url, 1) {
         Ok(p) => p,
         Err(e) => return r.problem("database", format!("{e}; check DATABASE_URL")),

@@ -11,11 +11,12 @@ use crate::config::Settings;
 use crate::db::{outbox, DbError};
 use crate::market::{self, Provider};
 use crate::registry::Registry;
-use crate::scheduler::RunOutcome;
+use crate::schedule::RunOutcome;
 
 /// Runs the outbox publisher once, now; prints what it did.
 fn publish(settings: &Settings, registry: &Registry, out: &Output) -> anyhow::Result<bool> {
-    let (ok, outcome, detail) = match run_job(settings.clone(), pool(settings)?, registry, crate::outbox::JOB)? {
+    let (ok, outcome, detail) = match run_job(settings.clone(), pool(settings)?, registry, crate::market::outbox::JOB)?
+    {
         RunOutcome::Ok(r) => (true, "ok", r.details),
         RunOutcome::Failed(e) => (false, "failed", e),
         // A running service publishes right now; the rows are its to send.

@@ -2,6 +2,9 @@
 //! `topics`, `diagnose`, `dead-letters`, `notifications`, `jobs`, `prices`, `outbox`,
 //! `healthcheck`. Each command
 //! loads the settings itself so that `--help` works without a valid `.env`.
+//!
+//! Inside: the commands and their dispatch (here), and one file per group
+//! of commands. It may use every part.
 
 mod diagnose;
 mod market;
@@ -17,11 +20,12 @@ use anyhow::Context as _;
 
 use clap::{Parser, Subcommand};
 
+use crate::common::shutdown::Shutdown;
 use crate::config::{ConfigError, Settings};
 use crate::db::DbError;
+use crate::events::{Event as _, Lifecycle};
 use crate::kafka::SetupError;
 use crate::registry::Registry;
-use crate::shutdown::Shutdown;
 use crate::{app, db, kafka};
 
 pub use output::Output;
@@ -234,7 +238,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
-        let msg = crate::panics::message(info.payload());
+        let msg = crate::common::panic_message(info.payload());
         let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         log::error!("panic in thread {}{at}: {msg}", thread.name().unwrap_or("unnamed"));
     }));
@@ -258,7 +262,7 @@ fn pool(settings: &Settings) -> anyhow::Result<db::Pool> {
 /// `cronsumer healthcheck`: needs only HTTP_ADDR, so that a check never
 /// fails for another setting (exit 2 is reserved in Docker's health checks).
 fn healthcheck() -> ExitCode {
-    let _ = crate::env_file::load(std::path::Path::new(".env"));
+    let _ = crate::config::env_file::load(std::path::Path::new(".env"));
     let addr = std::env::var("HTTP_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into());
     let Ok(mut addr) = addr.trim().parse::<std::net::SocketAddr>() else {
         println!("unhealthy: HTTP_ADDR={addr:?} is not host:port");
@@ -316,14 +320,14 @@ pub fn execute(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
             app::watch_signals(shutdown.clone()).context("cannot watch for signals")?;
             match app::run(settings, shutdown.clone(), registry) {
                 // A stop that was asked for is a clean stop, whatever phase the start was in.
-                Err(e) if shutdown.is_triggered() => log::info!("stopped during start: {e:#}"),
+                Err(e) if shutdown.is_triggered() => Lifecycle::StoppedDuringStart(&format!("{e:#}")).emit(),
                 result => result?,
             }
         }
         Command::Migrate => {
             let (_, applied) = db::connect_and_migrate(&settings.database_url, 1)?;
             if applied.is_empty() {
-                println!("database {} is up to date", crate::redact::url(&settings.database_url));
+                println!("database {} is up to date", crate::config::redact::url(&settings.database_url));
             } else {
                 for m in applied {
                     println!("applied {m}");

@@ -26,7 +26,7 @@ pub fn produce(
     raw: bool,
 ) -> anyhow::Result<()> {
     check_topic(settings, registry, topic)?;
-    let mut producer = crate::producer::RecordProducer::new(settings)?;
+    let mut producer = crate::kafka::producer::RecordProducer::new(settings)?;
     let key = key.map(str::as_bytes);
     let valid = |payload: &str, what: &str| -> anyhow::Result<()> {
         if !raw {

@@ -8,12 +8,13 @@ use serde_json::{json, Value};
 
 use super::output::{bytes, time, Output};
 use super::{pool, DeadLettersCommand, JobsCommand, NotificationsCommand, UsageError};
+use crate::app;
+use crate::common::shutdown::Shutdown;
 use crate::config::Settings;
+use crate::consume::replay::ReplayError;
 use crate::db::{self, dead_letters, notifications, DbError};
-use crate::producer::ReplayError;
 use crate::registry::Registry;
-use crate::scheduler::{Job, JobContext, JobRunner, RunOutcome, Trigger};
-use crate::shutdown::Shutdown;
+use crate::schedule::{Job, JobContext, JobRunner, RunOutcome, Trigger};
 
 /// `YYYY-MM-DD` (midnight UTC) or RFC 3339.
 fn parse_date(s: &str) -> Result<chrono::NaiveDateTime, UsageError> {
@@ -73,7 +74,7 @@ pub fn dead_letters(settings: &Settings, out: &Output, command: DeadLettersComma
                 }
             };
             drop(conn);
-            let delivered = match crate::producer::replay(settings, &pool, &targets) {
+            let delivered = match crate::consume::replay::replay(settings, &pool, &targets) {
                 Err(ReplayError::Taken) if !all => {
                     bail!(UsageError(format!("dead letter {}: being replayed now, or replayed already", targets[0].id)))
                 }
@@ -150,7 +151,7 @@ pub fn notifications(settings: &Settings, out: &Output, command: NotificationsCo
 /// Runs the registry's job `name` once, now, as `cronsumer jobs run` does.
 pub fn run_job(settings: Settings, pool: db::Pool, registry: &Registry, name: &str) -> anyhow::Result<RunOutcome> {
     let topics = registry.topics(&settings);
-    let jobs: Vec<Arc<dyn Job>> = (registry.jobs)();
+    let jobs: Vec<Arc<dyn Job>> = app::jobs(&settings, registry, None);
     let names: Vec<&str> = jobs.iter().map(|j| j.name()).collect();
     let Some(job) = jobs.iter().find(|j| j.name() == name).cloned() else {
         bail!(UsageError(format!("no job named {name:?}; jobs: {}", names.join(", "))));
@@ -158,7 +159,7 @@ pub fn run_job(settings: Settings, pool: db::Pool, registry: &Registry, name: &s
     if let Some(why) = job.off(&settings) {
         bail!(UsageError(format!("job {name} is off with these settings: {why}")));
     }
-    let ctx = Arc::new(JobContext::new(Arc::new(settings), pool, None, Shutdown::new()).with_topics(topics));
+    let ctx = Arc::new(JobContext::new(Arc::new(settings), pool, Shutdown::new()).with_topics(topics));
     Ok(JobRunner::new(job, ctx)?.run(Trigger::Manual))
 }
 
@@ -168,7 +169,7 @@ pub fn jobs(settings: Settings, registry: &Registry, out: &Output, command: Jobs
         JobsCommand::List => {
             let mut conn = pool.get().map_err(DbError::Pool)?;
             let mut rows = Vec::new();
-            for job in &(registry.jobs)() {
+            for job in &app::jobs(&settings, registry, None) {
                 let cron = job.schedule(&settings).map_err(|e| anyhow::anyhow!("job {}: {e}", job.name()))?;
                 let last = db::job_runs::last(&mut conn, job.name())?;
                 let off = job.off(&settings);

@@ -6,20 +6,29 @@
 //! parses, shows and redacts) and one line of help. That declaration makes
 //! the `Settings` field, the parsing, `cronsumer config`, and the settings
 //! table of the README and `.env.example` (tests compare both).
+//!
+//! Inside: the declarations and their checks (here), how each kind of value
+//! parses and shows (`value`), the docs they make (`docs`), the `.env` file
+//! ([`env_file`]), cron schedules ([`cron`]) and secrets kept out of what is
+//! printed ([`redact`]). It may use `common` only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::cron::Schedule;
-use crate::redact::{is_secret_name, REDACTED};
+use crate::config::cron::Schedule;
+use crate::config::redact::{is_secret_name, REDACTED};
 
+pub mod cron;
 mod docs;
+pub mod env_file;
+pub mod redact;
 mod value;
 
 pub use docs::{env_example, settings_table, Declared};
 use value::*;
+pub use value::{symbol, Backend};
 
 /// Every problem found in the settings; bad settings exit with code 2.
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +226,7 @@ settings! {
 impl Settings {
     /// Loads `.env` (when present) under the process environment, then validates.
     pub fn load() -> Result<Settings, ConfigError> {
-        crate::env_file::load(std::path::Path::new(".env")).map_err(|e| ConfigError {
+        crate::config::env_file::load(std::path::Path::new(".env")).map_err(|e| ConfigError {
             problems: vec![Problem { var: ".env".into(), value: format!("line {}", e.line), expected: e.reason }],
         })?;
         Settings::from_vars(std::env::vars().collect())
@@ -254,6 +263,17 @@ impl Settings {
             let expected = format!("one of {} when KAFKA_SECURITY_PROTOCOL is SASL_*", SASL_MECHANISMS.join(", "));
             r.problem("KAFKA_SASL_MECHANISM", "", &expected);
         }
+    }
+
+    /// The secret values among the settings, to scrub from messages
+    /// ([`redact::scrub`]).
+    pub fn secret_values(&self) -> Vec<String> {
+        let mut secrets = self.declared_secrets();
+        secrets.extend(self.kafka_props.iter().filter(|(name, _)| is_secret_name(name)).map(|(_, v)| v.clone()));
+        // Too short a value would blank ordinary words; such a secret is no secret.
+        secrets.retain(|s| s.len() >= 4);
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets
     }
 
     /// The effective settings as `NAME=value` lines, secrets redacted.

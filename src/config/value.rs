@@ -7,8 +7,8 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::cron::Schedule;
-use crate::redact::{self, REDACTED};
+use crate::config::cron::Schedule;
+use crate::config::redact::{self, REDACTED};
 
 /// One kind of setting value.
 pub trait Kind {
@@ -190,7 +190,7 @@ pub struct Cron;
 impl Kind for Cron {
     type Value = Schedule;
     fn parse(&self, text: &str) -> Result<Schedule, String> {
-        text.parse().map_err(|e: crate::cron::CronError| e.to_string())
+        text.parse().map_err(|e: crate::config::cron::CronError| e.to_string())
     }
     fn show(&self, v: &Schedule) -> String {
         v.to_string()
@@ -210,6 +210,25 @@ impl Kind for Addr {
     }
 }
 
+/// Which database `DATABASE_URL` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of_url(url: &str) -> Result<Backend, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else if url.starts_with("sqlite:") || !url.contains("://") {
+            Ok(Backend::Sqlite)
+        } else {
+            Err("a file path, sqlite://PATH or postgres://USER@HOST/DB".into())
+        }
+    }
+}
+
 /// A database URL cronsumer has a backend for; its password is never shown.
 pub struct DatabaseUrl;
 
@@ -217,7 +236,7 @@ impl Kind for DatabaseUrl {
     type Value = String;
     fn parse(&self, text: &str) -> Result<String, String> {
         NonEmpty.parse(text)?;
-        crate::db::Backend::of_url(text)?;
+        Backend::of_url(text)?;
         Ok(text.to_string())
     }
     fn show(&self, v: &String) -> String {
@@ -270,6 +289,16 @@ impl Kind for Seconds {
     }
 }
 
+/// A ticker symbol, upper-cased: 1 to 16 of `A-Z 0-9 . -` (`AAPL`, `BRK.B`).
+pub fn symbol(text: &str) -> Result<String, String> {
+    let s = text.trim().to_ascii_uppercase();
+    let legal = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '-';
+    if s.is_empty() || s.len() > 16 || !s.chars().all(legal) {
+        return Err(format!("a ticker symbol is 1 to 16 of A-Z 0-9 . - (got {text:?})"));
+    }
+    Ok(s)
+}
+
 /// A comma-separated list of ticker symbols (empty: none), upper-cased.
 pub struct Symbols;
 
@@ -278,7 +307,7 @@ impl Kind for Symbols {
     fn parse(&self, text: &str) -> Result<Vec<String>, String> {
         let mut out: Vec<String> = Vec::new();
         for s in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let symbol = crate::market::symbol(s).map_err(|e| format!("symbols separated by commas ({e})"))?;
+            let symbol = symbol(s).map_err(|e| format!("symbols separated by commas ({e})"))?;
             if !out.contains(&symbol) {
                 out.push(symbol);
             }

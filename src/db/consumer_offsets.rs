@@ -9,26 +9,34 @@
 //! Writers of one partition serialize on its row, so whoever comes second
 //! sees what the first applied.
 
+use crate::common::record::TopicPartition;
 use diesel::prelude::*;
 
 use super::schema::consumer_offsets::{self, dsl as co};
 use super::{now, DbConnection, DbError};
-use crate::broker::Tp;
 use crate::events::{Event as _, OffsetReset};
-use crate::sink::Stored;
 use crate::{on_backend, prepared};
+
+/// A partition's position as the database stored it: the next offset to
+/// read, and the id of the topic whose log that offset belongs to (`None`:
+/// stored before ids were kept, or while they could not be read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub next: i64,
+    pub topic_id: Option<String>,
+}
 
 /// What the database stored of each of `tps`: the next offset and the id
 /// of the topic it belongs to (`None`: it applied nothing of that partition).
-pub fn positions(conn: &mut DbConnection, group: &str, tps: &[Tp]) -> Result<Vec<Option<Stored>>, DbError> {
+pub fn positions(conn: &mut DbConnection, group: &str, tps: &[TopicPartition]) -> Result<Vec<Option<Stored>>, DbError> {
     let rows: Vec<(String, i32, i64, Option<String>)> = on_backend!(conn, |c| co::consumer_offsets
         .filter(co::group_id.eq(group))
         .select((co::topic, co::partition, co::next_offset, co::topic_id))
         .load(c))?;
     Ok(tps
         .iter()
-        .map(|(topic, partition)| {
-            let row = rows.iter().find(|(t, p, _, _)| t == topic && p == partition);
+        .map(|tp| {
+            let row = rows.iter().find(|(t, p, _, _)| *t == tp.topic && *p == tp.partition);
             row.map(|(_, _, next, topic_id)| Stored { next: *next, topic_id: topic_id.clone() })
         })
         .collect())
@@ -72,13 +80,13 @@ pub enum Advance {
 pub fn advance(
     conn: &mut DbConnection,
     group: &str,
-    tp: &Tp,
+    tp: &TopicPartition,
     span: Span,
     mine: Option<i64>,
     topic_id: Option<&str>,
     fingerprint_at: impl Fn(i64) -> Option<i64>,
 ) -> Result<Advance, DbError> {
-    let row = co::consumer_offsets.find((group, &tp.0, tp.1));
+    let row = co::consumer_offsets.find((group, &tp.topic, tp.partition));
     let t = now();
     let set = (
         co::next_offset.eq(span.next),
@@ -98,8 +106,8 @@ pub fn advance(
     let Some((stored, fingerprint)) = stored else {
         let values = (
             co::group_id.eq(group),
-            co::topic.eq(&tp.0),
-            co::partition.eq(tp.1),
+            co::topic.eq(&tp.topic),
+            co::partition.eq(tp.partition),
             co::next_offset.eq(span.next),
             co::last_fingerprint.eq(span.last_fingerprint),
             co::updated_at.eq(t),
@@ -113,7 +121,7 @@ pub fn advance(
     }
     if fingerprint_at(stored - 1).is_some_and(|f| f != fingerprint) {
         let why = format!("the record at {} is not the one applied there (topic deleted and recreated?)", stored - 1);
-        OffsetReset { topic: &tp.0, partition: tp.1, from: span.first, why: &why }.emit();
+        OffsetReset { topic: &tp.topic, partition: tp.partition, from: span.first, why: &why }.emit();
         on_backend!(conn, |c| diesel::update(row).set(set).execute(c))?;
         return Ok(Advance::Moved);
     }
@@ -125,18 +133,18 @@ pub fn advance(
 
 /// Sets a partition's offset back to `to` (its log restarted below the
 /// stored offset), inside the caller's transaction.
-pub fn rewind(conn: &mut DbConnection, group: &str, tp: &Tp, to: i64) -> Result<(), DbError> {
-    let row = co::consumer_offsets.find((group, &tp.0, tp.1));
+pub fn rewind(conn: &mut DbConnection, group: &str, tp: &TopicPartition, to: i64) -> Result<(), DbError> {
+    let row = co::consumer_offsets.find((group, &tp.topic, tp.partition));
     on_backend!(conn, |c| diesel::update(row).set((co::next_offset.eq(to), co::updated_at.eq(now()))).execute(c))?;
     Ok(())
 }
 
 /// The stored next offsets of `group`, by partition.
-pub fn list(conn: &mut DbConnection, group: &str) -> Result<Vec<(Tp, i64)>, DbError> {
+pub fn list(conn: &mut DbConnection, group: &str) -> Result<Vec<(TopicPartition, i64)>, DbError> {
     let rows: Vec<(String, i32, i64)> = on_backend!(conn, |c| co::consumer_offsets
         .filter(co::group_id.eq(group))
         .select((co::topic, co::partition, co::next_offset))
         .order((co::topic, co::partition))
         .load(c))?;
-    Ok(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
+    Ok(rows.into_iter().map(|(t, p, o)| (TopicPartition::new(t, p), o)).collect())
 }

@@ -42,7 +42,7 @@ pub struct NewDeadLetter {
 impl NewDeadLetter {
     /// The dead letter of `record`. PostgreSQL text cannot hold NUL, so a
     /// reason that quotes one stores it as U+FFFD.
-    pub fn of(record: &crate::record::Record, reason: &str) -> Self {
+    pub fn of(record: &crate::common::record::Record, reason: &str) -> Self {
         NewDeadLetter {
             topic: record.topic.clone(),
             partition: record.partition,

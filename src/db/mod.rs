@@ -6,6 +6,11 @@
 //! by [`on_backend!`] / [`write_tx!`]; writes on SQLite run in immediate
 //! transactions so concurrent writers wait on `busy_timeout` instead of
 //! failing with a lock upgrade error.
+//!
+//! Inside: the pool, migrations, transactions and clocks (here), the schema
+//! ([`schema`]), one file per table, and what their rows share (source
+//! positions: [`sources`]; timestamps: [`stamp`]; kept statements:
+//! [`prepared`]). It may use `common`, `events` and `config`.
 
 pub mod consumer_offsets;
 pub mod dead_letters;
@@ -119,24 +124,7 @@ pub enum DbError {
     Migration(String),
 }
 
-/// Which database `DATABASE_URL` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Backend {
-    pub fn of_url(url: &str) -> Result<Backend, String> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Backend::Postgres)
-        } else if url.starts_with("sqlite:") || !url.contains("://") {
-            Ok(Backend::Sqlite)
-        } else {
-            Err("a file path, sqlite://PATH or postgres://USER@HOST/DB".into())
-        }
-    }
-}
+pub use crate::config::Backend;
 
 /// libpq's messages span lines; errors and log lines here are one line each.
 pub fn one_line(text: &str) -> String {
@@ -146,8 +134,8 @@ pub fn one_line(text: &str) -> String {
 /// A connection error's text without the URL's secrets (libpq quotes the
 /// parts of a URL it cannot parse).
 fn connect_error(url: &str, reason: impl std::fmt::Display) -> DbError {
-    let reason = crate::redact::scrub(&one_line(&reason.to_string()), &crate::redact::url_secrets(url));
-    DbError::Connect { url: crate::redact::url(url), reason }
+    let reason = crate::config::redact::scrub(&one_line(&reason.to_string()), &crate::config::redact::url_secrets(url));
+    DbError::Connect { url: crate::config::redact::url(url), reason }
 }
 
 /// The file path of a SQLite URL (`sqlite://x.db`, `sqlite:x.db` or `x.db`).
@@ -200,14 +188,15 @@ impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SessionSettings 
 /// Opens a pool on `url` (creating a SQLite file's parent directory) and
 /// checks that one connection can be made.
 pub fn connect(url: &str, size: u32) -> Result<Pool, DbError> {
-    let backend = Backend::of_url(url).map_err(|reason| DbError::Connect { url: crate::redact::url(url), reason })?;
+    let backend =
+        Backend::of_url(url).map_err(|reason| DbError::Connect { url: crate::config::redact::url(url), reason })?;
     let conn_url = match backend {
         Backend::Postgres => bounded_pg_url(url),
         Backend::Sqlite => {
             let path = sqlite_path(url);
             if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|e| DbError::Connect {
-                    url: crate::redact::url(url),
+                    url: crate::config::redact::url(url),
                     reason: format!("cannot create directory {}: {e}", parent.display()),
                 })?;
             }

@@ -8,7 +8,7 @@ use super::schema::notifications::{self, dsl as n};
 use super::sources::{self, SourceKey, Stored};
 use super::stamp::Stamp;
 use super::{now, DbConnection, DbError};
-use crate::record::Source;
+use crate::common::record::Source;
 use crate::{on_backend, prepared, write_tx};
 
 pub const PENDING: &str = "pending";

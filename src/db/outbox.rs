@@ -1,5 +1,5 @@
 //! `outbox`: events written in the same transaction as what they report,
-//! published to Kafka afterwards by [`crate::outbox`], and marked published
+//! published to Kafka afterwards by [`crate::market::outbox`], and marked published
 //! from their delivery reports. Nothing is lost when the broker is away: a
 //! row waits here until it is delivered.
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::Event;
-use crate::metrics;
+use crate::common::metrics;
 
 /// A provider fetch ended: with a price (`failure: None`), or with the kind
 /// of non-answer and why. Either way its answer is stored.

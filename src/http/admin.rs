@@ -13,9 +13,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 
 use super::status::Status;
+use crate::consume::replay::ReplayError;
 use crate::db::{checkout, dead_letters, notifications};
-use crate::producer::ReplayError;
-use crate::scheduler::{RunOutcome, Trigger};
+use crate::events::{ActionTaken, Event as _};
+use crate::schedule::{RunOutcome, Trigger};
 
 pub const COOKIE: &str = "cronsumer_admin";
 
@@ -85,7 +86,7 @@ pub async fn unlock(State(status): State<Arc<Status>>, headers: HeaderMap, Form(
         Err(_) => return (StatusCode::FORBIDDEN, "refused: wrong admin token\n").into_response(),
     }
     if let Err(refused) = authorized(&status, &with_cookie) {
-        log::warn!("http console unlock refused");
+        ActionTaken { action: "unlock", outcome: "refused", detail: refused.1.trim() }.emit();
         return refused.into_response();
     }
     let cookie = format!("{value}; HttpOnly; SameSite=Strict; Path=/");
@@ -104,13 +105,13 @@ where
     F: FnOnce(&Status) -> Result<String, (StatusCode, String)> + Send + 'static,
 {
     if let Err(refused) = authorized(&status, &headers) {
-        log::warn!("http action refused action={what:?}");
+        ActionTaken { action: &what, outcome: "refused", detail: refused.1.trim() }.emit();
         return refused.into_response();
     }
     let s = status.clone();
     match tokio::task::spawn_blocking(move || action(&s)).await {
         Ok(Ok(done)) => {
-            log::info!("http action done action={what:?} result={done:?}");
+            ActionTaken { action: &what, outcome: "done", detail: &done }.emit();
             if headers.get(header::AUTHORIZATION).is_some() {
                 (StatusCode::OK, format!("{done}\n")).into_response()
             } else {
@@ -118,7 +119,7 @@ where
             }
         }
         Ok(Err((code, e))) => {
-            log::warn!("http action failed action={what:?} error={e}");
+            ActionTaken { action: &what, outcome: "failed", detail: &e }.emit();
             (code, format!("{e}\n")).into_response()
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("action did not finish: {e}\n")).into_response(),
@@ -139,7 +140,7 @@ pub async fn replay(State(status): State<Arc<Status>>, headers: HeaderMap, Path(
         if d.replayed_at.is_some() {
             return Err((StatusCode::CONFLICT, format!("dead letter {id} was replayed already")));
         }
-        match crate::producer::replay(&s.sources.settings, pool, &[d]) {
+        match crate::consume::replay::replay(&s.sources.settings, pool, &[d]) {
             Ok(_) => Ok(format!("dead letter {id} replayed")),
             Err(e @ ReplayError::Taken) => Err((StatusCode::CONFLICT, format!("dead letter {id}: {e}"))),
             Err(ReplayError::Db(e)) => Err(db_failed(e)),

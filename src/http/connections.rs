@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use crate::common::locks::lock;
 use crate::events::{ConnectionDropped, DropReason, Event as _};
-use crate::panics::lock;
 
 /// Connections open at once.
 pub const MAX_CONNECTIONS: usize = 256;

@@ -120,9 +120,9 @@ fn consumer_section(out: &mut String, s: &Status) {
         "<table><caption>Assigned partitions: {}</caption><tr><th>Topic<th>Partition<th>Lag</tr>",
         c.assignment.len()
     );
-    for (topic, partition) in &c.assignment {
-        let lag = s.lag_of(topic, *partition).map_or("…".to_string(), |l| l.to_string());
-        let _ = write!(out, "<tr><td>{}<td>{partition}<td class=num>{lag}</tr>", esc(topic));
+    for tp in &c.assignment {
+        let lag = s.lag_of(tp).map_or("…".to_string(), |l| l.to_string());
+        let _ = write!(out, "<tr><td>{}<td>{}<td class=num>{lag}</tr>", esc(&tp.topic), tp.partition);
     }
     out.push_str("</table>");
     let _ = write!(out, "<h3 id=restarts>Restarts: {}</h3><ul>", c.restarts);
@@ -227,7 +227,7 @@ struct Shown {
     duration: String,
 }
 
-fn last_shown(s: &Status, r: &crate::scheduler::JobRunner) -> Option<Shown> {
+fn last_shown(s: &Status, r: &crate::schedule::JobRunner) -> Option<Shown> {
     if let Some(l) = r.last_run() {
         return Some(Shown {
             started: l.started.format("%Y-%m-%d %H:%M:%S UTC").to_string(),

@@ -7,6 +7,11 @@
 //! once (see [`connections`]). It runs on the service's
 //! tokio runtime, and no probe waits on the database or the broker: they
 //! answer from [`status::Status`], kept current in the background.
+//!
+//! Inside: the routes and the server (here), the connection table
+//! ([`connections`]), the status ([`status`]), the console ([`console`]),
+//! its actions ([`admin`]) and the price API ([`prices`]). It may use every
+//! part but `app` and `cli`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,8 +28,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tower_service::Service as _;
 
-use crate::metrics;
-use crate::shutdown::Shutdown;
+use crate::common::metrics;
+use crate::common::shutdown::Shutdown;
+use crate::events::{Event as _, HttpListening};
 
 mod admin;
 mod connections;
@@ -138,7 +144,7 @@ pub async fn serve(addr: SocketAddr, router: Router, shutdown: Shutdown) -> std:
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
     let bound = listener.local_addr()?;
-    log::info!("http listening on {bound}");
+    HttpListening { addr: &bound.to_string(), accept_error: None }.emit();
     tokio::spawn(accept(listener, router, shutdown));
     Ok(bound)
 }
@@ -151,7 +157,7 @@ async fn accept(listener: TcpListener, router: Router, shutdown: Shutdown) {
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     // Out of file descriptors, usually: wait rather than spin.
-                    log::warn!("http accept failed: {e}");
+                    HttpListening { addr: "", accept_error: Some(&e.to_string()) }.emit();
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }

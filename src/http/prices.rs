@@ -23,9 +23,9 @@ use serde_json::json;
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::Status;
+use crate::common::locks::lock;
 use crate::db::{checkout, price_stats};
 use crate::market::{self, Failure, FetchError, Provider};
-use crate::panics::lock;
 
 /// Provider calls under way at once, each for another symbol.
 pub const PROVIDER_CALLS: usize = 4;
@@ -120,7 +120,7 @@ fn answer(status: &Status, symbol: &str) -> Reply {
             };
             let fetched = market::fetch(settings, &Provider::new(settings), pool, symbol);
             if fetched.is_ok() {
-                status.sources.jobs.wakers.wake(crate::outbox::JOB);
+                status.sources.jobs.wakers.wake(crate::market::outbox::JOB);
             }
             fetched
         }

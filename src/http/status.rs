@@ -10,14 +10,16 @@ use std::time::{Duration, Instant};
 
 use prometheus::core::Collector;
 
+use crate::common::locks::{lock, read, write};
+use crate::common::metrics;
+use crate::common::record::TopicPartition;
+use crate::common::shutdown::Shutdown;
 use crate::config::Settings;
+use crate::consume::heartbeat::RetryingBatch;
+use crate::consume::supervisor::{Restart, Supervisor};
 use crate::db::Pool;
-use crate::heartbeat::InHand;
-use crate::metrics;
-use crate::panics::{lock, read, write};
-use crate::scheduler::{JobContext, JobRunner, OffJob};
-use crate::shutdown::Shutdown;
-use crate::supervisor::{Restart, Supervisor};
+use crate::events::{Event as _, Sampled};
+use crate::schedule::{JobContext, JobRunner, OffJob};
 
 /// The scheduler counts as stopped when no tick started for this long
 /// (the supervision job ticks every 5 s).
@@ -67,11 +69,11 @@ pub struct ConsumerView {
     /// Since Kafka last confirmed a commit, and since the database last committed a batch.
     pub since_commit: Option<Duration>,
     pub since_stored: Option<Duration>,
-    pub in_hand: Option<InHand>,
+    pub in_hand: Option<RetryingBatch>,
     pub retrying_for: Option<Duration>,
     pub restarts: u64,
     pub recent_restarts: Vec<Restart>,
-    pub assignment: Vec<(String, i32)>,
+    pub assignment: Vec<TopicPartition>,
 }
 
 pub struct Status {
@@ -87,7 +89,7 @@ pub struct Status {
     /// Made at the first lag reading.
     lag_reader: Mutex<Option<crate::kafka::LagReader>>,
     /// The last reading: lag by (topic, partition), of this copy's partitions.
-    lag: Mutex<Vec<((String, i32), i64)>>,
+    lag: Mutex<Vec<(TopicPartition, i64)>>,
 }
 
 impl Status {
@@ -275,15 +277,11 @@ impl Status {
     /// cannot grow the metrics without bound).
     fn sample_store(&self) {
         let Ok(mut conn) = crate::db::checkout(&self.sources.http_pool, None) else { return };
-        let m = metrics::get();
         if let Ok(n) = crate::db::outbox::pending(&mut conn) {
-            m.outbox_pending.set(n);
+            Sampled::OutboxPending(n).emit();
         }
         if let Ok(averages) = crate::db::price_stats::moving_averages(&mut conn, MOVING_AVERAGES_EXPORTED) {
-            m.price_moving_average.reset();
-            for (symbol, value) in averages {
-                m.price_moving_average.with_label_values(&[&symbol]).set(value);
-            }
+            Sampled::MovingAverages(&averages).emit();
         }
     }
 
@@ -294,7 +292,7 @@ impl Status {
         if reader.is_none() {
             match crate::kafka::LagReader::new(&self.sources.settings) {
                 Ok(r) => *reader = Some(r),
-                Err(e) => return log::warn!("lag not read: {e}"),
+                Err(e) => return Sampled::LagNotRead(&e.to_string()).emit(),
             }
         }
         let Some(r) = reader.as_ref() else { return };
@@ -304,38 +302,34 @@ impl Status {
             Err(e) => return log::debug!("lag not read: {e}"),
         };
         let mine = self.consumer().map(|c| c.assignment).unwrap_or_default();
-        let lag: Vec<((String, i32), i64)> =
-            parts.into_iter().map(|p| ((p.topic, p.partition), p.lag)).filter(|(tp, _)| mine.contains(tp)).collect();
-        let gauge = &metrics::get().consumer_lag;
-        // Partitions that left this copy leave the gauge too.
-        gauge.reset();
-        for ((topic, partition), l) in &lag {
-            gauge.with_label_values(&[topic, &partition.to_string()]).set(*l);
-        }
+        let lag: Vec<(TopicPartition, i64)> = parts
+            .into_iter()
+            .map(|p| (TopicPartition::new(p.topic, p.partition), p.lag))
+            .filter(|(tp, _)| mine.contains(tp))
+            .collect();
+        Sampled::Lag(&lag).emit();
         *lock(&self.lag) = lag;
     }
 
     /// The last lag reading of a partition this copy holds.
-    pub fn lag_of(&self, topic: &str, partition: i32) -> Option<i64> {
+    pub fn lag_of(&self, tp: &TopicPartition) -> Option<i64> {
         let lag = lock(&self.lag);
-        lag.iter().find(|((t, p), _)| t == topic && *p == partition).map(|(_, l)| *l)
+        lag.iter().find(|(t, _)| t == tp).map(|(_, l)| *l)
     }
 
     /// The gauges that describe state rather than count events.
     fn update_gauges(&self) {
-        let m = metrics::get();
         let settings = &self.sources.settings;
         if let Some(c) = self.consumer() {
             let polling = c.since_poll.is_some_and(|age| age <= settings.consumer_stall_timeout);
-            m.consumer_up.with_label_values(&[&settings.kafka_group_id]).set(i64::from(c.alive && polling));
-            m.batch_retrying_seconds.set(c.retrying_for.map_or(0.0, |d| d.as_secs_f64()));
+            let retrying_for = c.retrying_for.map_or(0.0, |d| d.as_secs_f64());
+            Sampled::Consumer { group: &settings.kafka_group_id, up: c.alive && polling, retrying_for }.emit();
         }
         let now = chrono::Utc::now();
         for r in &self.sources.runners {
-            m.job_overdue_seconds.with_label_values(&[r.name()]).set(r.overdue(now).as_secs_f64());
+            Sampled::JobOverdue { job: r.name(), seconds: r.overdue(now).as_secs_f64() }.emit();
         }
         let state = self.sources.pool.state();
-        m.db_pool_connections.with_label_values(&["idle"]).set(state.idle_connections as i64);
-        m.db_pool_connections.with_label_values(&["active"]).set((state.connections - state.idle_connections) as i64);
+        Sampled::Pool { idle: state.idle_connections, active: state.connections - state.idle_connections }.emit();
     }
 }

@@ -1,11 +1,18 @@
 //! The market-data producer. A fetch asks the provider for a symbol's price
 //! and stores, in one transaction, the answer in `raw_responses` and (when
 //! it held a price) the price event in the `outbox`; the outbox publisher
-//! ([`crate::outbox`]) takes the event to Kafka, keyed by symbol. Events are
+//! ([`crate::market::outbox`]) takes the event to Kafka, keyed by symbol. Events are
 //! `{"symbol", "price", "timestamp", "source", "raw_response_id"}`, read back
 //! by the price-events module.
+//!
+//! Inside: the fetch (here), the [`Provider`], the [`outbox`] publisher, and
+//! the jobs that run them ([`fetch_prices`], [`publish_outbox`]). It may use
+//! `common`, `events`, `config`, `db`, `kafka` and `schedule`.
 
+pub(crate) mod fetch_prices;
+pub mod outbox;
 mod provider;
+pub mod publish_outbox;
 
 use chrono::{NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -14,7 +21,7 @@ pub use provider::{Failure, Provider, BODY_KEPT};
 
 use crate::config::Settings;
 use crate::db::raw_responses::{self, RawResponse};
-use crate::db::{self, outbox, DbConnection, DbError, Pool};
+use crate::db::{self, DbConnection, DbError, Pool};
 use crate::events::{Event as _, PriceFetched};
 
 /// The topic price events go to (before `KAFKA_TOPIC_PREFIX` and
@@ -44,15 +51,7 @@ pub enum FetchError {
     Db(#[from] DbError),
 }
 
-/// A ticker symbol, upper-cased: 1 to 16 of `A-Z 0-9 . -` (`AAPL`, `BRK.B`).
-pub fn symbol(text: &str) -> Result<String, String> {
-    let s = text.trim().to_ascii_uppercase();
-    let legal = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '-';
-    if s.is_empty() || s.len() > 16 || !s.chars().all(legal) {
-        return Err(format!("a ticker symbol is 1 to 16 of A-Z 0-9 . - (got {text:?})"));
-    }
-    Ok(s)
-}
+pub use crate::config::symbol;
 
 fn event(settings: &Settings, symbol: &str, price: f64, fetched_at: NaiveDateTime, id: &str) -> PriceEvent {
     PriceEvent {
@@ -95,7 +94,7 @@ pub fn fetch(
         raw_responses::insert(c, &row)?;
         if let Some(e) = event.as_ref().filter(|_| settings.kafka_enabled) {
             let payload = serde_json::to_string(e).unwrap_or_default();
-            outbox::enqueue(c, &settings.topic(TOPIC), &e.symbol, &payload)?;
+            db::outbox::enqueue(c, &settings.topic(TOPIC), &e.symbol, &payload)?;
         }
         Ok::<_, DbError>(())
     })?;

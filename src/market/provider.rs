@@ -113,7 +113,7 @@ impl Provider {
             ureq::Error::BodyExceedsLimit(_) => Failure::BadQuote,
             _ => Failure::Unreachable,
         };
-        let text = crate::redact::scrub(&e.to_string(), self.api_key.as_slice());
+        let text = crate::config::redact::scrub(&e.to_string(), self.api_key.as_slice());
         (kind, format!("{doing} the provider failed: {text}"))
     }
 }

@@ -219,7 +219,7 @@ fn fuzz_records(which: Which, n: usize, rng: &mut Rng) -> Vec<FuzzRecord> {
 }
 
 fn produce_raw(s: &Settings, topic: &str, records: &[FuzzRecord]) {
-    let mut p = cronsumer::producer::RecordProducer::new(s).unwrap();
+    let mut p = cronsumer::kafka::producer::RecordProducer::new(s).unwrap();
     for r in records {
         p.send(topic, r.key.as_deref(), &r.payload).unwrap();
     }

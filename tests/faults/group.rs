@@ -13,7 +13,7 @@ use crate::fixture::*;
 use crate::support::*;
 
 /// The revoke budget of the pipeline: outages in this module outlast it.
-const REVOKE_BUDGET: Duration = cronsumer::pipeline::REVOKE_BUDGET;
+const REVOKE_BUDGET: Duration = cronsumer::consume::pipeline::REVOKE_BUDGET;
 /// Records of each scenario.
 const N: usize = 4000;
 
@@ -118,7 +118,8 @@ fn a_handler_slower_than_max_poll_interval() {
     wait_running(&[&a, &b], "both copies hold partitions again", Duration::from_secs(60), || {
         a.assigned() + b.assigned() == fx.all_partitions()
     });
-    let lost = a.log_text().matches("partitions lost").count() + b.log_text().matches("partitions lost").count();
+    let lost =
+        a.log_text().matches("event=partitions_lost").count() + b.log_text().matches("event=partitions_lost").count();
     println!("a_handler_slower_than_max_poll_interval: assignments lost: {lost}");
     assert!(lost > 0, "no copy lost its assignment: max.poll.interval.ms was not exceeded");
     fx.assert_exactly_once(N, 0);
@@ -160,7 +161,9 @@ fn sigterm_during_a_rebalance() {
     let _serial = serial();
     let fx = Fixture::new("sigterm_during_a_rebalance", Backend::Postgres, &[("SHUTDOWN_TIMEOUT_MS", SHUTDOWN_MS)]);
     let (a, b) = second_copy_joins_during_a_write_outage(&fx);
-    wait_running(&[&a, &b], "copy-a revoking", Duration::from_secs(60), || a.log_text().contains("partitions revoked"));
+    wait_running(&[&a, &b], "copy-a revoking", Duration::from_secs(60), || {
+        a.log_text().contains("event=partitions_revoked")
+    });
     let took = term_within(&a, SHUTDOWN_LIMIT);
     println!("sigterm_during_a_rebalance: exited {} ms after SIGTERM", took.as_millis());
     fx.tdb.pg_refuse_writes(false);

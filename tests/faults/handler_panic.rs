@@ -22,7 +22,7 @@ fn handler_panic_poison_record() {
         (0..N).map(|i| if i == POISON_AT { poison.clone() } else { notification(i) }).collect();
     produce(&fx.s, &fx.topic, &payloads);
 
-    let svc = fx.start("service", &[(cronsumer::fault_injection::PANIC_PAYLOAD_ENV, "PANIC-ME")]);
+    let svc = fx.start("service", &[(cronsumer::consume::fault_injection::PANIC_PAYLOAD_ENV, "PANIC-ME")]);
     // Restarts back off 1 s, 2 s, 4 s... and the supervisor looks every 5 s.
     wait_running(&[&svc], "999 rows and 1 dead letter", Duration::from_secs(120), || {
         fx.rows() >= (N - 1) as i64 && fx.dead() >= 1

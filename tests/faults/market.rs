@@ -112,7 +112,7 @@ fn publisher_killed_between_delivery_and_marking_stores_each_event_once() {
         &[
             ("PRICE_SYMBOLS", "AAPL"),
             ("PRICE_FETCH_CRON", "* * * * * *"),
-            (cronsumer::fault_injection::KILL_AFTER_DELIVERY_ENV, "1"),
+            (cronsumer::market::outbox::KILL_AFTER_DELIVERY_ENV, "1"),
         ],
     );
     let status = killed.wait_exit(Duration::from_secs(120)).expect("the publisher did not kill itself");

@@ -154,7 +154,7 @@ fn sigterm_while_waiting_for_the_broker_at_start_exits_0() {
     ];
     let svc = crate::support::Service::start_in("waiting", &dir, env, &[("SHUTDOWN_TIMEOUT_MS", "5000")]);
     svc.wait_for("a failed broker attempt", std::time::Duration::from_secs(60), || {
-        svc.log_text().contains("kafka unreachable")
+        svc.log_text().contains("event=kafka_unreachable")
     });
     assert_eq!(svc.terminate(), Some(0), "exit status of a stop asked for during start:\n{}", svc.log_tail(20));
     let _ = std::fs::remove_dir_all(&dir);

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use cronsumer::common::shutdown::StopRequest;
 use cronsumer::config::Settings;
-use cronsumer::consumer::{spawn, ConsumerError};
+use cronsumer::consume::heartbeat::Heartbeat;
+use cronsumer::consume::thread::{spawn, ConsumerError};
 use cronsumer::db::{Backend, Pool};
-use cronsumer::heartbeat::Heartbeat;
-use cronsumer::shutdown::StopRequest;
 
 use crate::support::*;
 

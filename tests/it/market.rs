@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use cronsumer::config::Settings;
 use cronsumer::db::{outbox, price_events, price_stats, raw_responses, Backend, Pool};
-use cronsumer::jobs::publish_outbox::PublishOutbox;
+use cronsumer::kafka::producer::RecordProducer;
+use cronsumer::market::publish_outbox::PublishOutbox;
 use cronsumer::market::{self, Failure, FetchError, Provider};
-use cronsumer::producer::RecordProducer;
-use cronsumer::scheduler::{RunOutcome, Trigger};
+use cronsumer::schedule::{RunOutcome, Trigger};
 
 use crate::consumer::Running;
 use crate::support::*;
@@ -317,7 +317,7 @@ fn clients_of_a_slow_provider_cannot_starve_the_consumer() {
 /// more: its rows wait for the lease's new holder, which sends each once.
 fn a_publisher_that_lost_its_lease_sends_and_marks_nothing(backend: Backend) {
     use cronsumer::db::job_leases;
-    use cronsumer::outbox::{Fence, PublishError, Publisher, JOB};
+    use cronsumer::market::outbox::{Fence, PublishError, Publisher, JOB};
     let tdb = TestDb::new(backend);
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("fence"), &[]);

@@ -2,8 +2,8 @@
 //! are unique together (a redelivered record stores nothing new, a different
 //! record at a reused position is named).
 
+use cronsumer::common::record::Source;
 use cronsumer::db::{self, dead_letters, notifications, Backend};
-use cronsumer::record::Source;
 
 use crate::support::*;
 

@@ -3,6 +3,7 @@
 //! lost its partition), unless the record before the stored offset is not
 //! the one applied there (the topic was recreated).
 
+use cronsumer::common::record::TopicPartition;
 use cronsumer::db::consumer_offsets::{advance, positions, rewind, Advance, Span};
 use cronsumer::db::Backend;
 
@@ -18,7 +19,7 @@ fn fingerprint(offset: i64) -> i64 {
 }
 
 /// The stored next offsets of `tps`.
-fn nexts(conn: &mut cronsumer::db::DbConnection, group: &str, tps: &[(String, i32)]) -> Vec<Option<i64>> {
+fn nexts(conn: &mut cronsumer::db::DbConnection, group: &str, tps: &[TopicPartition]) -> Vec<Option<i64>> {
     positions(conn, group, tps).unwrap().into_iter().map(|s| s.map(|s| s.next)).collect()
 }
 
@@ -26,8 +27,8 @@ fn a_batch_applies_once(backend: Backend) {
     let tdb = TestDb::new(backend);
     let pool = tdb.pool();
     let mut conn = pool.get().unwrap();
-    let tp = ("t".to_string(), 0);
-    let other = ("t".to_string(), 1);
+    let tp = TopicPartition::new("t", 0);
+    let other = TopicPartition::new("t", 1);
     let same_log = |o: i64| Some(fingerprint(o));
     let mut at = |s: Span| advance(&mut conn, "g", &tp, s, None, None, same_log).unwrap();
 
@@ -68,7 +69,7 @@ fn the_topic_id_is_stored_with_the_offset(backend: Backend) {
     let tdb = TestDb::new(backend);
     let pool = tdb.pool();
     let mut conn = pool.get().unwrap();
-    let tp = ("t".to_string(), 0);
+    let tp = TopicPartition::new("t", 0);
     let log = |o: i64| Some(fingerprint(o));
     let id = |conn: &mut cronsumer::db::DbConnection| {
         positions(conn, "g", std::slice::from_ref(&tp)).unwrap()[0].clone().and_then(|s| s.topic_id)

@@ -323,7 +323,7 @@ fn concurrent_replays_of_one_dead_letter_produce_it_once(backend: Backend) {
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("replay"), &[]);
     let (_topics, topic) = registry_topics(&s, 1);
-    let record = cronsumer::record::Record {
+    let record = cronsumer::common::record::Record {
         topic: topic.clone(),
         partition: 0,
         offset: 7,
@@ -341,7 +341,7 @@ fn concurrent_replays_of_one_dead_letter_produce_it_once(backend: Backend) {
                 let (s, pool, d, start) = (&s, &pool, d.clone(), &start);
                 scope.spawn(move || {
                     start.wait();
-                    format!("{:?}", cronsumer::producer::replay(s, pool, &[d]))
+                    format!("{:?}", cronsumer::consume::replay::replay(s, pool, &[d]))
                 })
             })
             .collect();
@@ -352,7 +352,7 @@ fn concurrent_replays_of_one_dead_letter_produce_it_once(backend: Backend) {
     assert_eq!(outcomes.iter().filter(|o| o.contains("Taken")).count(), 1, "{outcomes:?}");
     let after = db::dead_letters::find(&mut pool.get().unwrap(), d.id).unwrap().unwrap();
     assert!(after.replayed_at.is_some());
-    let again = cronsumer::producer::replay(&s, &pool, &[after]);
-    assert!(matches!(again, Err(cronsumer::producer::ReplayError::Taken)), "replayed already: {again:?}");
+    let again = cronsumer::consume::replay::replay(&s, &pool, &[after]);
+    assert!(matches!(again, Err(cronsumer::consume::replay::ReplayError::Taken)), "replayed already: {again:?}");
 }
 both_backends!(concurrent_replays_of_one_dead_letter_produce_it_once);

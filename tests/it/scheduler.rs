@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cronsumer::config::cron::{CronError, Schedule};
 use cronsumer::config::Settings;
-use cronsumer::cron::{CronError, Schedule};
 use cronsumer::db::{self, notifications, Backend};
-use cronsumer::scheduler::{Job, JobContext, JobError, JobReport, RunOutcome, Trigger};
+use cronsumer::schedule::{Job, JobContext, JobError, JobReport, RunOutcome, Trigger};
 
 use crate::support::*;
 
@@ -101,7 +101,7 @@ fn supervision_runs_while_the_database_is_away() {
     let tdb = TestDb::new(Backend::Postgres);
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("supervise"), &[]);
-    let job = Arc::new(cronsumer::jobs::supervise_consumer::SuperviseConsumer);
+    let job = Arc::new(cronsumer::consume::supervise::SuperviseConsumer::new(None));
     let runner = runner(job, job_context(&s, &pool));
     tdb.pg_block(true);
     let outcome = runner.run(Trigger::Tick);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cronsumer::config::Settings;
 use cronsumer::db::{self, notifications, Backend, Pool};
-use cronsumer::scheduler::{Job, JobReport, JobRunner, RunOutcome, Trigger};
+use cronsumer::schedule::{Job, JobReport, JobRunner, RunOutcome, Trigger};
 
 use crate::support::*;
 
@@ -28,8 +28,8 @@ fn by_status(pool: &Pool) -> std::collections::BTreeMap<String, i64> {
     notifications::count_by_status(&mut pool.get().unwrap()).unwrap().into_iter().collect()
 }
 
-fn send_job() -> Arc<dyn Job> {
-    Arc::new(cronsumer::jobs::send_notifications::SendNotifications)
+fn send_job(s: &Settings) -> Arc<dyn Job> {
+    Arc::new(cronsumer::deliver::sender::SendNotifications::new(s))
 }
 
 /// Runs the sender until `n` notifications are sent; fails the test after `limit`.
@@ -55,7 +55,7 @@ fn thousand_pending_are_delivered_exactly_once(backend: Backend) {
     let sink = Sink::ok();
     let s = webhook_settings(&tdb.url, &sink.url, &[]);
     insert_pending(&pool, "seed", 1000);
-    let runner = runner(send_job(), job_context(&s, &pool));
+    let runner = runner(send_job(&s), job_context(&s, &pool));
     let started = Instant::now();
     assert!(matches!(runner.run(Trigger::Manual), RunOutcome::Ok(_)));
     let secs = started.elapsed().as_secs_f64();
@@ -77,7 +77,7 @@ fn the_log_notifier_sends_every_due_row_in_one_run(backend: Backend) {
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("sched"), &[("NOTIFIER", "log")]);
     insert_pending(&pool, "seed", 450);
-    let runner = runner(send_job(), job_context(&s, &pool));
+    let runner = runner(send_job(&s), job_context(&s, &pool));
     assert!(matches!(runner.run(Trigger::Manual), RunOutcome::Ok(_)));
     assert_eq!(by_status(&pool), [("sent".to_string(), 450)].into());
     let sent = notifications::list(&mut pool.get().unwrap(), Some(notifications::SENT), 1000).unwrap();
@@ -97,7 +97,7 @@ fn server_errors_are_retried_with_backoff_then_delivered_once(backend: Backend) 
     // The breaker's trial calls land on random rows: room enough that none runs out of attempts.
     let s = webhook_settings(&tdb.url, &sink.url, &[("NOTIFICATIONS_MAX_ATTEMPTS", "20")]);
     insert_pending(&pool, "seed", 30);
-    let runner = runner(send_job(), job_context(&s, &pool));
+    let runner = runner(send_job(&s), job_context(&s, &pool));
     run_until_sent(&runner, &pool, 30, Duration::from_secs(60));
     let delivered = assert_each_delivered_once(&sink, 30);
     let rows = notifications::list(&mut pool.get().unwrap(), None, 100).unwrap();
@@ -124,7 +124,7 @@ fn client_errors_fail_at_once_with_the_status_kept(backend: Backend) {
     let sink = Sink::start(Box::new(|_| 404));
     let s = webhook_settings(&tdb.url, &sink.url, &[]);
     insert_pending(&pool, "seed", 3);
-    let runner = runner(send_job(), job_context(&s, &pool));
+    let runner = runner(send_job(&s), job_context(&s, &pool));
     runner.run(Trigger::Manual);
     runner.run(Trigger::Manual);
     assert_eq!(sink.hits().len(), 3, "a 4xx must not be retried");
@@ -146,7 +146,7 @@ fn unreachable_webhook_gives_up_after_max_attempts() {
         &[("NOTIFICATIONS_MAX_ATTEMPTS", "3"), ("NOTIFICATIONS_RETRY_BASE_MS", "50")],
     );
     insert_pending(&pool, "seed", 2);
-    let runner = runner(send_job(), job_context(&s, &pool));
+    let runner = runner(send_job(&s), job_context(&s, &pool));
     wait_for("both failed", Duration::from_secs(30), || {
         runner.run(Trigger::Manual);
         by_status(&pool).get("failed") == Some(&2)
@@ -165,8 +165,8 @@ fn two_copies_on_postgres_deliver_each_notification_once() {
     let sink = Sink::ok();
     let s = webhook_settings(&tdb.url, &sink.url, &[]);
     insert_pending(&pool_a, "seed", 1000);
-    let a = Arc::new(runner(send_job(), job_context(&s, &pool_a)));
-    let b = Arc::new(runner(send_job(), job_context(&s, &pool_b)));
+    let a = Arc::new(runner(send_job(&s), job_context(&s, &pool_a)));
+    let b = Arc::new(runner(send_job(&s), job_context(&s, &pool_b)));
     let threads: Vec<_> = [a, b]
         .into_iter()
         .map(|r| std::thread::spawn(move || (0..5).map(|_| r.run(Trigger::Wake)).collect::<Vec<_>>()))
@@ -189,7 +189,7 @@ fn redirects_fail_naming_the_location(backend: Backend) {
         sink.set_headers(&[("Location", moved.as_str())]);
         let s = webhook_settings(&tdb.url, &sink.url, &[]);
         insert_pending(&pool, "seed", 3);
-        runner(send_job(), job_context(&s, &pool)).run(Trigger::Manual);
+        runner(send_job(&s), job_context(&s, &pool)).run(Trigger::Manual);
         assert_eq!(sink.hits().len(), 3, "HTTP {status}: one POST per notification and nothing followed");
         for r in notifications::list(&mut pool.get().unwrap(), None, 10).unwrap() {
             assert_eq!((r.status.as_str(), r.attempts), ("failed", 1), "HTTP {status}");
@@ -210,7 +210,7 @@ fn too_many_requests_waits_for_retry_after(backend: Backend) {
     // A 10 ms backoff would retry much sooner than Retry-After.
     let s = webhook_settings(&tdb.url, &sink.url, &[("NOTIFICATIONS_RETRY_BASE_MS", "10")]);
     insert_pending(&pool, "seed", 5);
-    let runner = runner(send_job(), job_context(&s, &pool));
+    let runner = runner(send_job(&s), job_context(&s, &pool));
     runner.run(Trigger::Manual);
     assert_eq!(by_status(&pool).get("pending"), Some(&5), "429 must be retried: {:?}", by_status(&pool));
     sink.set_plan(Box::new(|_| 200));
@@ -235,7 +235,7 @@ fn deliveries_run_concurrently_up_to_the_limit(backend: Backend) {
     sink.set_delay(Duration::from_millis(100));
     let s = webhook_settings(&tdb.url, &sink.url, &[("NOTIFY_CONCURRENCY", "8")]);
     insert_pending(&pool, "seed", 64);
-    let outcome = runner(send_job(), job_context(&s, &pool)).run(Trigger::Manual);
+    let outcome = runner(send_job(&s), job_context(&s, &pool)).run(Trigger::Manual);
     assert_eq!(outcome, RunOutcome::Ok(JobReport::new("sent=64 retried=0 failed=0")));
     assert_each_delivered_once(&sink, 64);
     let peak = sink.peak_in_flight();
@@ -257,8 +257,8 @@ fn a_burst_of_server_errors_opens_and_closes_the_breaker(backend: Backend) {
         &[("NOTIFY_CONCURRENCY", "1"), ("NOTIFY_BREAKER_COOL_OFF_MS", "1000"), ("NOTIFICATIONS_MAX_ATTEMPTS", "3")],
     );
     insert_pending(&pool, "seed", 20);
-    let runner = runner(send_job(), job_context(&s, &pool));
-    let failures = cronsumer::notifier::BREAKER_FAILURES as usize;
+    let runner = runner(send_job(&s), job_context(&s, &pool));
+    let failures = cronsumer::deliver::notifier::BREAKER_FAILURES as usize;
     let first = runner.run(Trigger::Manual);
     assert_eq!(
         first,
@@ -291,14 +291,14 @@ fn a_webhook_slower_than_the_claim_is_not_sent_twice() {
     sink.set_delay(Duration::from_secs(1));
     let s = webhook_settings(&tdb.url, &sink.url, &[("NOTIFY_CONCURRENCY", "1")]);
     insert_pending(&pool, "seed", 40);
-    let a = Arc::new(runner(send_job(), job_context(&s, &pool)));
+    let a = Arc::new(runner(send_job(&s), job_context(&s, &pool)));
     let slow = {
         let a = a.clone();
         std::thread::spawn(move || a.run(Trigger::Manual))
     };
     wait_for("copy a holding every row", Duration::from_secs(10), || by_status(&pool).get("sending") == Some(&40));
     // Another copy runs its sender every second while the slow chunk goes on.
-    let b = runner(send_job(), job_context(&s, &pool));
+    let b = runner(send_job(&s), job_context(&s, &pool));
     while !slow.is_finished() {
         b.run(Trigger::Manual);
         std::thread::sleep(Duration::from_secs(1));

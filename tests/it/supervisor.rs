@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cronsumer::common::record::Record;
+use cronsumer::common::shutdown::Shutdown;
+use cronsumer::consume::handler::{Handler, HandlerContext, HandlerError};
+use cronsumer::consume::supervisor::{RestartCause, Supervisor, Verdict, MIN_STALL_GRACE};
 use cronsumer::db::Backend;
-use cronsumer::handler::{Consumer, HandlerContext, HandlerError};
-use cronsumer::record::Record;
-use cronsumer::scheduler::{JobContext, Trigger};
-use cronsumer::shutdown::Shutdown;
-use cronsumer::supervisor::{RestartCause, Supervisor, Verdict, MIN_STALL_GRACE};
+use cronsumer::schedule::{JobContext, Trigger};
 
 use crate::support::*;
 
@@ -19,7 +19,7 @@ static STALLED: AtomicBool = AtomicBool::new(false);
 
 /// Panics on its first batch, then handles records normally.
 struct PanicOnce;
-impl Consumer for PanicOnce {
+impl Handler for PanicOnce {
     fn topic(&self) -> &'static str {
         "boom"
     }
@@ -33,7 +33,7 @@ impl Consumer for PanicOnce {
 
 /// Blocks its first batch for 4 s (longer than the stall timeout).
 struct StallOnce;
-impl Consumer for StallOnce {
+impl Handler for StallOnce {
     fn topic(&self) -> &'static str {
         "slow"
     }
@@ -47,7 +47,7 @@ impl Consumer for StallOnce {
 
 /// Blocks every batch for longer than the stall grace: a wedged thread.
 struct Wedged;
-impl Consumer for Wedged {
+impl Handler for Wedged {
     fn topic(&self) -> &'static str {
         "wedged"
     }
@@ -57,17 +57,17 @@ impl Consumer for Wedged {
     }
 }
 
-fn wedged_only() -> Vec<Box<dyn Consumer>> {
+fn wedged_only() -> Vec<Box<dyn Handler>> {
     vec![Box::new(Wedged)]
 }
 
-fn with_panic_once() -> Vec<Box<dyn Consumer>> {
+fn with_panic_once() -> Vec<Box<dyn Handler>> {
     let mut m = cronsumer::consumers::registry();
     m.push(Box::new(PanicOnce));
     m
 }
 
-fn with_stall_once() -> Vec<Box<dyn Consumer>> {
+fn with_stall_once() -> Vec<Box<dyn Handler>> {
     let mut m = cronsumer::consumers::registry();
     m.push(Box::new(StallOnce));
     m
@@ -76,7 +76,8 @@ fn with_stall_once() -> Vec<Box<dyn Consumer>> {
 /// Runs the `supervise_consumer` job (as the scheduler would every 5 s, here
 /// every 200 ms) until the supervisor restarted the thread once.
 fn supervise_until_restart(supervisor: &Arc<Mutex<Supervisor>>, ctx: &Arc<JobContext>, limit: Duration) {
-    let runner = runner(Arc::new(cronsumer::jobs::supervise_consumer::SuperviseConsumer), ctx.clone());
+    let job = cronsumer::consume::supervise::SuperviseConsumer::new(Some(supervisor.clone()));
+    let runner = runner(Arc::new(job), ctx.clone());
     wait_for("a restart", limit, || {
         runner.run(Trigger::Tick);
         supervisor.lock().unwrap().restarts() >= 1
@@ -95,7 +96,7 @@ fn run_fault(modules: Modules, extra_topic: &str, extra: &[(&str, &str)]) -> Res
 
     let supervisor = Arc::new(Mutex::new(Supervisor::new(setup(&s, &pool).modules(modules).build())));
     supervisor.lock().unwrap().start().unwrap();
-    let ctx = Arc::new(JobContext::new(Arc::new(s.clone()), pool.clone(), Some(supervisor.clone()), Shutdown::new()));
+    let ctx = Arc::new(JobContext::new(Arc::new(s.clone()), pool.clone(), Shutdown::new()));
     let wait_fault = Instant::now();
     wait_for("the fault", Duration::from_secs(60), || {
         let sup = supervisor.lock().unwrap();
@@ -115,8 +116,8 @@ fn run_fault(modules: Modules, extra_topic: &str, extra: &[(&str, &str)]) -> Res
     supervisor.lock().unwrap().stop(Instant::now() + Duration::from_secs(10));
     assert_eq!(count_notifications(&pool), 500);
     assert_commits_covered(&s, &pool, &topic, 2);
-    let restarts = cronsumer::metrics::get().consumer_restarts.with_label_values(&["ended"]).get()
-        + cronsumer::metrics::get().consumer_restarts.with_label_values(&["stalled"]).get();
+    let restarts = cronsumer::common::metrics::get().consumer_restarts.with_label_values(&["ended"]).get()
+        + cronsumer::common::metrics::get().consumer_restarts.with_label_values(&["stalled"]).get();
     assert!(restarts >= 1);
     cause.unwrap_or(RestartCause::Ended(String::new()))
 }
@@ -153,7 +154,7 @@ fn end_to_end_a_produced_record_reaches_the_webhook() {
         let (s, sd) = (s.clone(), shutdown.clone());
         std::thread::spawn(move || cronsumer::app::run(s, sd, cronsumer::registry()))
     };
-    let mut producer = cronsumer::producer::RecordProducer::new(&s).unwrap();
+    let mut producer = cronsumer::kafka::producer::RecordProducer::new(&s).unwrap();
     // Let the group settle before timing.
     std::thread::sleep(Duration::from_secs(3));
     let n = 200;

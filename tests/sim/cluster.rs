@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use cronsumer::broker::{Broker, CommitMode, Event, Start, Tp};
-use cronsumer::clock::Clock;
-use cronsumer::record::Record;
+use cronsumer::common::clock::Clock;
+use cronsumer::common::record::{Record, TopicPartition};
+use cronsumer::consume::broker::{Broker, BrokerError, BrokerErrorKind, CommitMode, Polled, Start};
 
 use crate::rng::Rng;
 use crate::SimClock;
@@ -24,27 +24,27 @@ pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(30);
 pub struct Client {
     pub joined: bool,
     /// What the client fetches: taken by `assign`, let go by `unassign`.
-    pub owned: BTreeSet<Tp>,
+    pub owned: BTreeSet<TopicPartition>,
     /// Survives unassign and assign, like librdkafka's application pause.
-    pub paused: BTreeSet<Tp>,
-    pub fetch: BTreeMap<Tp, i64>,
+    pub paused: BTreeSet<TopicPartition>,
+    pub fetch: BTreeMap<TopicPartition, i64>,
     /// Offsets of asynchronous commits whose answer was not delivered yet.
-    in_flight: BTreeMap<Tp, i64>,
+    in_flight: BTreeMap<TopicPartition, i64>,
     /// Highest offset per partition whose commit the member was told succeeded.
-    acked: BTreeMap<Tp, i64>,
-    events: VecDeque<(Instant, Event)>,
+    acked: BTreeMap<TopicPartition, i64>,
+    events: VecDeque<(Instant, Polled)>,
     generation: u64,
     /// An `Assigned` event not completed yet.
     assigning: bool,
     /// Partitions a `Revoked` event asked for, not let go yet.
-    revoking: BTreeSet<Tp>,
+    revoking: BTreeSet<TopicPartition>,
     /// The session expired: commits fail until the `Lost` is completed.
     lost: bool,
     last_poll: Option<Instant>,
 }
 
 impl Client {
-    fn ack(&mut self, offsets: &[(Tp, i64)]) {
+    fn ack(&mut self, offsets: &[(TopicPartition, i64)]) {
         for (tp, o) in offsets {
             if self.owned.contains(tp) {
                 let a = self.acked.entry(tp.clone()).or_insert(*o);
@@ -54,7 +54,7 @@ impl Client {
     }
 
     /// Queues an event for `at`, in time order (among equals, last).
-    fn enqueue(&mut self, at: Instant, event: Event) {
+    fn enqueue(&mut self, at: Instant, event: Polled) {
         let pos = self.events.iter().rposition(|(t, _)| *t <= at).map_or(0, |i| i + 1);
         self.events.insert(pos, (at, event));
     }
@@ -75,20 +75,20 @@ struct Sent {
     member: usize,
     /// The member's generation when it sent the commit.
     generation: u64,
-    offsets: Vec<(Tp, i64)>,
+    offsets: Vec<(TopicPartition, i64)>,
 }
 
 pub struct Cluster {
     pub clock: SimClock,
     rng: Rng,
     /// Each record's payload, by partition; the offset is the index.
-    pub logs: BTreeMap<Tp, Vec<Vec<u8>>>,
-    pub committed: BTreeMap<Tp, i64>,
+    pub logs: BTreeMap<TopicPartition, Vec<Vec<u8>>>,
+    pub committed: BTreeMap<TopicPartition, i64>,
     pub members: Vec<Client>,
     pub cooperative: bool,
     generation: u64,
     phase: Phase,
-    target: BTreeMap<usize, BTreeSet<Tp>>,
+    target: BTreeMap<usize, BTreeSet<TopicPartition>>,
     again: bool,
     pub commit_fail: f64,
     pub poll_error: f64,
@@ -102,13 +102,13 @@ pub struct Cluster {
     /// Partitions whose database offset a crash set back, with the lowest
     /// it went to: commits may go back that far (Kafka's are advisory, and
     /// follow the database's), never further.
-    went_back: BTreeMap<Tp, i64>,
+    went_back: BTreeMap<TopicPartition, i64>,
     pub commits: u64,
     sent: VecDeque<Sent>,
 }
 
 impl Cluster {
-    pub fn new(clock: SimClock, seed: u64, tps: &[Tp], members: usize, cooperative: bool) -> Self {
+    pub fn new(clock: SimClock, seed: u64, tps: &[TopicPartition], members: usize, cooperative: bool) -> Self {
         Cluster {
             clock,
             rng: Rng::new(seed ^ 0xc1u64),
@@ -146,16 +146,16 @@ impl Cluster {
     }
 
     /// Records fetched for member `m` but still queued behind an event (not in its pipeline yet).
-    pub fn queued_records(&self, m: usize) -> Vec<(Tp, i64)> {
+    pub fn queued_records(&self, m: usize) -> Vec<(TopicPartition, i64)> {
         let queued = self.members[m].events.iter().filter_map(|(_, e)| match e {
-            Event::Record(r) => Some(((r.topic.clone(), r.partition), r.offset)),
+            Polled::Record(r) => Some((r.tp(), r.offset)),
             _ => None,
         });
         queued.collect()
     }
 
     /// A database crash set these partitions' offsets back (see `went_back`).
-    pub fn database_went_back(&mut self, back: &[(Tp, i64)]) {
+    pub fn database_went_back(&mut self, back: &[(TopicPartition, i64)]) {
         for (tp, now) in back {
             let floor = self.went_back.entry(tp.clone()).or_insert(*now);
             *floor = (*floor).min(*now);
@@ -189,9 +189,9 @@ impl Cluster {
         c.lost = true;
         c.assigning = false;
         c.revoking.clear();
-        c.events.retain(|(_, e)| matches!(e, Event::Committed { .. }));
-        let gone: Vec<Tp> = c.owned.iter().cloned().collect();
-        c.enqueue(now, Event::Lost(gone));
+        c.events.retain(|(_, e)| matches!(e, Polled::Committed { .. }));
+        let gone: Vec<TopicPartition> = c.owned.iter().cloned().collect();
+        c.enqueue(now, Polled::Lost(gone));
         self.rebalance();
     }
 
@@ -221,13 +221,13 @@ impl Cluster {
         let now = self.now();
         for &m in &joined {
             let c = &mut self.members[m];
-            let leaving: BTreeSet<Tp> = if self.cooperative {
+            let leaving: BTreeSet<TopicPartition> = if self.cooperative {
                 c.owned.difference(&self.target[&m]).cloned().collect()
             } else {
                 c.owned.clone()
             };
             if !leaving.is_empty() {
-                c.enqueue(now, Event::Revoked(leaving.iter().cloned().collect()));
+                c.enqueue(now, Polled::Revoked(leaving.iter().cloned().collect()));
                 c.revoking = leaving;
             }
         }
@@ -237,12 +237,13 @@ impl Cluster {
 
     /// The target assignment: balanced; sticky when cooperative, rotated
     /// at random when eager.
-    fn plan(&mut self, joined: &[usize]) -> BTreeMap<usize, BTreeSet<Tp>> {
-        let mut target: BTreeMap<usize, BTreeSet<Tp>> = joined.iter().map(|&m| (m, BTreeSet::new())).collect();
+    fn plan(&mut self, joined: &[usize]) -> BTreeMap<usize, BTreeSet<TopicPartition>> {
+        let mut target: BTreeMap<usize, BTreeSet<TopicPartition>> =
+            joined.iter().map(|&m| (m, BTreeSet::new())).collect();
         if joined.is_empty() {
             return target;
         }
-        let tps: Vec<Tp> = self.logs.keys().cloned().collect();
+        let tps: Vec<TopicPartition> = self.logs.keys().cloned().collect();
         let share = tps.len().div_ceil(joined.len());
         let mut free = Vec::new();
         for tp in &tps {
@@ -280,9 +281,9 @@ impl Cluster {
                     continue;
                 }
                 c.generation = self.generation;
-                let new: Vec<Tp> = tps.difference(&c.owned).cloned().collect();
+                let new: Vec<TopicPartition> = tps.difference(&c.owned).cloned().collect();
                 if !new.is_empty() {
-                    c.enqueue(now, Event::Assigned(new));
+                    c.enqueue(now, Polled::Assigned(new));
                     c.assigning = true;
                 }
             }
@@ -296,18 +297,18 @@ impl Cluster {
         }
     }
 
-    pub fn produce(&mut self, tp: &Tp, payload: Vec<u8>) {
+    pub fn produce(&mut self, tp: &TopicPartition, payload: Vec<u8>) {
         self.logs.get_mut(tp).expect("known partition").push(payload);
     }
 
-    fn next_event(&mut self, m: usize) -> Option<Event> {
+    fn next_event(&mut self, m: usize) -> Option<Polled> {
         let now = self.now();
         let c = &mut self.members[m];
         if c.events.front().is_none_or(|(t, _)| *t > now) {
             return None;
         }
         let event = c.events.pop_front().map(|(_, e)| e);
-        if let Some(Event::Committed { offsets, result }) = &event {
+        if let Some(Polled::Committed { offsets, result }) = &event {
             for (tp, o) in offsets {
                 if c.in_flight.get(tp) == Some(o) {
                     c.in_flight.remove(tp);
@@ -320,7 +321,7 @@ impl Cluster {
         event
     }
 
-    fn poll(&mut self, m: usize, timeout: Duration) -> Option<Event> {
+    fn poll(&mut self, m: usize, timeout: Duration) -> Option<Polled> {
         self.members[m].last_poll = Some(self.now());
         let countdown = self.rebalance_after_polls.map(|n| n.saturating_sub(1));
         self.rebalance_after_polls = countdown.filter(|n| *n > 0);
@@ -338,7 +339,7 @@ impl Cluster {
             return Some(e);
         }
         if self.rng.chance(self.poll_error) {
-            return Some(Event::Error("sim: all brokers down".into()));
+            return Some(Polled::Error(BrokerError::new(BrokerErrorKind::Unreachable, "sim: all brokers down")));
         }
         if let Some(r) = self.fetch(m) {
             return Some(r);
@@ -349,9 +350,9 @@ impl Cluster {
     }
 
     /// The next record of a fetchable partition, picked at random.
-    fn fetch(&mut self, m: usize) -> Option<Event> {
+    fn fetch(&mut self, m: usize) -> Option<Polled> {
         let c = &self.members[m];
-        let ready: Vec<Tp> = c
+        let ready: Vec<TopicPartition> = c
             .owned
             .iter()
             .filter(|tp| !c.paused.contains(*tp) && c.fetch[*tp] < self.logs[*tp].len() as i64)
@@ -364,9 +365,9 @@ impl Cluster {
         let c = &mut self.members[m];
         let offset = c.fetch[&tp];
         c.fetch.insert(tp.clone(), offset + 1);
-        Some(Event::Record(Record {
-            topic: tp.0.clone(),
-            partition: tp.1,
+        Some(Polled::Record(Record {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
             offset,
             key: None,
             payload: Some(self.logs[&tp][offset as usize].clone()),
@@ -376,17 +377,19 @@ impl Cluster {
 
     /// A commit reaches the coordinator: it counts if the member is in the
     /// current generation (I2 checked here).
-    fn land(&mut self, m: usize, generation: u64, offsets: &[(Tp, i64)]) -> Result<(), String> {
+    fn land(&mut self, m: usize, generation: u64, offsets: &[(TopicPartition, i64)]) -> Result<(), BrokerError> {
         let c = &self.members[m];
         if !(c.joined && !c.lost && generation == self.generation) {
-            return Err("sim: illegal generation".to_string());
+            return Err(BrokerError::new(BrokerErrorKind::Refused, "sim: illegal generation"));
         }
         for (tp, o) in offsets {
             let before = self.committed.get(tp).copied().unwrap_or(0);
             let floor = self.went_back.get(tp).copied();
             if *o < before && floor.is_none_or(|f| *o < f) {
-                self.violations
-                    .push(format!("I2: {}/{} commit moved back from {before} to {o} (member {m})", tp.0, tp.1));
+                self.violations.push(format!(
+                    "I2: {}/{} commit moved back from {before} to {o} (member {m})",
+                    tp.topic, tp.partition
+                ));
             }
             self.committed.insert(tp.clone(), *o);
         }
@@ -402,7 +405,7 @@ impl Cluster {
         while let Some(sent) = self.sent.pop_front() {
             if sent.due <= now || only == Some(sent.member) {
                 let result = self.land(sent.member, sent.generation, &sent.offsets);
-                self.members[sent.member].enqueue(sent.due, Event::Committed { offsets: sent.offsets, result });
+                self.members[sent.member].enqueue(sent.due, Polled::Committed { offsets: sent.offsets, result });
             } else {
                 keep.push_back(sent);
             }
@@ -410,13 +413,17 @@ impl Cluster {
         self.sent = keep;
     }
 
-    fn commit(&mut self, m: usize, offsets: &[(Tp, i64)], mode: CommitMode) -> Result<(), String> {
+    fn commit(&mut self, m: usize, offsets: &[(TopicPartition, i64)], mode: CommitMode) -> Result<(), BrokerError> {
         for (tp, o) in offsets {
             if !self.members[m].owned.contains(tp) {
-                self.violations.push(format!("I4: member {m} committed {}/{}@{o} outside its assignment", tp.0, tp.1));
+                self.violations
+                    .push(format!("I4: member {m} committed {}/{}@{o} outside its assignment", tp.topic, tp.partition));
             }
             if self.members[m].acked.get(tp).is_some_and(|a| o <= a) {
-                self.violations.push(format!("I6: member {m} committed {}/{}@{o} again after its success", tp.0, tp.1));
+                self.violations.push(format!(
+                    "I6: member {m} committed {}/{}@{o} again after its success",
+                    tp.topic, tp.partition
+                ));
             }
         }
         let failed = self.rng.chance(self.commit_fail);
@@ -424,7 +431,7 @@ impl Cluster {
             self.land_sent(Some(m));
             let generation = self.members[m].generation;
             let result = if failed {
-                Err("sim: commit failed (coordinator unavailable)".into())
+                Err(BrokerError::new(BrokerErrorKind::Unreachable, "sim: commit failed (coordinator unavailable)"))
             } else {
                 self.land(m, generation, offsets)
             };
@@ -436,15 +443,17 @@ impl Cluster {
         let c = &mut self.members[m];
         for (tp, o) in offsets {
             if c.in_flight.get(tp).is_some_and(|f| o <= f) {
-                self.violations.push(format!("I6: member {m} sent {}/{}@{o} again while in flight", tp.0, tp.1));
+                self.violations
+                    .push(format!("I6: member {m} sent {}/{}@{o} again while in flight", tp.topic, tp.partition));
             }
             c.in_flight.insert(tp.clone(), *o);
         }
         let after = self.sent.iter().filter(|s| s.member == m).map(|s| s.due).max();
         let due = (self.now() + Duration::from_millis(self.rng.below(300))).max(after.unwrap_or_else(|| self.now()));
         if failed {
-            let result = Err("sim: commit failed (coordinator unavailable)".to_string());
-            self.members[m].enqueue(due, Event::Committed { offsets: offsets.to_vec(), result });
+            let result =
+                Err(BrokerError::new(BrokerErrorKind::Unreachable, "sim: commit failed (coordinator unavailable)"));
+            self.members[m].enqueue(due, Polled::Committed { offsets: offsets.to_vec(), result });
         } else {
             let generation = self.members[m].generation;
             self.sent.push_back(Sent { due, member: m, generation, offsets: offsets.to_vec() });
@@ -452,7 +461,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn assign(&mut self, m: usize, tps: &[(Tp, Start)]) {
+    fn assign(&mut self, m: usize, tps: &[(TopicPartition, Start)]) {
         let c = &mut self.members[m];
         for (tp, start) in tps {
             c.owned.insert(tp.clone());
@@ -467,7 +476,7 @@ impl Cluster {
         self.progress();
     }
 
-    fn unassign(&mut self, m: usize, tps: &[Tp]) {
+    fn unassign(&mut self, m: usize, tps: &[TopicPartition]) {
         let c = &mut self.members[m];
         for tp in tps {
             c.owned.remove(tp);
@@ -500,20 +509,20 @@ pub struct SimBroker {
 }
 
 impl Broker for SimBroker {
-    fn poll(&mut self, timeout: Duration) -> Option<Event> {
+    fn poll(&mut self, timeout: Duration) -> Option<Polled> {
         self.cluster.borrow_mut().poll(self.member, timeout)
     }
 
-    fn commit(&mut self, offsets: &[(Tp, i64)], mode: CommitMode) -> Result<(), String> {
+    fn commit(&mut self, offsets: &[(TopicPartition, i64)], mode: CommitMode) -> Result<(), BrokerError> {
         self.cluster.borrow_mut().commit(self.member, offsets, mode)
     }
 
-    fn pause(&mut self, tps: &[Tp]) -> Result<(), String> {
+    fn pause(&mut self, tps: &[TopicPartition]) -> Result<(), BrokerError> {
         self.cluster.borrow_mut().members[self.member].paused.extend(tps.iter().cloned());
         Ok(())
     }
 
-    fn resume(&mut self, tps: &[Tp]) -> Result<(), String> {
+    fn resume(&mut self, tps: &[TopicPartition]) -> Result<(), BrokerError> {
         let mut c = self.cluster.borrow_mut();
         for tp in tps {
             c.members[self.member].paused.remove(tp);
@@ -521,37 +530,38 @@ impl Broker for SimBroker {
         Ok(())
     }
 
-    fn assign(&mut self, tps: &[(Tp, Start)]) -> Result<(), String> {
+    fn assign(&mut self, tps: &[(TopicPartition, Start)]) -> Result<(), BrokerError> {
         self.cluster.borrow_mut().assign(self.member, tps);
         Ok(())
     }
 
     /// The simulated topics are never recreated: their ids never change.
-    fn topic_ids(&mut self, topics: &[String]) -> Result<BTreeMap<String, String>, String> {
+    fn topic_ids(&mut self, topics: &[String]) -> Result<BTreeMap<String, String>, BrokerError> {
         Ok(topics.iter().map(|t| (t.clone(), format!("id-of-{t}"))).collect())
     }
 
-    fn seek(&mut self, tp: &Tp, offset: i64) -> Result<(), String> {
+    fn seek(&mut self, tp: &TopicPartition, offset: i64) -> Result<(), BrokerError> {
         let mut cluster = self.cluster.borrow_mut();
         let cluster = &mut *cluster;
         if cluster.rng.chance(cluster.seek_fail) {
-            return Err("sim: seek failed".into());
+            return Err(BrokerError::new(BrokerErrorKind::Timeout, "sim: seek failed"));
         }
         // As the rdkafka seam, which keeps what it polled during a commit
         // wait: records fetched before the seek may still come, sometimes.
         let keep_queued = cluster.rng.chance(0.5);
         let c = &mut cluster.members[self.member];
         if !c.owned.contains(tp) {
-            return Err("sim: seek on a partition not assigned".into());
+            return Err(BrokerError::new(BrokerErrorKind::Client, "sim: seek on a partition not assigned"));
         }
         c.fetch.insert(tp.clone(), offset);
         if !keep_queued {
-            c.events.retain(|(_, e)| !matches!(e, Event::Record(r) if r.topic == tp.0 && r.partition == tp.1));
+            c.events
+                .retain(|(_, e)| !matches!(e, Polled::Record(r) if r.topic == tp.topic && r.partition == tp.partition));
         }
         Ok(())
     }
 
-    fn unassign(&mut self, tps: &[Tp]) -> Result<(), String> {
+    fn unassign(&mut self, tps: &[TopicPartition]) -> Result<(), BrokerError> {
         self.cluster.borrow_mut().unassign(self.member, tps);
         Ok(())
     }

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cronsumer::clock::Clock;
+use cronsumer::common::clock::Clock;
 
 use rng::Rng;
 use world::{Config, Nature, World};

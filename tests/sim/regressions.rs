@@ -2,10 +2,10 @@
 //! schedule through the same simulated world, invariants checked after
 //! every step.
 
+use cronsumer::common::record::TopicPartition;
 use std::time::Duration;
 
-use cronsumer::broker::Tp;
-use cronsumer::clock::Clock;
+use cronsumer::common::clock::Clock;
 
 use crate::world::{Config, Nature, World};
 
@@ -21,8 +21,8 @@ fn world(members: usize, partitions: usize, cooperative: bool, batch_size: usize
     })
 }
 
-fn tp(p: i32) -> Tp {
-    ("topic0".into(), p)
+fn tp(p: i32) -> TopicPartition {
+    TopicPartition::new("topic0", p)
 }
 
 /// Steps members in turn until `until` holds, checking invariants.
@@ -38,7 +38,7 @@ fn run(w: &mut World, what: &str, max_steps: usize, mut until: impl FnMut(&World
     panic!("{what} did not happen within {max_steps} steps\n{}", w.describe());
 }
 
-fn produce(w: &mut World, tp: &Tp, n: usize) {
+fn produce(w: &mut World, tp: &TopicPartition, n: usize) {
     for _ in 0..n {
         w.produce(tp, Nature::Ok);
     }
@@ -237,7 +237,7 @@ fn sim_commits_are_throttled_while_records_stream_in() {
         w.check().unwrap_or_else(|e| panic!("{e}"));
     }
     let commits = w.cluster.borrow().commits - before;
-    let most = (w.now() - started).as_millis() / cronsumer::pipeline::COMMIT_EVERY.as_millis() + 2;
+    let most = (w.now() - started).as_millis() / cronsumer::consume::pipeline::COMMIT_EVERY.as_millis() + 2;
     assert!(commits as u128 <= most, "{commits} commits for 1000 records, at most {most} expected");
     assert!(commits >= 10, "only {commits} commits while 1000 records streamed in");
     w.settle(Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
@@ -248,7 +248,7 @@ fn sim_commits_are_throttled_while_records_stream_in() {
 /// lets go once half of that is through, not sooner and not later.
 #[test]
 fn sim_regression_backpressure_pauses_at_its_limit_and_resumes_at_half() {
-    use cronsumer::pipeline::BUFFER_BATCHES;
+    use cronsumer::consume::pipeline::BUFFER_BATCHES;
     const BATCH: usize = 5;
     let limit = BUFFER_BATCHES * BATCH;
     let mut w = world(1, 4, false, BATCH);
@@ -318,7 +318,7 @@ fn sim_regression_a_batch_is_handled_only_once_it_closes() {
 /// one record at a time).
 #[test]
 fn sim_regression_a_failed_batch_waits_its_backoff_and_is_retried_whole() {
-    use cronsumer::pipeline::RETRY_INITIAL;
+    use cronsumer::consume::pipeline::RETRY_INITIAL;
     let mut w = world(1, 1, false, 5);
     run(&mut w, "the assignment", 400, |w| w.cluster.borrow().is_stable());
     w.db.borrow_mut().up = false;
@@ -383,7 +383,7 @@ fn sim_regression_a_record_that_fails_twice_then_works_is_stored() {
 /// tried alone exactly [`POISON_AFTER`] times, then dead-lettered.
 #[test]
 fn sim_regression_a_poison_record_is_tried_alone_exactly_poison_after_times() {
-    use cronsumer::poison::POISON_AFTER;
+    use cronsumer::consume::poison::POISON_AFTER;
     for nature in [Nature::Poison, Nature::Panic] {
         let w = settled_between_good_records(nature);
         let db = w.db.borrow();

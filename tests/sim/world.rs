@@ -10,14 +10,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cronsumer::applied::Applied;
-use cronsumer::broker::Tp;
-use cronsumer::clock::Clock;
-use cronsumer::heartbeat::Heartbeat;
-use cronsumer::pipeline::{Pipeline, REVOKE_BUDGET};
-use cronsumer::poison::PoisonLedger;
-use cronsumer::record::Record;
-use cronsumer::sink::{Failure, FailureKind, Sink, Stored};
+use cronsumer::common::clock::Clock;
+use cronsumer::common::record::{Record, TopicPartition};
+use cronsumer::consume::applied::Applied;
+use cronsumer::consume::heartbeat::Heartbeat;
+use cronsumer::consume::pipeline::{Pipeline, REVOKE_BUDGET};
+use cronsumer::consume::poison::PoisonLedger;
+use cronsumer::consume::sink::{Failure, FailureKind, Sink, Stored};
 
 use crate::cluster::{Cluster, SimBroker};
 use crate::rng::Rng;
@@ -44,7 +43,7 @@ pub enum Nature {
 }
 
 /// How often a flaky record fails before it works: one short of the poison rule.
-pub const FLAKY_FAILURES: u32 = cronsumer::poison::POISON_AFTER - 1;
+pub const FLAKY_FAILURES: u32 = cronsumer::consume::poison::POISON_AFTER - 1;
 
 impl Nature {
     /// Whether the record ends up stored (else dead-lettered).
@@ -67,10 +66,10 @@ impl Nature {
     }
 }
 
-pub type Pos = (Tp, i64);
+pub type Pos = (TopicPartition, i64);
 
 fn pos(r: &Record) -> Pos {
-    ((r.topic.clone(), r.partition), r.offset)
+    (r.tp(), r.offset)
 }
 
 pub struct Db {
@@ -93,7 +92,7 @@ pub struct Db {
     /// Calls of `handle` with one record, by record.
     pub alone: BTreeMap<Pos, u32>,
     /// Per partition: the next offset applied (with the records' effects, atomically).
-    pub offsets: BTreeMap<Tp, i64>,
+    pub offsets: BTreeMap<TopicPartition, i64>,
     /// How often each stored record's effect was applied (I7: once).
     pub applied: BTreeMap<Pos, u32>,
     /// Chance that a call's commit succeeds but its answer is lost (the
@@ -111,7 +110,7 @@ pub struct Db {
 struct Commit {
     stored: Vec<Pos>,
     dead: Vec<Pos>,
-    offsets: Vec<(Tp, Option<i64>)>,
+    offsets: Vec<(TopicPartition, Option<i64>)>,
 }
 
 impl Commit {
@@ -131,7 +130,7 @@ impl Db {
         Err(Failure { kind, message: message.into() })
     }
 
-    fn positions(&mut self, tps: &[Tp]) -> Result<Vec<Option<i64>>, Failure> {
+    fn positions(&mut self, tps: &[TopicPartition]) -> Result<Vec<Option<i64>>, Failure> {
         if !self.is_up() || self.rng.chance(self.blip) {
             return Self::fail(FailureKind::Transient, "sim: connection refused").map(|_| vec![]);
         }
@@ -143,7 +142,7 @@ impl Db {
     fn advance(&mut self, records: &[Record], stored: Vec<Pos>, dead: Vec<Pos>) {
         let mut commit = Commit { stored, dead, offsets: vec![] };
         for r in records {
-            let tp = (r.topic.clone(), r.partition);
+            let tp = r.tp();
             if !commit.offsets.iter().any(|(t, _)| *t == tp) {
                 commit.offsets.push((tp.clone(), self.offsets.get(&tp).copied()));
             }
@@ -159,7 +158,7 @@ impl Db {
     /// A crash before the WAL flush: the last `n` commits are undone,
     /// effects and offsets together, and the database is away for `down`.
     /// Returns the partitions whose offset went back, with their offset now.
-    pub fn crash(&mut self, n: usize, down: Duration) -> Vec<(Tp, i64)> {
+    pub fn crash(&mut self, n: usize, down: Duration) -> Vec<(TopicPartition, i64)> {
         let mut back = Vec::new();
         for _ in 0..n {
             if self.undo.last().is_none_or(Commit::is_durable) {
@@ -190,7 +189,7 @@ impl Db {
 
     /// Whether a record was applied already (by a commit whose answer was lost).
     fn applied_before(&self, r: &Record) -> bool {
-        self.offsets.get(&(r.topic.clone(), r.partition)).is_some_and(|&s| r.offset < s)
+        self.offsets.get(&r.tp()).is_some_and(|&s| r.offset < s)
     }
 
     /// The commit went through; its answer may not reach the caller.
@@ -294,7 +293,7 @@ impl SimSink {
     fn check_lost(&mut self, records: &[Record]) -> Result<(), Failure> {
         let db = self.db.borrow();
         for r in records {
-            let tp = (r.topic.clone(), r.partition);
+            let tp = r.tp();
             let Some(&stored) = db.offsets.get(&tp) else { continue };
             if self.applied.expected(&tp, r.offset).is_some_and(|e| stored < e) {
                 self.applied.lost(tp, stored);
@@ -306,13 +305,13 @@ impl SimSink {
 
     fn stored(&mut self, records: &[Record]) {
         for r in records {
-            self.applied.stored(&(r.topic.clone(), r.partition), r.offset + 1);
+            self.applied.stored(&r.tp(), r.offset + 1);
         }
     }
 }
 
 impl Sink for SimSink {
-    fn positions(&mut self, tps: &[Tp]) -> Result<Vec<Option<Stored>>, Failure> {
+    fn positions(&mut self, tps: &[TopicPartition]) -> Result<Vec<Option<Stored>>, Failure> {
         let starts = self.db.borrow_mut().positions(tps);
         self.applied.assigned(tps, starts.as_deref().ok());
         starts.map(|s| s.into_iter().map(|next| next.map(|next| Stored { next, topic_id: None })).collect())
@@ -320,18 +319,18 @@ impl Sink for SimSink {
 
     fn identify(&mut self, _topic_ids: &BTreeMap<String, String>) {}
 
-    fn released(&mut self, tps: &[Tp]) {
+    fn released(&mut self, tps: &[TopicPartition]) {
         for tp in tps {
             self.applied.forget(tp);
         }
     }
 
-    fn rewind(&mut self, tp: &Tp, to: i64) {
+    fn rewind(&mut self, tp: &TopicPartition, to: i64) {
         // The simulated cluster never resets a partition below its committed offset.
-        self.db.borrow_mut().violations.push(format!("{}/{} rewound to {to}", tp.0, tp.1));
+        self.db.borrow_mut().violations.push(format!("{}/{} rewound to {to}", tp.topic, tp.partition));
     }
 
-    fn read_again(&mut self) -> Vec<(Tp, i64)> {
+    fn read_again(&mut self) -> Vec<(TopicPartition, i64)> {
         // As the service's sink does every few seconds (here: every step).
         let db = self.db.borrow();
         if db.is_up() {
@@ -398,9 +397,9 @@ pub struct World {
     pub members: Vec<Member>,
     pub produced: BTreeMap<Pos, Nature>,
     /// Per partition, the offset below which I1 was already checked.
-    checked: BTreeMap<Tp, i64>,
+    checked: BTreeMap<TopicPartition, i64>,
     /// Per partition, the offset below which every record is stored or dead-lettered.
-    settled: BTreeMap<Tp, i64>,
+    settled: BTreeMap<TopicPartition, i64>,
     pub steps: u64,
     pub max_buffered: usize,
     /// Steps that ended in a handler panic (the member restarts).
@@ -410,8 +409,8 @@ pub struct World {
 impl World {
     pub fn new(config: Config) -> World {
         let clock = SimClock::default();
-        let tps: Vec<Tp> = (0..config.topics)
-            .flat_map(|t| (0..config.partitions).map(move |p| (format!("topic{t}"), p as i32)))
+        let tps: Vec<TopicPartition> = (0..config.topics)
+            .flat_map(|t| (0..config.partitions).map(move |p| TopicPartition::new(format!("topic{t}"), p as i32)))
             .collect();
         let cluster =
             Rc::new(RefCell::new(Cluster::new(clock.clone(), config.seed, &tps, config.members, config.cooperative)));
@@ -467,11 +466,11 @@ impl World {
         self.clock.now()
     }
 
-    pub fn partitions(&self) -> Vec<Tp> {
+    pub fn partitions(&self) -> Vec<TopicPartition> {
         self.cluster.borrow().logs.keys().cloned().collect()
     }
 
-    pub fn produce(&mut self, tp: &Tp, nature: Nature) {
+    pub fn produce(&mut self, tp: &TopicPartition, nature: Nature) {
         let offset = self.cluster.borrow().logs[tp].len() as i64;
         self.cluster.borrow_mut().produce(tp, nature.payload(self.produced.len() as u64));
         self.produced.insert((tp.clone(), offset), nature);
@@ -564,7 +563,7 @@ impl World {
                 if !db.ever_settled.contains(&p) && !db.dead.contains_key(&p) {
                     return Err(format!(
                         "I1: {}/{} committed {c} past {o}, neither stored nor dead-lettered",
-                        tp.0, tp.1
+                        tp.topic, tp.partition
                     ));
                 }
             }
@@ -588,12 +587,12 @@ impl World {
     /// (and out of its queue: a record the poll that served a rebalance
     /// fetched waits there) and neither stored nor dead-lettered yet, but
     /// for the partitions `except`.
-    fn in_memory_except(&mut self, m: usize, except: &[Tp]) -> usize {
+    fn in_memory_except(&mut self, m: usize, except: &[TopicPartition]) -> usize {
         let cluster = self.cluster.borrow();
         let db = self.db.borrow();
         // A record a database crash undid is not in memory: it is read again
         // (and then not counted here: the bound is checked on the rest).
-        let is_settled = |tp: &Tp, o: i64| db.ever_settled.contains(&(tp.clone(), o));
+        let is_settled = |tp: &TopicPartition, o: i64| db.ever_settled.contains(&(tp.clone(), o));
         let client = &cluster.members[m];
         let queued = cluster.queued_records(m);
         let mut held = 0;
@@ -617,7 +616,7 @@ impl World {
         for (tp, log) in &cluster.logs {
             let c = cluster.committed.get(tp).copied().unwrap_or(0);
             if c != log.len() as i64 {
-                return Err(format!("{}/{} committed {c} of {}", tp.0, tp.1, log.len()));
+                return Err(format!("{}/{} committed {c} of {}", tp.topic, tp.partition, log.len()));
             }
         }
         if !cluster.is_stable() {
@@ -632,7 +631,7 @@ impl World {
                 return Err(format!("member {m} is not in the group"));
             }
             if let Some(tp) = client.owned.intersection(&client.paused).next() {
-                return Err(format!("I3: member {m} keeps {}/{} paused", tp.0, tp.1));
+                return Err(format!("I3: member {m} keeps {}/{} paused", tp.topic, tp.partition));
             }
             if member.heartbeat.assigned() != client.owned.len() as i64 {
                 return Err(format!(
@@ -646,11 +645,14 @@ impl World {
             let (stored, dead) = (db.stored.contains(p), db.dead.contains_key(p));
             let ok = if nature.is_stored() { stored && !dead } else { dead && !stored };
             if !ok {
-                return Err(format!("{}/{}@{} ({nature:?}): stored={stored} dead={dead}", p.0 .0, p.0 .1, p.1));
+                return Err(format!(
+                    "{}/{}@{} ({nature:?}): stored={stored} dead={dead}",
+                    p.0.topic, p.0.partition, p.1
+                ));
             }
             let applied = db.applied.get(p).copied().unwrap_or(0);
             if nature.is_stored() && applied != 1 {
-                return Err(format!("I7: {}/{}@{} applied {applied} times", p.0 .0, p.0 .1, p.1));
+                return Err(format!("I7: {}/{}@{} applied {applied} times", p.0.topic, p.0.partition, p.1));
             }
         }
         Ok(())

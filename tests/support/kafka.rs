@@ -92,7 +92,7 @@ pub fn delete_topic(settings: &Settings, name: &str) {
 
 /// Produces `payloads` to `topic`, keys spreading them over partitions; waits for every delivery.
 pub fn produce(settings: &Settings, topic: &str, payloads: &[Vec<u8>]) {
-    let mut p = cronsumer::producer::RecordProducer::new(settings).unwrap();
+    let mut p = cronsumer::kafka::producer::RecordProducer::new(settings).unwrap();
     for (i, payload) in payloads.iter().enumerate() {
         p.send(topic, Some(format!("k{i}").as_bytes()), payload).unwrap();
     }

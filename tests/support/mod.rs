@@ -13,7 +13,7 @@
 //! - [`wait`]: polling a condition until it holds;
 //! - [`http`] and [`metrics`]: a plain HTTP GET and the Prometheus reader;
 //! - [`service`]: the `cronsumer` binary run as a service, or as a command;
-//! - [`setup`]: the consumer thread's [`ConsumerSetup`](cronsumer::consumer::ConsumerSetup)
+//! - [`setup`]: the consumer thread's [`ConsumerSetup`](cronsumer::consume::thread::ConsumerSetup)
 //!   and a job's runner;
 //! - [`sink`]: a local webhook receiver; [`provider`]: a local market-data provider.
 

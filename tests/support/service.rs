@@ -61,7 +61,7 @@ impl Service {
         let mut cmd = Command::new(bin);
         cmd.arg("run").current_dir(dir);
         #[cfg(feature = "fault-injection")]
-        cmd.env_remove(cronsumer::fault_injection::PANIC_PAYLOAD_ENV);
+        cmd.env_remove(cronsumer::consume::fault_injection::PANIC_PAYLOAD_ENV);
         cmd.envs(env)
             .env("HTTP_ADDR", &http)
             .envs(extra_env.iter().copied())

@@ -3,15 +3,15 @@
 
 use std::sync::Arc;
 
+use cronsumer::common::shutdown::Shutdown;
 use cronsumer::config::Settings;
-use cronsumer::consumer::ConsumerSetup;
+use cronsumer::consume::handler::Handler;
+use cronsumer::consume::thread::ConsumerSetup;
 use cronsumer::db::Pool;
-use cronsumer::handler::Consumer;
-use cronsumer::scheduler::{Job, JobContext, JobRunner, Wakers};
-use cronsumer::shutdown::Shutdown;
+use cronsumer::schedule::{Job, JobContext, JobRunner, Wakers};
 
 /// The modules a consumer thread runs (a fresh set at each start).
-pub type Modules = fn() -> Vec<Box<dyn Consumer>>;
+pub type Modules = fn() -> Vec<Box<dyn Handler>>;
 
 /// A [`ConsumerSetup`] with the registry's modules, no extra topics, no
 /// wakers and a fresh panics ledger, until told otherwise.
@@ -25,7 +25,7 @@ pub fn setup(s: &Settings, pool: &Pool) -> SetupBuilder {
         modules: cronsumer::consumers::registry,
         extra_topics: vec![],
         wakers: Wakers::default(),
-        panics: Default::default(),
+        poison: Default::default(),
     })
 }
 
@@ -53,7 +53,7 @@ impl SetupBuilder {
 
 /// The context of a job run in this process, without a consumer thread.
 pub fn job_context(s: &Settings, pool: &Pool) -> Arc<JobContext> {
-    Arc::new(JobContext::new(Arc::new(s.clone()), pool.clone(), None, Shutdown::new()))
+    Arc::new(JobContext::new(Arc::new(s.clone()), pool.clone(), Shutdown::new()))
 }
 
 /// A runner for a job whose schedule parses.

@@ -52,7 +52,7 @@ pub fn insert_pending(pool: &Pool, topic: &str, n: usize) {
     let rows: Vec<_> = (0..n)
         .map(|i| {
             db::notifications::NewNotification::pending(
-                Some(cronsumer::record::Source { topic, partition: 0, offset: i as i64, fingerprint: 0 }),
+                Some(cronsumer::common::record::Source { topic, partition: 0, offset: i as i64, fingerprint: 0 }),
                 format!("[{i}]"),
                 "e".into(),
                 format!("m{i}"),
