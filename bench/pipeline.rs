@@ -8,7 +8,9 @@
 //! and 500, with its RSS; (4) produce→row and produce→webhook latency;
 //! (5) draining 20,000 pending notifications to a local webhook; (6) time
 //! from start to /readyz 200; (7) a careful Python consumer of the same job
-//! (`bench/peer.py`) into SQLite, batch 25 and 500. Drains (1), (3) and (7)
+//! (`bench/peer.py`) into SQLite, batch 25 and 500; (8) a module that waits
+//! 100 ms per batch (a call to another service), 1 and 4 lanes. Case (3)
+//! runs 1 and 4 lanes (`CONSUMER_CONCURRENCY`). Drains (1), (3) and (7)
 //! also print CPU seconds per 10,000 records: every thread of the process,
 //! from its start (the client prefetches records before the first one is
 //! returned, so counting from the first record would miss the fetching).
@@ -118,15 +120,42 @@ fn noop_modules() -> Vec<Box<dyn Handler>> {
     vec![Box::new(NoOp)]
 }
 
-/// (2) the consumer thread with a no-op module; timed from the first record handled.
-fn noop_drain(s: &Settings, n: usize, batch: usize) -> f64 {
-    let tdb = TestDb::new(Backend::Sqlite);
-    let mut vars = vec![("CONSUMER_BATCH_SIZE", batch.to_string())];
-    vars.push(("KAFKA_GROUP_ID", unique("bench-noop-")));
+/// How long [`Waits`] waits per batch.
+const CALL: Duration = Duration::from_millis(100);
+
+/// A module that waits [`CALL`] per batch, as one calling another service would.
+struct Waits;
+impl Handler for Waits {
+    fn topic(&self) -> &'static str {
+        "notifications"
+    }
+    fn handle(&self, _: &[Record], _: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
+        std::thread::sleep(CALL);
+        Ok(())
+    }
+}
+
+fn waiting_modules() -> Vec<Box<dyn Handler>> {
+    vec![Box::new(Waits)]
+}
+
+/// (2) and (8) the consumer thread with `modules`, in `lanes` lanes, until
+/// `n` records are handled; timed from the first record handled.
+fn thread_drain(
+    s: &Settings,
+    backend: Backend,
+    n: usize,
+    batch: usize,
+    lanes: usize,
+    modules: fn() -> Vec<Box<dyn Handler>>,
+) -> f64 {
+    let tdb = TestDb::new(backend);
+    let mut vars = vec![("CONSUMER_BATCH_SIZE", batch.to_string()), ("CONSUMER_CONCURRENCY", lanes.to_string())];
+    vars.push(("KAFKA_GROUP_ID", unique("bench-thread-")));
     let s = with(s, &tdb.url, &vars);
     let heartbeat = Arc::new(Heartbeat::default());
     let stop = Arc::new(cronsumer::common::shutdown::StopRequest::default());
-    let setup = setup(&s, &tdb.pool()).modules(noop_modules).build();
+    let setup = setup(&s, &tdb.pool()).modules(modules).build();
     let handle = spawn(setup, heartbeat.clone(), stop.clone()).unwrap();
     while heartbeat.records() == 0 {
         std::thread::sleep(Duration::from_millis(1));
@@ -135,7 +164,7 @@ fn noop_drain(s: &Settings, n: usize, batch: usize) -> f64 {
     while heartbeat.records() < n as u64 {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let rate = (n as u64 - first) as f64 / started.elapsed().as_secs_f64();
+    let rate = (heartbeat.records() - first) as f64 / started.elapsed().as_secs_f64();
     stop.request(Instant::now() + Duration::from_secs(10));
     handle.join().unwrap().unwrap();
     rate
@@ -168,13 +197,16 @@ fn service_drain(
     backend: Backend,
     n: usize,
     batch: usize,
+    lanes: usize,
     baseline: Option<&Path>,
 ) -> (Drained, f64, f64, f64) {
     let tdb = TestDb::new(backend);
     if baseline.is_none() {
         tdb.pool(); // migrated before the clock starts
     }
-    let s = with(s, &tdb.url, &[("CONSUMER_BATCH_SIZE", batch.to_string()), ("KAFKA_GROUP_ID", unique("bench-svc-"))]);
+    let mut vars = vec![("CONSUMER_BATCH_SIZE", batch.to_string()), ("KAFKA_GROUP_ID", unique("bench-svc-"))];
+    vars.push(("CONSUMER_CONCURRENCY", lanes.to_string()));
+    let s = with(s, &tdb.url, &vars);
     let started = Instant::now();
     let env = [("RUST_LOG", "warn")];
     let svc = match baseline {
@@ -251,7 +283,7 @@ fn main() {
         for (batch, target) in [(25, "-"), (500, ">= 0.8")] {
             let st = Stats {
                 name: format!("(2) consumer, no-op module, batch {batch}"),
-                values: (0..runs).map(|_| noop_drain(&base, n, batch)).collect(),
+                values: (0..runs).map(|_| thread_drain(&base, Backend::Sqlite, n, batch, 1, noop_modules)).collect(),
                 unit: "records/s",
                 target: target.into(),
                 cpu: vec![],
@@ -259,27 +291,42 @@ fn main() {
             table.add(st, Some(r));
         }
     }
+    // Medians of the lane cases, for the ratios of 4 lanes to 1.
+    let mut by_lanes: std::collections::BTreeMap<String, [f64; 2]> = Default::default();
+    if want("waits") {
+        let count = env_usize("BENCH_WAITS_RECORDS", 4_000);
+        for (i, (lanes, target)) in [(1, "-"), (4, ">= 3.5x 1 lane")].into_iter().enumerate() {
+            let name = format!("(8) a module waiting {} ms per batch of 25, {lanes} lane(s)", CALL.as_millis());
+            let values =
+                (0..runs).map(|_| thread_drain(&base, Backend::Postgres, count, 25, lanes, waiting_modules)).collect();
+            let st = Stats { name, values, unit: "records/s", target: target.into(), cpu: vec![] };
+            by_lanes.entry("(8) waiting module".into()).or_default()[i] = st.median();
+            table.add(st, None);
+        }
+    }
     let mut memory = Vec::new();
     // The peer's runs alternate with the service's SQLite runs, so that both see the same machine.
     let mut peer: std::collections::BTreeMap<usize, Vec<Drained>> = Default::default();
     if want("db") {
         for backend in [Backend::Sqlite, Backend::Postgres] {
-            for (batch, target) in [
-                (25, if backend == Backend::Sqlite { ">= 0.95" } else { ">= 0.8" }),
-                (500, if backend == Backend::Sqlite { ">= 0.97" } else { "reported" }),
+            for (batch, lanes, target) in [
+                (25, 1, if backend == Backend::Sqlite { ">= 0.95" } else { "-" }),
+                (25, 4, if backend == Backend::Sqlite { "reported" } else { ">= 0.85, >= 1.8x 1 lane" }),
+                (500, 1, if backend == Backend::Sqlite { ">= 0.97" } else { "reported" }),
+                (500, 4, "reported"),
             ] {
                 let (mut drains, mut before) = (Vec::new(), Vec::new());
                 for _ in 0..runs {
                     // The baseline's runs alternate with this build's, so both see the same machine.
-                    if let Some(bin) = &baseline {
-                        let (drained, peak, steady, ready) = service_drain(&base, backend, n, batch, Some(bin));
+                    if let Some(bin) = baseline.as_ref().filter(|_| lanes == 1) {
+                        let (drained, peak, steady, ready) = service_drain(&base, backend, n, batch, 1, Some(bin));
                         before.push(drained);
-                        memory.push(("baseline ", backend, batch, peak, steady, ready));
+                        memory.push(("baseline ", backend, batch, lanes, peak, steady, ready));
                     }
-                    let (drained, peak, steady, ready) = service_drain(&base, backend, n, batch, None);
+                    let (drained, peak, steady, ready) = service_drain(&base, backend, n, batch, lanes, None);
                     drains.push(drained);
-                    memory.push(("", backend, batch, peak, steady, ready));
-                    if backend == Backend::Sqlite && want("peer") {
+                    memory.push(("", backend, batch, lanes, peak, steady, ready));
+                    if backend == Backend::Sqlite && lanes == 1 && want("peer") {
                         peer.entry(batch).or_default().push(peer_drain(&base, &topic, n, batch));
                     }
                 }
@@ -287,7 +334,11 @@ fn main() {
                     let name = format!("(3) baseline service -> {backend:?}, batch {batch}");
                     table.add(Stats::of(name, before, "-"), Some(r));
                 }
-                table.add(Stats::of(format!("(3) service -> {backend:?}, batch {batch}"), drains, target), Some(r));
+                let st =
+                    Stats::of(format!("(3) service -> {backend:?}, batch {batch}, {lanes} lane(s)"), drains, target);
+                let key = format!("(3) {backend:?} batch {batch}");
+                by_lanes.entry(key).or_default()[usize::from(lanes == 4)] = st.median();
+                table.add(st, Some(r));
             }
         }
     }
@@ -316,10 +367,16 @@ fn main() {
         }
     }
     table.print();
+    if !by_lanes.is_empty() {
+        println!("\nlanes: 4 lanes against 1, medians of this invocation");
+        for (case, [one, four]) in &by_lanes {
+            println!("  {case}: {four:.0} / {one:.0} = {:.2}x", four / one);
+        }
+    }
     if !memory.is_empty() {
-        println!("\n(6) memory and start-up of the service during (3) (target: steady RSS <= 40 MB, ready < 1 s):");
-        for (who, backend, batch, peak, steady, ready) in &memory {
-            println!("  {who}{backend:?} batch {batch}: peak RSS {peak:.1} MiB, steady RSS {steady:.1} MiB, start to /readyz 200 in {ready:.0} ms");
+        println!("\n(6) memory and start-up of the service during (3) (target: steady RSS <= 48 MiB, ready < 1 s):");
+        for (who, backend, batch, lanes, peak, steady, ready) in &memory {
+            println!("  {who}{backend:?} batch {batch}, {lanes} lane(s): peak RSS {peak:.1} MiB, steady RSS {steady:.1} MiB, start to /readyz 200 in {ready:.0} ms");
         }
     }
     if want("latency") {

@@ -4,11 +4,16 @@
 //! line to `registry()`.
 
 pub mod notifications;
+pub mod predictions;
 pub mod price_events;
 
 use crate::consume::Handler;
 
 /// Every consumer module; the service subscribes to each one's topic.
 pub fn registry() -> Vec<Box<dyn Handler>> {
-    vec![Box::new(notifications::Notifications), Box::new(price_events::PriceEvents)]
+    vec![
+        Box::new(notifications::Notifications),
+        Box::new(price_events::PriceEvents),
+        Box::new(predictions::Predictions::default()),
+    ]
 }

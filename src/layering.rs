@@ -11,15 +11,25 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("common", &[]),
     ("events", &["common"]),
     ("config", &["common"]),
+    ("predict", &["common", "events", "config"]),
     ("db", &["common", "events", "config"]),
     ("kafka", &["common", "events", "config"]),
     ("schedule", &["common", "events", "config", "db", "kafka"]),
     ("consume", &["common", "events", "config", "db", "kafka", "schedule"]),
     ("deliver", &["common", "events", "config", "db", "schedule"]),
     ("market", &["common", "events", "config", "db", "kafka", "schedule"]),
-    ("http", &["common", "events", "config", "db", "kafka", "schedule", "consume", "deliver", "market"]),
-    ("app", &["common", "events", "config", "db", "kafka", "schedule", "consume", "deliver", "market", "http"]),
-    ("cli", &["common", "events", "config", "db", "kafka", "schedule", "consume", "deliver", "market", "http", "app"]),
+    ("http", &["common", "events", "config", "db", "kafka", "schedule", "consume", "deliver", "market", "predict"]),
+    (
+        "app",
+        &["common", "events", "config", "db", "kafka", "schedule", "consume", "deliver", "market", "predict", "http"],
+    ),
+    (
+        "cli",
+        &[
+            "common", "events", "config", "db", "kafka", "schedule", "consume", "deliver", "market", "predict", "http",
+            "app",
+        ],
+    ),
 ];
 
 /// The part a top-level name of the crate belongs to (the exported macros

@@ -16,12 +16,13 @@
 //!   and its supervisor.
 //! - [`deliver`]: notifications to their receivers: the notifiers and the sender.
 //! - [`market`]: the market-data producer and the outbox publisher.
+//! - [`predict`]: model calls for the predictions module (wire formats, client).
 //! - [`http`]: the probes, the metrics, the console and the price API.
 //! - [`app`]: `cronsumer run`, wiring it all together under one shutdown;
 //!   [`registry`]: the user's code as the runtime receives it; [`cli`]: every command.
 //!
 //! Dependencies run one way, each part using only those before it:
-//! `common` and `events` ← `config` ← `db` ← `kafka` ← `schedule` ←
+//! `common` and `events` ← `config` (← `predict`) ← `db` ← `kafka` ← `schedule` ←
 //! (`consume`, `deliver`, `market`, which do not use each other) ← `http` ←
 //! `app` and `registry` ← `cli`. The runtime never names the user's modules
 //! (`consumers/`, one file per topic) or jobs (`jobs/`): the binary hands
@@ -39,6 +40,7 @@ mod events;
 mod http;
 pub mod kafka;
 pub mod market;
+pub mod predict;
 pub mod registry;
 pub mod schedule;
 

@@ -9,6 +9,7 @@
 mod diagnose;
 mod market;
 mod output;
+mod predictions;
 mod records;
 mod store;
 
@@ -124,6 +125,11 @@ pub enum Command {
     Prices {
         #[command(subcommand)]
         command: PricesCommand,
+    },
+    /// Predictions of the predictions module: list them, or export them as CSV.
+    Predictions {
+        #[command(subcommand)]
+        command: predictions::PredictionsCommand,
     },
     /// Events waiting to be published to Kafka.
     Outbox {
@@ -312,6 +318,7 @@ pub fn execute(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
         _ => {}
     }
     let settings = Settings::load()?;
+    registry.check(&settings)?;
     init_logging(&settings);
     let out = Output { json: cli.json };
     match cli.command.unwrap_or(Command::Run) {
@@ -335,8 +342,12 @@ pub fn execute(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Config { .. } => {
-            let rows: Vec<Vec<serde_json::Value>> =
+            let mut rows: Vec<Vec<serde_json::Value>> =
                 settings.describe().into_iter().map(|(k, v)| vec![k.into(), v.into()]).collect();
+            for m in registry.modules(&settings) {
+                let state = m.off.map_or_else(|| format!("on, topic {}", m.topic), |why| format!("off: {why}"));
+                rows.push(vec![format!("module {}", m.name).into(), state.into()]);
+            }
             if out.json {
                 out.rows(&["NAME", "VALUE"], &rows);
             } else {
@@ -369,6 +380,7 @@ pub fn execute(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
         Command::Jobs { command } => return store::jobs(settings, &registry, &out, command),
         Command::Prices { command } => return market::prices(&settings, &registry, &out, command),
         Command::Outbox { command } => return market::outbox(&settings, &registry, &out, command),
+        Command::Predictions { command } => return predictions::run(&settings, &out, command),
         Command::Healthcheck => return Ok(healthcheck()),
     }
     Ok(ExitCode::SUCCESS)

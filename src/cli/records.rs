@@ -157,15 +157,22 @@ pub fn topics(
     if create && !missing.is_empty() {
         kafka::create_topics(&admin, &missing, partitions)?;
     }
-    let rows: Vec<Vec<serde_json::Value>> = required
+    let mut rows: Vec<Vec<serde_json::Value>> = required
         .iter()
         .map(|t| match existing.iter().find(|(n, _)| n == t) {
-            Some((_, p)) => vec![json!(t), json!(true), json!(p)],
-            None if create => vec![json!(t), json!(true), json!(partitions)],
-            None => vec![json!(t), json!(false), serde_json::Value::Null],
+            Some((_, p)) => vec![json!(t), json!(true), json!(p), json!("on")],
+            None if create => vec![json!(t), json!(true), json!(partitions), json!("on")],
+            None => vec![json!(t), json!(false), serde_json::Value::Null, json!("on")],
         })
         .collect();
-    out.rows(&["TOPIC", "EXISTS", "PARTITIONS"], &rows);
+    // A module that is off needs no topic: it is listed, saying why.
+    for m in registry.modules(settings) {
+        if let Some(why) = m.off {
+            let p = existing.iter().find(|(n, _)| *n == m.topic).map(|(_, p)| *p);
+            rows.push(vec![json!(m.topic), json!(p.is_some()), json!(p), json!(format!("off ({}): {why}", m.name))]);
+        }
+    }
+    out.rows(&["TOPIC", "EXISTS", "PARTITIONS", "MODULE"], &rows);
     if create || missing.is_empty() {
         if create && !missing.is_empty() && !out.json {
             println!("created {}", missing.join(", "));

@@ -1,5 +1,6 @@
 //! Exponential backoff with a cap, used for broker connection attempts,
-//! batch retries during outages, consumer restarts and notification retries.
+//! batch retries during outages, consumer restarts and notification retries;
+//! and the delay a server asks for (`Retry-After`).
 
 use std::time::Duration;
 
@@ -37,6 +38,16 @@ impl Backoff {
     }
 }
 
+/// A `Retry-After` value: seconds, or an HTTP date (time from now).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some((at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +69,15 @@ mod tests {
             Backoff::delay_for(Duration::from_secs(1), Duration::from_secs(30), u32::MAX),
             Duration::from_secs(30)
         );
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
+        let soon = (chrono::Utc::now() + chrono::Duration::seconds(90)).format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        let got = parse_retry_after(&soon).unwrap();
+        assert!(got > Duration::from_secs(85) && got <= Duration::from_secs(90), "{got:?}");
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO), "a past date");
+        assert_eq!(parse_retry_after("soon"), None);
     }
 }

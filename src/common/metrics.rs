@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -26,6 +26,10 @@ pub struct Metrics {
     pub assigned_partitions: IntGauge,
     pub consumer_up: IntGaugeVec,
     pub batch_retrying_seconds: Gauge,
+    pub lane_busy_seconds: CounterVec,
+    pub lane_batches: IntCounterVec,
+    pub lane_records: IntCounterVec,
+    pub lane_in_hand: IntGaugeVec,
     pub job_overdue_seconds: GaugeVec,
     pub http_connections_dropped: IntCounterVec,
     pub job_runs: IntCounterVec,
@@ -41,6 +45,12 @@ pub struct Metrics {
     pub outbox_pending: IntGauge,
     pub duplicate_records: IntCounterVec,
     pub price_moving_average: GaugeVec,
+    pub model_calls: IntCounterVec,
+    pub model_latency: Histogram,
+    pub model_breaker_open: IntGauge,
+    pub model_misconfigured: IntGauge,
+    pub predictions: IntCounter,
+    pub model_refused_records: IntCounter,
 }
 
 /// Registers a newly made metric and hands it back (names are fixed here,
@@ -133,6 +143,22 @@ impl Metrics {
                 ),
             ),
             batch_retrying_seconds,
+            lane_busy_seconds: register(
+                &r,
+                CounterVec::new(
+                    Opts::new("cronsumer_lane_busy_seconds_total", "Time each lane spent on its batches"),
+                    &["lane"],
+                ),
+            ),
+            lane_batches: counter_vec(&r, "cronsumer_lane_batches_total", "Batches each lane finished", &["lane"]),
+            lane_records: counter_vec(&r, "cronsumer_lane_records_total", "Records of the batches each lane finished", &["lane"]),
+            lane_in_hand: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("cronsumer_lane_records_in_hand", "Records each lane holds: waiting, in hand and in flight"),
+                    &["lane"],
+                ),
+            ),
             job_overdue_seconds,
             http_connections_dropped: counter_vec(
                 &r,
@@ -238,6 +264,30 @@ impl Metrics {
                     ),
                     &["symbol"],
                 ),
+            ),
+            model_calls: counter_vec(&r, "cronsumer_model_calls_total", "Model server calls by HTTP status (or timeout, connection)", &["status"]),
+            model_latency: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("cronsumer_model_latency_seconds", "Time from a model call to its answer")
+                        .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                ),
+            ),
+            model_breaker_open: gauge(
+                &r,
+                "cronsumer_model_breaker_open",
+                "1 while the model server's circuit breaker is open (no calls are made)",
+            ),
+            model_misconfigured: gauge(
+                &r,
+                "cronsumer_model_misconfigured",
+                "1 while the model server's last answer says the service is set up wrong (401, 403, 404, 405, a redirect)",
+            ),
+            predictions: counter(&r, "cronsumer_predictions_total", "Predictions stored"),
+            model_refused_records: counter(
+                &r,
+                "cronsumer_model_refused_records_total",
+                "Records the model refused (or gave no usable prediction for): dead-lettered",
             ),
             registry: r,
         }

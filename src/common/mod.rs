@@ -1,10 +1,11 @@
 //! What every part of the service uses, and nothing of theirs: time
 //! ([`clock`]), the shutdown signal ([`shutdown`]), retry delays
-//! ([`backoff`]), locks that survive a panicking holder ([`locks`]), the
+//! ([`backoff`]), a circuit [`breaker`], locks that survive a panicking holder ([`locks`]), the
 //! Prometheus registry ([`metrics`]), and the record as handlers see it
 //! ([`record`]). It may use nothing else of the crate.
 
 pub mod backoff;
+pub mod breaker;
 pub mod clock;
 pub mod locks;
 pub mod metrics;

@@ -77,9 +77,14 @@ impl StopRequest {
 
     /// Asks to stop by `by`; an earlier request's deadline is kept if sooner.
     pub fn request(&self, by: Instant) {
+        self.request_at(Instant::now(), by);
+    }
+
+    /// [`Self::request`], the time now being `now` (a simulated clock's).
+    pub fn request_at(&self, now: Instant, by: Instant) {
         let mut at = self.get();
         let by = at.map_or(by, |(_, old)| old.min(by));
-        let reserve = (by.saturating_duration_since(Instant::now()) / LEAVE_SHARE).min(LEAVE_RESERVE);
+        let reserve = (by.saturating_duration_since(now) / LEAVE_SHARE).min(LEAVE_RESERVE);
         *at = Some((by - reserve, by));
     }
 

@@ -67,6 +67,20 @@ const FAMILIES: &[Family] = &[
         help: "any librdkafka property, `<name>` lower-cased with `_` as `.`: `KAFKA_PROP_SESSION_TIMEOUT_MS` sets `session.timeout.ms`",
         example: &["KAFKA_PROP_SESSION_TIMEOUT_MS=6000"],
     },
+    Family {
+        section: "Consumer",
+        pattern: "CONSUMER_BATCH_SIZE_<MODULE>",
+        default: "(`CONSUMER_BATCH_SIZE`)",
+        help: "a module's own batch size (1 to 100000), e.g. `CONSUMER_BATCH_SIZE_PREDICTIONS=10000`: one model call per batch",
+        example: &["CONSUMER_BATCH_SIZE_PREDICTIONS=500"],
+    },
+    Family {
+        section: "Consumer",
+        pattern: "CONSUMER_BATCH_TIMEOUT_MS_<MODULE>",
+        default: "(`CONSUMER_BATCH_TIMEOUT_MS`)",
+        help: "a module's own batch timeout",
+        example: &["CONSUMER_BATCH_TIMEOUT_MS_PREDICTIONS=2000"],
+    },
 ];
 
 const ENV_EXAMPLE_HEAD: &str = "\

@@ -23,12 +23,15 @@ use crate::config::redact::{is_secret_name, REDACTED};
 pub mod cron;
 mod docs;
 pub mod env_file;
+mod per_module;
 pub mod redact;
 mod value;
 
 pub use docs::{env_example, settings_table, Declared};
+use per_module::{kafka_props, kafka_topics, module_batches};
+pub use per_module::{module_key, ModuleBatch, MAX_BATCH_SIZE};
 use value::*;
-pub use value::{symbol, Backend};
+pub use value::{symbol, Backend, NotifierKind, OffsetReset, PredictProtocol};
 
 /// Every problem found in the settings; bad settings exit with code 2.
 #[derive(Debug, thiserror::Error)]
@@ -57,27 +60,6 @@ impl fmt::Display for Problem {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OffsetReset {
-    Earliest,
-    Latest,
-}
-
-impl OffsetReset {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OffsetReset::Earliest => "earliest",
-            OffsetReset::Latest => "latest",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotifierKind {
-    Log,
-    Webhook,
-}
-
 /// Declares the settings: each line makes a `Settings` field (documented by
 /// its help), reads and checks its variable, and describes it.
 macro_rules! settings {
@@ -91,6 +73,8 @@ macro_rules! settings {
             pub kafka_props: BTreeMap<String, String>,
             /// `KAFKA_TOPIC_<MODULE>` topic names by module key (`PRICE_EVENTS`).
             pub kafka_topics: BTreeMap<String, String>,
+            /// `CONSUMER_BATCH_SIZE_<MODULE>` and `CONSUMER_BATCH_TIMEOUT_MS_<MODULE>` by module key.
+            pub module_batches: BTreeMap<String, ModuleBatch>,
         }
 
         /// Every declared setting, in the order `cronsumer config` prints them.
@@ -98,9 +82,11 @@ macro_rules! settings {
 
         impl Settings {
             /// Reads every declared setting; `None` if any was refused (`r` has why).
-            fn read(r: &mut Reader<'_>, kafka_props: BTreeMap<String, String>, kafka_topics: BTreeMap<String, String>) -> Option<Settings> {
+            fn read(r: &mut Reader<'_>, vars: &HashMap<String, String>) -> Option<Settings> {
+                let (kafka_props, kafka_topics) = (kafka_props(vars), kafka_topics(r, vars));
+                let module_batches = module_batches(r, vars);
                 $( $( let $field = r.read(&$decl, &$kind); )* )*
-                Some(Settings { $( $( $field: $field?, )* )* kafka_props, kafka_topics })
+                Some(Settings { $( $( $field: $field?, )* )* kafka_props, kafka_topics, module_batches })
             }
 
             /// The declared settings' effective values, secrets redacted.
@@ -127,6 +113,7 @@ const SECURITY_PROTOCOLS: &[&str] = &["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SAS
 const SASL_MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
 const OFFSET_RESETS: Choice<OffsetReset> =
     Choice(&[("earliest", OffsetReset::Earliest), ("latest", OffsetReset::Latest)]);
+const PROTOCOLS: Choice<PredictProtocol> = Choice(&[("json", PredictProtocol::Json), ("v2", PredictProtocol::V2)]);
 const NOTIFIERS: Choice<NotifierKind> = Choice(&[("log", NotifierKind::Log), ("webhook", NotifierKind::Webhook)]);
 /// A shorter admin token is too easy to guess.
 const MIN_ADMIN_TOKEN_CHARS: usize = 16;
@@ -167,6 +154,8 @@ settings! {
     consumer_stall_timeout: Duration = var("CONSUMER_STALL_TIMEOUT_MS").default("60000"), Millis(1_000, 86_400_000);
     /// larger payloads are dead-lettered
     consumer_max_record_bytes: usize = var("CONSUMER_MAX_RECORD_BYTES").default("1048576"), int(1, 1 << 30);
+    /// lanes that handle partitions side by side (each partition in one, in order); below `DATABASE_POOL_SIZE`; `auto`: 4 on PostgreSQL (at most half the pool), 1 on SQLite
+    consumer_concurrency: Option<usize> = var("CONSUMER_CONCURRENCY").default("auto"), Auto(int(1, 64));
 
     ["Database"]
     /// a path or `sqlite://PATH` (SQLite) or `postgres://USER:PASS@HOST:PORT/DB`
@@ -212,6 +201,26 @@ settings! {
     /// prices in each symbol's simple moving average (the price-events module)
     price_sma_window: u32 = var("PRICE_SMA_WINDOW").default("20"), int(1, 10_000);
 
+    ["Predictions"]
+    /// the model server: for `json` the URL to POST (e.g. `http://127.0.0.1:8500/predict`), for `v2` its base URL; unset: the predictions module is off
+    predict_url: Option<String> = var("PREDICT_URL").example("http://127.0.0.1:8500/predict"), Optional(HttpUrl { secret: false });
+    /// `json` (`{"instances": [...]}` answered by `{"predictions": [...]}`) or `v2` (the Open Inference Protocol of KServe, Triton, MLServer)
+    predict_protocol: PredictProtocol = var("PREDICT_PROTOCOL").default("json"), PROTOCOLS;
+    /// the model's name (in the body for `json`, in the path for `v2`)
+    predict_model: String = var("PREDICT_MODEL").default("candles"), NonEmpty;
+    /// the model's version (optional)
+    predict_model_version: Option<String> = var("PREDICT_MODEL_VERSION").example("v1"), Optional(NonEmpty);
+    /// sent as `Authorization: Bearer` (never printed)
+    predict_auth_token: Option<String> = var("PREDICT_AUTH_TOKEN"), Optional(Secret(1));
+    /// how long one model call may take before it counts as a timeout (the batch is retried)
+    predict_timeout: Duration = var("PREDICT_TIMEOUT_MS").default("10000"), Millis(100, 600_000);
+    /// the record field stored as the prediction's key (e.g. the symbol)
+    predict_key_field: String = var("PREDICT_KEY_FIELD").default("symbol"), NonEmpty;
+    /// for `v2`: the numeric record fields that make each row of the input tensor, in order, comma-separated
+    predict_input_fields: Vec<String> = var("PREDICT_INPUT_FIELDS").default("").example("open,high,low,close,volume"), Fields;
+    /// after 5 failed model calls in a row, no call for this long (batches wait, nothing is dead-lettered)
+    predict_breaker_cool_off: Duration = var("PREDICT_BREAKER_COOL_OFF_MS").default("10000"), Millis(100, 3_600_000);
+
     ["HTTP, shutdown, logging"]
     /// the web console at `/`, `/healthz`, `/readyz`, `/metrics`
     http_addr: SocketAddr = var("HTTP_ADDR").default("127.0.0.1:8080").host_specific(), Addr;
@@ -235,8 +244,7 @@ impl Settings {
     /// Validates a complete variable map (the environment, or a test's map).
     pub fn from_vars(vars: HashMap<String, String>) -> Result<Settings, ConfigError> {
         let mut r = Reader { vars: &vars, problems: Vec::new() };
-        let topics = kafka_topics(&mut r, &vars);
-        let settings = Settings::read(&mut r, kafka_props(&vars), topics);
+        let settings = Settings::read(&mut r, &vars);
         if let Some(s) = &settings {
             s.check(&mut r);
         }
@@ -258,6 +266,16 @@ impl Settings {
                 let expected = format!("{} (it carries a delivery guarantee), or leave it unset", allowed.join(" or "));
                 r.problem(&var, value, &expected);
             }
+        }
+        if let Some(lanes) = self.consumer_concurrency.filter(|&n| n as u32 >= self.database_pool_size) {
+            // Each lane holds a connection while it works; the scheduler and the offsets need one more.
+            let expected =
+                format!("below DATABASE_POOL_SIZE ({}): each lane holds a connection", self.database_pool_size);
+            r.problem("CONSUMER_CONCURRENCY", &lanes.to_string(), &expected);
+        }
+        if self.predict_protocol == PredictProtocol::V2 && self.predict_input_fields.is_empty() {
+            let expected = "the record fields of the input tensor, comma-separated (required when PREDICT_PROTOCOL=v2)";
+            r.problem("PREDICT_INPUT_FIELDS", "", expected);
         }
         if self.kafka_security_protocol.starts_with("SASL") && self.kafka_sasl_mechanism.is_none() {
             let expected = format!("one of {} when KAFKA_SECURITY_PROTOCOL is SASL_*", SASL_MECHANISMS.join(", "));
@@ -282,6 +300,12 @@ impl Settings {
         for (module, name) in &self.kafka_topics {
             out.push((format!("KAFKA_TOPIC_{module}"), name.clone()));
         }
+        for (module, batch) in &self.module_batches {
+            out.extend(batch.size.map(|n| (format!("CONSUMER_BATCH_SIZE_{module}"), n.to_string())));
+            out.extend(
+                batch.timeout.map(|t| (format!("CONSUMER_BATCH_TIMEOUT_MS_{module}"), t.as_millis().to_string())),
+            );
+        }
         for (name, value) in &self.kafka_props {
             let env = format!("KAFKA_PROP_{}", name.replace('.', "_").to_uppercase());
             let shown = if is_secret_name(name) { REDACTED.to_string() } else { value.clone() };
@@ -290,11 +314,34 @@ impl Settings {
         out
     }
 
+    /// How many lanes the consumer runs: `CONSUMER_CONCURRENCY`, or for
+    /// `auto` the backend's (PostgreSQL serves lanes side by side; SQLite has
+    /// one writer at a time, so more lanes would only wait on each other),
+    /// leaving half the pool to the rest of the service.
+    pub fn consumer_lanes(&self) -> usize {
+        self.consumer_concurrency.unwrap_or(match Backend::of_url(&self.database_url) {
+            Ok(Backend::Postgres) => (self.database_pool_size as usize / 2).clamp(1, 4),
+            _ => 1,
+        })
+    }
+
     /// Full topic name of a module's topic: `KAFKA_TOPIC_PREFIX` + its
     /// `KAFKA_TOPIC_<MODULE>` name, or + the module's own name.
     pub fn topic(&self, base: &str) -> String {
-        let name = self.kafka_topics.get(&module_key(base)).map_or(base, String::as_str);
+        self.module_topic(base, base)
+    }
+
+    /// [`Self::topic`] of the module `module` whose topic is `base` unless
+    /// `KAFKA_TOPIC_<MODULE>` names another.
+    pub fn module_topic(&self, module: &str, base: &str) -> String {
+        let name = self.kafka_topics.get(&module_key(module)).map_or(base, String::as_str);
         format!("{}{name}", self.kafka_topic_prefix)
+    }
+
+    /// The batches of the module `module`: its own size and timeout, or the consumer's.
+    pub fn module_batch(&self, module: &str) -> (usize, Duration) {
+        let own = self.module_batches.get(&module_key(module)).copied().unwrap_or_default();
+        (own.size.unwrap_or(self.consumer_batch_size), own.timeout.unwrap_or(self.consumer_batch_timeout))
     }
 }
 
@@ -307,52 +354,6 @@ pub const GUARANTEES: &[(&str, &[&str])] = &[
     ("enable.auto.commit", &["false"]),
     ("enable.auto.offset.store", &["false"]),
 ];
-
-/// `KAFKA_PROP_SESSION_TIMEOUT_MS=6000` → `session.timeout.ms = 6000`.
-fn kafka_props(vars: &HashMap<String, String>) -> BTreeMap<String, String> {
-    vars.iter()
-        .filter_map(|(k, v)| {
-            let name = k.strip_prefix("KAFKA_PROP_")?;
-            (!name.is_empty()).then(|| (name.to_ascii_lowercase().replace('_', "."), v.clone()))
-        })
-        .collect()
-}
-
-/// The `<MODULE>` of `KAFKA_TOPIC_<MODULE>` for a module's topic: `price-events` → `PRICE_EVENTS`.
-pub fn module_key(topic: &str) -> String {
-    topic.to_ascii_uppercase().replace(['-', '.'], "_")
-}
-
-/// The seed's name for the price topic, accepted as an alias of `KAFKA_TOPIC_PRICE_EVENTS`.
-const PRICE_TOPIC_ALIAS: &str = "KAFKA_PRICE_EVENTS_TOPIC";
-
-/// `KAFKA_TOPIC_PRICE_EVENTS=market.prices.v1` → `PRICE_EVENTS → market.prices.v1`.
-fn kafka_topics(r: &mut Reader<'_>, vars: &HashMap<String, String>) -> BTreeMap<String, String> {
-    let mut named: Vec<(String, String, String)> = vars
-        .iter()
-        .filter_map(|(var, v)| {
-            let module = var.strip_prefix("KAFKA_TOPIC_").filter(|m| !m.is_empty() && *m != "PREFIX")?;
-            Some((module.to_string(), var.clone(), v.trim().to_string()))
-        })
-        .collect();
-    named.sort();
-    if let Some(v) = vars.get(PRICE_TOPIC_ALIAS) {
-        named.push(("PRICE_EVENTS".into(), PRICE_TOPIC_ALIAS.into(), v.trim().to_string()));
-    }
-    let mut topics = BTreeMap::new();
-    for (module, var, value) in named {
-        let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-        if value.is_empty() || value.len() > 249 || !value.chars().all(legal) {
-            r.problem(&var, &value, "a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)");
-        } else if let Some(other) = topics.get(&module).filter(|other| **other != value) {
-            let expected = format!("the name KAFKA_TOPIC_{module}={other} gives, or only one of the two");
-            r.problem(&var, &value, &expected);
-        } else {
-            topics.insert(module, value);
-        }
-    }
-    topics
-}
 
 /// Reads one variable at a time, collecting problems instead of stopping.
 struct Reader<'a> {

@@ -92,6 +92,19 @@ fn webhook_needs_a_url() {
 }
 
 #[test]
+fn lanes_default_by_backend_and_stay_below_the_pool() {
+    let pg = [("DATABASE_URL", "postgres://u@127.0.0.1:5432/db")];
+    assert_eq!(load(&pg).unwrap().consumer_lanes(), 4);
+    assert_eq!(load(&[pg[0], ("DATABASE_POOL_SIZE", "4")]).unwrap().consumer_lanes(), 2, "half the pool");
+    assert_eq!(load(&[pg[0], ("DATABASE_POOL_SIZE", "1")]).unwrap().consumer_lanes(), 1);
+    assert_eq!(load(&[]).unwrap().consumer_lanes(), 1, "SQLite");
+    assert_eq!(load(&[("CONSUMER_CONCURRENCY", "3")]).unwrap().consumer_lanes(), 3);
+    let p = problems(&[("CONSUMER_CONCURRENCY", "8")]);
+    assert!(p[0].contains("CONSUMER_CONCURRENCY=\"8\"") && p[0].contains("below DATABASE_POOL_SIZE (8)"), "{p:?}");
+    assert_eq!(problems(&[("CONSUMER_CONCURRENCY", "0")]).len(), 1);
+}
+
+#[test]
 fn sasl_protocol_needs_a_mechanism() {
     let p = problems(&[("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")]);
     assert!(p[0].contains("KAFKA_SASL_MECHANISM"), "{p:?}");

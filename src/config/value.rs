@@ -162,6 +162,22 @@ impl<K: Kind> Kind for Optional<K> {
     }
 }
 
+/// `auto` (the service decides), or a value of the inner kind.
+pub struct Auto<K>(pub K);
+
+impl<K: Kind> Kind for Auto<K> {
+    type Value = Option<K::Value>;
+    fn parse(&self, text: &str) -> Result<Self::Value, String> {
+        if text.eq_ignore_ascii_case("auto") {
+            return Ok(None);
+        }
+        self.0.parse(text).map(Some).map_err(|e| format!("auto or {e}"))
+    }
+    fn show(&self, v: &Self::Value) -> String {
+        v.as_ref().map_or_else(|| "auto".to_string(), |v| self.0.show(v))
+    }
+}
+
 /// A secret of at least this many characters; never shown.
 pub struct Secret(pub usize);
 
@@ -317,4 +333,50 @@ impl Kind for Symbols {
     fn show(&self, v: &Vec<String>) -> String {
         v.join(",")
     }
+}
+
+/// A comma-separated list of record field names (empty: none), in order.
+pub struct Fields;
+
+impl Kind for Fields {
+    type Value = Vec<String>;
+    fn parse(&self, text: &str) -> Result<Vec<String>, String> {
+        let fields: Vec<String> = text.split(',').map(str::trim).filter(|f| !f.is_empty()).map(String::from).collect();
+        let legal = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.';
+        match fields.iter().find(|f| f.len() > 64 || !f.chars().all(legal)) {
+            Some(bad) => Err(format!("field names separated by commas (1 to 64 of a-z A-Z 0-9 _ - .; got {bad:?})")),
+            None => Ok(fields),
+        }
+    }
+    fn show(&self, v: &Vec<String>) -> String {
+        v.join(",")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+impl OffsetReset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        }
+    }
+}
+
+/// How the predictions module talks to its model server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PredictProtocol {
+    Json,
+    V2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifierKind {
+    Log,
+    Webhook,
 }

@@ -2,8 +2,9 @@
 //! records or `CONSUMER_BATCH_TIMEOUT_MS` has passed since its first record
 //! arrived, whichever comes first. Records beyond a full batch wait in order
 //! for the next one (never dropped). Time comes from an injected [`Clock`].
+//! A lane keeps one per module with batches of its own ([`Batchers`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 pub use crate::common::clock::{Clock, SystemClock};
@@ -31,10 +32,6 @@ impl<C: Clock> Batcher<C> {
         self.queue.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
     /// True when a full batch is waiting or the oldest record has waited the timeout.
     pub fn is_ready(&self) -> bool {
         self.time_left() == Some(Duration::ZERO)
@@ -56,12 +53,72 @@ impl<C: Clock> Batcher<C> {
         self.queue.drain(..n).map(|(_, r)| r).collect()
     }
 
+    /// Whether a waiting record is one `pick` picks.
+    pub fn holds(&self, mut pick: impl FnMut(&Record) -> bool) -> bool {
+        self.queue.iter().any(|(_, r)| pick(r))
+    }
+
     /// Drops the waiting records `revoked` picks (of revoked partitions:
     /// their new owner reads them again from the committed offset).
     pub fn discard(&mut self, mut revoked: impl FnMut(&Record) -> bool) -> usize {
         let before = self.queue.len();
         self.queue.retain(|(_, r)| !revoked(r));
         before - self.queue.len()
+    }
+}
+
+/// A lane's batchers: one per topic whose module has batches of its own
+/// (`CONSUMER_BATCH_SIZE_<MODULE>`), and one for the rest, whose batches
+/// may hold several topics.
+pub struct Batchers<C: Clock = SystemClock> {
+    shared: Batcher<C>,
+    own: Vec<(String, Batcher<C>)>,
+}
+
+impl<C: Clock + Clone> Batchers<C> {
+    /// `own`: each such topic's size and timeout.
+    pub fn new(size: usize, timeout: Duration, own: &BTreeMap<String, (usize, Duration)>, clock: C) -> Self {
+        let own = own.iter().map(|(t, (size, timeout))| (t.clone(), Batcher::new(*size, *timeout, clock.clone())));
+        Batchers { shared: Batcher::new(size, timeout, clock.clone()), own: own.collect() }
+    }
+}
+
+impl<C: Clock> Batchers<C> {
+    fn all(&self) -> impl Iterator<Item = &Batcher<C>> {
+        std::iter::once(&self.shared).chain(self.own.iter().map(|(_, b)| b))
+    }
+
+    pub fn push(&mut self, record: Record) {
+        match self.own.iter_mut().find(|(t, _)| *t == record.topic) {
+            Some((_, b)) => b.push(record),
+            None => self.shared.push(record),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.all().map(Batcher::len).sum()
+    }
+
+    /// Time until the first of its batches closes; `None` when nothing waits.
+    pub fn time_left(&self) -> Option<Duration> {
+        self.all().filter_map(Batcher::time_left).min()
+    }
+
+    /// The batch that closes first, when it is ready (with `force`, ready or not).
+    pub fn take(&mut self, force: bool) -> Option<Vec<Record>> {
+        let own = self.own.iter_mut().map(|(_, b)| b);
+        let first = std::iter::once(&mut self.shared).chain(own).filter(|b| b.time_left().is_some());
+        let next = first.min_by_key(|b| b.time_left())?;
+        (force || next.is_ready()).then(|| next.take())
+    }
+
+    pub fn holds(&self, mut pick: impl FnMut(&Record) -> bool) -> bool {
+        self.all().any(|b| b.holds(&mut pick))
+    }
+
+    pub fn discard(&mut self, mut revoked: impl FnMut(&Record) -> bool) -> usize {
+        let own = self.own.iter_mut().map(|(_, b)| b);
+        std::iter::once(&mut self.shared).chain(own).map(|b| b.discard(&mut revoked)).sum()
     }
 }
 
@@ -113,7 +170,7 @@ mod tests {
         b.push(rec(2));
         assert!(b.is_ready());
         assert_eq!(b.take().iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 1, 2]);
-        assert!(b.is_empty());
+        assert_eq!(b.len(), 0);
     }
 
     #[test]
@@ -160,5 +217,29 @@ mod tests {
         }
         assert_eq!(b.discard(|r| r.partition % 2 == 0), 2);
         assert_eq!(b.take().iter().map(|r| r.partition).collect::<Vec<_>>(), vec![1, 3]);
+    }
+
+    #[test]
+    fn a_module_with_its_own_batches_gets_its_own_batcher() {
+        let clock = FakeClock(Arc::new(Mutex::new(Instant::now())));
+        let own = BTreeMap::from([("big".to_string(), (4, Duration::from_millis(1000)))]);
+        let mut b = Batchers::new(2, Duration::from_millis(100), &own, clock.clone());
+        let of = |topic: &str, offset| Record { topic: topic.into(), ..rec(offset) };
+        for o in 0..3 {
+            b.push(of("big", o));
+        }
+        b.push(of("t", 0));
+        assert_eq!((b.len(), b.take(false)), (4, None), "neither batch is ready");
+        b.push(of("u", 0));
+        let shared = b.take(false).expect("the shared batch is full");
+        assert_eq!(shared.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>(), ["t", "u"], "topics mixed");
+        clock.advance(100);
+        assert_eq!(b.time_left(), Some(Duration::from_millis(900)), "the big batch waits its own timeout");
+        assert!(b.take(false).is_none());
+        assert_eq!(b.take(true).map(|v| v.len()), Some(3), "a drain takes it early");
+        b.push(of("big", 3));
+        assert!(b.holds(|r| r.topic == "big"));
+        assert_eq!(b.discard(|r| r.topic == "big"), 1);
+        assert!(b.len() == 0 && b.time_left().is_none(), "empty");
     }
 }

@@ -1,52 +1,29 @@
-//! The pipeline's sink in production. Each call is one database
-//! transaction: the consumer modules' writes (through the router), the
-//! batch's dead letters, and the next offset of each of its partitions in
-//! `consumer_offsets`. A batch is therefore applied exactly once: a crash
-//! or a failure rolls back its writes and its offsets together, and the
-//! next owner of a partition reads from the offsets the database holds.
+//! The database as the consumer's sink in production: what the polling
+//! thread reads ([`DbOffsets`]), and each lane's transactions ([`DbSink`]).
+//! A lane's call is one database transaction: the consumer modules' writes
+//! (through the router), the batch's dead letters, and the next offset of
+//! each of its partitions in `consumer_offsets`. A batch is therefore
+//! applied exactly once: a crash or a failure rolls back its writes and its
+//! offsets together, and the next owner of a partition reads from the
+//! offsets the database holds.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use crate::common::record::{Record, TopicPartition};
 use crate::common::shutdown::StopRequest;
 use crate::config::Settings;
-use crate::consume::applied::Applied;
 use crate::consume::handler::{db_failure_kind, HandlerContext, Rejection};
+use crate::consume::positions::PartitionState;
 use crate::consume::router::{DispatchError, Router};
-use crate::consume::sink::{Failure, FailureKind, Sink, Stored};
-use crate::db::consumer_offsets::{self, Advance, Span};
+use crate::consume::sink::{Failure, FailureKind, LaneSink, Sink, Stored, Txn};
+use crate::db::consumer_offsets::{self, spans, Advance};
 use crate::db::dead_letters::{self, NewDeadLetter};
 use crate::db::{checkout, DbConnection, DbError, Pool};
 use crate::events::{
     AppliedSkipped, DuplicatesRejected, Event as _, HandlerFailed, PositionReused, RecordDeadLettered, RecordsHandled,
 };
 use crate::schedule::Wakers;
-
-pub struct DbSink {
-    router: Router,
-    pool: Pool,
-    settings: Arc<Settings>,
-    wakers: Wakers,
-    /// Database waits end by a stop's drain deadline.
-    stop: Arc<StopRequest>,
-    /// Partitions whose offset the database holds durably: until then a
-    /// partition's batches wait for the WAL flush, so that a lost batch
-    /// never leaves only Kafka's (later) committed offset to read from.
-    durable: BTreeSet<TopicPartition>,
-    /// Partitions whose log restarted below the stored offset, and where.
-    rewinds: BTreeMap<TopicPartition, i64>,
-    /// What this sink applied: a stored offset found below it means the
-    /// database lost committed batches.
-    applied: Applied,
-    next_verify: Instant,
-    /// The ids of the topics read, stored with their partitions' offsets.
-    topic_ids: BTreeMap<String, String>,
-}
-
-/// How often the stored offsets are compared with what this sink stored.
-const VERIFY_EVERY: Duration = Duration::from_secs(5);
 
 impl From<diesel::result::Error> for Failure {
     fn from(e: diesel::result::Error) -> Self {
@@ -55,40 +32,49 @@ impl From<diesel::result::Error> for Failure {
 }
 
 fn failure(what: &str, e: DbError) -> Failure {
-    Failure { kind: db_failure_kind(&e), message: format!("{what}: {e}") }
+    Failure::new(db_failure_kind(&e), format!("{what}: {e}"))
 }
 
-/// The records of each partition: offsets in order (the pipeline hands them so).
-fn spans(records: &[Record]) -> BTreeMap<TopicPartition, Span> {
-    // Borrowed keys, and one fingerprint per partition: this runs over every record.
-    let mut ends: BTreeMap<(&str, i32), (i64, &Record)> = BTreeMap::new();
-    for r in records {
-        ends.entry((&r.topic, r.partition))
-            .and_modify(|(first, last)| (*first, *last) = ((*first).min(r.offset), r))
-            .or_insert((r.offset, r));
+/// The group's stored offsets, as the polling thread reads them.
+pub struct DbOffsets {
+    pool: Pool,
+    group: String,
+    /// Database waits end by a stop's drain deadline.
+    stop: Arc<StopRequest>,
+}
+
+impl DbOffsets {
+    pub fn new(pool: Pool, group: &str, stop: Arc<StopRequest>) -> Self {
+        DbOffsets { pool, group: group.to_string(), stop }
     }
-    ends.into_iter()
-        .map(|((topic, partition), (first, last))| {
-            let span = Span { first, next: last.offset + 1, last_fingerprint: last.fingerprint() };
-            (TopicPartition::new(topic, partition), span)
-        })
-        .collect()
+
+    fn conn(&self) -> Result<crate::db::Conn, Failure> {
+        checkout(&self.pool, self.stop.drain_by()).map_err(|e| failure("offsets", e))
+    }
+}
+
+impl Sink for DbOffsets {
+    fn positions(&mut self, tps: &[TopicPartition]) -> Result<Vec<Option<Stored>>, Failure> {
+        consumer_offsets::positions(&mut *self.conn()?, &self.group, tps).map_err(|e| failure("offsets", e))
+    }
+
+    fn offsets(&mut self) -> Result<Vec<(TopicPartition, i64)>, Failure> {
+        consumer_offsets::list(&mut *self.conn()?, &self.group).map_err(|e| failure("offsets", e))
+    }
+}
+
+/// A lane's transactions: its own router (fresh module instances), the pool.
+pub struct DbSink {
+    router: Router,
+    pool: Pool,
+    settings: Arc<Settings>,
+    wakers: Wakers,
+    stop: Arc<StopRequest>,
 }
 
 impl DbSink {
     pub fn new(router: Router, pool: Pool, settings: Arc<Settings>, wakers: Wakers, stop: Arc<StopRequest>) -> Self {
-        DbSink {
-            router,
-            pool,
-            settings,
-            wakers,
-            stop,
-            durable: BTreeSet::new(),
-            rewinds: BTreeMap::new(),
-            applied: Applied::default(),
-            next_verify: Instant::now(),
-            topic_ids: BTreeMap::new(),
-        }
+        DbSink { router, pool, settings, wakers, stop }
     }
 
     /// Runs `apply` on the records and moves their partitions' offsets, in
@@ -98,79 +84,49 @@ impl DbSink {
     fn in_transaction<T>(
         &mut self,
         records: &[Record],
+        parts: &BTreeMap<TopicPartition, PartitionState>,
         apply: impl FnOnce(&mut Router, &mut DbConnection, &[Record]) -> Result<T, Failure>,
-    ) -> Result<T, Failure> {
+    ) -> Result<Result<T, (TopicPartition, i64)>, Failure> {
         let spans = spans(records);
+        let unknown = PartitionState { mine: None, rewind: None, durable: false, topic_id: None };
+        let state = |tp: &TopicPartition| parts.get(tp).unwrap_or(&unknown);
         let mut conn = checkout(&self.pool, self.stop.drain_by()).map_err(|e| failure("database", e))?;
-        let durable = self.settings.database_consumer_sync_commit || spans.keys().any(|tp| !self.durable.contains(tp));
-        let (group, rewinds, applied, router, ids) =
-            (&self.settings.kafka_group_id, &self.rewinds, &self.applied, &mut self.router, &self.topic_ids);
+        // A partition's first offset waits for its WAL flush: see `Positions`.
+        let durable = self.settings.database_consumer_sync_commit || spans.keys().any(|tp| !state(tp).durable);
+        let (group, router) = (&self.settings.kafka_group_id, &mut self.router);
         let mut lost = None;
         let out = crate::db::transaction(&mut conn, !durable, |c| {
-            let mut applied_below = BTreeMap::new();
+            let mut skips = BTreeMap::new();
             for (tp, span) in &spans {
-                let rewind = rewinds.get(tp).copied();
-                if let Some(to) = rewind {
+                let s = state(tp);
+                if let Some(to) = s.rewind {
                     consumer_offsets::rewind(c, group, tp, to).map_err(|e| failure("offsets", e))?;
                 }
-                let fingerprint_at = |o: i64| {
-                    let same = |r: &&Record| r.offset == o && r.partition == tp.partition && r.topic == tp.topic;
-                    records.iter().find(same).map(Record::fingerprint)
-                };
-                let mine = if rewind.is_some() { None } else { applied.expected(tp, span.first) };
-                let topic_id = ids.get(&tp.topic).map(String::as_str);
-                match consumer_offsets::advance(c, group, tp, *span, mine, topic_id, fingerprint_at)
+                let fingerprint_at =
+                    |o: i64| records.iter().find(|r| r.offset == o && tp.holds(r)).map(Record::fingerprint);
+                match consumer_offsets::advance(c, group, tp, *span, s.mine, s.topic_id.as_deref(), fingerprint_at)
                     .map_err(|e| failure("offsets", e))?
                 {
-                    Advance::Moved => {}
-                    Advance::AppliedBelow(stored) => _ = applied_below.insert(tp, stored),
+                    Advance::Moved | Advance::Replaced => {}
+                    skip @ Advance::AppliedBelow(_) => _ = skips.insert(tp, skip),
                     Advance::Lost(stored) => {
                         lost = Some((tp.clone(), stored));
-                        return Err(Failure {
-                            kind: FailureKind::Transient,
-                            message: format!(
-                                "the database lost committed batches of {}/{} (a crash before their WAL flush?): \
-                                 its offset went back from {} to {stored}; reading them again",
-                                tp.topic,
-                                tp.partition,
-                                mine.unwrap_or_default()
-                            ),
-                        });
+                        // Rolls back: nothing is written.
+                        return Err(Failure::new(FailureKind::Transient, "lost commits"));
                     }
                 }
             }
-            if applied_below.is_empty() {
+            if skips.is_empty() {
                 return apply(router, c, records);
             }
-            let todo: Vec<Record> =
-                records.iter().filter(|r| applied_below.get(&r.tp()).is_none_or(|&s| r.offset >= s)).cloned().collect();
+            let applies = |r: &&Record| skips.get(&r.tp()).is_none_or(|a| a.applies(r.offset));
+            let todo: Vec<Record> = records.iter().filter(applies).cloned().collect();
             AppliedSkipped { records: records.len() - todo.len(), first: &records[0].position() }.emit();
             apply(router, c, &todo)
         });
-        if let Some((tp, stored)) = lost {
-            // What is expected stays until the pipeline takes this, and drops
-            // what it holds: until then no later record can move past the gap.
-            self.applied.lost(tp, stored);
-        }
-        let out = out?;
-        for (tp, span) in &spans {
-            self.rewinds.remove(tp);
-            self.durable.insert(tp.clone());
-            self.applied.stored(tp, span.next);
-        }
-        Ok(out)
-    }
-
-    /// Compares the stored offsets with what this sink applied (see
-    /// [`Applied::verify`]); while the database is away, the next time does.
-    fn verify(&mut self) {
-        if self.applied.is_empty() {
-            return;
-        }
-        let stored = checkout(&self.pool, self.stop.drain_by())
-            .and_then(|mut c| consumer_offsets::list(&mut c, &self.settings.kafka_group_id));
-        if let Ok(stored) = stored {
-            self.applied.verify(stored);
+        match lost {
+            Some(lost) => Ok(Err(lost)),
+            None => out.map(Ok),
         }
     }
 
@@ -195,62 +151,22 @@ impl DbSink {
             DuplicatesRejected { topic, records }.emit();
         }
     }
-}
 
-impl Sink for DbSink {
-    fn positions(&mut self, tps: &[TopicPartition]) -> Result<Vec<Option<Stored>>, Failure> {
-        let stored = checkout(&self.pool, self.stop.drain_by())
-            .and_then(|mut conn| consumer_offsets::positions(&mut conn, &self.settings.kafka_group_id, tps))
-            .map_err(|e| failure("offsets", e));
-        let starts: Option<Vec<Option<i64>>> =
-            stored.as_ref().ok().map(|s| s.iter().map(|s| s.as_ref().map(|s| s.next)).collect());
-        self.applied.assigned(tps, starts.as_deref());
-        for (tp, start) in tps.iter().zip(starts.iter().flatten()) {
-            if start.is_some() {
-                self.durable.insert(tp.clone());
-            }
-        }
-        stored
-    }
-
-    fn identify(&mut self, topic_ids: &BTreeMap<String, String>) {
-        self.topic_ids.extend(topic_ids.iter().map(|(t, id)| (t.clone(), id.clone())));
-    }
-
-    fn released(&mut self, tps: &[TopicPartition]) {
-        for tp in tps {
-            self.rewinds.remove(tp);
-            self.durable.remove(tp);
-            self.applied.forget(tp);
-        }
-    }
-
-    fn rewind(&mut self, tp: &TopicPartition, to: i64) {
-        self.rewinds.insert(tp.clone(), to);
-        self.applied.forget(tp);
-    }
-
-    fn read_again(&mut self) -> Vec<(TopicPartition, i64)> {
-        if Instant::now() >= self.next_verify {
-            self.next_verify = Instant::now() + VERIFY_EVERY;
-            self.verify();
-        }
-        self.applied.take_again()
-    }
-
-    fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {
+    /// The handlers' writes of `batch`.
+    fn handle(&mut self, batch: &[Record], parts: &BTreeMap<TopicPartition, PartitionState>) -> Result<Txn, Failure> {
         let settings = self.settings.clone();
-        let (dispatched, (rejected, why), reused, wake) = self.in_transaction(batch, |router, c, batch| {
+        let done = self.in_transaction(batch, parts, |router, c, batch| {
             let mut ctx = HandlerContext::new(c, &settings);
             let dispatched = match router.dispatch(batch, &mut ctx) {
                 Ok(d) => d,
                 Err(DispatchError::Failed { topic, source }) => {
                     HandlerFailed { topic: &topic, panicked: false }.emit();
-                    return Err(Failure { kind: source.kind(), message: format!("topic={topic}: {source}") });
+                    let failure = Failure::new(source.kind(), format!("topic={topic}: {source}"));
+                    return Err(Failure { retry_after: source.retry_after(), ..failure });
                 }
                 Err(DispatchError::Panicked { topic, message, .. }) => {
                     HandlerFailed { topic: &topic, panicked: true }.emit();
-                    return Err(Failure { kind: FailureKind::Panic, message });
+                    return Err(Failure::new(FailureKind::Panic, message));
                 }
             };
             let (rejected, wake) = ctx.into_parts();
@@ -258,6 +174,10 @@ impl Sink for DbSink {
             let stored = dead_letters::insert_all(c, &rejected).map_err(|e| failure("storing dead letters", e))?;
             Ok((dispatched, (rejected, why), stored.reused, wake))
         })?;
+        let (dispatched, (rejected, why), reused, wake) = match done {
+            Ok(done) => done,
+            Err((tp, stored)) => return Ok(Txn::Lost(tp, stored)),
+        };
         self.stored_dead_letters(&rejected, &why, &reused);
         let mut unrouted = BTreeMap::new();
         if dispatched.unrouted > 0 {
@@ -269,21 +189,47 @@ impl Sink for DbSink {
         for job in wake {
             self.wakers.wake(job);
         }
-        Ok(())
+        Ok(Txn::Committed)
     }
 
-    fn dead_letter(&mut self, record: &Record, reason: &str) -> Result<(), Failure> {
+    /// `record`'s dead letter, with `reason`.
+    fn dead_letter(
+        &mut self,
+        record: &Record,
+        parts: &BTreeMap<TopicPartition, PartitionState>,
+        reason: &str,
+    ) -> Result<Txn, Failure> {
         let rows = [NewDeadLetter::of(record, reason)];
-        let stored = self.in_transaction(std::slice::from_ref(record), |_, c, todo| {
+        let done = self.in_transaction(std::slice::from_ref(record), parts, |_, c, todo| {
             // Empty: its dead letter was stored by a commit whose answer was lost.
             (!todo.is_empty())
                 .then(|| dead_letters::insert_all(c, &rows).map_err(|e| failure("storing a dead letter", e)))
                 .transpose()
         })?;
-        if let Some(stored) = stored {
-            self.stored_dead_letters(&rows, &[Rejection::Invalid], &stored.reused);
+        match done {
+            Ok(stored) => {
+                if let Some(stored) = stored {
+                    self.stored_dead_letters(&rows, &[Rejection::Invalid], &stored.reused);
+                }
+                Ok(Txn::Committed)
+            }
+            Err((tp, stored)) => Ok(Txn::Lost(tp, stored)),
         }
-        Ok(())
+    }
+}
+
+impl LaneSink for DbSink {
+    fn apply(
+        &mut self,
+        records: &[Record],
+        parts: &BTreeMap<TopicPartition, PartitionState>,
+        dead_letter: Option<&str>,
+    ) -> Result<Txn, Failure> {
+        match (dead_letter, records) {
+            (Some(reason), [record]) => self.dead_letter(record, parts, reason),
+            (Some(_), _) => Err(Failure::new(FailureKind::Unknown, "a dead letter is one record")),
+            (None, _) => self.handle(records, parts),
+        }
     }
 
     fn healthy(&mut self) -> bool {
@@ -294,17 +240,14 @@ impl Sink for DbSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::consumer_offsets::Span;
+
+    fn rec(t: &str, p: i32, o: i64) -> Record {
+        Record { topic: t.into(), partition: p, offset: o, key: None, payload: None, timestamp: None }
+    }
 
     #[test]
     fn spans_run_from_the_first_record_to_one_past_the_last_of_each_partition() {
-        let rec = |t: &str, p, o| Record {
-            topic: t.into(),
-            partition: p,
-            offset: o,
-            key: None,
-            payload: None,
-            timestamp: None,
-        };
         let batch = [rec("a", 0, 7), rec("a", 1, 3), rec("a", 0, 9), rec("b", 0, 0)];
         let span = |first, next, r: &Record| Span { first, next, last_fingerprint: r.fingerprint() };
         let spans: Vec<(TopicPartition, Span)> = spans(&batch).into_iter().collect();
@@ -316,36 +259,5 @@ mod tests {
                 (TopicPartition::new("b", 0), span(0, 1, &batch[3]))
             ]
         );
-    }
-
-    /// What the sink keeps of a partition goes when it leaves: a rewind not
-    /// applied yet, its durability and what it applied are the next
-    /// assignment's to learn afresh.
-    #[test]
-    fn a_partition_that_leaves_takes_its_state_with_it() {
-        let dir = std::env::temp_dir().join(format!("cronsumer-released-{}", std::process::id()));
-        let url = dir.join("t.db").display().to_string();
-        let (pool, _) = crate::db::connect_and_migrate(&url, 1).unwrap();
-        let settings = Arc::new(Settings::from_vars(Default::default()).unwrap());
-        let router = Router::new(vec![], str::to_string);
-        let mut sink = DbSink::new(router, pool, settings, Wakers::default(), Arc::default());
-        let tp = |p: i32| -> TopicPartition { TopicPartition::new("t", p) };
-        let rec = |p: i32, offset: i64| Record {
-            topic: "t".into(),
-            partition: p,
-            offset,
-            key: None,
-            payload: None,
-            timestamp: None,
-        };
-        sink.handle(&[rec(0, 0), rec(1, 0), rec(1, 1), rec(2, 0)]).unwrap();
-        sink.rewind(&tp(0), 0);
-        assert_eq!(sink.applied.expected(&tp(1), 2), Some(2));
-        sink.released(&[tp(0), tp(1)]);
-        assert!(sink.rewinds.is_empty(), "a rewind of a partition that left");
-        assert_eq!(sink.durable.iter().collect::<Vec<_>>(), vec![&tp(2)]);
-        assert_eq!(sink.applied.expected(&tp(1), 2), None, "what was applied of a partition that left");
-        assert_eq!(sink.applied.expected(&tp(2), 1), Some(1));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -30,6 +30,14 @@ impl Handler for PanicOn {
         self.inner.topic()
     }
 
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn off(&self, settings: &crate::config::Settings) -> Option<String> {
+        self.inner.off(settings)
+    }
+
     fn handle(&self, records: &[Record], ctx: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
         let n = &self.needle;
         let hit = records.iter().find(|r| r.payload.as_deref().is_some_and(|p| p.windows(n.len()).any(|w| w == n)));

@@ -8,6 +8,8 @@
 //! the database refuses, or an error that repeats on one record, gets that
 //! record dead-lettered (see [`HandlerError::kind`]).
 
+use std::time::Duration;
+
 use crate::common::record::Record;
 use crate::config::Settings;
 use crate::consume::sink::FailureKind;
@@ -18,11 +20,28 @@ pub trait Handler: Send + Sync {
     /// The topic this module handles, without `KAFKA_TOPIC_PREFIX`.
     fn topic(&self) -> &'static str;
 
+    /// The module's name, as `KAFKA_TOPIC_<NAME>` and `CONSUMER_BATCH_SIZE_<NAME>`
+    /// spell it: its topic's, unless it says otherwise.
+    fn name(&self) -> &'static str {
+        self.topic()
+    }
+
+    /// Why the module is off, if it is (a setting it needs is missing): its
+    /// topic is then not subscribed.
+    fn off(&self, _settings: &Settings) -> Option<String> {
+        None
+    }
+
     /// Handles one batch of this topic's records, in offset order per
     /// partition, writing through `ctx.db()`: the batch's transaction, which
     /// also stores its offsets. A batch whose transaction rolled back (a
     /// failure, a crash) is handled again; one that committed never is.
     fn handle(&self, records: &[Record], ctx: &mut HandlerContext<'_>) -> Result<(), HandlerError>;
+}
+
+/// The full name of `module`'s topic, or `None` while the module is off.
+pub fn topic_of(module: &dyn Handler, settings: &Settings) -> Option<String> {
+    module.off(settings).is_none().then(|| settings.module_topic(module.name(), module.topic()))
 }
 
 /// A failed batch: nothing of it is committed.
@@ -33,16 +52,28 @@ pub enum HandlerError {
     /// Retried for as long as it lasts (an API that is down, say).
     #[error("{0}")]
     Transient(String),
+    /// [`HandlerError::Transient`], retried no sooner than `after` (the
+    /// service said when: `Retry-After`).
+    #[error("{message}")]
+    Later { message: String, after: Duration },
     /// Retried; a record that keeps failing with it is dead-lettered.
     #[error("{0}")]
     Other(String),
 }
 
 impl HandlerError {
+    /// How long a retry must wait at least.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            HandlerError::Later { after, .. } => Some(*after),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> FailureKind {
         match self {
             HandlerError::Db(e) => db_failure_kind(e),
-            HandlerError::Transient(_) => FailureKind::Transient,
+            HandlerError::Transient(_) | HandlerError::Later { .. } => FailureKind::Transient,
             HandlerError::Other(_) => FailureKind::Unknown,
         }
     }

@@ -3,6 +3,7 @@
 
 use crate::common::locks::lock;
 use crate::common::record::TopicPartition;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -19,10 +20,11 @@ pub struct Heartbeat {
     records: AtomicU64,
     assigned: AtomicI64,
     assignment: Mutex<Vec<TopicPartition>>,
-    /// Since when the batch in hand has been retrying (0 = it is not).
-    retrying_since: AtomicU64,
     last_error: Mutex<Option<String>>,
-    in_hand: Mutex<Option<RetryingBatch>>,
+    /// Each lane's batch in hand, with since when it has been retrying (a stamp).
+    in_hand: Mutex<BTreeMap<usize, (u64, RetryingBatch)>>,
+    /// Since when each lane has worked on its batch (a stamp), for the lanes that do.
+    busy: Mutex<BTreeMap<usize, u64>>,
     /// The Kafka client's errors: since when, the last one, and when.
     client_errors: Mutex<Option<ClientErrors>>,
 }
@@ -59,9 +61,9 @@ impl Default for Heartbeat {
             records: AtomicU64::new(0),
             assigned: AtomicI64::new(0),
             assignment: Mutex::new(Vec::new()),
-            retrying_since: AtomicU64::new(0),
             last_error: Mutex::new(None),
-            in_hand: Mutex::new(None),
+            in_hand: Mutex::default(),
+            busy: Mutex::default(),
             client_errors: Mutex::new(None),
         }
     }
@@ -117,34 +119,72 @@ impl Heartbeat {
         lock(&self.assignment).clone()
     }
 
-    /// The batch in hand and why it waits (`None`: no batch waits).
-    pub fn set_retrying(&self, in_hand: Option<RetryingBatch>) {
-        match &in_hand {
-            // The first failure starts the clock; later attempts keep it.
-            Some(_) => {
-                let _ = self.retrying_since.compare_exchange(0, self.stamp(), Ordering::Relaxed, Ordering::Relaxed);
-            }
-            None => self.retrying_since.store(0, Ordering::Relaxed),
-        }
-        let in_hand = in_hand.map(|mut h| {
-            // Database messages may span lines: /healthz shows one.
-            h.reason = crate::db::one_line(&h.reason);
-            h
-        });
-        if let Some(h) = &in_hand {
-            *lock(&self.last_error) = Some(h.reason.clone());
-        }
-        *lock(&self.in_hand) = in_hand;
+    /// Lane `lane`'s batch in hand and why it waits (`None`: none waits).
+    pub fn set_retrying(&self, lane: usize, in_hand: Option<RetryingBatch>) {
+        let mut held = lock(&self.in_hand);
+        let Some(mut h) = in_hand else {
+            held.remove(&lane);
+            return;
+        };
+        // Database messages may span lines: /healthz shows one.
+        h.reason = crate::db::one_line(&h.reason);
+        *lock(&self.last_error) = Some(h.reason.clone());
+        // The first failure starts the clock; later attempts keep it.
+        let since = held.get(&lane).map_or_else(|| self.stamp(), |(since, _)| *since);
+        held.insert(lane, (since, h));
     }
 
-    /// The batch in hand, while one waits for a retry.
+    /// The batch in hand that has waited longest, while one waits for a retry.
     pub fn in_hand(&self) -> Option<RetryingBatch> {
-        lock(&self.in_hand).clone()
+        lock(&self.in_hand).values().min_by_key(|(since, _)| *since).map(|(_, h)| h.clone())
     }
 
-    /// How long the batch in hand has been retrying.
+    /// How long the batch in hand that has waited longest has been retrying.
     pub fn retrying_for(&self) -> Option<Duration> {
-        self.age(&self.retrying_since)
+        let since = lock(&self.in_hand).values().map(|(since, _)| *since).min()?;
+        Some(Duration::from_millis(self.stamp().saturating_sub(since)))
+    }
+
+    /// Lane `lane` took a batch, or is done with it.
+    pub fn lane_busy(&self, lane: usize, busy: bool) {
+        let mut lanes = lock(&self.busy);
+        if busy {
+            lanes.insert(lane, self.stamp());
+        } else {
+            lanes.remove(&lane);
+        }
+    }
+
+    /// The lane that has worked on one batch longest, and how long, when
+    /// that is at least `limit`: it is stuck (polling goes on meanwhile).
+    pub fn stuck_lane(&self, limit: Duration) -> Option<(usize, Duration)> {
+        let now = self.stamp();
+        let lanes = lock(&self.busy);
+        let (lane, since) = lanes.iter().min_by_key(|(_, since)| **since)?;
+        let busy = Duration::from_millis(now.saturating_sub(*since));
+        (busy >= limit).then_some((*lane, busy))
+    }
+
+    /// What is wrong with the consumer thread, one line each, for
+    /// `/healthz`: `stall` is the stall timeout.
+    pub fn problems(&self, stall: Duration) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(age) = self.since_poll().filter(|age| *age > stall) {
+            problems.push(format!("consumer thread has not polled for {} ms", age.as_millis()));
+        }
+        if let Some((lane, busy)) = self.stuck_lane(stall) {
+            problems.push(format!("lane {lane} has worked on one batch for {} ms", busy.as_millis()));
+        }
+        if let Some((lasting, error)) = self.client_failing_for(stall) {
+            problems.push(format!("kafka client failing for {} s: {error}", lasting.as_secs()));
+        }
+        if let Some(h) = self.in_hand() {
+            problems.push(format!("consumer is retrying a batch: {}", h.reason));
+        }
+        if let Some(age) = self.uncommitted_for().filter(|age| *age > stall) {
+            problems.push(format!("handled records have waited {} s for a commit", age.as_secs()));
+        }
+        problems
     }
 
     /// Time since the last poll; `None` before the first one.
@@ -217,5 +257,44 @@ mod tests {
         assert!(hb.uncommitted_for().is_some());
         hb.set_assignment(vec![TopicPartition::new("t", 0)]);
         assert_eq!(hb.uncommitted_for(), None, "a new assignment starts afresh");
+    }
+
+    #[test]
+    fn the_lane_busy_longest_is_stuck_once_past_the_limit() {
+        let hb = Heartbeat::default();
+        let limit = Duration::from_millis(30);
+        assert_eq!(hb.stuck_lane(Duration::ZERO), None, "no lane works");
+        hb.lane_busy(2, true);
+        std::thread::sleep(Duration::from_millis(40));
+        hb.lane_busy(0, true);
+        let (lane, busy) = hb.stuck_lane(limit).expect("lane 2 is past the limit");
+        assert_eq!(lane, 2, "the one busy longest");
+        assert!(busy >= Duration::from_millis(40), "{busy:?}");
+        assert_eq!(hb.stuck_lane(Duration::from_secs(5)), None, "under the limit");
+        hb.lane_busy(2, false);
+        assert_eq!(hb.stuck_lane(limit), None, "lane 0 took its batch just now");
+        hb.lane_busy(0, true);
+        assert_eq!(hb.stuck_lane(Duration::ZERO).map(|(l, _)| l), Some(0), "a new batch restarts its clock");
+        hb.polled();
+        assert_eq!(hb.problems(Duration::from_secs(5)), Vec::<String>::new());
+        let problems = hb.problems(Duration::ZERO);
+        assert!(problems.iter().any(|p| p.starts_with("lane 0 has worked on one batch for")), "{problems:?}");
+    }
+
+    #[test]
+    fn the_batch_in_hand_longest_is_shown_and_timed() {
+        let hb = Heartbeat::default();
+        let batch =
+            |first: &str| RetryingBatch { first: first.into(), records: 5, attempts: 1, reason: "down\nhere".into() };
+        hb.set_retrying(1, Some(batch("t/1@4")));
+        std::thread::sleep(Duration::from_millis(20));
+        hb.set_retrying(0, Some(batch("t/0@7")));
+        hb.set_retrying(1, Some(batch("t/1@4")));
+        assert_eq!(hb.in_hand().map(|h| (h.first, h.reason)), Some(("t/1@4".into(), "down here".into())));
+        assert!(hb.retrying_for().unwrap() >= Duration::from_millis(20), "a later attempt keeps the first's clock");
+        hb.set_retrying(1, None);
+        assert_eq!(hb.in_hand().map(|h| h.first), Some("t/0@7".into()));
+        hb.set_retrying(0, None);
+        assert!(hb.in_hand().is_none() && hb.retrying_for().is_none());
     }
 }

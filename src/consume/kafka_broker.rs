@@ -1,5 +1,5 @@
-//! The consumer thread: one std thread that runs the [`Pipeline`] against
-//! Kafka through [`KafkaBroker`], the rdkafka side of the broker seam.
+//! [`KafkaBroker`]: the rdkafka side of the broker seam, a `BaseConsumer`
+//! as the pipeline asks of Kafka.
 //!
 //! rdkafka delivers rebalances inside `poll`. The context only queues them
 //! as events; the pipeline handles each one when `poll` returns it, in order
@@ -24,6 +24,7 @@ use crate::common::record::{Record, TopicPartition};
 use crate::common::shutdown::StopRequest;
 use crate::config::Settings;
 use crate::consume::broker::{Broker, BrokerError, BrokerErrorKind, CommitMode, Polled, Start};
+use crate::consume::kafka_error::{broker_error, call_failed};
 use crate::consume::topic_ids::TopicIds;
 use crate::events::{ClientCallFailed, Event as _, Subscribed};
 
@@ -51,41 +52,6 @@ impl Ctx {
         // Each update is one push or pop: a poisoned lock holds consistent data.
         lock(&self.events)
     }
-}
-
-/// A client error with its kind, by its code.
-fn broker_error(e: KafkaError) -> BrokerError {
-    use rdkafka::error::RDKafkaErrorCode as C;
-    let kind = match e.rdkafka_error_code() {
-        Some(
-            C::AllBrokersDown
-            | C::BrokerTransportFailure
-            | C::Resolve
-            | C::NetworkException
-            | C::CoordinatorNotAvailable
-            | C::NotCoordinator,
-        ) => BrokerErrorKind::Unreachable,
-        Some(C::OperationTimedOut | C::RequestTimedOut | C::TimedOutQueue) => BrokerErrorKind::Timeout,
-        Some(
-            C::Authentication
-            | C::SaslAuthenticationFailed
-            | C::TopicAuthorizationFailed
-            | C::GroupAuthorizationFailed
-            | C::IllegalGeneration
-            | C::UnknownMemberId
-            | C::RebalanceInProgress
-            | C::FencedInstanceId
-            | C::UnknownTopicOrPartition,
-        ) => BrokerErrorKind::Refused,
-        _ => BrokerErrorKind::Client,
-    };
-    BrokerError::new(kind, e.to_string())
-}
-
-/// A client call failed: see [`ClientCallFailed`].
-fn call_failed(call: &'static str, partitions: &[TopicPartition], e: KafkaError, serious: bool) {
-    let e = broker_error(e);
-    ClientCallFailed { call, partitions, kind: e.kind.as_str(), error: &e.message, serious }.emit();
 }
 
 /// A polled message, owned and detached from the client.

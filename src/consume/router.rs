@@ -32,9 +32,12 @@ pub struct Router {
 }
 
 impl Router {
-    /// Routes each module's topic, as `name` resolves it (`Settings::topic`), to that module.
-    pub fn new(modules: Vec<Box<dyn Handler>>, name: impl Fn(&str) -> String) -> Router {
-        let routes = modules.into_iter().map(|m| (name(m.topic()), m)).collect();
+    /// Routes each module's topic, as `topic` resolves it ([`topic_of`]), to
+    /// that module; a module without one (it is off) gets nothing.
+    ///
+    /// [`topic_of`]: crate::consume::handler::topic_of
+    pub fn new(modules: Vec<Box<dyn Handler>>, topic: impl Fn(&dyn Handler) -> Option<String>) -> Router {
+        let routes = modules.into_iter().filter_map(|m| Some((topic(m.as_ref())?, m))).collect();
         Router { routes, warned: HashSet::new() }
     }
 
@@ -166,7 +169,7 @@ mod tests {
     #[test]
     fn routes_with_prefix_and_skips_unknown_topics() {
         let (m, seen) = recorder("orders", false, false);
-        let mut router = Router::new(vec![m], |t| format!("dev.{t}"));
+        let mut router = Router::new(vec![m], |m| Some(format!("dev.{}", m.topic())));
         assert_eq!(router.topics(), vec!["dev.orders".to_string()]);
         let mut conn = conn();
         let settings = crate::config::Settings::from_vars(Default::default()).unwrap();
@@ -182,13 +185,13 @@ mod tests {
     fn handler_error_and_panic_are_reported_distinctly() {
         let mut conn = conn();
         let (m, _) = recorder("t", true, false);
-        let mut router = Router::new(vec![m], str::to_string);
+        let mut router = Router::new(vec![m], |m| Some(m.topic().to_string()));
         let settings = crate::config::Settings::from_vars(Default::default()).unwrap();
         let mut ctx = HandlerContext::new(&mut conn, &settings);
         assert!(matches!(router.dispatch(&[rec("t", 0, 0)], &mut ctx), Err(DispatchError::Failed { .. })));
 
         let (m, _) = recorder("t", false, true);
-        let mut router = Router::new(vec![m], str::to_string);
+        let mut router = Router::new(vec![m], |m| Some(m.topic().to_string()));
         match router.dispatch(&[rec("t", 2, 40)], &mut ctx) {
             Err(DispatchError::Panicked { topic, first, message }) => {
                 assert_eq!((topic.as_str(), first.as_str(), message.as_str()), ("t", "t/2@40", "boom at 40"));

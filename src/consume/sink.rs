@@ -1,11 +1,14 @@
-//! The handling seam: what the consumer pipeline hands records to (the
-//! router and the database in production, a simulated database in the
-//! tests), and the ways handling can fail.
+//! The handling seam, in two: what the polling thread reads of the database
+//! ([`Sink`]), and what a lane runs ([`LaneSink`]: the router and the
+//! database in production, a simulated database in the tests); and the ways
+//! handling can fail.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::common::record::{Record, TopicPartition};
 use crate::consume::broker::Start;
+use crate::consume::positions::PartitionState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
@@ -35,6 +38,14 @@ impl FailureKind {
 pub struct Failure {
     pub kind: FailureKind,
     pub message: String,
+    /// No retry before this long (the service said so: `Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Failure {
+        Failure { kind, message: message.into(), retry_after: None }
+    }
 }
 
 pub use crate::db::consumer_offsets::Stored;
@@ -53,40 +64,48 @@ pub fn start_of(stored: Option<&Stored>, topic_id: Option<&str>) -> Start {
     }
 }
 
-/// Where records go: handlers, the database, `dead_letters`, and the
-/// offsets they were applied up to, all in one transaction per call.
+/// The database as the polling thread reads it.
 pub trait Sink {
     /// What the database stored of each of `tps` (`None`: it applied
     /// nothing of that partition; Kafka's committed offset or the reset
     /// policy decides). See [`start_of`].
     fn positions(&mut self, tps: &[TopicPartition]) -> Result<Vec<Option<Stored>>, Failure>;
-    /// The ids of the topics being read, as the cluster knows them now:
-    /// stored with their partitions' offsets.
-    fn identify(&mut self, topic_ids: &BTreeMap<String, String>);
-    /// Partitions that left this copy: what the sink keeps of them goes.
-    fn released(&mut self, tps: &[TopicPartition]);
-    /// A partition read from its stored position restarted below it, at
-    /// `to` (the broker reset it: the topic was recreated or truncated).
-    fn rewind(&mut self, tp: &TopicPartition, to: i64);
-    /// Partitions to read again, each from the offset the database holds:
-    /// it fell back below what this sink stored (the database lost committed
-    /// batches: a crash before their WAL flush), or it could not be read
-    /// when they were assigned. Taken once; asked every step.
-    fn read_again(&mut self) -> Vec<(TopicPartition, i64)>;
-    /// Handles the records (a bad one may be dead-lettered by its handler)
-    /// and stores the next offset of their partitions with them; on failure
-    /// nothing of them counts as handled. Records the database applied
-    /// already are skipped, so each is applied once.
-    fn handle(&mut self, batch: &[Record]) -> Result<(), Failure>;
-    /// Dead-letters a record the pipeline gave up on, with its offset.
-    fn dead_letter(&mut self, record: &Record, reason: &str) -> Result<(), Failure>;
+    /// The group's stored next offsets, by partition (to notice a database
+    /// that lost committed batches of an idle partition).
+    fn offsets(&mut self) -> Result<Vec<(TopicPartition, i64)>, Failure>;
+}
+
+/// What a lane runs: records applied with their partitions' offsets, one
+/// transaction per call.
+pub trait LaneSink {
+    /// Applies `records` and moves their partitions' offsets (each as its
+    /// `parts` state says), in one transaction: the handlers' writes (a bad
+    /// record may be dead-lettered by its handler) or, with `dead_letter`,
+    /// the one record's dead letter with that reason. Records the database
+    /// applied already are skipped, so each is applied once; on failure
+    /// nothing of them counts.
+    fn apply(
+        &mut self,
+        records: &[Record],
+        parts: &BTreeMap<TopicPartition, PartitionState>,
+        dead_letter: Option<&str>,
+    ) -> Result<Txn, Failure>;
     /// Does the database answer? Tells a record's fault from an outage.
     fn healthy(&mut self) -> bool;
 }
 
+/// What an [`LaneSink::apply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Txn {
+    Committed,
+    /// Nothing: the partition's stored offset is below what this copy stored
+    /// (the database lost committed batches): it is read again from there.
+    Lost(TopicPartition, i64),
+}
+
 /// A handler panicked: the thread ends, nothing past the last handled batch
 /// is committed, and the records are read again after the restart.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("handler panicked on {at}: {message}")]
 pub struct Panicked {
     pub at: String,

@@ -143,6 +143,10 @@ impl Supervisor {
         if since >= self.stall_timeout {
             return Some(RestartCause::Stalled(since));
         }
+        // With lanes, polling goes on while one lane hangs: a stuck lane is a stuck consumer.
+        if let Some((_, busy)) = r.heartbeat.stuck_lane(self.stall_timeout) {
+            return Some(RestartCause::Stalled(busy));
+        }
         let (_, error) = r.heartbeat.client_failing_for(self.stall_timeout)?;
         Some(RestartCause::ClientErrors(error))
     }

@@ -4,16 +4,19 @@
 //! thread without committing past the last handled batch; the supervisor
 //! restarts it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::db_sink::DbSink;
-use super::handler::Handler;
+use super::db_sink::{DbOffsets, DbSink};
+use super::handler::{topic_of, Handler};
 use super::heartbeat::Heartbeat;
 use super::kafka_broker::{ClientError, KafkaBroker};
-use super::pipeline::Pipeline;
+use super::pipeline::{Pipeline, Ticked};
 use super::poison::PoisonLedger;
 use super::router::Router;
 use super::sink::Panicked;
+use super::workers::{Inline, Lanes, Threads};
 use crate::common::clock::SystemClock;
 use crate::common::shutdown::StopRequest;
 use crate::config::Settings;
@@ -25,6 +28,8 @@ use crate::schedule::Wakers;
 pub enum ConsumerError {
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error("cannot start the lanes' threads: {0}")]
+    Lanes(std::io::Error),
     #[error(transparent)]
     Panicked(Panicked),
 }
@@ -44,39 +49,67 @@ pub struct ConsumerSetup {
 }
 
 /// Runs the pipeline until `stop`, then finishes and commits what is in
-/// memory and leaves the group, by the stop's deadline.
+/// memory and leaves the group, by the stop's deadline. With one lane the
+/// batches are handled on this thread; with more, on a worker thread each.
 fn run(setup: &ConsumerSetup, heartbeat: Arc<Heartbeat>, stop: &Arc<StopRequest>) -> Result<(), ConsumerError> {
     let s = &setup.settings;
-    let router = Router::new((setup.modules)(), |t| s.topic(t));
-    let mut topics = router.topics();
+    let sink = || {
+        let router = Router::new((setup.modules)(), |m| topic_of(m, s));
+        DbSink::new(router, setup.pool.clone(), s.clone(), setup.wakers.clone(), stop.clone())
+    };
+    let mut topics = Router::new((setup.modules)(), |m| topic_of(m, s)).topics();
     topics.extend(setup.extra_topics.iter().cloned());
-    let mut sink = DbSink::new(router, setup.pool.clone(), s.clone(), setup.wakers.clone(), stop.clone());
     let mut broker = KafkaBroker::subscribe(s, &topics, stop.clone())?;
-    let mut pipeline =
-        Pipeline::new(s.consumer_batch_size, s.consumer_batch_timeout, SystemClock, setup.poison.clone(), heartbeat)
-            .with_stop(stop.clone());
-    let result = loop {
-        if let Some(drain_by) = stop.drain_by() {
-            match pipeline.finish(&mut broker, &mut sink, drain_by) {
-                Ok(true) => break Ok(()),
-                Ok(false) => {
-                    ConsumerEnded { error: None, unstored: true }.emit();
-                    break Ok(());
-                }
-                Err(p) => break Err(ConsumerError::Panicked(p)),
-            }
+    let mut offsets = DbOffsets::new(setup.pool.clone(), &s.kafka_group_id, stop.clone());
+    let (size, timeout) = (s.consumer_batch_size, s.consumer_batch_timeout);
+    let own = own_batches(setup);
+    let result = match s.consumer_lanes() {
+        1 => {
+            let lanes = Inline::new(sink(), setup.poison.clone());
+            let pipeline = Pipeline::new(size, timeout, SystemClock, heartbeat, lanes).with_batches(own);
+            drive(pipeline.with_stop(stop.clone()), &mut broker, &mut offsets)
         }
-        if let Err(p) = pipeline.run_once(&mut broker, &mut sink) {
-            break Err(ConsumerError::Panicked(p));
+        n => {
+            let lanes = Threads::start(n, &setup.poison, |_| Box::new(sink())).map_err(ConsumerError::Lanes)?;
+            let pipeline = Pipeline::new(size, timeout, SystemClock, heartbeat, lanes).with_batches(own);
+            drive(pipeline.with_stop(stop.clone()), &mut broker, &mut offsets)
         }
     };
-    // After a panic the records in memory go with the pipeline: the next thread reads them again.
-    drop(pipeline);
     broker.close();
     if result.is_ok() {
         ConsumerEnded { error: None, unstored: false }.emit();
     }
     result
+}
+
+/// The topics of the modules that are on and batch their own way, with
+/// their size and timeout (`CONSUMER_BATCH_SIZE_<MODULE>`).
+fn own_batches(setup: &ConsumerSetup) -> BTreeMap<String, (usize, Duration)> {
+    let s = &setup.settings;
+    let shared = (s.consumer_batch_size, s.consumer_batch_timeout);
+    let own = |m: &dyn Handler| Some((topic_of(m, s)?, s.module_batch(m.name())));
+    (setup.modules)().iter().filter_map(|m| own(m.as_ref())).filter(|(_, batch)| *batch != shared).collect()
+}
+
+/// Ticks the pipeline until it stopped or a handler panicked. After a panic
+/// the records in memory go with the pipeline: the next thread reads them again.
+fn drive<L: Lanes>(
+    mut pipeline: Pipeline<SystemClock, L>,
+    broker: &mut KafkaBroker,
+    offsets: &mut DbOffsets,
+) -> Result<(), ConsumerError> {
+    loop {
+        match pipeline.tick(broker, offsets) {
+            Ok(Ticked::Running) => {}
+            Ok(Ticked::Stopped { unstored }) => {
+                if unstored {
+                    ConsumerEnded { error: None, unstored: true }.emit();
+                }
+                return Ok(());
+            }
+            Err(p) => return Err(ConsumerError::Panicked(p)),
+        }
+    }
 }
 
 /// Starts the consumer thread.

@@ -9,7 +9,9 @@
 //! Writers of one partition serialize on its row, so whoever comes second
 //! sees what the first applied.
 
-use crate::common::record::TopicPartition;
+use std::collections::BTreeMap;
+
+use crate::common::record::{Record, TopicPartition};
 use diesel::prelude::*;
 
 use super::schema::consumer_offsets::{self, dsl as co};
@@ -57,26 +59,96 @@ pub struct Span {
     pub last_fingerprint: i64,
 }
 
-/// What [`advance`] found.
+/// What a batch's span does to a partition's stored offset ([`decide`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Advance {
-    /// The offset moved to the span's end: apply every record.
+    /// The offset moves to the span's end: apply every record.
     Moved,
-    /// Records below this offset were applied already: skip them.
+    /// The record before the stored offset is not the one applied there:
+    /// the log changed under the offset (the topic was recreated). The
+    /// offset moves to the span's end, and nothing is skipped.
+    Replaced,
+    /// Records below this offset were applied already: skip them (the
+    /// offset moves to the span's end if it is below).
     AppliedBelow(i64),
     /// The stored offset is below what this copy stored last: the database
-    /// lost committed batches (a crash before their WAL flush). Nothing was
+    /// lost committed batches (a crash before their WAL flush). Nothing is
     /// written; the partition must be read again from this offset.
     Lost(i64),
 }
 
-/// Moves a partition's offset to the end of `span`, inside the caller's
-/// transaction, with the id of the topic it reads (`topic_id`; unknown
-/// keeps the stored one). `mine` is the offset this copy stored last (if any).
-/// `fingerprint_at` gives the fingerprint of a record of the span by offset:
-/// when the stored offset is inside the span and the record before it
-/// differs from the one applied there, the log changed under the offset
-/// (the topic was recreated), and nothing is skipped.
+impl Advance {
+    /// Whether the record at `offset` is applied (not applied already).
+    pub fn applies(self, offset: i64) -> bool {
+        match self {
+            Advance::AppliedBelow(stored) => offset >= stored,
+            _ => true,
+        }
+    }
+
+    /// Whether the offset row is written with the span's end.
+    pub fn writes(self, span: Span) -> bool {
+        match self {
+            Advance::Moved | Advance::Replaced => true,
+            Advance::AppliedBelow(stored) => stored < span.next,
+            Advance::Lost(_) => false,
+        }
+    }
+}
+
+/// A partition's row as [`decide`] reads it: the next offset and the
+/// fingerprint of the record before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row {
+    pub next: i64,
+    pub fingerprint: i64,
+}
+
+/// The usual case: nothing of the span applied yet, and nothing this copy
+/// applied lost. ([`advance`] runs it as one filtered UPDATE.)
+pub fn usual(stored: i64, span: Span, mine: Option<i64>) -> bool {
+    stored <= span.first && stored >= mine.unwrap_or(i64::MIN)
+}
+
+/// The rule that applies each batch once, as a pure function: what the
+/// span does to the partition's stored `row` (none: it applied nothing
+/// yet), given the offset this copy stored last (`mine`) and the span's
+/// fingerprints by offset. The database ([`advance`]) and the simulator
+/// both decide with it.
+pub fn decide(row: Option<Row>, span: Span, mine: Option<i64>, fingerprint_at: impl Fn(i64) -> Option<i64>) -> Advance {
+    let Some(row) = row else { return Advance::Moved };
+    if usual(row.next, span, mine) {
+        Advance::Moved
+    } else if mine.is_some_and(|m| row.next < m) {
+        Advance::Lost(row.next)
+    } else if fingerprint_at(row.next - 1).is_some_and(|f| f != row.fingerprint) {
+        Advance::Replaced
+    } else {
+        Advance::AppliedBelow(row.next)
+    }
+}
+
+/// The span of each partition's records (offsets in order, as the pipeline
+/// hands them).
+pub fn spans(records: &[Record]) -> BTreeMap<TopicPartition, Span> {
+    // Borrowed keys, and one fingerprint per partition: this runs over every record.
+    let mut ends: BTreeMap<(&str, i32), (i64, &Record)> = BTreeMap::new();
+    for r in records {
+        ends.entry((&r.topic, r.partition))
+            .and_modify(|(first, last)| (*first, *last) = ((*first).min(r.offset), r))
+            .or_insert((r.offset, r));
+    }
+    ends.into_iter()
+        .map(|((topic, partition), (first, last))| {
+            let span = Span { first, next: last.offset + 1, last_fingerprint: last.fingerprint() };
+            (TopicPartition::new(topic, partition), span)
+        })
+        .collect()
+}
+
+/// Moves a partition's offset to the end of `span` as [`decide`] says,
+/// inside the caller's transaction, with the id of the topic it reads
+/// (`topic_id`; unknown keeps the stored one).
 pub fn advance(
     conn: &mut DbConnection,
     group: &str,
@@ -94,8 +166,7 @@ pub fn advance(
         co::updated_at.eq(t),
         co::topic_id.eq(coalesce(topic_id, co::topic_id)),
     );
-    // The usual case in one statement: nothing of these records applied,
-    // and nothing this copy applied lost.
+    // The usual case in one statement: the filter is `usual`'s.
     let usual = co::next_offset.le(span.first).and(co::next_offset.ge(mine.unwrap_or(i64::MIN)));
     // Kept prepared: it runs for every partition of every batch.
     if on_backend!(conn, |c| prepared!(diesel::update(row.filter(usual)).set(set)).execute(c))? == 1 {
@@ -103,32 +174,29 @@ pub fn advance(
     }
     let stored: Option<(i64, i64)> =
         on_backend!(conn, |c| row.select((co::next_offset, co::last_fingerprint)).first(c).optional())?;
-    let Some((stored, fingerprint)) = stored else {
-        let values = (
-            co::group_id.eq(group),
-            co::topic.eq(&tp.topic),
-            co::partition.eq(tp.partition),
-            co::next_offset.eq(span.next),
-            co::last_fingerprint.eq(span.last_fingerprint),
-            co::updated_at.eq(t),
-            co::topic_id.eq(topic_id),
-        );
-        on_backend!(conn, |c| diesel::insert_into(consumer_offsets::table).values(values).execute(c))?;
-        return Ok(Advance::Moved);
-    };
-    if mine.is_some_and(|m| stored < m) {
-        return Ok(Advance::Lost(stored));
-    }
-    if fingerprint_at(stored - 1).is_some_and(|f| f != fingerprint) {
-        let why = format!("the record at {} is not the one applied there (topic deleted and recreated?)", stored - 1);
+    let advance = decide(stored.map(|(next, fingerprint)| Row { next, fingerprint }), span, mine, fingerprint_at);
+    if advance == Advance::Replaced {
+        let before = stored.map_or(span.first, |(next, _)| next - 1);
+        let why = format!("the record at {before} is not the one applied there (topic deleted and recreated?)");
         OffsetReset { topic: &tp.topic, partition: tp.partition, from: span.first, why: &why }.emit();
-        on_backend!(conn, |c| diesel::update(row).set(set).execute(c))?;
-        return Ok(Advance::Moved);
     }
-    if stored < span.next {
-        on_backend!(conn, |c| diesel::update(row).set(set).execute(c))?;
+    match stored {
+        None => {
+            let values = (
+                co::group_id.eq(group),
+                co::topic.eq(&tp.topic),
+                co::partition.eq(tp.partition),
+                co::next_offset.eq(span.next),
+                co::last_fingerprint.eq(span.last_fingerprint),
+                co::updated_at.eq(t),
+                co::topic_id.eq(topic_id),
+            );
+            on_backend!(conn, |c| diesel::insert_into(consumer_offsets::table).values(values).execute(c))?;
+        }
+        Some(_) if advance.writes(span) => _ = on_backend!(conn, |c| diesel::update(row).set(set).execute(c))?,
+        Some(_) => {}
     }
-    Ok(Advance::AppliedBelow(stored))
+    Ok(advance)
 }
 
 /// Sets a partition's offset back to `to` (its log restarted below the

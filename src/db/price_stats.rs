@@ -3,6 +3,8 @@
 //! twice, so this table is correct only because each batch is applied
 //! exactly once (its offsets commit in the same transaction).
 
+use std::collections::BTreeMap;
+
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Integer, Text, Timestamp};
 
@@ -21,27 +23,28 @@ pub struct PriceStat {
 }
 
 impl PriceStat {
-    /// Folds prices in applying order into one stat per symbol.
+    /// Folds prices in applying order into one stat per symbol, in symbol
+    /// order: lanes update rows in one order, so two of them never wait
+    /// on each other's row locks in a circle (a deadlock).
     pub fn fold<'a>(prices: impl IntoIterator<Item = (&'a str, f64)>) -> Vec<PriceStat> {
-        let mut out: Vec<PriceStat> = Vec::new();
+        let mut out: BTreeMap<&str, PriceStat> = BTreeMap::new();
         for (symbol, price) in prices {
-            match out.iter_mut().find(|s| s.symbol == symbol) {
-                Some(s) => {
+            out.entry(symbol)
+                .and_modify(|s| {
                     s.events += 1;
                     s.last_price = price;
                     s.min_price = s.min_price.min(price);
                     s.max_price = s.max_price.max(price);
-                }
-                None => out.push(PriceStat {
+                })
+                .or_insert_with(|| PriceStat {
                     symbol: symbol.to_string(),
                     events: 1,
                     last_price: price,
                     min_price: price,
                     max_price: price,
-                }),
-            }
+                });
         }
-        out
+        out.into_values().collect()
     }
 }
 
@@ -141,8 +144,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn folds_per_symbol_in_order() {
-        let stats = PriceStat::fold([("A", 2.0), ("B", 5.0), ("A", 1.0), ("A", 3.0)]);
+    fn folds_per_symbol_in_symbol_order() {
+        let stats = PriceStat::fold([("B", 5.0), ("A", 2.0), ("A", 1.0), ("A", 3.0)]);
         assert_eq!(
             stats,
             vec![

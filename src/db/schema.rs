@@ -76,6 +76,23 @@ diesel::table! {
 }
 
 diesel::table! {
+    predictions (id) {
+        id -> BigInt,
+        source_topic -> Text,
+        source_partition -> Integer,
+        source_offset -> BigInt,
+        source_fingerprint -> Nullable<BigInt>,
+        key -> Nullable<Text>,
+        model -> Text,
+        model_version -> Nullable<Text>,
+        input -> Text,
+        prediction -> Text,
+        latency_ms -> BigInt,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     consumer_offsets (group_id, topic, partition) {
         group_id -> Text,
         topic -> Text,

@@ -13,10 +13,11 @@
 
 use std::time::Duration;
 
+use crate::common::backoff::parse_retry_after;
+use crate::common::breaker::Breaker;
 use crate::config::{NotifierKind, Settings};
 use crate::db::notifications::Notification;
-use crate::deliver::breaker::Breaker;
-use crate::events::{Event as _, NotificationLogged, WebhookCalled, WebhookCalling};
+use crate::events::{BreakerChanged, Event as _, NotificationLogged, WebhookCalled, WebhookCalling};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
@@ -156,16 +157,6 @@ pub fn classify(status: u16, location: Option<&str>, retry_after: Option<&str>) 
     }
 }
 
-/// A `Retry-After` value: seconds, or an HTTP date (time from now).
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    Some((at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or_default())
-}
-
 impl Notifier for WebhookNotifier {
     fn deliver(&self, n: &Notification) -> Delivery {
         if let Err(wait) = self.breaker.admit() {
@@ -176,7 +167,9 @@ impl Notifier for WebhookNotifier {
         let delivery = self.post(n);
         WebhookCalled { elapsed: started.elapsed() }.emit();
         // Any answer but a retryable one shows the endpoint works.
-        self.breaker.record(!matches!(delivery, Delivery::Retry { .. }));
+        if let Some(c) = self.breaker.record(!matches!(delivery, Delivery::Retry { .. })) {
+            BreakerChanged { open: c.open, failures_in_a_row: c.failures_in_a_row, cool_off: c.cool_off }.emit();
+        }
         delivery
     }
 
@@ -215,15 +208,5 @@ mod tests {
         for status in [400, 401, 404, 410, 422] {
             assert!(matches!(classify(status, None, None), Delivery::Failed(_)), "{status}");
         }
-    }
-
-    #[test]
-    fn retry_after_takes_seconds_or_a_date() {
-        assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
-        let soon = (chrono::Utc::now() + chrono::Duration::seconds(90)).format("%a, %d %b %Y %H:%M:%S GMT").to_string();
-        let got = parse_retry_after(&soon).unwrap();
-        assert!(got > Duration::from_secs(85) && got <= Duration::from_secs(90), "{got:?}");
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO), "a past date");
-        assert_eq!(parse_retry_after("soon"), None);
     }
 }

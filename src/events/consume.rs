@@ -53,8 +53,9 @@ impl Event for HandlerFailed<'_> {
     }
 }
 
-/// The batch in hand failed (again) and waits for a retry, uncommitted.
+/// A lane's batch in hand failed (again) and waits for a retry, uncommitted.
 pub struct BatchRetrying<'a> {
+    pub lane: usize,
     pub first: &'a str,
     pub records: usize,
     pub attempt: u32,
@@ -65,13 +66,43 @@ pub struct BatchRetrying<'a> {
 impl Event for BatchRetrying<'_> {
     fn emit(self) {
         log::warn!(
-            "event=batch_retrying first={} records={} attempt={} retry_in_ms={} error={:?}",
+            "event=batch_retrying lane={} first={} records={} attempt={} retry_in_ms={} error={:?}",
+            self.lane,
             self.first,
             self.records,
             self.attempt,
             self.retry_in.as_millis(),
             self.error
         );
+    }
+}
+
+/// What a lane holds now: waiting, in hand and in flight.
+pub struct LaneHolds {
+    pub lane: usize,
+    pub records: usize,
+}
+
+impl Event for LaneHolds {
+    fn emit(self) {
+        metrics::get().lane_in_hand.with_label_values(&[&self.lane.to_string()]).set(self.records as i64);
+    }
+}
+
+/// A lane's batch came back, after `busy`.
+pub struct LaneFinished {
+    pub lane: usize,
+    pub records: usize,
+    pub busy: Duration,
+}
+
+impl Event for LaneFinished {
+    fn emit(self) {
+        let m = metrics::get();
+        let lane = self.lane.to_string();
+        m.lane_busy_seconds.with_label_values(&[&lane]).inc_by(self.busy.as_secs_f64());
+        m.lane_batches.with_label_values(&[&lane]).inc();
+        m.lane_records.with_label_values(&[&lane]).inc_by(self.records as u64);
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`schedule`]: jobs, their leases and ledger;
 //! - [`deliver`]: notifications and the webhook;
 //! - [`market`]: the market-data producer and the outbox;
+//! - [`predict`]: model calls and predictions;
 //! - [`http`]: the HTTP endpoint's connections and actions;
 //! - [`process`]: the service's start and stop.
 //!
@@ -25,6 +26,7 @@ mod consumer_thread;
 mod deliver;
 mod http;
 mod market;
+mod predict;
 mod process;
 mod schedule;
 
@@ -33,5 +35,6 @@ pub use consumer_thread::*;
 pub use deliver::*;
 pub use http::*;
 pub use market::*;
+pub use predict::*;
 pub use process::*;
 pub use schedule::*;

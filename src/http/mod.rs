@@ -1,5 +1,6 @@
 //! The HTTP server on `HTTP_ADDR`: `/healthz`, `/readyz`, `/metrics`, the
-//! web console at `/` and its actions, and the price API (`/v1/prices/latest`).
+//! web console at `/` and its actions, the price API (`/v1/prices/latest`)
+//! and the predictions API (`/v1/predictions/latest`).
 //!
 //! axum routes; hyper drives each HTTP/1 connection, because it bounds what
 //! a client can hold: the request head's size and the time to send it, the
@@ -10,8 +11,8 @@
 //!
 //! Inside: the routes and the server (here), the connection table
 //! ([`connections`]), the status ([`status`]), the console ([`console`]),
-//! its actions ([`admin`]) and the price API ([`prices`]). It may use every
-//! part but `app` and `cli`.
+//! its actions ([`admin`]), the price API ([`prices`]) and the predictions
+//! API ([`predictions`]). It may use every part but `app` and `cli`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use crate::events::{Event as _, HttpListening};
 mod admin;
 mod connections;
 pub mod console;
+mod predictions;
 mod prices;
 pub mod status;
 
@@ -132,6 +134,7 @@ pub fn routes(status: Arc<Status>) -> Router {
     let fetch_limit = status.sources.settings.price_provider_timeout + REQUEST_TIMEOUT;
     let api = Router::new()
         .route("/v1/prices/latest", get(prices::latest))
+        .route("/v1/predictions/latest", get(predictions::latest))
         .layer(middleware::from_fn(move |req: Request, next: Next| bounded(api.clone(), req, next)))
         .layer(middleware::from_fn(move |req: Request, next: Next| time_limit(fetch_limit, req, next)));
     quick.merge(actions).merge(api).fallback(not_found).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(status)

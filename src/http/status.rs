@@ -213,19 +213,7 @@ impl Status {
             if !s.is_alive() {
                 problems.push("consumer thread is not running".to_string());
             } else if let Some(hb) = s.heartbeat() {
-                let stall = settings.consumer_stall_timeout;
-                if let Some(age) = hb.since_poll().filter(|age| *age > stall) {
-                    problems.push(format!("consumer thread has not polled for {} ms", age.as_millis()));
-                }
-                if let Some((lasting, error)) = hb.client_failing_for(stall) {
-                    problems.push(format!("kafka client failing for {} s: {error}", lasting.as_secs()));
-                }
-                if let Some(h) = hb.in_hand() {
-                    problems.push(format!("consumer is retrying a batch: {}", h.reason));
-                }
-                if let Some(age) = hb.uncommitted_for().filter(|age| *age > stall) {
-                    problems.push(format!("handled records have waited {} s for a commit", age.as_secs()));
-                }
+                problems.extend(hb.problems(settings.consumer_stall_timeout));
             }
         }
         if let Some(age) = self.sources.jobs.since_tick().filter(|age| *age > SCHEDULER_SILENCE) {

@@ -84,7 +84,8 @@ impl Fixture {
 
     /// The topics the commit monitor watches, with the table each is stored in.
     fn watched(s: &Settings) -> Vec<monitor::Watched> {
-        vec![(s.topic("notifications"), "notifications"), (s.topic("price-events"), "price_events")]
+        let predictions = (s.module_topic("predictions", "candles"), "predictions");
+        vec![(s.topic("notifications"), "notifications"), (s.topic("price-events"), "price_events"), predictions]
     }
 
     /// Stops the commit monitor, asserting that it saw no violation so far

@@ -15,7 +15,7 @@
 //! (in [`exactly_once`]) a handler that is not idempotent counting exactly
 //! under kill -9, rebalances, outages and a PostgreSQL crash; and (in
 //! [`delivery`]) notifications sent by copies killed or whose clocks
-//! disagree.
+//! disagree; and (in [`predictions`]) model calls through kill -9.
 //!
 //! [`fixture`] holds what the scenarios share (the [`fixture::Fixture`] of
 //! one scenario, the broker's controller, the serial lock); `tests/support`
@@ -57,6 +57,7 @@ mod handler_panic;
 mod kill_9;
 mod market;
 mod postgres_outage;
+mod predictions;
 mod sigterm;
 mod sqlite_locked;
 mod topics;

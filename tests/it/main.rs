@@ -13,6 +13,7 @@ mod market;
 mod migrations;
 mod offsets;
 mod operations;
+mod predictions;
 mod scheduler;
 mod sender;
 mod smoke;

@@ -14,7 +14,7 @@ fn migrations_create_tables_and_unique_sources(backend: Backend) {
         std::fs::read_dir(format!("migrations/{}", if backend == Backend::Sqlite { "sqlite" } else { "postgres" }))
             .unwrap()
             .count();
-    assert_eq!((applied.len(), embedded), (8, 8), "{applied:?}");
+    assert_eq!((applied.len(), embedded), (9, 9), "{applied:?}");
     // a second run finds nothing to apply
     let (_, again) = db::connect_and_migrate(&tdb.url, 2).unwrap();
     assert!(again.is_empty());
@@ -56,6 +56,27 @@ fn migrations_create_tables_and_unique_sources(backend: Backend) {
     let beside = dead_letters::insert_all(&mut conn, &[dl, other.clone(), other]).unwrap();
     assert_eq!((beside.inserted.len(), beside.reused), (1, vec![1, 2]));
     assert_eq!(dead_letters::count(&mut conn).unwrap(), 2);
+
+    // predictions: one per source position, a different record there named
+    let prediction = |offset, fingerprint| db::predictions::NewPrediction {
+        source_topic: "candles".into(),
+        source_partition: 0,
+        source_offset: offset,
+        source_fingerprint: Some(fingerprint),
+        key: Some("BTCUSDT".into()),
+        model: "m".into(),
+        model_version: None,
+        input: "{}".into(),
+        prediction: "{\"p\":1}".into(),
+        latency_ms: 3,
+        created_at: db::now(),
+    };
+    let s = db::predictions::insert_all(&mut conn, &[prediction(1, 10), prediction(1, 10), prediction(2, 20)]).unwrap();
+    assert_eq!((s.inserted, s.reused), (vec![0, 2], vec![]));
+    let s = db::predictions::insert_all(&mut conn, &[prediction(2, 21)]).unwrap();
+    assert_eq!((s.inserted, s.reused), (vec![], vec![0]));
+    let latest = db::predictions::latest(&mut conn, "BTCUSDT").unwrap().unwrap();
+    assert_eq!((latest.source_offset, latest.prediction.as_str()), (2, "{\"p\":1}"));
 }
 both_backends!(migrations_create_tables_and_unique_sources);
 

@@ -28,10 +28,13 @@ fn topics_lists_checks_and_creates() {
     let (code, out, _) = cli(&s, &tdb.url, &["--json", "topics"]);
     assert_eq!(code, 0);
     let rows = json_lines(&out);
-    assert_eq!(rows.len(), 2);
-    for r in rows {
+    let (on, off): (Vec<&Value>, Vec<&Value>) = rows.iter().partition(|r| r["module"] == "on");
+    assert_eq!((on.len(), off.len()), (2, 1), "{out}");
+    for r in on {
         assert_eq!((r["exists"].as_bool(), r["partitions"].as_i64()), (Some(true), Some(2)), "{r}");
     }
+    assert_eq!(off[0]["module"], "off (predictions): PREDICT_URL is not set", "a module that is off needs no topic");
+    assert_eq!(off[0]["exists"].as_bool(), Some(false), "not created for a module that is off");
 }
 
 #[test]

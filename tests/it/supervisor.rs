@@ -1,7 +1,7 @@
 //! The supervisor restarts a consumer thread that panicked or stalled, and
 //! nothing is lost; end to end, a produced record reaches the webhook.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,17 +14,21 @@ use cronsumer::schedule::{JobContext, Trigger};
 
 use crate::support::*;
 
-static PANICKED: AtomicBool = AtomicBool::new(false);
-static STALLED: AtomicBool = AtomicBool::new(false);
+/// Topics whose module did its one fault already (the tests share a process).
+static FIRED: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+
+fn first_time(topic: &'static str) -> bool {
+    FIRED.lock().unwrap().insert(topic)
+}
 
 /// Panics on its first batch, then handles records normally.
-struct PanicOnce;
+struct PanicOnce(&'static str);
 impl Handler for PanicOnce {
     fn topic(&self) -> &'static str {
-        "boom"
+        self.0
     }
     fn handle(&self, _: &[Record], _: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
-        if !PANICKED.swap(true, Ordering::SeqCst) {
+        if first_time(self.0) {
             panic!("forced handler panic");
         }
         Ok(())
@@ -32,13 +36,13 @@ impl Handler for PanicOnce {
 }
 
 /// Blocks its first batch for 4 s (longer than the stall timeout).
-struct StallOnce;
+struct StallOnce(&'static str);
 impl Handler for StallOnce {
     fn topic(&self) -> &'static str {
-        "slow"
+        self.0
     }
     fn handle(&self, _: &[Record], _: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
-        if !STALLED.swap(true, Ordering::SeqCst) {
+        if first_time(self.0) {
             std::thread::sleep(Duration::from_secs(4));
         }
         Ok(())
@@ -61,15 +65,9 @@ fn wedged_only() -> Vec<Box<dyn Handler>> {
     vec![Box::new(Wedged)]
 }
 
-fn with_panic_once() -> Vec<Box<dyn Handler>> {
+fn with(module: impl Handler + 'static) -> Vec<Box<dyn Handler>> {
     let mut m = cronsumer::consumers::registry();
-    m.push(Box::new(PanicOnce));
-    m
-}
-
-fn with_stall_once() -> Vec<Box<dyn Handler>> {
-    let mut m = cronsumer::consumers::registry();
-    m.push(Box::new(StallOnce));
+    m.push(Box::new(module));
     m
 }
 
@@ -84,8 +82,11 @@ fn supervise_until_restart(supervisor: &Arc<Mutex<Supervisor>>, ctx: &Arc<JobCon
     });
 }
 
-fn run_fault(modules: Modules, extra_topic: &str, extra: &[(&str, &str)]) -> RestartCause {
-    let tdb = TestDb::new(Backend::Sqlite);
+/// Runs the consumer with `modules` (one of them, of `extra_topic`, faulty)
+/// on 500 notifications, until the supervisor restarted it once; returns
+/// what it diagnosed.
+fn run_fault(backend: Backend, modules: Modules, extra_topic: &str, extra: &[(&str, &str)]) -> RestartCause {
+    let tdb = TestDb::new(backend);
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("sup"), extra);
     let (_topics, topic) = registry_topics(&s, 2);
@@ -98,9 +99,10 @@ fn run_fault(modules: Modules, extra_topic: &str, extra: &[(&str, &str)]) -> Res
     supervisor.lock().unwrap().start().unwrap();
     let ctx = Arc::new(JobContext::new(Arc::new(s.clone()), pool.clone(), Shutdown::new()));
     let wait_fault = Instant::now();
+    let mut diagnosed = None;
     wait_for("the fault", Duration::from_secs(60), || {
-        let sup = supervisor.lock().unwrap();
-        sup.diagnose().is_some()
+        diagnosed = supervisor.lock().unwrap().diagnose();
+        diagnosed.is_some()
     });
     let noticed = Instant::now();
     supervise_until_restart(&supervisor, &ctx, Duration::from_secs(10));
@@ -109,8 +111,8 @@ fn run_fault(modules: Modules, extra_topic: &str, extra: &[(&str, &str)]) -> Res
         noticed - wait_fault,
         noticed.elapsed()
     );
-    let cause = supervisor.lock().unwrap().diagnose();
-    assert!(cause.is_none() || supervisor.lock().unwrap().is_alive());
+    let now = supervisor.lock().unwrap().diagnose();
+    assert!(now.is_none() || supervisor.lock().unwrap().is_alive());
     wait_for("500 rows after the restart", Duration::from_secs(90), || count_notifications(&pool) >= 500);
     wait_for("fault record committed", Duration::from_secs(60), || committed(&s, &fault_topic, 1).get(&0) == Some(&1));
     supervisor.lock().unwrap().stop(Instant::now() + Duration::from_secs(10));
@@ -119,19 +121,37 @@ fn run_fault(modules: Modules, extra_topic: &str, extra: &[(&str, &str)]) -> Res
     let restarts = cronsumer::common::metrics::get().consumer_restarts.with_label_values(&["ended"]).get()
         + cronsumer::common::metrics::get().consumer_restarts.with_label_values(&["stalled"]).get();
     assert!(restarts >= 1);
-    cause.unwrap_or(RestartCause::Ended(String::new()))
+    diagnosed.expect("a diagnosis")
 }
 
 #[test]
 fn a_panicking_consumer_thread_is_restarted_and_nothing_is_lost() {
-    run_fault(with_panic_once, "boom", &[]);
-    assert!(PANICKED.load(Ordering::SeqCst));
+    let cause = run_fault(Backend::Sqlite, || with(PanicOnce("boom")), "boom", &[]);
+    assert!(matches!(cause, RestartCause::Ended(_)), "{cause:?}");
+}
+
+/// With lanes (PostgreSQL: 4), a panic in one lane ends the thread after
+/// the others' batches came back; nothing is lost.
+#[test]
+fn a_panicking_lane_is_restarted_and_nothing_is_lost() {
+    let cause = run_fault(Backend::Postgres, || with(PanicOnce("boom_lanes")), "boom_lanes", &[]);
+    assert!(matches!(cause, RestartCause::Ended(_)), "{cause:?}");
 }
 
 #[test]
 fn a_stalled_consumer_thread_is_restarted_and_nothing_is_lost() {
-    run_fault(with_stall_once, "slow", &[("CONSUMER_STALL_TIMEOUT_MS", "1000")]);
-    assert!(STALLED.load(Ordering::SeqCst));
+    let stall = [("CONSUMER_STALL_TIMEOUT_MS", "1000")];
+    let cause = run_fault(Backend::Sqlite, || with(StallOnce("slow")), "slow", &stall);
+    assert!(matches!(cause, RestartCause::Stalled(_)), "{cause:?}");
+}
+
+/// With lanes the polling thread goes on while one lane hangs: the stuck
+/// lane is what the supervisor sees, and /healthz names it.
+#[test]
+fn a_stuck_lane_is_restarted_and_nothing_is_lost() {
+    let stall = [("CONSUMER_STALL_TIMEOUT_MS", "1000")];
+    let cause = run_fault(Backend::Postgres, || with(StallOnce("slow_lanes")), "slow_lanes", &stall);
+    assert!(matches!(cause, RestartCause::Stalled(_)), "{cause:?}");
 }
 
 #[test]
@@ -196,7 +216,19 @@ fn end_to_end_a_produced_record_reaches_the_webhook() {
 /// within the grace, the verdict is to end the process.
 #[test]
 fn a_wedged_consumer_thread_gets_no_second_member_and_ends_the_process() {
-    let tdb = TestDb::new(Backend::Sqlite);
+    wedged_ends_the_process(Backend::Sqlite);
+}
+
+/// With lanes, a lane's worker that hangs keeps its consumer thread from
+/// ending (it may hold a connection and an offset row's lock): again no
+/// second member, and the process ends.
+#[test]
+fn a_wedged_lane_gets_no_second_member_and_ends_the_process() {
+    wedged_ends_the_process(Backend::Postgres);
+}
+
+fn wedged_ends_the_process(backend: Backend) {
+    let tdb = TestDb::new(backend);
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("wedge"), &[("CONSUMER_STALL_TIMEOUT_MS", "1000")]);
     let topic = s.topic("wedged");

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use cronsumer::common::clock::Clock;
 
-use crate::world::{Config, Nature, World};
+use crate::db::Nature;
+use crate::world::{Config, World};
 
 fn world(members: usize, partitions: usize, cooperative: bool, batch_size: usize) -> World {
     World::new(Config {
@@ -18,6 +19,9 @@ fn world(members: usize, partitions: usize, cooperative: bool, batch_size: usize
         cooperative,
         batch_size,
         batch_timeout: Duration::from_millis(50),
+        lanes: 1,
+        min_latency: Duration::ZERO,
+        max_latency: Duration::ZERO,
     })
 }
 

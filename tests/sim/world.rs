@@ -1,381 +1,38 @@
-//! A simulated world: the cluster, a database that stores records and dead
-//! letters (and goes down, blips, refuses values), and the members, each
-//! the real `Pipeline` driven as the consumer thread drives it. Invariants
-//! are checked after every step ([`World::check`]) and at the end
-//! ([`World::settle`]).
+//! A simulated world: the cluster, the database ([`crate::db`]), and the
+//! members, each the real `Pipeline` with its lanes ([`crate::lanes`]),
+//! driven as the consumer thread drives it ([`Pipeline::tick`]). The
+//! invariants are checked after every step and at the end ([`crate::checker`]).
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cronsumer::common::clock::Clock;
-use cronsumer::common::record::{Record, TopicPartition};
-use cronsumer::consume::applied::Applied;
+use cronsumer::common::record::TopicPartition;
+use cronsumer::common::shutdown::StopRequest;
 use cronsumer::consume::heartbeat::Heartbeat;
-use cronsumer::consume::pipeline::{Pipeline, REVOKE_BUDGET};
+use cronsumer::consume::pipeline::{Pipeline, Ticked, BUFFER_BATCHES, REVOKE_BUDGET};
 use cronsumer::consume::poison::PoisonLedger;
-use cronsumer::consume::sink::{Failure, FailureKind, Sink, Stored};
 
 use crate::cluster::{Cluster, SimBroker};
+use crate::db::{Db, Nature, Pos, SimOffsets};
+use crate::lanes::SimLanes;
 use crate::rng::Rng;
 use crate::SimClock;
 
-/// What a record is, written in its payload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Nature {
-    /// Stored.
-    Ok,
-    /// Rejected by its handler (bad payload): dead-lettered by the handler.
-    Reject,
-    /// Refused by the database (a class 22/23 value): a permanent failure.
-    Refused,
-    /// Fails with an error nobody classified, every time.
-    Poison,
-    /// Panics the handler, every time.
-    Panic,
-    /// Fails with an unclassified error [`FLAKY_FAILURES`] times, then works:
-    /// stored, never dead-lettered (fewer failures than the poison rule's).
-    Flaky,
-    /// Panics the handler [`FLAKY_FAILURES`] times, then works: stored.
-    FlakyPanic,
-}
-
-/// How often a flaky record fails before it works: one short of the poison rule.
-pub const FLAKY_FAILURES: u32 = cronsumer::consume::poison::POISON_AFTER - 1;
-
-impl Nature {
-    /// Whether the record ends up stored (else dead-lettered).
-    pub fn is_stored(self) -> bool {
-        matches!(self, Nature::Ok | Nature::Flaky | Nature::FlakyPanic)
-    }
-}
-
-impl Nature {
-    pub fn payload(self, n: u64) -> Vec<u8> {
-        format!("{self:?}:{n}").into_bytes()
-    }
-
-    fn of(r: &Record) -> Nature {
-        let p = r.payload.as_deref().unwrap_or_default();
-        [Nature::Reject, Nature::Refused, Nature::Poison, Nature::Panic, Nature::Flaky, Nature::FlakyPanic]
-            .into_iter()
-            .find(|n| p.starts_with(format!("{n:?}:").as_bytes()))
-            .unwrap_or(Nature::Ok)
-    }
-}
-
-pub type Pos = (TopicPartition, i64);
-
-fn pos(r: &Record) -> Pos {
-    (r.tp(), r.offset)
-}
-
-pub struct Db {
-    rng: Rng,
-    clock: SimClock,
-    /// Down until this time (an outage), or for good while `up` is false.
-    pub down_until: Option<Instant>,
-    pub up: bool,
-    /// Chance that one call fails transiently while up.
-    pub blip: f64,
-    pub stored: BTreeSet<Pos>,
-    pub dead: BTreeMap<Pos, String>,
-    pub violations: Vec<String>,
-    /// Failures so far of each flaky record.
-    flaky: BTreeMap<Pos, u32>,
-    /// Chance that a call during an outage fails with an unclassified error.
-    pub outage_unknown: f64,
-    /// Each call of `handle`: when, and how many records.
-    pub calls: Vec<(Instant, usize)>,
-    /// Calls of `handle` with one record, by record.
-    pub alone: BTreeMap<Pos, u32>,
-    /// Per partition: the next offset applied (with the records' effects, atomically).
-    pub offsets: BTreeMap<TopicPartition, i64>,
-    /// How often each stored record's effect was applied (I7: once).
-    pub applied: BTreeMap<Pos, u32>,
-    /// Chance that a call's commit succeeds but its answer is lost (the
-    /// connection drops): the caller sees a transient failure.
-    pub answer_lost: f64,
-    /// The last commits, newest last, as a crash before their WAL flush
-    /// would undo them: what each stored, dead-lettered and moved.
-    undo: Vec<Commit>,
-    /// Records stored or dead-lettered at some time (a crash may have undone them since).
-    pub ever_settled: BTreeSet<Pos>,
-}
-
-/// What one commit changed, to undo it.
-#[derive(Default)]
-struct Commit {
-    stored: Vec<Pos>,
-    dead: Vec<Pos>,
-    offsets: Vec<(TopicPartition, Option<i64>)>,
-}
-
-impl Commit {
-    /// A commit that writes a partition's first offset waits for its WAL
-    /// flush (as the service's do), and so makes every commit before it durable.
-    fn is_durable(&self) -> bool {
-        self.offsets.iter().any(|(_, before)| before.is_none())
-    }
-}
-
-impl Db {
-    pub fn is_up(&self) -> bool {
-        self.up && self.down_until.is_none_or(|t| self.clock.now() >= t)
-    }
-
-    fn fail(kind: FailureKind, message: &str) -> Result<(), Failure> {
-        Err(Failure { kind, message: message.into() })
-    }
-
-    fn positions(&mut self, tps: &[TopicPartition]) -> Result<Vec<Option<i64>>, Failure> {
-        if !self.is_up() || self.rng.chance(self.blip) {
-            return Self::fail(FailureKind::Transient, "sim: connection refused").map(|_| vec![]);
-        }
-        Ok(tps.iter().map(|tp| self.offsets.get(tp).copied()).collect())
-    }
-
-    /// Applies the records' offsets (in the same "transaction" as their
-    /// effects), and keeps what the commit did, to undo it in a crash.
-    fn advance(&mut self, records: &[Record], stored: Vec<Pos>, dead: Vec<Pos>) {
-        let mut commit = Commit { stored, dead, offsets: vec![] };
-        for r in records {
-            let tp = r.tp();
-            if !commit.offsets.iter().any(|(t, _)| *t == tp) {
-                commit.offsets.push((tp.clone(), self.offsets.get(&tp).copied()));
-            }
-            let next = self.offsets.entry(tp).or_insert(r.offset + 1);
-            *next = (*next).max(r.offset + 1);
-        }
-        self.undo.push(commit);
-        if self.undo.len() > 20 {
-            self.undo.remove(0);
-        }
-    }
-
-    /// A crash before the WAL flush: the last `n` commits are undone,
-    /// effects and offsets together, and the database is away for `down`.
-    /// Returns the partitions whose offset went back, with their offset now.
-    pub fn crash(&mut self, n: usize, down: Duration) -> Vec<(TopicPartition, i64)> {
-        let mut back = Vec::new();
-        for _ in 0..n {
-            if self.undo.last().is_none_or(Commit::is_durable) {
-                break;
-            }
-            let Some(c) = self.undo.pop() else { break };
-            for p in c.stored {
-                self.stored.remove(&p);
-                if let Some(times) = self.applied.get_mut(&p) {
-                    *times -= 1;
-                }
-            }
-            for p in c.dead {
-                self.dead.remove(&p);
-            }
-            for (tp, before) in c.offsets {
-                match before {
-                    Some(o) => _ = self.offsets.insert(tp.clone(), o),
-                    None => _ = self.offsets.remove(&tp),
-                }
-                back.retain(|(t, _)| *t != tp);
-                back.push((tp, before.unwrap_or(0)));
-            }
-        }
-        self.down_until = Some(self.clock.now() + down);
-        back
-    }
-
-    /// Whether a record was applied already (by a commit whose answer was lost).
-    fn applied_before(&self, r: &Record) -> bool {
-        self.offsets.get(&r.tp()).is_some_and(|&s| r.offset < s)
-    }
-
-    /// The commit went through; its answer may not reach the caller.
-    fn answer(&mut self) -> Result<(), Failure> {
-        if self.rng.chance(self.answer_lost) {
-            return Self::fail(FailureKind::Transient, "sim: connection lost during commit");
-        }
-        Ok(())
-    }
-
-    fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {
-        self.calls.push((self.clock.now(), batch.len()));
-        if let [r] = batch {
-            *self.alone.entry(pos(r)).or_default() += 1;
-        }
-        if !self.is_up() {
-            // An outage does not always say so: some of its errors are unclassified.
-            let unknown = self.rng.chance(self.outage_unknown);
-            let kind = if unknown { FailureKind::Unknown } else { FailureKind::Transient };
-            return Self::fail(kind, "sim: connection refused");
-        }
-        if self.rng.chance(self.blip) {
-            return Self::fail(FailureKind::Transient, "sim: connection refused");
-        }
-        let batch: Vec<Record> = batch.iter().filter(|r| !self.applied_before(r)).cloned().collect();
-        for (nature, kind) in [
-            (Nature::Panic, FailureKind::Panic),
-            (Nature::Refused, FailureKind::Permanent),
-            (Nature::Poison, FailureKind::Unknown),
-            (Nature::FlakyPanic, FailureKind::Panic),
-            (Nature::Flaky, FailureKind::Unknown),
-        ] {
-            let flaky = matches!(nature, Nature::Flaky | Nature::FlakyPanic);
-            let failing = |r: &&Record| {
-                Nature::of(r) == nature && (!flaky || self.flaky.get(&pos(r)).copied().unwrap_or(0) < FLAKY_FAILURES)
-            };
-            if let Some(r) = batch.iter().find(failing) {
-                if flaky {
-                    *self.flaky.entry(pos(r)).or_default() += 1;
-                }
-                return Self::fail(kind, &format!("sim: {nature:?} at {}", r.position()));
-            }
-        }
-        let (mut stored, mut dead) = (vec![], vec![]);
-        for r in &batch {
-            if Nature::of(r) == Nature::Reject {
-                self.store_dead_letter(r, "sim: bad payload");
-                dead.push(pos(r));
-            } else {
-                stored.push(pos(r));
-                self.ever_settled.insert(pos(r));
-                if self.dead.contains_key(&pos(r)) {
-                    self.violations.push(format!("{} stored after it was dead-lettered", r.position()));
-                }
-                self.stored.insert(pos(r));
-                // The effect: applied again on every delivery, as a counter would be.
-                let times = self.applied.entry(pos(r)).or_default();
-                *times += 1;
-                if *times > 1 {
-                    self.violations.push(format!("I7: {} applied {times} times", r.position()));
-                }
-            }
-        }
-        self.advance(&batch, stored, dead);
-        self.answer()
-    }
-
-    fn dead_letter(&mut self, r: &Record, reason: &str) -> Result<(), Failure> {
-        if !self.is_up() {
-            return Self::fail(FailureKind::Transient, "sim: connection refused");
-        }
-        if self.applied_before(r) {
-            return Ok(());
-        }
-        self.store_dead_letter(r, reason);
-        self.advance(std::slice::from_ref(r), vec![], vec![pos(r)]);
-        self.answer()
-    }
-
-    fn store_dead_letter(&mut self, r: &Record, reason: &str) {
-        self.ever_settled.insert(pos(r));
-        if self.stored.contains(&pos(r)) {
-            self.violations.push(format!("{} dead-lettered after it was stored", r.position()));
-        }
-        if self.dead.insert(pos(r), reason.to_string()).is_some() {
-            self.violations.push(format!("I7: {} dead-lettered twice", r.position()));
-        }
-    }
-}
-
-/// A member's sink: the shared database, and what this member applied (the
-/// service's own bookkeeping, which notices a database that lost commits).
-pub struct SimSink {
-    pub db: Rc<RefCell<Db>>,
-    applied: Applied,
-}
-
-impl SimSink {
-    /// Fails (nothing applied) when the database fell back below what this
-    /// member expects for a partition of `records`.
-    fn check_lost(&mut self, records: &[Record]) -> Result<(), Failure> {
-        let db = self.db.borrow();
-        for r in records {
-            let tp = r.tp();
-            let Some(&stored) = db.offsets.get(&tp) else { continue };
-            if self.applied.expected(&tp, r.offset).is_some_and(|e| stored < e) {
-                self.applied.lost(tp, stored);
-                return Err(Failure { kind: FailureKind::Transient, message: "sim: the database lost commits".into() });
-            }
-        }
-        Ok(())
-    }
-
-    fn stored(&mut self, records: &[Record]) {
-        for r in records {
-            self.applied.stored(&r.tp(), r.offset + 1);
-        }
-    }
-}
-
-impl Sink for SimSink {
-    fn positions(&mut self, tps: &[TopicPartition]) -> Result<Vec<Option<Stored>>, Failure> {
-        let starts = self.db.borrow_mut().positions(tps);
-        self.applied.assigned(tps, starts.as_deref().ok());
-        starts.map(|s| s.into_iter().map(|next| next.map(|next| Stored { next, topic_id: None })).collect())
-    }
-
-    fn identify(&mut self, _topic_ids: &BTreeMap<String, String>) {}
-
-    fn released(&mut self, tps: &[TopicPartition]) {
-        for tp in tps {
-            self.applied.forget(tp);
-        }
-    }
-
-    fn rewind(&mut self, tp: &TopicPartition, to: i64) {
-        // The simulated cluster never resets a partition below its committed offset.
-        self.db.borrow_mut().violations.push(format!("{}/{} rewound to {to}", tp.topic, tp.partition));
-    }
-
-    fn read_again(&mut self) -> Vec<(TopicPartition, i64)> {
-        // As the service's sink does every few seconds (here: every step).
-        let db = self.db.borrow();
-        if db.is_up() {
-            self.applied.verify(db.offsets.iter().map(|(tp, o)| (tp.clone(), *o)));
-        }
-        drop(db);
-        self.applied.take_again()
-    }
-
-    fn handle(&mut self, batch: &[Record]) -> Result<(), Failure> {
-        if self.db.borrow().is_up() {
-            self.check_lost(batch)?;
-        }
-        let handled = self.db.borrow_mut().handle(batch);
-        if handled.is_ok() {
-            self.stored(batch);
-        }
-        handled
-    }
-
-    fn dead_letter(&mut self, record: &Record, reason: &str) -> Result<(), Failure> {
-        let one = std::slice::from_ref(record);
-        if self.db.borrow().is_up() {
-            self.check_lost(one)?;
-        }
-        let stored = self.db.borrow_mut().dead_letter(record, reason);
-        if stored.is_ok() {
-            self.stored(one);
-        }
-        stored
-    }
-
-    fn healthy(&mut self) -> bool {
-        self.db.borrow().is_up()
-    }
-}
-
 pub struct Member {
-    pub pipeline: Option<Pipeline<SimClock>>,
-    heartbeat: Arc<Heartbeat>,
-    broker: SimBroker,
-    sink: SimSink,
+    pub pipeline: Option<Pipeline<SimClock, SimLanes>>,
+    pub heartbeat: Arc<Heartbeat>,
+    pub broker: SimBroker,
+    offsets: SimOffsets,
+    stop: Arc<StopRequest>,
     /// Outlives the member's threads, as the supervisor's does.
     poison: PoisonLedger,
     pub restart_at: Option<Instant>,
+    /// Thread starts so far (seeds each one's lanes).
+    starts: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -387,6 +44,10 @@ pub struct Config {
     pub cooperative: bool,
     pub batch_size: usize,
     pub batch_timeout: Duration,
+    /// Lanes per member, and how long a lane's batch takes (at random in between).
+    pub lanes: usize,
+    pub min_latency: Duration,
+    pub max_latency: Duration,
 }
 
 pub struct World {
@@ -397,13 +58,14 @@ pub struct World {
     pub members: Vec<Member>,
     pub produced: BTreeMap<Pos, Nature>,
     /// Per partition, the offset below which I1 was already checked.
-    checked: BTreeMap<TopicPartition, i64>,
+    pub(crate) checked: BTreeMap<TopicPartition, i64>,
     /// Per partition, the offset below which every record is stored or dead-lettered.
-    settled: BTreeMap<TopicPartition, i64>,
+    pub(crate) settled: BTreeMap<TopicPartition, i64>,
     pub steps: u64,
     pub max_buffered: usize,
     /// Steps that ended in a handler panic (the member restarts).
     pub panics: u64,
+    rng: Rng,
 }
 
 impl World {
@@ -414,36 +76,21 @@ impl World {
             .collect();
         let cluster =
             Rc::new(RefCell::new(Cluster::new(clock.clone(), config.seed, &tps, config.members, config.cooperative)));
-        let db = Rc::new(RefCell::new(Db {
-            rng: Rng::new(config.seed ^ 0xdb),
-            clock: clock.clone(),
-            down_until: None,
-            up: true,
-            blip: 0.0,
-            stored: BTreeSet::new(),
-            dead: BTreeMap::new(),
-            violations: Vec::new(),
-            flaky: BTreeMap::new(),
-            outage_unknown: 0.0,
-            calls: Vec::new(),
-            alone: BTreeMap::new(),
-            offsets: BTreeMap::new(),
-            applied: BTreeMap::new(),
-            answer_lost: 0.0,
-            undo: Vec::new(),
-            ever_settled: BTreeSet::new(),
-        }));
+        let db = Rc::new(RefCell::new(Db::new(clock.clone(), config.seed)));
         let members = (0..config.members)
             .map(|m| Member {
                 pipeline: None,
                 heartbeat: Arc::new(Heartbeat::default()),
                 broker: SimBroker { cluster: cluster.clone(), member: m },
-                sink: SimSink { db: db.clone(), applied: Applied::default() },
+                offsets: SimOffsets(db.clone()),
+                stop: Arc::default(),
                 poison: PoisonLedger::default(),
                 restart_at: None,
+                starts: 0,
             })
             .collect();
         let mut w = World {
+            rng: Rng::new(config.seed ^ 0x0f),
             config,
             clock,
             cluster,
@@ -476,48 +123,68 @@ impl World {
         self.produced.insert((tp.clone(), offset), nature);
     }
 
-    /// Starts the member's consumer thread: a fresh pipeline joins the group.
+    /// Starts the member's consumer thread: a fresh pipeline, with its
+    /// lanes, joins the group.
     pub fn start(&mut self, m: usize) {
         let c = &self.config;
         let member = &mut self.members[m];
         member.heartbeat = Arc::new(Heartbeat::default());
-        member.pipeline = Some(Pipeline::new(
-            c.batch_size,
-            c.batch_timeout,
-            self.clock.clone(),
+        member.stop = Arc::default();
+        member.starts += 1;
+        let seed = c.seed ^ ((m as u64) << 32) ^ member.starts;
+        let lanes = SimLanes::new(
+            c.lanes,
+            self.db.clone(),
             member.poison.clone(),
-            member.heartbeat.clone(),
-        ));
+            self.clock.clone(),
+            seed,
+            (c.min_latency, c.max_latency),
+        );
+        let pipeline =
+            Pipeline::new(c.batch_size, c.batch_timeout, self.clock.clone(), member.heartbeat.clone(), lanes)
+                .with_stop(member.stop.clone());
+        member.pipeline = Some(pipeline);
         member.restart_at = None;
         self.cluster.borrow_mut().join(m);
     }
 
     /// The thread ended (panic, kill): the client closes, nothing more is
-    /// committed; the supervisor starts a new one after `restart_in`.
+    /// committed; the batches its lanes hold finish (a thread restart) or
+    /// not (the process died); the supervisor starts a new one after `restart_in`.
     pub fn crash(&mut self, m: usize, restart_in: Duration) {
-        self.members[m].pipeline = None;
+        if let Some(p) = self.members[m].pipeline.take() {
+            let finish = self.rng.chance(0.5);
+            p.into_lanes().orphan(finish);
+        }
         self.members[m].restart_at = Some(self.now() + restart_in);
         self.cluster.borrow_mut().leave(m);
     }
 
-    /// Graceful stop, as on SIGTERM: finish and commit, then leave. With
-    /// the database up throughout, everything in memory must be finished.
+    /// Graceful stop, as on SIGTERM: asked through its stop request, the
+    /// pipeline finishes and commits at its next tick, then leaves. With the
+    /// database up throughout, everything in memory must be finished.
     pub fn stop(&mut self, m: usize, restart_in: Duration) {
-        let deadline = self.now() + REVOKE_BUDGET;
+        let now = self.now();
         let db_works = self.db.borrow().is_up() && self.db.borrow().blip == 0.0;
         let member = &mut self.members[m];
         if let Some(p) = &mut member.pipeline {
-            let finished = p.finish(&mut member.broker, &mut member.sink, deadline);
+            // Time to finish every batch a lane can hold, one after another at the longest latency.
+            let budget = REVOKE_BUDGET + self.config.max_latency * (BUFFER_BATCHES as u32 + 2);
+            member.stop.request_at(now, now + budget);
+            let ticked = p.tick(&mut member.broker, &mut member.offsets);
             // Records dropped to be read again (the database lost them) are the next owner's.
             let again = p.reading_again();
+            let buffered = p.buffered();
+            let lanes = p.describe();
             let held = self.in_memory_except(m, &again);
-            let ok = match finished {
-                Ok(true) => held == 0,
-                Ok(false) => !db_works,
+            let ok = match ticked {
+                Ok(Ticked::Stopped { unstored: false }) => held == 0,
+                Ok(Ticked::Stopped { unstored: true }) => !db_works,
+                Ok(Ticked::Running) => false,
                 Err(_) => true,
             };
             if !ok {
-                let v = format!("member {m} stopped: finish said {finished:?} with {held} records unsettled");
+                let v = format!("member {m} stopped: tick said {ticked:?} with {held} records unsettled db_works={db_works} now={:?} budget={budget:?} buffered={} again={again:?}\n{lanes}\n{}", self.clock.now()-now, buffered, self.describe_short());
                 self.db.borrow_mut().violations.push(v);
             }
         }
@@ -539,125 +206,21 @@ impl World {
             self.clock.sleep(Duration::from_millis(10));
             return;
         };
-        let result = p.run_once(&mut member.broker, &mut member.sink);
-        if result.is_err() {
+        if p.tick(&mut member.broker, &mut member.offsets).is_err() {
             self.panics += 1;
             self.crash(m, Duration::from_millis(500));
         }
         self.cluster.borrow_mut().tick();
     }
 
-    /// I1, I4, I2 (the last two recorded by the cluster), I5, and the
-    /// database's own (nothing both stored and dead-lettered).
-    pub fn check(&mut self) -> Result<(), String> {
-        let cluster = self.cluster.borrow();
-        let db = self.db.borrow();
-        if let Some(v) = cluster.violations.first().or(db.violations.first()) {
-            return Err(v.clone());
-        }
-        for (tp, &c) in &cluster.committed {
-            let from = self.checked.get(tp).copied().unwrap_or(0);
-            for o in from..c {
-                let p = (tp.clone(), o);
-                // A database crash may undo what a commit covered: such records are applied again.
-                if !db.ever_settled.contains(&p) && !db.dead.contains_key(&p) {
-                    return Err(format!(
-                        "I1: {}/{} committed {c} past {o}, neither stored nor dead-lettered",
-                        tp.topic, tp.partition
-                    ));
-                }
-            }
-            self.checked.insert(tp.clone(), c.max(from));
-        }
-        drop((cluster, db));
-        for m in 0..self.members.len() {
-            let Some(p) = self.members[m].pipeline.as_ref() else { continue };
-            // A partition waiting for its seek holds nothing: what its client fetches meanwhile is dropped.
-            let (bound, again) = (p.memory_bound(), p.reading_again());
-            let held = self.in_memory_except(m, &again);
-            self.max_buffered = self.max_buffered.max(held);
-            if held > bound {
-                return Err(format!("I5: member {m} holds {held} records, bound {bound}"));
-            }
-        }
-        Ok(())
+    pub fn describe_short(&self) -> String {
+        format!(
+            "{:?} db up={} down_until={:?}",
+            self.config,
+            self.db.borrow().is_up(),
+            self.db.borrow().down_until.map(|t| t.saturating_duration_since(self.now()))
+        )
     }
-
-    /// Records member `m` holds, seen from outside: fetched by its client
-    /// (and out of its queue: a record the poll that served a rebalance
-    /// fetched waits there) and neither stored nor dead-lettered yet, but
-    /// for the partitions `except`.
-    fn in_memory_except(&mut self, m: usize, except: &[TopicPartition]) -> usize {
-        let cluster = self.cluster.borrow();
-        let db = self.db.borrow();
-        // A record a database crash undid is not in memory: it is read again
-        // (and then not counted here: the bound is checked on the rest).
-        let is_settled = |tp: &TopicPartition, o: i64| db.ever_settled.contains(&(tp.clone(), o));
-        let client = &cluster.members[m];
-        let queued = cluster.queued_records(m);
-        let mut held = 0;
-        for tp in client.owned.iter().filter(|tp| !except.contains(tp)) {
-            let fetched = client.fetch.get(tp).copied().unwrap_or(0);
-            let mut from = self.settled.get(tp).copied().unwrap_or(0);
-            while from < fetched && is_settled(tp, from) {
-                from += 1;
-            }
-            self.settled.insert(tp.clone(), from);
-            held += (from..fetched).filter(|o| !is_settled(tp, *o) && !queued.contains(&(tp.clone(), *o))).count();
-        }
-        held
-    }
-
-    /// Everything is done: each record stored once or dead-lettered once as
-    /// its nature says, every commit caught up, nothing paused, nothing in memory.
-    pub fn done(&self) -> Result<(), String> {
-        let cluster = self.cluster.borrow();
-        let db = self.db.borrow();
-        for (tp, log) in &cluster.logs {
-            let c = cluster.committed.get(tp).copied().unwrap_or(0);
-            if c != log.len() as i64 {
-                return Err(format!("{}/{} committed {c} of {}", tp.topic, tp.partition, log.len()));
-            }
-        }
-        if !cluster.is_stable() {
-            return Err("rebalance in progress".into());
-        }
-        for (m, member) in self.members.iter().enumerate() {
-            if member.pipeline.is_none() {
-                return Err(format!("member {m} is down"));
-            }
-            let client = &cluster.members[m];
-            if !client.joined {
-                return Err(format!("member {m} is not in the group"));
-            }
-            if let Some(tp) = client.owned.intersection(&client.paused).next() {
-                return Err(format!("I3: member {m} keeps {}/{} paused", tp.topic, tp.partition));
-            }
-            if member.heartbeat.assigned() != client.owned.len() as i64 {
-                return Err(format!(
-                    "member {m} reports {} partitions, owns {}",
-                    member.heartbeat.assigned(),
-                    client.owned.len()
-                ));
-            }
-        }
-        for (p, nature) in &self.produced {
-            let (stored, dead) = (db.stored.contains(p), db.dead.contains_key(p));
-            let ok = if nature.is_stored() { stored && !dead } else { dead && !stored };
-            if !ok {
-                return Err(format!(
-                    "{}/{}@{} ({nature:?}): stored={stored} dead={dead}",
-                    p.0.topic, p.0.partition, p.1
-                ));
-            }
-            let applied = db.applied.get(p).copied().unwrap_or(0);
-            if nature.is_stored() && applied != 1 {
-                return Err(format!("I7: {}/{}@{} applied {applied} times", p.0.topic, p.0.partition, p.1));
-            }
-        }
-        Ok(())
-    }
-
     /// The state of every member, for a failure message.
     pub fn describe(&self) -> String {
         let cluster = self.cluster.borrow();
@@ -669,6 +232,9 @@ impl World {
                 member.pipeline.is_some(),
                 member.heartbeat.assigned()
             );
+            if let Some(p) = &member.pipeline {
+                out += &format!("  {}\n", p.describe().replace('\n', "\n  "));
+            }
         }
         out
     }

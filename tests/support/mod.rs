@@ -15,7 +15,8 @@
 //! - [`service`]: the `cronsumer` binary run as a service, or as a command;
 //! - [`setup`]: the consumer thread's [`ConsumerSetup`](cronsumer::consume::thread::ConsumerSetup)
 //!   and a job's runner;
-//! - [`sink`]: a local webhook receiver; [`provider`]: a local market-data provider.
+//! - [`sink`]: a local webhook receiver; [`provider`]: a local market-data
+//!   provider; [`model`]: a local model server.
 
 // Each crate that includes the harness uses a part of it.
 #![allow(dead_code, unused_imports)]
@@ -24,6 +25,7 @@ mod assertions;
 mod http;
 mod kafka;
 mod metrics;
+mod model;
 mod outage;
 mod provider;
 mod service;
@@ -38,6 +40,7 @@ pub use assertions::*;
 pub use http::*;
 pub use kafka::*;
 pub use metrics::*;
+pub use model::*;
 pub use outage::*;
 pub use provider::*;
 pub use service::*;

@@ -8,25 +8,26 @@ use crate::common::clock::Clock;
 use crate::common::record::{Record, TopicPartition};
 use crate::consume::broker::{Broker, Start};
 use crate::consume::sink::{start_of, Panicked, Sink};
+use crate::consume::workers::Lanes;
 use crate::events::{
     AssignmentChanged, ClientCallFailed, Event as _, OffsetReset, PartitionsAssigned, PartitionsLeaving,
     PartitionsReleased, ReadFailed,
 };
 
-impl<C: Clock + Clone> Pipeline<C> {
-    /// Finishes what is in memory (within [`REVOKE_BUDGET`]) and commits it
-    /// while the partitions are still ours, then lets them go.
-    pub(super) fn revoke<B: Broker, S: Sink>(
-        &mut self,
-        broker: &mut B,
-        sink: &mut S,
-        tps: &[TopicPartition],
-    ) -> Result<(), Panicked> {
+impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
+    /// Finishes what is in memory of the partitions leaving (within
+    /// [`REVOKE_BUDGET`]; the other lanes go on) and commits it while they
+    /// are still ours, then lets them go.
+    pub(super) fn revoke<B: Broker>(&mut self, broker: &mut B, tps: &[TopicPartition]) -> Result<(), Panicked> {
         PartitionsLeaving { partitions: tps, lost: false }.emit();
-        let drained = self.drain(sink, self.clock.now() + REVOKE_BUDGET);
+        let deadline = self.clock.now() + REVOKE_BUDGET;
+        let drained = self.drain(Some(tps), deadline);
+        if drained.is_err() {
+            self.wind_down(deadline);
+        }
         // What was handled, even before a panic, is committed.
         self.commit(broker, When::Sync);
-        self.release(broker, sink, tps);
+        self.release(broker, tps);
         drained.map(|_| ())
     }
 
@@ -37,8 +38,10 @@ impl<C: Clock + Clone> Pipeline<C> {
     /// topic's id changed while this group was away) is read from the new
     /// log's beginning.
     pub(super) fn assign<B: Broker, S: Sink>(&mut self, broker: &mut B, sink: &mut S, tps: &[TopicPartition]) {
-        let ids = self.identify(broker, sink, tps);
-        let positions = sink.positions(tps).unwrap_or_else(|f| {
+        let ids = self.identify(broker, tps);
+        let stored = sink.positions(tps);
+        self.positions.assigned(tps, stored.as_deref().ok());
+        let positions = stored.unwrap_or_else(|f| {
             let then = "reading from the committed ones";
             ReadFailed { what: "the stored offsets", then, error: &f.message }.emit();
             vec![None; tps.len()]
@@ -50,6 +53,7 @@ impl<C: Clock + Clone> Pipeline<C> {
             .collect();
         PartitionsAssigned { reading_from: &format!("{starts:?}") }.emit();
         for (tp, start) in &starts {
+            self.place(tp);
             self.offsets.assign(tp);
             self.paused.remove(tp);
             self.seeks.retain(|(t, _)| t != tp);
@@ -64,7 +68,7 @@ impl<C: Clock + Clone> Pipeline<C> {
                 Start::Beginning => {
                     let why = "the topic was deleted and recreated while this group was away (its id changed)";
                     OffsetReset { topic: &tp.topic, partition: tp.partition, from: 0, why }.emit();
-                    sink.rewind(tp, 0);
+                    self.positions.rewind(tp, 0);
                 }
                 Start::Committed => {}
             }
@@ -95,15 +99,9 @@ impl<C: Clock + Clone> Pipeline<C> {
         self.assigned_changed();
     }
 
-    /// The ids of the topics of `tps` now, told to the sink (which stores
-    /// them with the offsets). Unknown ids leave a recreation to the
-    /// periodic check.
-    fn identify<B: Broker, S: Sink>(
-        &mut self,
-        broker: &mut B,
-        sink: &mut S,
-        tps: &[TopicPartition],
-    ) -> BTreeMap<String, String> {
+    /// The ids of the topics of `tps` now (stored with the offsets).
+    /// Unknown ids leave a recreation to the periodic check.
+    fn identify<B: Broker>(&mut self, broker: &mut B, tps: &[TopicPartition]) -> BTreeMap<String, String> {
         let mut topics: Vec<String> = tps.iter().map(|tp| tp.topic.clone()).collect();
         topics.dedup();
         let ids = broker.topic_ids(&topics).unwrap_or_else(|e| {
@@ -111,22 +109,23 @@ impl<C: Clock + Clone> Pipeline<C> {
             ReadFailed { what: "the topics' ids", then, error: &e.message }.emit();
             BTreeMap::new()
         });
-        sink.identify(&ids);
+        self.positions.identify(&ids);
         ids
     }
 
     /// Lets partitions go: their records in memory and pending offsets are
     /// dropped (the next owner reads them from the committed offset), and
     /// what was paused is resumed.
-    pub(super) fn release<B: Broker, S: Sink>(&mut self, broker: &mut B, sink: &mut S, tps: &[TopicPartition]) {
+    pub(super) fn release<B: Broker>(&mut self, broker: &mut B, tps: &[TopicPartition]) {
         self.starts.retain(|tp, _| !tps.contains(tp));
         self.seeks.retain(|(tp, _)| !tps.contains(tp));
         self.restart_at.retain(|tp, _| !tps.contains(tp));
-        sink.released(tps);
+        self.positions.released(tps);
         let before = self.buffered();
         self.drop_held(tps);
         for tp in tps {
             self.offsets.remove(tp);
+            self.unplace(tp);
         }
         let resume: Vec<TopicPartition> = tps.iter().filter(|tp| self.paused.remove(*tp)).cloned().collect();
         if let Err(e) = broker.resume(&resume) {
@@ -156,10 +155,10 @@ impl<C: Clock + Clone> Pipeline<C> {
     /// Partitions whose log was replaced (topic recreated): what is in memory
     /// of them is dropped, their commit bookkeeping starts afresh, and the
     /// database applies their records again from the new log's beginning.
-    pub(super) fn reset<B: Broker, S: Sink>(&mut self, broker: &mut B, sink: &mut S, tps: &[TopicPartition]) {
+    pub(super) fn reset<B: Broker>(&mut self, broker: &mut B, tps: &[TopicPartition]) {
         self.drop_held(tps);
         // Their offsets are stored with the new log's id from now on.
-        self.identify(broker, sink, tps);
+        self.identify(broker, tps);
         for tp in tps {
             OffsetReset { topic: &tp.topic, partition: tp.partition, from: 0, why: "the topic was recreated" }.emit();
             self.starts.remove(tp);
@@ -167,21 +166,28 @@ impl<C: Clock + Clone> Pipeline<C> {
             self.seeks.retain(|(t, _)| t != tp);
             self.offsets.remove(tp);
             self.offsets.assign(tp);
-            sink.rewind(tp, 0);
+            // A batch of the old log in flight counts for nothing.
+            self.new_epoch(tp);
+            self.positions.rewind(tp, 0);
         }
     }
 
-    /// Partitions the database says to read again (see [`Sink::read_again`]):
-    /// what is in memory of them is dropped at once (a drain must not wait on
-    /// it), and they are read from there at the next step's seek.
-    pub(super) fn take_read_again<S: Sink>(&mut self, sink: &mut S) {
-        for (tp, offset) in sink.read_again() {
+    /// Partitions to read again from the offset the database holds: it fell
+    /// back below what this copy stored (the database lost committed
+    /// batches: a crash before their WAL flush), or it could not be read
+    /// when they were assigned. What is in memory of them is dropped at once
+    /// (a drain must not wait on it), and they are read from there at the
+    /// next step's seek.
+    pub(super) fn take_read_again(&mut self) {
+        for (tp, offset) in self.positions.take_again() {
             if !self.offsets.is_assigned(&tp) {
                 continue;
             }
             let why = "the database's stored offset is behind what this copy handled";
             OffsetReset { topic: &tp.topic, partition: tp.partition, from: offset, why }.emit();
             self.drop_held(std::slice::from_ref(&tp));
+            // A batch of it in flight comes back for nothing (retried, it would skip the gap).
+            self.new_epoch(&tp);
             self.starts.remove(&tp);
             // Kafka's committed offset follows the database's, as on assignment.
             self.offsets.handled(&tp, offset);
@@ -195,14 +201,17 @@ impl<C: Clock + Clone> Pipeline<C> {
 
     /// Performs the seeks [`Self::take_read_again`] left; records of those
     /// partitions polled since (from before the seek) are dropped too. A
-    /// seek that failed is tried again at the next step; meanwhile the
-    /// partition must restart at its offset, so nothing above it is taken.
+    /// seek that failed is tried again at the next step. Each attempt
+    /// restarts the partition at its offset: what the client fetched before
+    /// it is not taken until a record at or below the offset arrives (one
+    /// fetched before a failed attempt may have let the rest through).
     pub(super) fn seek_again<B: Broker>(&mut self, broker: &mut B) {
         for (tp, offset) in std::mem::take(&mut self.seeks) {
             if !self.offsets.is_assigned(&tp) {
                 continue;
             }
             self.drop_held(std::slice::from_ref(&tp));
+            self.restart_at.insert(tp.clone(), offset);
             if let Err(e) = broker.seek(&tp, offset) {
                 let call = "seek to read again (tried again)";
                 ClientCallFailed {
@@ -238,26 +247,13 @@ impl<C: Clock + Clone> Pipeline<C> {
     /// The first record of a partition read from the database's offset: one
     /// below it means the broker reset the partition (its log no longer
     /// reaches that far: the topic was recreated or truncated).
-    pub(super) fn check_start<S: Sink>(&mut self, sink: &mut S, r: &Record) {
+    pub(super) fn check_start(&mut self, r: &Record) {
         let tp = r.tp();
         let Some(start) = self.starts.remove(&tp) else { return };
         if r.offset < start {
             let why = format!("the log starts below the stored offset {start} (topic deleted and recreated?)");
             OffsetReset { topic: &r.topic, partition: r.partition, from: r.offset, why: &why }.emit();
-            sink.rewind(&tp, r.offset);
-        }
-    }
-
-    /// Drops the records in memory of the partitions `tps`.
-    fn drop_held(&mut self, tps: &[TopicPartition]) {
-        let leaving = |r: &Record| tps.iter().any(|tp| tp.holds(r));
-        self.batcher.discard(leaving);
-        if let Some(held) = &mut self.in_hand {
-            held.records.retain(|r| !leaving(r));
-            if held.records.is_empty() {
-                self.in_hand = None;
-                self.heartbeat.set_retrying(None);
-            }
+            self.positions.rewind(&tp, r.offset);
         }
     }
 

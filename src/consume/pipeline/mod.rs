@@ -1,56 +1,68 @@
 //! The consumer pipeline: everything between the poll and the commit, as one
 //! state machine with no Kafka client in it. It talks to the cluster through
-//! the [`Broker`] seam, hands records to a [`Sink`] (the router and the
-//! database in production), and reads time from a [`Clock`], so the same
-//! code runs against rdkafka and against the simulated cluster of the tests.
+//! the [`Broker`] seam, reads the database's offsets through a [`Sink`],
+//! hands batches to its lanes ([`Lanes`]), and reads time from a [`Clock`],
+//! so the same code runs against rdkafka and against the simulated cluster
+//! of the tests.
 //!
 //! The data path of one step ([`Pipeline::run_once`]):
-//! 1. poll: records of assigned partitions go to the batcher as they arrive,
-//!    rebalance events and commit answers are applied at once, in order;
-//! 2. the batch in hand is retried when its backoff is over, else a batch
-//!    that closed (full, or timed out) is handled;
+//! 1. poll: records of assigned partitions go to their lane's batcher as
+//!    they arrive, rebalance events and commit answers are applied at once,
+//!    in order;
+//! 2. finished batches come back from the lanes and their offsets are
+//!    marked; each lane without a batch in flight gets its next one (the
+//!    batch in hand when its backoff is over, else one that closed);
 //! 3. partitions are paused or resumed to match what is in hand;
 //! 4. handled offsets are committed ([`Pipeline::commit`], the one place).
 //!
-//! A batch fails in one of four ways (see [`crate::consume::sink::FailureKind`]): transient
-//! failures keep it in hand, retried with backoff however long they last;
-//! a refused value, an unknown error or a panic makes it go one record at a
-//! time, and the record at fault is dead-lettered (at once for a refused
-//! value, after [`crate::consume::poison::POISON_AFTER`] failures in a row otherwise).
+//! Lanes: each assigned partition stays in one lane while assigned, and a
+//! lane has at most one batch in flight, so a partition's records are
+//! applied in offset order, never two batches of it at once; partitions of
+//! different lanes go on side by side. A batch fails in one of four ways
+//! (see [`crate::consume::sink::FailureKind`]): transient failures keep it
+//! in its lane's hand, retried with backoff however long they last, while
+//! the other lanes go on; a refused value, an unknown error or a panic makes
+//! the lane go one record at a time ([`crate::consume::lane`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::backoff::Backoff;
 use crate::common::clock::Clock;
 use crate::common::record::{Record, TopicPartition};
 use crate::common::shutdown::StopRequest;
-use crate::consume::batcher::Batcher;
+use crate::consume::batcher::Batchers;
 use crate::consume::broker::{Broker, BrokerError, CommitMode, Polled};
 use crate::consume::heartbeat::Heartbeat;
 use crate::consume::offsets::Offsets;
-use crate::consume::poison::PoisonLedger;
+use crate::consume::positions::Positions;
 use crate::consume::sink::{Panicked, Sink};
-use crate::events::{ClientCallFailed, CommitFailed, Committed, Event as _, PartitionsLeaving, PollFailed};
+use crate::consume::workers::Lanes;
+use crate::events::{ClientCallFailed, CommitFailed, Committed, Event as _, LaneHolds, PartitionsLeaving, PollFailed};
 
 mod assignment;
-mod batches;
+mod lanes;
+
+use lanes::Lane;
 
 /// Longest single poll: keeps the stop flag and the batch clock responsive.
 pub const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
 /// Retry delays of a batch that failed transiently.
 pub const RETRY_INITIAL: Duration = Duration::from_millis(200);
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Longest wait a service's `Retry-After` gets for a batch.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
 /// Longest wait between retries while draining before a revoke or a stop.
 pub const DRAIN_RETRY_MAX: Duration = Duration::from_secs(1);
 /// Longest time handled records wait for their commit while records stream in.
 pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// How long a revocation may spend finishing what is in memory.
 pub const REVOKE_BUDGET: Duration = Duration::from_secs(10);
-/// Records held in memory (in hand and waiting), in batches, above which
-/// every partition is paused until half of them are through.
+/// Records a lane holds (waiting, in hand and in flight), in batches, above
+/// which its partitions are paused until half of them are through.
 pub const BUFFER_BATCHES: usize = 4;
+/// How often the stored offsets are compared with what this copy stored.
+pub const VERIFY_EVERY: Duration = Duration::from_secs(5);
 
 /// When handled offsets are committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,71 +75,98 @@ enum When {
     Sync,
 }
 
-/// A batch that failed transiently, waiting for its next attempt.
-struct HeldBatch {
-    records: Vec<Record>,
-    backoff: Backoff,
-    retry_at: Instant,
+/// Whether the consumer thread goes on after a [`Pipeline::tick`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ticked {
+    Running,
+    /// A stop was asked for and it is done; `unstored`: records were left in
+    /// memory at its deadline (read again by whoever comes next).
+    Stopped {
+        unstored: bool,
+    },
 }
 
-enum Outcome {
-    Done,
-    /// The database (or a service) fails: back off further each time.
-    Retry(String),
-    /// The database works but a record failed: retried soon, so that a
-    /// poison record is recognised in a second, whatever came before.
-    Suspect(String),
-}
-
-pub struct Pipeline<C: Clock + Clone> {
+pub struct Pipeline<C: Clock + Clone, L: Lanes> {
     clock: C,
-    batcher: Batcher<C>,
-    in_hand: Option<HeldBatch>,
+    lanes: Vec<Lane<C>>,
+    workers: L,
+    /// Each assigned partition's lane, and its assignment's epoch: a batch
+    /// that comes back from an assignment that ended counts for nothing.
+    lane_of: BTreeMap<TopicPartition, usize>,
+    epochs: BTreeMap<TopicPartition, u64>,
+    next_epoch: u64,
+    next_seq: u64,
     offsets: Offsets,
+    positions: Positions,
     /// Partitions this pipeline paused.
     paused: BTreeSet<TopicPartition>,
-    backpressure: bool,
-    poison: PoisonLedger,
     heartbeat: Arc<Heartbeat>,
     batch_size: usize,
+    batch_timeout: Duration,
+    /// The largest batch a lane makes (its own or a module's).
+    largest: usize,
     last_commit: Option<Instant>,
+    next_verify: Option<Instant>,
     /// A stop cuts every drain short, a revoke's too.
     stop: Arc<StopRequest>,
     /// Partitions read from the database's offset, until their first record:
-    /// one below it means the broker reset the partition (see [`Sink::rewind`]).
+    /// one below it means the broker reset the partition.
     starts: BTreeMap<TopicPartition, i64>,
-    /// Partitions to read again from an offset (see [`Sink::read_again`]).
+    /// Partitions to read again from an offset (the database lost commits).
     seeks: Vec<(TopicPartition, i64)>,
     /// Partitions that must restart at an offset: records above it, fetched
     /// before their seek, are not taken until one at or below it arrives.
     restart_at: BTreeMap<TopicPartition, i64>,
+    /// A lane's handler panicked: no more batches go out, and the thread ends.
+    panicked: Option<Panicked>,
 }
 
-impl<C: Clock + Clone> Pipeline<C> {
-    pub fn new(
-        batch_size: usize,
-        batch_timeout: Duration,
-        clock: C,
-        poison: PoisonLedger,
-        heartbeat: Arc<Heartbeat>,
-    ) -> Self {
+impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
+    /// A pipeline with one lane per lane of `workers`, each batching
+    /// `batch_size` records or `batch_timeout`.
+    pub fn new(batch_size: usize, batch_timeout: Duration, clock: C, heartbeat: Arc<Heartbeat>, workers: L) -> Self {
         let batch_size = batch_size.max(1);
+        let batchers = || Batchers::new(batch_size, batch_timeout, &BTreeMap::new(), clock.clone());
+        let lanes = (0..workers.count().max(1)).map(|_| Lane::new(batchers())).collect();
         Pipeline {
-            batcher: Batcher::new(batch_size, batch_timeout, clock.clone()),
             clock,
-            in_hand: None,
+            lanes,
+            workers,
+            lane_of: BTreeMap::new(),
+            epochs: BTreeMap::new(),
+            next_epoch: 0,
+            next_seq: 0,
             offsets: Offsets::default(),
+            positions: Positions::default(),
             paused: BTreeSet::new(),
-            backpressure: false,
-            poison,
             heartbeat,
             batch_size,
+            largest: batch_size,
+            batch_timeout,
             last_commit: None,
+            next_verify: None,
             stop: Arc::default(),
             starts: BTreeMap::new(),
             seeks: Vec::new(),
             restart_at: BTreeMap::new(),
+            panicked: None,
         }
+    }
+
+    /// The lanes, once the pipeline is done with (their batches in flight
+    /// are theirs to finish, or not).
+    pub fn into_lanes(self) -> L {
+        self.workers
+    }
+
+    /// The topics whose modules have batches of their own: each one's size and timeout.
+    pub fn with_batches(mut self, own: BTreeMap<String, (usize, Duration)>) -> Self {
+        let (size, timeout) = (self.batch_size, self.batch_timeout);
+        for lane in &mut self.lanes {
+            lane.batcher = Batchers::new(size, timeout, &own, self.clock.clone());
+        }
+        self.largest = own.values().map(|(size, _)| *size).fold(size, usize::max);
+        self
     }
 
     /// Drains end by the deadline of a stop requested through `stop`.
@@ -142,34 +181,50 @@ impl<C: Clock + Clone> Pipeline<C> {
         self.seeks.iter().map(|(tp, _)| tp.clone()).collect()
     }
 
-    /// Records held in memory: the batch in hand and those waiting.
+    /// Records held in memory: waiting, in hand and in flight, every lane.
     pub fn buffered(&self) -> usize {
-        self.batcher.len() + self.in_hand.as_ref().map_or(0, |h| h.records.len())
+        self.lanes.iter().map(Lane::buffered).sum()
     }
 
-    /// Most records this pipeline holds in memory: the pause limit plus
-    /// what one poll drains. (The rdkafka seam holds at most one batch more,
-    /// polled while a synchronous commit is awaited.)
+    /// What each lane holds, for a failure message.
+    pub fn describe(&self) -> String {
+        let now = self.clock.now();
+        let lanes = self.lanes.iter().enumerate().map(|(i, l)| format!("lane {i}: {}", l.describe(now)));
+        lanes.collect::<Vec<_>>().join("\n")
+    }
+
+    /// Most records this pipeline holds in memory: per lane, the pause limit
+    /// plus what one step polls (a batch). (The rdkafka seam holds at most
+    /// one batch more, polled while a synchronous commit is awaited.)
     pub fn memory_bound(&self) -> usize {
-        (BUFFER_BATCHES + 1) * self.batch_size
+        self.lanes.len() * (BUFFER_BATCHES * self.largest + self.batch_size)
     }
 
-    /// How long the next poll may wait: until a retry or a batch is due.
+    /// How long the next poll may wait: until a retry or a batch is due, and
+    /// briefly while a lane works.
     pub fn poll_wait(&self) -> Duration {
         let now = self.clock.now();
-        match &self.in_hand {
-            Some(h) => h.retry_at.saturating_duration_since(now),
-            None => self.batcher.time_left().unwrap_or(MAX_POLL_WAIT),
-        }
-        .min(MAX_POLL_WAIT)
+        let back = self.workers.back_within();
+        self.lanes.iter().map(|l| l.due_in(now, back)).min().unwrap_or(MAX_POLL_WAIT).min(MAX_POLL_WAIT)
     }
 
-    /// One step: poll (up to a batch of records), handle what is due,
-    /// adjust pauses, commit. After a panic, what was handled before it is
-    /// still committed, so the restarted thread starts at the failing record.
+    /// The consumer thread's loop body: one step, or, once a stop was asked
+    /// for, finishing what is in memory and committing it by its deadline.
+    pub fn tick<B: Broker, S: Sink>(&mut self, broker: &mut B, sink: &mut S) -> Result<Ticked, Panicked> {
+        match self.stop.drain_by() {
+            Some(by) => self.finish(broker, sink, by).map(|done| Ticked::Stopped { unstored: !done }),
+            None => self.run_once(broker, sink).map(|()| Ticked::Running),
+        }
+    }
+
+    /// One step: poll, take back finished batches, hand out due ones, adjust
+    /// pauses, commit. After a panic, what was handled before it (in every
+    /// lane) is still committed, so the restarted thread starts at the
+    /// failing record.
     pub fn run_once<B: Broker, S: Sink>(&mut self, broker: &mut B, sink: &mut S) -> Result<(), Panicked> {
         let stepped = self.step(broker, sink);
         if stepped.is_err() {
+            self.wind_down(self.clock.now() + lanes::WIND_DOWN);
             self.commit(broker, When::Sync);
         }
         stepped
@@ -184,7 +239,7 @@ impl<C: Clock + Clone> Pipeline<C> {
                 Polled::Record(r) => {
                     received += 1;
                     self.heartbeat.client_ok();
-                    self.check_start(sink, &r);
+                    self.check_start(&r);
                     self.accept(r);
                     if received >= self.batch_size {
                         break;
@@ -196,23 +251,22 @@ impl<C: Clock + Clone> Pipeline<C> {
                     break;
                 }
                 Polled::Assigned(tps) => self.assign(broker, sink, &tps),
-                Polled::Revoked(tps) => self.revoke(broker, sink, &tps)?,
+                Polled::Revoked(tps) => self.revoke(broker, &tps)?,
                 Polled::Lost(tps) => {
                     PartitionsLeaving { partitions: &tps, lost: true }.emit();
-                    self.release(broker, sink, &tps);
+                    self.release(broker, &tps);
                 }
-                Polled::Reset(tps) => self.reset(broker, sink, &tps),
+                Polled::Reset(tps) => self.reset(broker, &tps),
                 Polled::Committed { offsets, result } => self.answered(&offsets, result),
             }
         }
         self.heartbeat.polled();
-        self.take_read_again(sink);
+        self.verify(sink);
+        self.take_read_again();
         self.seek_again(broker);
-        if self.in_hand.is_some() {
-            self.retry_in_hand(sink)?;
-        }
-        if self.in_hand.is_none() {
-            self.handle_ready(sink, false)?;
+        self.work(None);
+        if let Some(p) = self.panicked.take() {
+            return Err(p);
         }
         self.reconcile_pauses(broker);
         self.commit(broker, if received == 0 { When::Idle } else { When::Throttled });
@@ -224,22 +278,27 @@ impl<C: Clock + Clone> Pipeline<C> {
     pub fn finish<B: Broker, S: Sink>(
         &mut self,
         broker: &mut B,
-        sink: &mut S,
+        _sink: &mut S,
         deadline: Instant,
     ) -> Result<bool, Panicked> {
-        let drained = self.drain(sink, deadline);
+        let drained = self.drain(None, deadline);
+        if drained.is_err() {
+            self.wind_down(deadline);
+        }
         self.commit(broker, When::Sync);
         drained
     }
 
+    /// Puts a polled record in its partition's lane.
     fn accept(&mut self, r: Record) {
+        let tp = r.tp();
         // A record fetched before its partition left: the next owner reads it.
-        if self.offsets.is_assigned(&r.tp()) {
-            if self.restarts_here(&r) {
-                self.batcher.push(r);
-            }
-        } else {
+        let Some(&lane) = self.lane_of.get(&tp).filter(|_| self.offsets.is_assigned(&tp)) else {
             log::debug!("dropping a record of a partition not assigned position={}", r.position());
+            return;
+        };
+        if self.restarts_here(&r) {
+            self.lanes[lane].batcher.push(r);
         }
     }
 
@@ -264,51 +323,48 @@ impl<C: Clock + Clone> Pipeline<C> {
         }
     }
 
-    /// Pauses the partitions of the batch in hand (all of them while too
-    /// much is in memory) and resumes the rest.
-    fn reconcile_pauses<B: Broker>(&mut self, broker: &mut B) {
-        let buffered = self.buffered();
-        let limit = BUFFER_BATCHES * self.batch_size;
-        if buffered >= limit {
-            self.backpressure = true;
-        } else if buffered <= limit / 2 {
-            self.backpressure = false;
-        }
-        if !self.backpressure && self.in_hand.is_none() && self.paused.is_empty() {
+    /// Compares, every [`VERIFY_EVERY`], the stored offsets with what this
+    /// copy stored: an idle partition gets no batch that would find out that
+    /// the database lost commits. While the database is away, the next time does.
+    fn verify<S: Sink>(&mut self, sink: &mut S) {
+        let now = self.clock.now();
+        if self.next_verify.is_some_and(|t| now < t) || !self.positions.has_expectations() {
             return;
         }
-        let want: BTreeSet<TopicPartition> = if self.backpressure {
-            self.offsets.assigned().cloned().collect()
-        } else {
-            let held = self.in_hand.iter().flat_map(|h| &h.records);
-            held.map(|r| r.tp()).filter(|tp| self.offsets.is_assigned(tp)).collect()
-        };
+        self.next_verify = Some(now + VERIFY_EVERY);
+        if let Ok(stored) = sink.offsets() {
+            self.positions.verify(stored);
+        }
+    }
+
+    /// Pauses the partitions of each lane's batch in hand (all a lane's while
+    /// it holds too much) and resumes the rest.
+    fn reconcile_pauses<B: Broker>(&mut self, broker: &mut B) {
+        let limit = BUFFER_BATCHES * self.largest;
+        let mut want = BTreeSet::new();
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
+            LaneHolds { lane: i, records: lane.buffered() }.emit();
+            if lane.relieve(limit) {
+                want.extend(self.lane_of.iter().filter(|(_, l)| **l == i).map(|(tp, _)| tp.clone()));
+            }
+            want.extend(lane.held_partitions().filter(|tp| self.offsets.is_assigned(tp)));
+        }
         let pause: Vec<TopicPartition> = want.difference(&self.paused).cloned().collect();
         let resume: Vec<TopicPartition> = self.paused.difference(&want).cloned().collect();
+        let failed = |call, partitions: &[TopicPartition], e: BrokerError| {
+            let (kind, error) = (e.kind.as_str(), &e.message);
+            ClientCallFailed { call, partitions, kind, error, serious: false }.emit()
+        };
         if !pause.is_empty() {
             match broker.pause(&pause) {
                 Ok(()) => self.paused.extend(pause),
-                Err(e) => ClientCallFailed {
-                    call: "pause",
-                    partitions: &pause,
-                    kind: e.kind.as_str(),
-                    error: &e.message,
-                    serious: false,
-                }
-                .emit(),
+                Err(e) => failed("pause", &pause, e),
             }
         }
         if !resume.is_empty() {
             match broker.resume(&resume) {
                 Ok(()) => resume.iter().for_each(|tp| _ = self.paused.remove(tp)),
-                Err(e) => ClientCallFailed {
-                    call: "resume",
-                    partitions: &resume,
-                    kind: e.kind.as_str(),
-                    error: &e.message,
-                    serious: false,
-                }
-                .emit(),
+                Err(e) => failed("resume", &resume, e),
             }
         }
     }

@@ -1,13 +1,13 @@
 //! A circuit breaker for one endpoint: after `threshold` failures in a row
 //! it opens for a cool-off, during which no call is made (the sender defers
 //! its rows without spending their attempts); then one trial call goes
-//! through, and its outcome closes the breaker or opens it again.
+//! through, and its outcome closes the breaker or opens it again. (The
+//! webhook notifier and the model client each keep one.)
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::common::locks::lock;
-use crate::events::{BreakerChanged, Event as _};
 
 pub struct Breaker {
     threshold: u32,
@@ -50,7 +50,9 @@ impl Breaker {
     }
 
     /// The outcome of an admitted call: `false` when the endpoint failed.
-    pub fn record(&self, ok: bool) {
+    /// Returns the breaker's state when it changed (or failed again while
+    /// open), for the caller to report.
+    pub fn record(&self, ok: bool) -> Option<Changed> {
         let mut s = self.state();
         let was_open = s.open_until.is_some();
         if ok {
@@ -63,10 +65,20 @@ impl Breaker {
             }
         }
         let open = s.open_until.is_some();
-        if open != was_open || (open && !ok) {
-            BreakerChanged { open, failures_in_a_row: s.failures, cool_off: self.cool_off }.emit();
-        }
+        (open != was_open || (open && !ok)).then_some(Changed {
+            open,
+            failures_in_a_row: s.failures,
+            cool_off: self.cool_off,
+        })
     }
+}
+
+/// A breaker opened (or failed its trial), or closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Changed {
+    pub open: bool,
+    pub failures_in_a_row: u32,
+    pub cool_off: Duration,
 }
 
 #[cfg(test)]
@@ -82,10 +94,12 @@ mod tests {
         }
         assert_eq!(b.admit(), Ok(()), "two failures of three: still closed");
         b.record(true);
-        for _ in 0..3 {
+        for _ in 0..2 {
             assert_eq!(b.admit(), Ok(()));
-            b.record(false);
+            assert_eq!(b.record(false), None, "no change to report");
         }
+        let opened = Changed { open: true, failures_in_a_row: 3, cool_off: Duration::from_millis(50) };
+        assert_eq!(b.record(false), Some(opened), "the third failure opens it");
         let wait = b.admit().expect_err("open after three failures in a row");
         assert!(wait <= Duration::from_millis(50) && wait > Duration::from_millis(30), "{wait:?}");
         std::thread::sleep(Duration::from_millis(60));
@@ -95,7 +109,7 @@ mod tests {
         assert!(b.admit().is_err(), "a failed trial opens it again");
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(b.admit(), Ok(()));
-        b.record(true);
+        assert_eq!(b.record(true).map(|c| c.open), Some(false), "a trial that works closes it");
         assert_eq!(b.admit(), Ok(()));
         assert_eq!(b.admit(), Ok(()), "closed: every call goes");
     }
