@@ -10,7 +10,9 @@
 //! from start to /readyz 200; (7) a careful Python consumer of the same job
 //! (`bench/peer.py`) into SQLite, batch 25 and 500; (8) a module that waits
 //! 100 ms per batch (a call to another service), 1 and 4 lanes. Case (3)
-//! runs 1 and 4 lanes (`CONSUMER_CONCURRENCY`). Drains (1), (3) and (7)
+//! runs 1 and 4 lanes (`CONSUMER_CONCURRENCY`); (9) the predictions module
+//! against a model answering in 50 ms, and its Python peer (`bench/predict.rs`).
+//! Drains (1), (3) and (7)
 //! also print CPU seconds per 10,000 records: every thread of the process,
 //! from its start (the client prefetches records before the first one is
 //! returned, so counting from the first record would miss the fetching).
@@ -21,6 +23,7 @@
 mod support;
 
 mod latency;
+mod predict;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -366,7 +369,12 @@ fn main() {
             }
         }
     }
+    let predict_lines = if want("predict") { predict::predictions(&base, runs, &mut table) } else { vec![] };
     table.print();
+    if !predict_lines.is_empty() {
+        println!("\npredictions: 4 lanes against the Python peer and against 1 lane, medians of this invocation");
+        predict_lines.iter().for_each(|l| println!("{l}"));
+    }
     if !by_lanes.is_empty() {
         println!("\nlanes: 4 lanes against 1, medians of this invocation");
         for (case, [one, four]) in &by_lanes {

@@ -263,8 +263,9 @@ impl Kind for DatabaseUrl {
     }
 }
 
-/// An `http://` or `https://` URL, shown without its secrets. A secret one
-/// (a webhook's, whose path is often its token) is scrubbed whole from messages.
+/// An `http://` or `https://` URL, shown without its secrets (its password
+/// and secret-named query values). A secret one (a webhook's, whose path is
+/// often its token) shows its origin only and is scrubbed whole from messages.
 pub struct HttpUrl {
     pub secret: bool,
 }
@@ -278,10 +279,14 @@ impl Kind for HttpUrl {
         Ok(text.to_string())
     }
     fn show(&self, v: &String) -> String {
-        redact::webhook_url(v)
+        self.shown(v)
     }
     fn shown(&self, text: &str) -> String {
-        redact::webhook_url(text)
+        if self.secret {
+            redact::webhook_url(text)
+        } else {
+            redact::url(text)
+        }
     }
     fn secrets(&self, v: &String) -> Vec<String> {
         if self.secret {

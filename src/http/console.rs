@@ -140,7 +140,7 @@ fn button(admin: Admin, action: &str, label: &str) -> String {
 }
 
 /// One read from the database for the page, or why it failed.
-fn read<T>(s: &Status, f: impl FnOnce(&mut DbConnection) -> Result<T, DbError>) -> Result<T, String> {
+pub(super) fn read<T>(s: &Status, f: impl FnOnce(&mut DbConnection) -> Result<T, DbError>) -> Result<T, String> {
     let mut conn = crate::db::checkout(&s.sources.http_pool, None).map_err(|e| e.to_string())?;
     f(&mut conn).map_err(|e| e.to_string())
 }
@@ -334,6 +334,7 @@ fn render(s: &Status, topic: Option<&str>, admin: Admin) -> String {
     dead_letters_section(&mut out, s, topic, admin);
     notifications_section(&mut out, s, admin);
     jobs_section(&mut out, s, admin);
+    super::predictions::console_section(&mut out, s);
     let refreshes = if admin == Admin::Locked {
         "<a href=\"/\">Refresh</a>".to_string()
     } else {

@@ -18,3 +18,4 @@ mod scheduler;
 mod sender;
 mod smoke;
 mod supervisor;
+mod walkthrough;

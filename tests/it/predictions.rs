@@ -213,9 +213,15 @@ both_backends!(a_batch_of_ten_thousand);
 #[test]
 fn people_see_predictions_and_whether_the_module_is_on() {
     let w = world(Backend::Sqlite, false, 1, &[]);
-    produce(&w.s, &w.topic, &(0..10).map(candle).collect::<Vec<_>>());
+    let mut payloads: Vec<Vec<u8>> = (0..10).map(candle).collect();
+    payloads.push(json!({"symbol": "<b>hostile</b>", "x": 10}).to_string().into_bytes());
+    produce(&w.s, &w.topic, &payloads);
     let svc = Service::start(&w.s, &w.tdb.url, &[]);
-    svc.wait_for("10 predictions", Duration::from_secs(60), || count(&w.pool) >= 10);
+    svc.wait_for("11 predictions", Duration::from_secs(60), || count(&w.pool) >= 11);
+    let (_, page) = svc.get("/").unwrap();
+    let section = page.split("<section id=predictions>").nth(1).expect("the console's predictions section");
+    assert!(section.contains("ETHUSDT") && section.contains("11 predictions stored"), "{section}");
+    assert!(section.contains("&lt;b&gt;hostile") && !page.contains("<b>hostile"), "a key is escaped: {section}");
     let (status, body) = svc.get("/v1/predictions/latest?key=BTCUSDT").unwrap();
     assert_eq!(status, 200, "{body}");
     let latest: Value = serde_json::from_str(&body).unwrap();
@@ -227,7 +233,7 @@ fn people_see_predictions_and_whether_the_module_is_on() {
     let (code, csv, err) = cli(&w.s, &w.tdb.url, &["predictions", "export", "--csv"]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines.len(), 11, "{csv}");
+    assert_eq!(lines.len(), 12, "{csv}");
     assert!(lines[0].starts_with("id,created_at,key,model"), "{}", lines[0]);
     assert!(lines[1].contains(",BTCUSDT,m,") && lines[1].contains(r#""{""p"":0.0}""#), "{}", lines[1]);
     let (code, out, _) = cli(&w.s, &w.tdb.url, &["topics"]);
