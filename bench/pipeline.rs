@@ -92,7 +92,8 @@ fn reference_drain(s: &Settings, topic: &str, n: usize) -> Drained {
 }
 
 /// (7) the Python peer (`bench/peer.py`, run by `BENCH_PYTHON`) into a SQLite file.
-fn peer_drain(s: &Settings, topic: &str, n: usize, batch: usize) -> Drained {
+/// (7) the Python peer storing notifications; with `job`, (10) delivering them too.
+fn peer_drain(s: &Settings, topic: &str, n: usize, batch: usize, job: bool) -> Drained {
     let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
     let dir = std::env::temp_dir().join(unique("bench-peer-"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -100,6 +101,7 @@ fn peer_drain(s: &Settings, topic: &str, n: usize, batch: usize) -> Drained {
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peer.py"))
         .args([&s.kafka_bootstrap_servers, topic, &unique("bench-peer-"), dir.join("peer.db").to_str().unwrap()])
         .args([n.to_string(), batch.to_string()])
+        .args(job.then_some("job"))
         .output()
         .unwrap_or_else(|e| panic!("cannot run {python} bench/peer.py: {e}"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -193,14 +195,15 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 }
 
 /// (3) + (6) the service binary storing notifications; returns its drain,
-/// peak RSS MiB, steady RSS MiB and ms to ready.
+/// peak RSS MiB, steady RSS MiB and ms to ready. With `job`, (10): the
+/// drain ends when every notification is sent (`NOTIFIER=log`, its line
+/// filtered out by the log level).
 /// `baseline`: another build of the binary, which migrates its own database.
 fn service_drain(
     s: &Settings,
     backend: Backend,
     n: usize,
-    batch: usize,
-    lanes: usize,
+    (batch, lanes, job): (usize, usize, bool),
     baseline: Option<&Path>,
 ) -> (Drained, f64, f64, f64) {
     let tdb = TestDb::new(backend);
@@ -209,6 +212,7 @@ fn service_drain(
     }
     let mut vars = vec![("CONSUMER_BATCH_SIZE", batch.to_string()), ("KAFKA_GROUP_ID", unique("bench-svc-"))];
     vars.push(("CONSUMER_CONCURRENCY", lanes.to_string()));
+    vars.push(("NOTIFIER", "log".into()));
     let s = with(s, &tdb.url, &vars);
     let started = Instant::now();
     let env = [("RUST_LOG", "warn")];
@@ -220,9 +224,9 @@ fn service_drain(
     svc.wait_for("ready", Duration::from_secs(60), || http_get(&http, "/readyz").is_some_and(|(c, _)| c == 200));
     let ready_ms = started.elapsed().as_secs_f64() * 1000.0;
     let http = svc.http.clone();
-    let consumed = || {
-        metric_sum(&http_get(&http, "/metrics").map(|(_, b)| b).unwrap_or_default(), "cronsumer_records_consumed_total")
-    };
+    let metric = |name: &str| metric_sum(&http_get(&http, "/metrics").map(|(_, b)| b).unwrap_or_default(), name);
+    let consumed = || metric("cronsumer_records_consumed_total");
+    let sent = || metric("cronsumer_notifications_total");
     let mut first = (Instant::now(), 0.0);
     svc.wait_for("first records", Duration::from_secs(60), || {
         first = (Instant::now(), consumed());
@@ -232,7 +236,7 @@ fn service_drain(
     svc.wait_for("all records", Duration::from_secs(600), || {
         steady.push(rss_kib(pid, "VmRSS:"));
         std::thread::sleep(Duration::from_millis(100));
-        consumed() >= n as f64
+        consumed() >= n as f64 && (!job || sent() >= n as f64)
     });
     let rate = (n as f64 - first.1) / first.0.elapsed().as_secs_f64();
     let cpu_per_10k = per_10k(cpu_secs(Some(pid)), n as f64);
@@ -311,7 +315,11 @@ fn main() {
     // The peer's runs alternate with the service's SQLite runs, so that both see the same machine.
     let mut peer: std::collections::BTreeMap<usize, Vec<Drained>> = Default::default();
     if want("db") {
-        for backend in [Backend::Sqlite, Backend::Postgres] {
+        let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
+        let backends = [Backend::Sqlite, Backend::Postgres]
+            .into_iter()
+            .filter(|b| backends.contains(&format!("{b:?}").to_lowercase()));
+        for backend in backends {
             for (batch, lanes, target) in [
                 (25, 1, if backend == Backend::Sqlite { ">= 0.95" } else { "-" }),
                 (25, 4, if backend == Backend::Sqlite { "reported" } else { ">= 0.85, >= 1.8x 1 lane" }),
@@ -322,15 +330,16 @@ fn main() {
                 for _ in 0..runs {
                     // The baseline's runs alternate with this build's, so both see the same machine.
                     if let Some(bin) = baseline.as_ref().filter(|_| lanes == 1) {
-                        let (drained, peak, steady, ready) = service_drain(&base, backend, n, batch, 1, Some(bin));
+                        let (drained, peak, steady, ready) =
+                            service_drain(&base, backend, n, (batch, 1, false), Some(bin));
                         before.push(drained);
                         memory.push(("baseline ", backend, batch, lanes, peak, steady, ready));
                     }
-                    let (drained, peak, steady, ready) = service_drain(&base, backend, n, batch, lanes, None);
+                    let (drained, peak, steady, ready) = service_drain(&base, backend, n, (batch, lanes, false), None);
                     drains.push(drained);
                     memory.push(("", backend, batch, lanes, peak, steady, ready));
                     if backend == Backend::Sqlite && lanes == 1 && want("peer") {
-                        peer.entry(batch).or_default().push(peer_drain(&base, &topic, n, batch));
+                        peer.entry(batch).or_default().push(peer_drain(&base, &topic, n, batch, false));
                     }
                 }
                 if !before.is_empty() {
@@ -347,9 +356,45 @@ fn main() {
     }
     if want("peer") {
         for batch in [25, 500] {
-            let drains =
-                peer.remove(&batch).unwrap_or_else(|| (0..runs).map(|_| peer_drain(&base, &topic, n, batch)).collect());
+            let drains = peer
+                .remove(&batch)
+                .unwrap_or_else(|| (0..runs).map(|_| peer_drain(&base, &topic, n, batch, false)).collect());
             table.add(Stats::of(format!("(7) Python peer -> Sqlite, batch {batch}"), drains, "-"), Some(r));
+        }
+    }
+    // (10) the whole notifications job, stored and sent, against the peer doing the same; runs alternate.
+    let mut job_lines = Vec::new();
+    if want("job") {
+        for batch in [25, 500] {
+            let (mut ours, mut theirs, mut before) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..runs {
+                if let Some(bin) = &baseline {
+                    before.push(service_drain(&base, Backend::Sqlite, n, (batch, 1, true), Some(bin)).0);
+                }
+                ours.push(service_drain(&base, Backend::Sqlite, n, (batch, 1, true), None).0);
+                theirs.push(peer_drain(&base, &topic, n, batch, true));
+            }
+            let cpu = |d: &[Drained]| {
+                let mut v: Vec<f64> = d.iter().map(|d| d.cpu_per_10k).collect();
+                v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                v[v.len() / 2]
+            };
+            let (c, p) = (cpu(&ours), cpu(&theirs));
+            job_lines.push(format!(
+                "  batch {batch}: CPU s per 10k {c:.3} / peer's {p:.3} = {:.2}x (target <= 0.8x)",
+                c / p
+            ));
+            if !before.is_empty() {
+                let b = cpu(&before);
+                job_lines
+                    .push(format!("  batch {batch}: CPU s per 10k {c:.3} / the baseline's {b:.3} = {:.2}x", c / b));
+                table.add(Stats::of(format!("(10) baseline: whole job, Sqlite, batch {batch}"), before, "-"), Some(r));
+            }
+            table.add(
+                Stats::of(format!("(10) whole job (stored, sent), Sqlite, batch {batch}"), ours, "CPU <= 0.8x peer"),
+                Some(r),
+            );
+            table.add(Stats::of(format!("(10) Python peer, whole job, batch {batch}"), theirs, "-"), Some(r));
         }
     }
     if want("delivery") {
@@ -374,6 +419,10 @@ fn main() {
     if !predict_lines.is_empty() {
         println!("\npredictions: 4 lanes against the Python peer and against 1 lane, medians of this invocation");
         predict_lines.iter().for_each(|l| println!("{l}"));
+    }
+    if !job_lines.is_empty() {
+        println!("\n(10) the whole notifications job against the Python peer, medians of this invocation");
+        job_lines.iter().for_each(|l| println!("{l}"));
     }
     if !by_lanes.is_empty() {
         println!("\nlanes: 4 lanes against 1, medians of this invocation");

@@ -175,7 +175,7 @@ pub enum DeadLettersCommand {
 pub enum NotificationsCommand {
     /// Newest first.
     List {
-        /// pending, sending, sent or failed.
+        /// pending, sent or failed.
         #[arg(long)]
         status: Option<String>,
         #[arg(long, default_value_t = 50)]

@@ -106,8 +106,7 @@ pub fn notifications(settings: &Settings, out: &Output, command: NotificationsCo
     match command {
         NotificationsCommand::List { status, limit } => {
             if let Some(s) = &status {
-                let known =
-                    [notifications::PENDING, notifications::SENDING, notifications::SENT, notifications::FAILED];
+                let known = [notifications::PENDING, notifications::SENT, notifications::FAILED];
                 if !known.contains(&s.as_str()) {
                     bail!(UsageError(format!("--status {s:?}: expected one of {}", known.join(", "))));
                 }
@@ -134,13 +133,15 @@ pub fn notifications(settings: &Settings, out: &Output, command: NotificationsCo
             out.rows(&headers, &rows);
         }
         NotificationsCommand::Retry { id } => {
-            if !notifications::retry_now(&mut conn, id, false)? {
-                let why = match notifications::status_of(&mut conn, id)? {
-                    // As the console's retry: a row being sent would be delivered twice at once.
-                    Some(_) => format!("notification {id} is being sent now; retry it once it is sent or failed"),
-                    None => format!("no notification with id {id} (see `cronsumer notifications list`)"),
-                };
-                bail!(UsageError(why));
+            match notifications::retry_now(&mut conn, id, false)? {
+                notifications::Retried::Done => {}
+                // As the console's retry: a row being sent would be delivered twice at once.
+                notifications::Retried::BeingSent => bail!(UsageError(format!(
+                    "notification {id} is being sent now; retry it once it is sent or failed"
+                ))),
+                notifications::Retried::Missing => {
+                    bail!(UsageError(format!("no notification with id {id} (see `cronsumer notifications list`)")))
+                }
             }
             println!("notification {id} is pending again");
         }

@@ -75,6 +75,11 @@ impl Record {
     pub fn position(&self) -> String {
         format!("{}/{}@{}", self.topic, self.partition, self.offset)
     }
+
+    /// The bytes it holds: its key and payload.
+    pub fn bytes(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len)
+    }
 }
 
 /// A record's source position and fingerprint ([`Record::source`]).

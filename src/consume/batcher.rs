@@ -16,20 +16,28 @@ pub struct Batcher<C: Clock = SystemClock> {
     clock: C,
     /// Records in arrival order with the time each arrived.
     queue: VecDeque<(Instant, Record)>,
+    /// Their bytes (keys and payloads).
+    bytes: usize,
 }
 
 impl<C: Clock> Batcher<C> {
     pub fn new(size: usize, timeout: Duration, clock: C) -> Self {
-        Batcher { size: size.max(1), timeout, clock, queue: VecDeque::new() }
+        Batcher { size: size.max(1), timeout, clock, queue: VecDeque::new(), bytes: 0 }
     }
 
     pub fn push(&mut self, record: Record) {
         let now = self.clock.now();
+        self.bytes += record.bytes();
         self.queue.push_back((now, record));
     }
 
     pub fn len(&self) -> usize {
         self.queue.len()
+    }
+
+    /// The bytes of the waiting records.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// True when a full batch is waiting or the oldest record has waited the timeout.
@@ -50,7 +58,9 @@ impl<C: Clock> Batcher<C> {
     /// Takes the next batch (up to `size` records, oldest first), ready or not.
     pub fn take(&mut self) -> Vec<Record> {
         let n = self.queue.len().min(self.size);
-        self.queue.drain(..n).map(|(_, r)| r).collect()
+        let batch: Vec<Record> = self.queue.drain(..n).map(|(_, r)| r).collect();
+        self.bytes -= batch.iter().map(Record::bytes).sum::<usize>();
+        batch
     }
 
     /// Whether a waiting record is one `pick` picks.
@@ -63,6 +73,7 @@ impl<C: Clock> Batcher<C> {
     pub fn discard(&mut self, mut revoked: impl FnMut(&Record) -> bool) -> usize {
         let before = self.queue.len();
         self.queue.retain(|(_, r)| !revoked(r));
+        self.bytes = self.queue.iter().map(|(_, r)| r.bytes()).sum();
         before - self.queue.len()
     }
 }
@@ -97,6 +108,10 @@ impl<C: Clock> Batchers<C> {
 
     pub fn len(&self) -> usize {
         self.all().map(Batcher::len).sum()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.all().map(Batcher::bytes).sum()
     }
 
     /// Time until the first of its batches closes; `None` when nothing waits.

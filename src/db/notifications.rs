@@ -1,5 +1,6 @@
 //! `notifications`: rows stored by the notifications consumer and delivered
-//! by the `send_notifications` job (pending → sending → sent | failed).
+//! by the `send_notifications` job (pending → sent | failed, each row
+//! written once after its insert: claims cost no write).
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -12,7 +13,6 @@ use crate::common::record::Source;
 use crate::{on_backend, prepared, write_tx};
 
 pub const PENDING: &str = "pending";
-pub const SENDING: &str = "sending";
 pub const SENT: &str = "sent";
 pub const FAILED: &str = "failed";
 
@@ -33,8 +33,6 @@ pub struct Notification {
     pub created_at: NaiveDateTime,
     #[diesel(deserialize_as = Stamp)]
     pub next_attempt_at: NaiveDateTime,
-    pub claimed_until: Option<NaiveDateTime>,
-    pub claimed_by: Option<String>,
     pub sent_at: Option<NaiveDateTime>,
 }
 
@@ -87,7 +85,7 @@ impl NewNotification {
 }
 
 /// `status = '…'` as a literal: a planner matches a partial index's
-/// predicate (`notifications_pending`, `notifications_sending`) only against
+/// predicate (`notifications_pending`) only against
 /// literals; SQLite prepares a statement again once a parameter is bound.
 fn status_is(status: &'static str) -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
     diesel::dsl::sql(&format!("status = '{status}'"))
@@ -180,173 +178,179 @@ impl InsertChunk for diesel::PgConnection {
     }
 }
 
-/// Marks `sent` the rows in `sent` (delivered; only the claim's holder may
-/// say so), then claims up to `limit` due rows for `holder` for `claim_for`
-/// (by the database's clock), in one transaction: a sender commits once per
-/// chunk, not once to mark and once to claim. Due rows are pending rows
-/// whose `next_attempt_at` has come, oldest due first. (Rows whose claim
-/// expired are first put back by [`requeue_expired`].) The filter and order
-/// follow the partial index of pending rows, so a claim costs the same
-/// however many sent rows the table holds. PostgreSQL skips rows another copy holds.
-pub fn mark_sent_and_claim_due(
-    conn: &mut DbConnection,
-    sent: &[i64],
-    holder: &str,
-    limit: i64,
-    claim_for: std::time::Duration,
-) -> Result<Vec<Notification>, DbError> {
+/// The advisory-lock key space of the sender's claims on PostgreSQL: row
+/// `id` is claimed by `pg_try_advisory_lock(CLAIM_SPACE, id % 2^31)`, held
+/// on the claiming run's session while it delivers the row and gone when
+/// that session ends (a copy that dies frees its rows at once). Rows whose
+/// ids differ by a multiple of 2^31 share a key: one waits for the other.
+pub const CLAIM_SPACE: i32 = 0x6e6f_7469; // "noti"
+
+/// The key of row `id` in [`CLAIM_SPACE`], as SQL over a `bigint` `id`.
+const CLAIM_KEY: &str = "(id % 2147483647)::int4";
+
+/// Claims up to `limit` due rows (pending, their `next_attempt_at` come by
+/// the database's clock), oldest due first, without writing them.
+/// PostgreSQL: each is locked on `conn`'s session ([`CLAIM_SPACE`]); rows
+/// another copy holds are skipped, and a row another copy finished after it
+/// was read (its lock let go since) is let go again. SQLite: as they are,
+/// the job's lease making one sender per database. The filter and order
+/// follow the partial index of pending rows.
+pub fn claim_due(conn: &mut DbConnection, limit: i64) -> Result<Vec<Notification>, DbError> {
+    use diesel::sql_types::{BigInt, Timestamp};
     let t = super::clock(conn)?;
-    let mut rows = super::transaction(conn, false, |c| {
-        mark_sent(c, sent, holder)?;
-        claim(c, t, holder, limit, claim_for)
-    })?;
+    macro_rules! due {
+        () => {
+            n::notifications
+                .select(Notification::as_select())
+                .filter(status_is(PENDING))
+                .filter(n::next_attempt_at.le(t))
+                .order((n::next_attempt_at, n::id))
+        };
+    }
+    let mut rows = match conn {
+        DbConnection::Sqlite(c) => due!().limit(limit).load(c)?,
+        DbConnection::Postgresql(c) => {
+            #[derive(QueryableByName)]
+            struct Id {
+                #[diesel(sql_type = BigInt)]
+                id: i64,
+            }
+            // A window past the limit, so that rows other copies hold do not
+            // hide the due rows behind them; the filter locks lazily, stopping at the limit.
+            let sql = format!(
+                "SELECT id FROM (SELECT id FROM notifications WHERE status = '{PENDING}' AND next_attempt_at <= $1 \
+                 ORDER BY next_attempt_at, id LIMIT $2 * 4) AS due WHERE pg_try_advisory_lock({CLAIM_SPACE}, {CLAIM_KEY}) LIMIT $2"
+            );
+            let locked: Vec<Id> =
+                prepared!(diesel::sql_query(sql).bind::<Timestamp, _>(t).bind::<BigInt, _>(limit)).load(c)?;
+            let ids: Vec<i64> = locked.into_iter().map(|r| r.id).collect();
+            // Read again, in a statement that sees what other copies committed before they let go.
+            let rows: Vec<Notification> = due!().filter(n::id.eq_any(&ids)).load(c)?;
+            let gone: Vec<i64> = ids.iter().copied().filter(|id| !rows.iter().any(|r| r.id == *id)).collect();
+            unclaim_pg(c, &gone)?;
+            rows
+        }
+    };
     rows.sort_by_key(|r| (r.next_attempt_at, r.id));
     Ok(rows)
 }
 
-/// The claim of [`mark_sent_and_claim_due`], inside its transaction.
-fn claim(
-    conn: &mut DbConnection,
-    t: NaiveDateTime,
-    holder: &str,
-    limit: i64,
-    claim_for: std::time::Duration,
-) -> Result<Vec<Notification>, DbError> {
-    use diesel::sql_types::{BigInt, Text, Timestamp};
-    let claimed_until = super::after(t, claim_for);
-    // One statement selects and claims: no id list to build, bind and parse
-    // per chunk. The statuses are literals: a planner matches a partial
-    // index's predicate only against literals. PostgreSQL skips rows another
-    // copy is claiming.
-    let sql = |p: [&str; 4], lock: &str| {
-        format!(
-            "UPDATE notifications SET status = '{SENDING}', claimed_until = {}, claimed_by = {} WHERE id IN \
-             (SELECT id FROM notifications WHERE status = '{PENDING}' AND next_attempt_at <= {} \
-             ORDER BY next_attempt_at LIMIT {}{lock}) RETURNING *",
-            p[0], p[1], p[2], p[3]
-        )
-    };
-    macro_rules! claim {
-        ($sql:expr) => {
-            diesel::sql_query($sql)
-                .bind::<Timestamp, _>(claimed_until)
-                .bind::<Text, _>(holder)
-                .bind::<Timestamp, _>(t)
-                .bind::<BigInt, _>(limit)
-        };
-    }
-    // Kept prepared: the text is the same for every chunk.
-    Ok(match conn {
-        DbConnection::Postgresql(c) => {
-            prepared!(claim!(sql(["$1", "$2", "$3", "$4"], " FOR UPDATE SKIP LOCKED"))).get_results(c)?
-        }
-        DbConnection::Sqlite(c) => prepared!(claim!(sql(["?"; 4], ""))).get_results(c)?,
-    })
-}
-
-/// Extends the claims of `ids` that `holder` holds by `claim_for` from now
-/// (by the database's clock); returns how many. Only those: rows an earlier
-/// run of the holder left claimed (it failed) expire and go back.
-pub fn renew_claims(
-    conn: &mut DbConnection,
-    ids: &[i64],
-    holder: &str,
-    claim_for: std::time::Duration,
-) -> Result<usize, DbError> {
-    let until = super::after(super::clock(conn)?, claim_for);
-    let target = n::notifications.filter(n::id.eq_any(ids)).filter(n::claimed_by.eq(holder)).filter(status_is(SENDING));
-    Ok(on_backend!(conn, |c| diesel::update(target).set(n::claimed_until.eq(Some(until))).execute(c))?)
-}
-
-/// Delivered, for many rows at once: only the claim's holder may say so.
-pub fn mark_sent_many(conn: &mut DbConnection, ids: &[i64], holder: &str) -> Result<usize, DbError> {
+fn unclaim_pg(c: &mut diesel::PgConnection, ids: &[i64]) -> QueryResult<()> {
+    use diesel::sql_types::{Array, BigInt};
     if ids.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
-    super::transaction(conn, false, |c| mark_sent(c, ids, holder))
+    let sql = format!("SELECT pg_advisory_unlock({CLAIM_SPACE}, {CLAIM_KEY}) FROM unnest($1) AS id");
+    diesel::sql_query(sql).bind::<Array<BigInt>, _>(ids).execute(c).map(|_| ())
 }
 
-/// The statement of [`mark_sent_many`], in the caller's transaction.
-fn mark_sent(conn: &mut DbConnection, ids: &[i64], holder: &str) -> Result<usize, DbError> {
-    if ids.is_empty() {
-        return Ok(0);
+/// Lets claimed rows go (their outcome is written, or they were not
+/// attempted): another copy may claim them when they are due.
+pub fn unclaim(conn: &mut DbConnection, ids: &[i64]) -> Result<(), DbError> {
+    if let DbConnection::Postgresql(c) = conn {
+        unclaim_pg(c, ids)?;
     }
+    Ok(())
+}
+
+/// Lets every claim of `conn`'s session go: at the end of a run, before its
+/// connection goes back to the pool, whatever happened.
+pub fn unclaim_all(conn: &mut DbConnection) -> Result<(), DbError> {
+    if let DbConnection::Postgresql(c) = conn {
+        diesel::sql_query("SELECT pg_advisory_unlock_all()").execute(c)?;
+    }
+    Ok(())
+}
+
+/// How a delivery ended, written once per row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Sent,
+    /// Not delivered: `pending` again, due at the time given.
+    Retry {
+        error: String,
+        at: NaiveDateTime,
+    },
+    /// Not delivered, for good.
+    Failed {
+        error: String,
+    },
+}
+
+/// Writes the outcomes of claimed rows, in the caller's transaction: the
+/// one write of each row after its insert. The `sent` ones in one
+/// statement. Only pending rows change. Returns how many did.
+pub fn record(conn: &mut DbConnection, outcomes: &[(i64, Outcome)]) -> Result<usize, DbError> {
+    let sent: Vec<i64> = outcomes.iter().filter(|(_, o)| *o == Outcome::Sent).map(|(id, _)| *id).collect();
     let t = now();
-    let target = n::notifications.filter(n::id.eq_any(ids)).filter(n::claimed_by.eq(holder)).filter(status_is(SENDING));
-    Ok(on_backend!(conn, |c| diesel::update(target)
-        .set((
-            n::status.eq(SENT),
-            n::sent_at.eq(Some(t)),
-            n::attempts.eq(n::attempts + 1),
-            n::claimed_until.eq(None::<NaiveDateTime>),
-            n::last_error.eq(None::<String>),
-        ))
-        .execute(c))?)
+    let mut changed = 0;
+    if !sent.is_empty() {
+        let target = n::notifications.filter(n::id.eq_any(&sent)).filter(status_is(PENDING));
+        changed += on_backend!(conn, |c| diesel::update(target)
+            .set((
+                n::status.eq(SENT),
+                n::sent_at.eq(Some(t)),
+                n::attempts.eq(n::attempts + 1),
+                n::last_error.eq(None::<String>),
+            ))
+            .execute(c))?;
+    }
+    for (id, outcome) in outcomes {
+        let (status, error, next) = match outcome {
+            Outcome::Sent => continue,
+            Outcome::Retry { error, at } => (PENDING, error, *at),
+            Outcome::Failed { error } => (FAILED, error, t),
+        };
+        let target = n::notifications.filter(n::id.eq(*id)).filter(status_is(PENDING));
+        changed += on_backend!(conn, |c| diesel::update(target)
+            .set((
+                n::status.eq(status),
+                n::attempts.eq(n::attempts + 1),
+                n::last_error.eq(Some(error)),
+                n::next_attempt_at.eq(next),
+            ))
+            .execute(c))?;
+    }
+    Ok(changed)
 }
 
-/// Gives claimed rows back, not attempted (their attempts unspent), due at `due`.
-pub fn release(conn: &mut DbConnection, ids: &[i64], holder: &str, due: NaiveDateTime) -> Result<usize, DbError> {
-    let target = n::notifications.filter(n::id.eq_any(ids)).filter(n::claimed_by.eq(holder)).filter(status_is(SENDING));
-    Ok(on_backend!(conn, |c| diesel::update(target)
-        .set((
-            n::status.eq(PENDING),
-            n::next_attempt_at.eq(due),
-            n::claimed_until.eq(None::<NaiveDateTime>),
-            n::claimed_by.eq(None::<String>),
-        ))
-        .execute(c))?)
-}
-
-/// Not delivered: back to `pending` for `retry_at`, or `failed` when `retry_at` is `None`.
-pub fn mark_attempt_failed(
-    conn: &mut DbConnection,
-    id: i64,
-    holder: &str,
-    error: &str,
-    retry_at: Option<NaiveDateTime>,
-) -> Result<bool, DbError> {
-    let target = n::notifications.filter(n::id.eq(id)).filter(n::claimed_by.eq(holder)).filter(status_is(SENDING));
-    let status = if retry_at.is_some() { PENDING } else { FAILED };
-    let next = retry_at.unwrap_or_else(now);
-    let changed = on_backend!(conn, |c| diesel::update(target)
-        .set((
-            n::status.eq(status),
-            n::attempts.eq(n::attempts + 1),
-            n::last_error.eq(Some(error)),
-            n::next_attempt_at.eq(next),
-            n::claimed_until.eq(None::<NaiveDateTime>),
-        ))
-        .execute(c))?;
-    Ok(changed == 1)
-}
-
-/// Puts rows whose claim expired back to `pending`; returns how many.
-pub fn requeue_expired(conn: &mut DbConnection) -> Result<usize, DbError> {
-    let t = super::clock(conn)?;
-    let target = n::notifications.filter(status_is(SENDING)).filter(n::claimed_until.lt(t));
-    Ok(on_backend!(conn, |c| diesel::update(target)
-        .set((n::status.eq(PENDING), n::claimed_until.eq(None::<NaiveDateTime>), n::claimed_by.eq(None::<String>)))
-        .execute(c))?)
+/// What an operator's retry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retried {
+    /// Pending, due now.
+    Done,
+    /// No such row (or, with `only_failed`, not a failed one).
+    Missing,
+    /// A sender holds it: it is being delivered now (PostgreSQL).
+    BeingSent,
 }
 
 /// Sets a row back to `pending`, due now (operator retry): a `failed`,
 /// `sent` or `pending` one, or with `only_failed` a `failed` one; never one
-/// being sent (it would be delivered twice at once). Returns false when no
-/// such row.
-pub fn retry_now(conn: &mut DbConnection, id: i64, only_failed: bool) -> Result<bool, DbError> {
+/// a sender holds (it would be delivered twice at once). On SQLite a row
+/// being sent is pending, and its outcome is still written once.
+pub fn retry_now(conn: &mut DbConnection, id: i64, only_failed: bool) -> Result<Retried, DbError> {
     let t = now();
     let statuses: &[&str] = if only_failed { &[FAILED] } else { &[PENDING, SENT, FAILED] };
-    let changed = on_backend!(conn, |c| diesel::update(
-        n::notifications.filter(n::id.eq(id)).filter(n::status.eq_any(statuses))
-    )
-    .set((
-        n::status.eq(PENDING),
-        n::next_attempt_at.eq(t),
-        n::claimed_until.eq(None::<NaiveDateTime>),
-        n::claimed_by.eq(None::<String>),
-    ))
-    .execute(c))?;
-    Ok(changed == 1)
+    let target = || n::notifications.filter(n::id.eq(id)).filter(n::status.eq_any(statuses));
+    let changes = (n::status.eq(PENDING), n::next_attempt_at.eq(t));
+    let changed = match conn {
+        DbConnection::Postgresql(c) => c.transaction(|c| {
+            // Free now, and kept until this transaction ends: no sender claims it meanwhile.
+            let held = format!("NOT pg_try_advisory_xact_lock({CLAIM_SPACE}, {CLAIM_KEY})");
+            let held = target().select(diesel::dsl::sql::<diesel::sql_types::Bool>(&held)).first(c).optional()?;
+            if held == Some(true) {
+                return Ok::<_, diesel::result::Error>(None);
+            }
+            diesel::update(target()).set(changes).execute(c).map(Some)
+        })?,
+        DbConnection::Sqlite(c) => Some(diesel::update(target()).set(changes).execute(c)?),
+    };
+    Ok(match changed {
+        None => Retried::BeingSent,
+        Some(1) => Retried::Done,
+        Some(_) => Retried::Missing,
+    })
 }
 
 /// Deletes `sent` rows sent before `before`.

@@ -15,8 +15,6 @@ diesel::table! {
         last_error -> Nullable<Text>,
         created_at -> Timestamp,
         next_attempt_at -> Timestamp,
-        claimed_until -> Nullable<Timestamp>,
-        claimed_by -> Nullable<Text>,
         sent_at -> Nullable<Timestamp>,
         source_fingerprint -> Nullable<BigInt>,
     }

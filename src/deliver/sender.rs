@@ -1,14 +1,19 @@
 //! `send_notifications` (`NOTIFICATIONS_CRON`, default every 30 s, and woken
 //! by the consumer whenever it stores new notifications): claims due rows in
-//! chunks, delivers them through the notifier (up to its parallelism at once,
-//! `NOTIFY_CONCURRENCY` for the webhook), and marks each `sent` within
-//! [`MARK_EVERY`] of its delivery (a chunk's last ones in the transaction
-//! that claims the next chunk), schedules a retry with exponential backoff
-//! (no sooner than a `Retry-After`), or marks it `failed` after
-//! `NOTIFICATIONS_MAX_ATTEMPTS`. Drains everything that is due. A crash
-//! resends at most the deliveries in flight and those delivered in the last
-//! [`MARK_EVERY`].
+//! chunks without writing them (on PostgreSQL a session advisory lock per
+//! row, so copies send side by side and a copy that dies frees its rows at
+//! once; on SQLite the job's lease, taken on every run, makes one sender per
+//! database), delivers them through the notifier (up to its parallelism at
+//! once, `NOTIFY_CONCURRENCY` for the webhook), and writes each row once,
+//! when its delivery ends: `sent`, a retry scheduled with exponential
+//! backoff (no sooner than a `Retry-After`), or `failed` after
+//! `NOTIFICATIONS_MAX_ATTEMPTS`. Those writes are batched: within
+//! [`MARK_EVERY`] of a delivery and at each chunk's end, in one fenced
+//! transaction. Rows not attempted (a stop, an open breaker) are let go
+//! unwritten. Drains everything that is due. A crash resends at most the
+//! deliveries in flight and those delivered in the last [`MARK_EVERY`].
 
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -16,21 +21,24 @@ use std::time::{Duration, Instant};
 use super::notifier::{Delivery, Notifier};
 use crate::common::backoff::Backoff;
 use crate::config::cron::{CronError, Schedule};
-use crate::config::Settings;
-use crate::db::notifications::Notification;
+use crate::config::{Backend, Settings};
+use crate::db::notifications::{Notification, Outcome};
 use crate::db::{self, notifications, DbConnection};
-use crate::events::{ClaimsChanged, Event as _, NotificationAttemptFailed, NotificationResult, NotificationsDone};
+use crate::events::{Event as _, NotificationAttemptFailed, NotificationResult, NotificationsDone};
 use crate::schedule::{Job, JobContext, JobError, JobReport};
 
 /// The job, with the notifier it delivers through (one per process: the
 /// webhook's breaker outlives each run).
 pub struct SendNotifications {
     notifier: Box<dyn Notifier>,
+    /// SQLite: one sender per database, by the job's lease on every run.
+    leased: bool,
 }
 
 impl SendNotifications {
     pub fn new(settings: &Settings) -> Self {
-        SendNotifications { notifier: super::notifier::from_settings(settings) }
+        let leased = Backend::of_url(&settings.database_url).is_ok_and(|b| b == Backend::Sqlite);
+        SendNotifications { notifier: super::notifier::from_settings(settings), leased }
     }
 }
 
@@ -38,14 +46,6 @@ pub const NAME: &str = "send_notifications";
 
 /// Rows claimed per round trip.
 const CHUNK: i64 = 200;
-/// How long a claim lasts unless renewed; a sender that died hands its rows
-/// over after this (the next run requeues them).
-const CLAIM_FOR: Duration = Duration::from_secs(30);
-/// How often a sender renews the claims of the chunk it delivers.
-const CLAIM_RENEW_EVERY: Duration = Duration::from_secs(10);
-/// Deliveries stop this long before the claim ends, so no row is ever sent
-/// after its claim could have passed to another copy (one webhook timeout + margin).
-const CLAIM_MARGIN: Duration = Duration::from_secs(15);
 /// Longest delay between attempts.
 const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// Longest time a delivered row waits to be marked `sent`.
@@ -54,6 +54,30 @@ pub const MARK_EVERY: Duration = Duration::from_millis(250);
 /// When attempt number `attempts` (1-based, just failed) should be retried.
 pub fn retry_delay(settings: &Settings, attempts: i32) -> Duration {
     Backoff::delay_for(settings.notifications_retry_base, RETRY_MAX, attempts.max(1) as u32 - 1)
+}
+
+/// A run's connection: the claims it holds (advisory locks of its
+/// session) are let go when it is dropped, whatever ended the run, before
+/// the connection goes back to the pool.
+struct Claiming(db::Conn);
+
+impl Drop for Claiming {
+    fn drop(&mut self) {
+        let _ = notifications::unclaim_all(&mut self.0);
+    }
+}
+
+impl Deref for Claiming {
+    type Target = DbConnection;
+    fn deref(&self) -> &DbConnection {
+        &self.0
+    }
+}
+
+impl DerefMut for Claiming {
+    fn deref_mut(&mut self) -> &mut DbConnection {
+        &mut self.0
+    }
 }
 
 impl Job for SendNotifications {
@@ -69,33 +93,36 @@ impl Job for SendNotifications {
         true
     }
 
+    fn exclusive(&self) -> bool {
+        self.leased
+    }
+
+    fn lease_every_run(&self) -> bool {
+        self.leased
+    }
+
     fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
-        let mut conn = ctx.db()?;
-        // Rows a crashed sender left claimed are due again once their claim expired.
-        let requeued = notifications::requeue_expired(&mut conn)?;
-        ClaimsChanged { requeued, renew_error: None }.emit();
-        // Retry and defer times are the database's, as claims are: copies
-        // whose clocks disagree still agree on when a row is due.
+        let mut conn = Claiming(ctx.db()?);
+        // Retry and defer times are the database's: copies whose clocks
+        // disagree still agree on when a row is due.
         let skew = db::clock(&mut conn)? - db::now();
         let mut tally = Tally::default();
-        let mut marks = Marks::default();
+        let mut outcomes = Outcomes::default();
         while !ctx.shutdown.is_triggered() {
-            let claimed_at = Instant::now();
-            // The last chunk's deliveries are marked in the same transaction.
-            let rows = notifications::mark_sent_and_claim_due(&mut conn, &marks.ids, &ctx.holder, CHUNK, CLAIM_FOR)?;
-            marks.marked(&mut tally);
+            let rows = notifications::claim_due(&mut conn, CHUNK)?;
             if rows.is_empty() {
                 break;
             }
-            let finished =
-                deliver_chunk(ctx, &*self.notifier, &mut conn, &rows, (claimed_at, skew), &mut marks, &mut tally)?;
+            let finished = deliver_chunk(ctx, &*self.notifier, &mut conn, &rows, skew, &mut outcomes, &mut tally)?;
+            outcomes.flush(ctx, &mut conn, &mut tally)?;
+            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            notifications::unclaim(&mut conn, &ids)?;
             // An open breaker defers every row: the rest waits for the next run.
             // A short chunk was all that was due (rows stored since wake the job again).
             if !finished || tally.deferred > 0 || (rows.len() as i64) < CHUNK {
                 break;
             }
         }
-        marks.flush(&mut conn, &ctx.holder, &mut tally)?;
         let mut report = if tally.sent + tally.retried + tally.failed == 0 {
             String::new()
         } else {
@@ -120,29 +147,27 @@ struct Tally {
 /// What a chunk's delivery loop waits for next.
 enum Next {
     Delivered(usize, Delivery),
-    /// Nothing finished within a tick; time to look at the claim.
+    /// Nothing finished within a tick: time to write what waits.
     Idle,
     Done,
 }
 
 /// Delivers one claimed chunk, `parallelism` at a time on worker threads
-/// (on this thread when a delivery never waits), recording each
-/// outcome on this thread's connection and renewing the chunk's claims
-/// every [`CLAIM_RENEW_EVERY`]. Stops early, releasing the rows not
-/// attempted, at shutdown or when the claim nears its end unrenewed;
-/// returns false then. Rows delivered are left in `marks`.
+/// (on this thread when a delivery never waits), recording each outcome on
+/// this thread and writing them every [`MARK_EVERY`]. Stops early at
+/// shutdown, leaving the rows not attempted unwritten; returns false then.
 fn deliver_chunk(
     ctx: &JobContext,
     notifier: &dyn Notifier,
     conn: &mut DbConnection,
     rows: &[Notification],
-    (claimed_at, skew): (Instant, chrono::Duration),
-    marks: &mut Marks,
+    skew: chrono::Duration,
+    outcomes: &mut Outcomes,
     tally: &mut Tally,
 ) -> Result<bool, JobError> {
     let stop = AtomicBool::new(false);
     let attempted = vec![false; rows.len()];
-    let mut chunk = Chunk { ctx, conn, rows, claimed_at, skew, marks, tally, attempted, stop: &stop };
+    let mut chunk = Chunk { ctx, conn, rows, skew, outcomes, tally, attempted, stop: &stop };
     let recorded = if !notifier.waits() {
         // Deliveries that never wait run here, one at a time: a worker thread
         // and a channel hand-off per row would cost more than the delivery.
@@ -181,12 +206,7 @@ fn deliver_chunk(
         })
     };
     recorded?;
-    let rest: Vec<i64> = rows.iter().zip(&chunk.attempted).filter(|(_, a)| !**a).map(|(r, _)| r.id).collect();
-    if rest.is_empty() {
-        return Ok(true);
-    }
-    notifications::release(chunk.conn, &rest, &ctx.holder, db::now() + skew)?;
-    Ok(false)
+    Ok(chunk.attempted.iter().all(|a| *a))
 }
 
 /// One chunk's delivery, as its outcomes come in.
@@ -194,10 +214,9 @@ struct Chunk<'a> {
     ctx: &'a JobContext,
     conn: &'a mut DbConnection,
     rows: &'a [Notification],
-    claimed_at: Instant,
     /// The database's clock minus this machine's.
     skew: chrono::Duration,
-    marks: &'a mut Marks,
+    outcomes: &'a mut Outcomes,
     tally: &'a mut Tally,
     attempted: Vec<bool>,
     /// Set when no further delivery may start.
@@ -206,8 +225,7 @@ struct Chunk<'a> {
 
 impl Chunk<'_> {
     /// Records each outcome `next` gives until it is done; between them,
-    /// renews the claims, stops deliveries near the claim's end or at
-    /// shutdown, and marks what waited [`MARK_EVERY`].
+    /// stops deliveries at shutdown and writes what waited [`MARK_EVERY`].
     fn record_all(&mut self, mut next: impl FnMut() -> Next) -> Result<(), JobError> {
         let ctx = self.ctx;
         loop {
@@ -215,98 +233,82 @@ impl Chunk<'_> {
                 Next::Delivered(i, delivery) => {
                     self.attempted[i] = true;
                     let now = db::now() + self.skew;
-                    record(ctx, self.conn, &self.rows[i], delivery, now, self.marks, self.tally)?;
+                    outcome(ctx, &self.rows[i], delivery, now, self.outcomes, self.tally);
                 }
                 Next::Idle => {}
                 Next::Done => return Ok(()),
             }
-            if self.claimed_at.elapsed() >= CLAIM_RENEW_EVERY {
-                // Renewed from the database's clock; if that fails, the margin below stops us in time.
-                let ids: Vec<i64> = self.rows.iter().map(|r| r.id).collect();
-                match notifications::renew_claims(self.conn, &ids, &ctx.holder, CLAIM_FOR) {
-                    Ok(_) => self.claimed_at = Instant::now(),
-                    Err(e) => ClaimsChanged { requeued: 0, renew_error: Some(&e.to_string()) }.emit(),
-                }
-            }
-            if self.claimed_at.elapsed() + CLAIM_MARGIN >= CLAIM_FOR || ctx.shutdown.is_triggered() {
+            if ctx.shutdown.is_triggered() {
                 self.stop.store(true, Ordering::SeqCst);
             }
-            self.marks.flush_if_due(self.conn, &ctx.holder, self.tally)?;
+            if self.outcomes.since.is_some_and(|t| t.elapsed() >= MARK_EVERY) {
+                self.outcomes.flush(ctx, self.conn, self.tally)?;
+            }
         }
     }
 }
 
-/// Delivered rows not marked `sent` yet, and since when the oldest waits.
+/// Outcomes not written yet, and since when the oldest waits.
 #[derive(Default)]
-struct Marks {
-    ids: Vec<i64>,
+struct Outcomes {
+    rows: Vec<(i64, Outcome)>,
     since: Option<Instant>,
 }
 
-impl Marks {
-    fn push(&mut self, id: i64) {
+impl Outcomes {
+    fn push(&mut self, id: i64, outcome: Outcome) {
         self.since.get_or_insert_with(Instant::now);
-        self.ids.push(id);
+        self.rows.push((id, outcome));
     }
 
-    fn flush_if_due(&mut self, conn: &mut DbConnection, holder: &str, tally: &mut Tally) -> Result<(), JobError> {
-        match self.since {
-            Some(t) if t.elapsed() >= MARK_EVERY => self.flush(conn, holder, tally),
-            _ => Ok(()),
+    /// Writes them in one transaction, fenced by the run's lease (SQLite;
+    /// on PostgreSQL the rows' locks are held on this session): the one
+    /// write of each row after its insert.
+    fn flush(&mut self, ctx: &JobContext, conn: &mut DbConnection, tally: &mut Tally) -> Result<(), JobError> {
+        if self.rows.is_empty() {
+            return Ok(());
         }
-    }
-
-    fn flush(&mut self, conn: &mut DbConnection, holder: &str, tally: &mut Tally) -> Result<(), JobError> {
-        notifications::mark_sent_many(conn, &self.ids, holder)?;
-        self.marked(tally);
-        Ok(())
-    }
-
-    /// The rows held were marked `sent`: counted, reported and let go.
-    fn marked(&mut self, tally: &mut Tally) {
-        if self.ids.is_empty() {
-            return;
+        ctx.fenced(NAME, conn, |c| notifications::record(c, &self.rows))?;
+        let sent = self.rows.iter().filter(|(_, o)| *o == Outcome::Sent).count();
+        if sent > 0 {
+            tally.sent += sent;
+            NotificationsDone { result: NotificationResult::Sent, count: sent }.emit();
         }
-        tally.sent += self.ids.len();
-        NotificationsDone { result: NotificationResult::Sent, count: self.ids.len() }.emit();
-        self.ids.clear();
+        self.rows.clear();
         self.since = None;
+        Ok(())
     }
 }
 
-/// Records one delivery's outcome: sent (marked with the next group), a
-/// retry with backoff, or failed for good.
-fn record(
+/// One delivery's outcome, to be written: sent, a retry with backoff, or
+/// failed for good; a deferral (the breaker open) writes nothing.
+fn outcome(
     ctx: &JobContext,
-    conn: &mut DbConnection,
     n: &Notification,
     delivery: Delivery,
     now: chrono::NaiveDateTime,
-    marks: &mut Marks,
+    outcomes: &mut Outcomes,
     tally: &mut Tally,
-) -> Result<(), JobError> {
+) {
     let max_attempts = ctx.settings.notifications_max_attempts as i32;
     match delivery {
-        Delivery::Sent => marks.push(n.id),
+        Delivery::Sent => outcomes.push(n.id, Outcome::Sent),
         Delivery::Retry { error, after } if n.attempts + 1 < max_attempts => {
             let delay = retry_delay(&ctx.settings, n.attempts + 1).max(after.unwrap_or_default()).min(RETRY_MAX);
             let at = db::after(now, delay);
-            notifications::mark_attempt_failed(conn, n.id, &ctx.holder, &error, Some(at))?;
             tally.retried += 1;
             let retry_at = Some(at.to_string());
             NotificationAttemptFailed { id: n.id, attempt: n.attempts + 1, retry_at, error: &error }.emit();
+            outcomes.push(n.id, Outcome::Retry { error, at });
         }
-        Delivery::Deferred(wait) => {
-            let at = db::after(now, wait);
-            notifications::release(conn, &[n.id], &ctx.holder, at)?;
+        Delivery::Deferred(_) => {
             tally.deferred += 1;
             NotificationsDone { result: NotificationResult::Deferred, count: 1 }.emit();
         }
         Delivery::Retry { error, .. } | Delivery::Failed(error) => {
-            notifications::mark_attempt_failed(conn, n.id, &ctx.holder, &error, None)?;
             tally.failed += 1;
             NotificationAttemptFailed { id: n.id, attempt: n.attempts + 1, retry_at: None, error: &error }.emit();
+            outcomes.push(n.id, Outcome::Failed { error });
         }
     }
-    Ok(())
 }

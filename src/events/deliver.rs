@@ -120,21 +120,3 @@ impl Event for BreakerChanged {
         }
     }
 }
-
-/// Rows a sender that died left claimed went back to pending, or claims
-/// could not be renewed.
-pub struct ClaimsChanged<'a> {
-    pub requeued: usize,
-    pub renew_error: Option<&'a str>,
-}
-
-impl Event for ClaimsChanged<'_> {
-    fn emit(self) {
-        if self.requeued > 0 {
-            log::warn!("event=claims_requeued rows={} why=\"their claim expired\"", self.requeued);
-        }
-        if let Some(e) = self.renew_error {
-            log::warn!("event=claims_not_renewed error={e:?}");
-        }
-    }
-}

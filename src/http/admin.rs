@@ -154,7 +154,7 @@ pub async fn retry(State(status): State<Arc<Status>>, headers: HeaderMap, Path(i
     act(status, headers, format!("retry notification {id}"), move |s| {
         let mut conn = checkout(&s.sources.http_pool, None).map_err(db_failed)?;
         // Only a failed one: a row being sent would be sent twice.
-        if !notifications::retry_now(&mut conn, id, true).map_err(db_failed)? {
+        if notifications::retry_now(&mut conn, id, true).map_err(db_failed)? != notifications::Retried::Done {
             return Err((StatusCode::CONFLICT, format!("no failed notification with id {id}")));
         }
         Ok(format!("notification {id} is pending again"))

@@ -11,8 +11,9 @@ use axum::http::HeaderMap;
 use axum::response::Html;
 
 use super::admin;
+use super::html::{esc, read};
 use super::status::{Status, RATE_EVERY};
-use crate::db::{dead_letters, notifications, DbConnection, DbError};
+use crate::db::{dead_letters, notifications};
 
 /// Dead letters listed, newest first.
 const DEAD_LETTERS_SHOWN: i64 = 100;
@@ -30,22 +31,6 @@ enum Admin {
     Disabled,
     Locked,
     Unlocked,
-}
-
-/// `s` for HTML text and attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 fn preview(bytes: Option<&[u8]>) -> String {
@@ -137,12 +122,6 @@ fn button(admin: Admin, action: &str, label: &str) -> String {
         return String::new();
     }
     format!("<form method=post action=\"{}\"><button>{}</button></form>", esc(action), esc(label))
-}
-
-/// One read from the database for the page, or why it failed.
-pub(super) fn read<T>(s: &Status, f: impl FnOnce(&mut DbConnection) -> Result<T, DbError>) -> Result<T, String> {
-    let mut conn = crate::db::checkout(&s.sources.http_pool, None).map_err(|e| e.to_string())?;
-    f(&mut conn).map_err(|e| e.to_string())
 }
 
 fn unavailable(out: &mut String, error: &str) {

@@ -10,7 +10,8 @@
 //! answer from [`status::Status`], kept current in the background.
 //!
 //! Inside: the routes and the server (here), the connection table
-//! ([`connections`]), the status ([`status`]), the console ([`console`]),
+//! ([`connections`]), the status ([`status`]), the console ([`console`],
+//! its HTML helpers [`html`]),
 //! its actions ([`admin`]), the price API ([`prices`]) and the predictions
 //! API ([`predictions`]). It may use every part but `app` and `cli`.
 
@@ -36,6 +37,7 @@ use crate::events::{Event as _, HttpListening};
 mod admin;
 mod connections;
 pub mod console;
+mod html;
 mod predictions;
 mod prices;
 pub mod status;

@@ -65,8 +65,8 @@ const KEYS_SHOWN: usize = 20;
 /// The console's section: whether the module is on, the model and its
 /// calls, and the newest prediction of each key.
 pub fn console_section(out: &mut String, s: &Status) {
+    use super::html::esc;
     use std::fmt::Write as _;
-    let esc = super::console::esc;
     out.push_str("<section id=predictions><h2>Predictions</h2>");
     let settings = &s.sources.settings;
     let Some(url) = &settings.predict_url else {
@@ -92,7 +92,7 @@ pub fn console_section(out: &mut String, s: &Status) {
         m.model_refused_records.get(),
         if m.model_breaker_open.get() == 1 { "<b class=warn>open</b>" } else { "closed" },
     );
-    let recent = super::console::read(s, |c| Ok((predictions::count(c)?, predictions::recent(c, None, 500)?)));
+    let recent = super::html::read(s, |c| Ok((predictions::count(c)?, predictions::recent(c, None, 500)?)));
     match recent {
         Err(e) => {
             let _ = write!(out, "<p class=warn>database unavailable: {}</p>", esc(&e));

@@ -1,5 +1,4 @@
-//! Maintenance: `maintenance_5m` requeues notifications whose claim expired
-//! and reports consumer lag per partition; `maintenance_15m` purges sent
+//! Maintenance: `maintenance_5m` reports consumer lag per partition; `maintenance_15m` purges sent
 //! notifications, replayed dead letters, job runs, published outbox rows and
 //! provider answers older than `RETENTION_DAYS`, and lets SQLite refresh its
 //! query statistics.
@@ -26,10 +25,7 @@ impl Job for Maintenance5m {
     }
 
     fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
-        let mut conn = ctx.db()?;
-        let requeued = notifications::requeue_expired(&mut conn)?;
-        drop(conn);
-        let mut details = format!("requeued={requeued}");
+        let mut details = String::new();
         if ctx.settings.kafka_enabled {
             match kafka::lag(&ctx.settings, &ctx.topics) {
                 Ok(parts) => {
@@ -39,9 +35,9 @@ impl Job for Maintenance5m {
                             (&p.topic, p.partition, p.committed, p.high, p.lag);
                         LagReported { topic, partition, committed, high, lag }.emit();
                     }
-                    details.push_str(&format!(" lag={total}"));
+                    details.push_str(&format!("lag={total}"));
                 }
-                Err(e) => details.push_str(&format!(" lag=unknown ({e})")),
+                Err(e) => details.push_str(&format!("lag=unknown ({e})")),
             }
         }
         Ok(JobReport::new(details))

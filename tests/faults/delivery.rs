@@ -32,10 +32,9 @@ fn send_once(s: &Settings, db_url: &str, dir: &Path, faked: Option<&str>) -> std
 }
 
 /// Copy a claims notifications and delivers them slowly; copy b, whose
-/// clock runs ten minutes ahead, runs the sender meanwhile. By b's clock
-/// a's claims (300 s) have long expired, but claims are compared with
-/// PostgreSQL's clock, so b takes none of them: each notification is
-/// delivered once.
+/// clock runs ten minutes ahead, runs the sender meanwhile. Claims are
+/// advisory locks, which no clock can expire, so b takes none of a's rows:
+/// each notification is delivered once.
 #[test]
 fn copies_whose_clocks_disagree_deliver_each_notification_once() {
     let _serial = serial();
@@ -84,15 +83,35 @@ fn copies_whose_clocks_disagree_deliver_each_notification_once() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The advisory locks (the sender's claims) the copy whose connections
+/// carry `application_name` holds: the rows' ids.
+fn claims_of(pool: &cronsumer::db::Pool, application: &str) -> Vec<i64> {
+    use diesel::RunQueryDsl as _;
+    #[derive(diesel::QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+    }
+    let sql = format!(
+        "SELECT l.objid::bigint AS id FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.classid = {} AND a.application_name = '{application}'",
+        cronsumer::db::notifications::CLAIM_SPACE as u32
+    );
+    let mut conn = pool.get().unwrap();
+    cronsumer::on_backend!(conn, |c| diesel::sql_query(&sql).load::<Id>(c)).unwrap().into_iter().map(|r| r.id).collect()
+}
+
 /// SIGKILL while notifications are delivered (4 in flight, each answered
-/// after 200 ms): a fresh copy takes over the dead copy's claims once they
-/// lapse (30 s unrenewed) and sends the rest. At most the calls in flight
-/// and those answered within the last marking interval (250 ms) are sent
+/// after 200 ms) by one copy holding every due row, a second copy running
+/// beside it: the dead copy's claims vanish with its connections, so the
+/// second copy claims its rows within 5 s (before, they waited 30 s for a
+/// claim to lapse) and sends the rest. At most the calls in flight and
+/// those answered within the last marking interval (250 ms) are sent
 /// twice, counted by idempotency key at the webhook.
 #[test]
-fn kill_9_mid_delivery_resends_at_most_what_was_in_flight() {
+fn kill_9_mid_delivery_hands_the_rows_over_at_once() {
     let _serial = serial();
-    const N: usize = 300;
+    const N: usize = 200;
     const IN_FLIGHT: usize = 4;
     let sink = Sink::ok();
     sink.set_delay(Duration::from_millis(200));
@@ -102,13 +121,36 @@ fn kill_9_mid_delivery_resends_at_most_what_was_in_flight() {
         &sink.url,
         &[("NOTIFY_CONCURRENCY", "4"), ("NOTIFICATIONS_CRON", "*/1 * * * * *")],
     );
+    let named = |name: &str| format!("{}?application_name={name}", fx.tdb.url);
     fx.produce_notifications(N);
-    let first = fx.start("first", &[]);
-    wait_running(&[&first], "60 notifications delivered", Duration::from_secs(120), || sink.delivered().len() >= 60);
+    let first = fx.start("first", &[("DATABASE_URL", &named("first"))]);
+    wait_running(&[&first], "every notification stored", Duration::from_secs(120), || fx.rows() == N as i64);
+    wait_running(&[&first], "first holding every row", Duration::from_secs(60), || {
+        claims_of(&fx.pool, "first").len() + sink.delivered().len() >= N
+    });
+    let second = fx.start("second", &[("DATABASE_URL", &named("second"))]);
+    wait_running(&[&first, &second], "60 notifications delivered", Duration::from_secs(120), || {
+        sink.delivered().len() >= 60
+    });
+    assert!(claims_of(&fx.pool, "second").is_empty(), "the second copy claimed a row the first holds");
+    let held = claims_of(&fx.pool, "first");
     first.kill9();
+    let killed = std::time::Instant::now();
     let at_kill = sink.delivered().len();
-    assert!(at_kill < N, "delivery was not interrupted ({at_kill} delivered): the test proves nothing");
-    let second = fx.start("second", &[]);
+    assert!(
+        at_kill < N && !held.is_empty(),
+        "delivery was not interrupted ({at_kill} delivered): the test proves nothing"
+    );
+    // Handed over: each row the first held is claimed by the second, or delivered, or sent.
+    let sent_ids = || -> std::collections::BTreeSet<i64> {
+        let rows = cronsumer::db::notifications::list(&mut fx.pool.get().unwrap(), Some("sent"), 10_000).unwrap();
+        rows.into_iter().map(|n| n.id).collect()
+    };
+    wait_running(&[&second], "the first copy's rows handed over", Duration::from_secs(30), || {
+        let (taken, sent) = (claims_of(&fx.pool, "second"), sent_ids());
+        held.iter().all(|id| taken.contains(id) || sent.contains(id))
+    });
+    let handover = killed.elapsed();
     fx.wait_all(&[&second], N, Duration::from_secs(120));
     wait_running(&[&second], "every notification sent", Duration::from_secs(120), || {
         status_count(&fx.pool, "sent") == N as i64
@@ -119,9 +161,12 @@ fn kill_9_mid_delivery_resends_at_most_what_was_in_flight() {
     // loop's wake-up (50 ms) span two such rounds, a third on a loaded machine.
     let bound = IN_FLIGHT + 3 * IN_FLIGHT;
     println!(
-        "kill_9_mid_delivery: SIGKILL at {at_kill} delivered; {} delivered in all, {twice} twice (bound {bound})",
+        "kill_9_mid_delivery: SIGKILL at {at_kill} delivered, {} rows held; handed over after {handover:?}; \
+         {} delivered in all, {twice} twice (bound {bound})",
+        held.len(),
         delivered.len()
     );
+    assert!(handover <= Duration::from_secs(5), "the dead copy's rows were handed over after {handover:?}");
     assert_eq!(delivered.len(), N, "notifications delivered");
     assert!(twice <= bound, "{twice} notifications delivered twice, more than the {bound} in flight or unmarked");
     fx.assert_exactly_once(N, 0);

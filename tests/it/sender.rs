@@ -279,58 +279,118 @@ fn a_burst_of_server_errors_opens_and_closes_the_breaker(backend: Backend) {
 }
 both_backends!(a_burst_of_server_errors_opens_and_closes_the_breaker);
 
-/// A webhook slower than the claim: one call at a time, each answered after
-/// 1 s, so a chunk of 40 takes longer than the 30 s claim. The sender renews
-/// its claims as it goes, so a second copy running meanwhile takes none of
-/// them: each notification is delivered once.
+/// A slow run keeps its rows from another copy: one call at a time, each
+/// answered after 200 ms, so a chunk of 20 takes 4 s. A second copy
+/// running its sender meanwhile claims none of them (their locks are held):
+/// each notification is delivered once, all by the first copy.
 #[test]
-fn a_webhook_slower_than_the_claim_is_not_sent_twice() {
+fn a_slow_run_keeps_its_rows_from_another_copy() {
     let tdb = TestDb::new(Backend::Postgres);
     let pool = tdb.pool();
     let sink = Sink::ok();
-    sink.set_delay(Duration::from_secs(1));
+    sink.set_delay(Duration::from_millis(200));
     let s = webhook_settings(&tdb.url, &sink.url, &[("NOTIFY_CONCURRENCY", "1")]);
-    insert_pending(&pool, "seed", 40);
+    insert_pending(&pool, "seed", 20);
     let a = Arc::new(runner(send_job(&s), job_context(&s, &pool)));
     let slow = {
         let a = a.clone();
         std::thread::spawn(move || a.run(Trigger::Manual))
     };
-    wait_for("copy a holding every row", Duration::from_secs(10), || by_status(&pool).get("sending") == Some(&40));
-    // Another copy runs its sender every second while the slow chunk goes on.
+    wait_for("copy a delivering", Duration::from_secs(10), || !sink.hits().is_empty());
     let b = runner(send_job(&s), job_context(&s, &pool));
     while !slow.is_finished() {
-        b.run(Trigger::Manual);
-        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(b.run(Trigger::Manual), RunOutcome::Ok(JobReport::new("")), "copy b claimed a row copy a holds");
+        std::thread::sleep(Duration::from_millis(300));
     }
-    assert_eq!(slow.join().unwrap(), RunOutcome::Ok(JobReport::new("sent=40 retried=0 failed=0")));
-    let delivered = sink.delivered();
-    assert_eq!(delivered.len(), 40);
-    let twice: Vec<_> = delivered.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+    assert_eq!(slow.join().unwrap(), RunOutcome::Ok(JobReport::new("sent=20 retried=0 failed=0")));
+    assert_each_delivered_once(&sink, 20);
 }
 
-/// Rows a failed run of a sender left claimed are not renewed by that
-/// sender's later runs (which renew the chunk they deliver, no more): they
-/// expire, and go back to pending, however long the backlog lasts.
-fn claims_a_failed_run_left_are_not_renewed_by_later_runs(backend: Backend) {
+/// Claims write nothing, a copy skips the rows another holds, and a copy
+/// whose connection ends (it died) frees its rows at once.
+#[test]
+fn claims_write_nothing_and_a_dead_copys_rows_are_free_at_once() {
+    let tdb = TestDb::new(Backend::Postgres);
+    let pool = tdb.pool();
+    insert_pending(&pool, "seed", 5);
+    let before = notifications::list(&mut pool.get().unwrap(), None, 10).unwrap();
+    let a = db::connect(&tdb.url, 1).unwrap();
+    let held = notifications::claim_due(&mut a.get().unwrap(), 3).unwrap();
+    assert_eq!(held.len(), 3);
+    let mut b = pool.get().unwrap();
+    let others = notifications::claim_due(&mut b, 5).unwrap();
+    let ids = |rows: &[notifications::Notification]| rows.iter().map(|r| r.id).collect::<Vec<_>>();
+    assert!(ids(&others).iter().all(|id| !ids(&held).contains(id)), "a row two copies hold");
+    assert_eq!(others.len(), 2);
+    assert_eq!(notifications::list(&mut pool.get().unwrap(), None, 10).unwrap(), before, "a claim wrote a row");
+    notifications::unclaim(&mut b, &ids(&others)).unwrap();
+    // Copy a dies: its session ends, and its locks with it.
+    drop(a);
+    let started = Instant::now();
+    let mut c = pool.get().unwrap();
+    wait_for("the dead copy's rows free", Duration::from_secs(5), || {
+        let got = notifications::claim_due(&mut c, 5).unwrap();
+        notifications::unclaim(&mut c, &ids(&got)).unwrap();
+        got.len() == 5
+    });
+    println!("FIGURE claims: a dead copy's rows free after {:?}", started.elapsed());
+}
+
+/// Each row is written once after its insert, when its delivery ends:
+/// 450 rows sent (120 of them after one failed attempt) by the log and the
+/// webhook notifiers take exactly one row write each per attempt's end,
+/// counted by a trigger on the table.
+fn each_delivery_end_is_one_row_write(backend: Backend) {
     let tdb = TestDb::new(backend);
     let pool = tdb.pool();
-    insert_pending(&pool, "seed", 4);
-    let mut conn = pool.get().unwrap();
-    let claim = |conn: &mut db::Conn, n| {
-        notifications::mark_sent_and_claim_due(conn, &[], "sender-1", n, Duration::from_millis(400)).unwrap()
+    let counting = match backend {
+        Backend::Sqlite => "CREATE TABLE write_count (n INTEGER NOT NULL); INSERT INTO write_count VALUES (0); \
+             CREATE TRIGGER count_writes AFTER UPDATE ON notifications BEGIN UPDATE write_count SET n = n + 1; END;",
+        Backend::Postgres => "CREATE TABLE write_count (n BIGINT NOT NULL); INSERT INTO write_count VALUES (0); \
+             CREATE FUNCTION count_write() RETURNS trigger AS $$ BEGIN UPDATE write_count SET n = n + 1; RETURN NEW; END $$ \
+             LANGUAGE plpgsql; CREATE TRIGGER count_writes AFTER UPDATE ON notifications FOR EACH ROW EXECUTE FUNCTION count_write();",
     };
-    let left = claim(&mut conn, 2);
-    let chunk = claim(&mut conn, 2);
-    std::thread::sleep(Duration::from_millis(200));
-    let ids: Vec<i64> = chunk.iter().map(|n| n.id).collect();
-    assert_eq!(notifications::renew_claims(&mut conn, &ids, "sender-1", Duration::from_secs(60)).unwrap(), 2);
-    std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(notifications::requeue_expired(&mut conn).unwrap(), left.len(), "the left rows expired");
-    let pending: Vec<i64> = notifications::list(&mut conn, Some("pending"), 10).unwrap().iter().map(|n| n.id).collect();
-    let mut left: Vec<i64> = left.iter().map(|n| n.id).collect();
-    left.sort_unstable_by(|a, b| b.cmp(a));
-    assert_eq!(pending, left);
+    use diesel::connection::SimpleConnection as _;
+    cronsumer::on_backend!(pool.get().unwrap(), |c| c.batch_execute(counting)).unwrap();
+    let writes = || -> i64 {
+        use diesel::RunQueryDsl as _;
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let q = diesel::sql_query("SELECT n FROM write_count");
+        cronsumer::on_backend!(pool.get().unwrap(), |c| q.get_result::<N>(c)).unwrap().n
+    };
+    insert_pending(&pool, "seed", 450);
+    let log = settings(&tdb.url, &unique("writes"), &[]);
+    let runner_log = runner(send_job(&log), job_context(&log, &pool));
+    run_until_sent(&runner_log, &pool, 450, Duration::from_secs(60));
+    assert_eq!(writes(), 450, "row writes for 450 rows sent by the log notifier");
+
+    insert_pending(&pool, "seed2", 120);
+    let failures = Arc::new(AtomicUsize::new(0));
+    let f = failures.clone();
+    // Each notification's first call fails, the second works.
+    let seen = std::sync::Mutex::new(std::collections::HashSet::new());
+    let sink = Sink::start(Box::new(move |key| {
+        if seen.lock().unwrap().insert(key.to_string()) {
+            f.fetch_add(1, Ordering::SeqCst);
+            503
+        } else {
+            200
+        }
+    }));
+    let s = webhook_settings(
+        &tdb.url,
+        &sink.url,
+        &[("NOTIFICATIONS_RETRY_BASE_MS", "10"), ("NOTIFY_BREAKER_COOL_OFF_MS", "100")],
+    );
+    let r = runner(send_job(&s), job_context(&s, &pool));
+    run_until_sent(&r, &pool, 570, Duration::from_secs(60));
+    let attempts = sink.hits().len() as i64;
+    println!("FIGURE row writes: {} for {attempts} webhook attempts and 450 log deliveries ({backend:?})", writes());
+    assert_eq!(writes(), 450 + attempts, "one row write per attempt's end (no claim writes)");
+    assert!(failures.load(Ordering::SeqCst) >= 120, "every row failed once first");
 }
-both_backends!(claims_a_failed_run_left_are_not_renewed_by_later_runs);
+both_backends!(each_delivery_end_is_one_row_write);

@@ -13,7 +13,7 @@ use cronsumer::common::clock::Clock;
 use cronsumer::common::record::TopicPartition;
 use cronsumer::common::shutdown::StopRequest;
 use cronsumer::consume::heartbeat::Heartbeat;
-use cronsumer::consume::pipeline::{Pipeline, Ticked, BUFFER_BATCHES, REVOKE_BUDGET};
+use cronsumer::consume::pipeline::{Pipeline, Ticked, REVOKE_BUDGET};
 use cronsumer::consume::poison::PoisonLedger;
 
 use crate::cluster::{Cluster, SimBroker};
@@ -169,7 +169,8 @@ impl World {
         let member = &mut self.members[m];
         if let Some(p) = &mut member.pipeline {
             // Time to finish every batch a lane can hold, one after another at the longest latency.
-            let budget = REVOKE_BUDGET + self.config.max_latency * (BUFFER_BATCHES as u32 + 2);
+            let batches = p.pause_at().div_ceil(self.config.batch_size) as u32 + 2;
+            let budget = REVOKE_BUDGET + self.config.max_latency * batches;
             member.stop.request_at(now, now + budget);
             let ticked = p.tick(&mut member.broker, &mut member.offsets);
             // Records dropped to be read again (the database lost them) are the next owner's.

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use super::{Pipeline, DRAIN_RETRY_MAX, MAX_POLL_WAIT, RETRY_AFTER_MAX, RETRY_INITIAL, RETRY_MAX};
+use super::{Pipeline, DRAIN_RETRY_MAX, LANE_BYTES, MAX_POLL_WAIT, RETRY_AFTER_MAX, RETRY_INITIAL, RETRY_MAX};
 use crate::common::backoff::Backoff;
 use crate::common::clock::Clock;
 use crate::common::record::{Record, TopicPartition};
@@ -31,6 +31,7 @@ struct HeldBatch {
 struct InFlight {
     seq: u64,
     records: usize,
+    bytes: usize,
     since: Instant,
     /// Its partitions, with their assignments' epochs when it went out.
     epochs: BTreeMap<TopicPartition, u64>,
@@ -58,6 +59,13 @@ impl<C: Clock> Lane<C> {
             + self.in_flight.as_ref().map_or(0, |f| f.records)
     }
 
+    /// The bytes (keys and payloads) of the records it holds.
+    fn buffered_bytes(&self) -> usize {
+        self.batcher.bytes()
+            + self.held.as_ref().map_or(0, |h| h.records.iter().map(Record::bytes).sum())
+            + self.in_flight.as_ref().map_or(0, |f| f.bytes)
+    }
+
     /// How long until it has something to do (`back` while it works).
     pub(super) fn due_in(&self, now: Instant, back: Duration) -> Duration {
         if self.in_flight.is_some() {
@@ -69,13 +77,13 @@ impl<C: Clock> Lane<C> {
         }
     }
 
-    /// Whether its partitions must be paused (it holds `limit` records or
-    /// more, until it is down to half).
+    /// Whether its partitions must be paused: it holds `limit` records or
+    /// [`LANE_BYTES`] or more, until it is down to half of both.
     pub(super) fn relieve(&mut self, limit: usize) -> bool {
-        let buffered = self.buffered();
-        if buffered >= limit {
+        let (buffered, bytes) = (self.buffered(), self.buffered_bytes());
+        if buffered >= limit || bytes >= LANE_BYTES {
             self.backpressure = true;
-        } else if buffered <= limit / 2 {
+        } else if buffered <= limit / 2 && bytes <= LANE_BYTES / 2 {
             self.backpressure = false;
         }
         self.backpressure
@@ -156,8 +164,8 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
                 epochs.insert(tp.clone(), self.epochs.get(&tp).copied().unwrap_or_default());
             }
         }
-        let n = records.len();
-        self.lanes[i].in_flight = Some(InFlight { seq: self.next_seq, records: n, since: now, epochs, retry });
+        let (n, bytes) = (records.len(), records.iter().map(Record::bytes).sum());
+        self.lanes[i].in_flight = Some(InFlight { seq: self.next_seq, records: n, bytes, since: now, epochs, retry });
         self.heartbeat.lane_busy(i, true);
         self.workers.submit(Job { lane: i, seq: self.next_seq, records, parts });
         true
