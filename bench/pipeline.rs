@@ -414,7 +414,7 @@ fn main() {
             }
         }
     }
-    let predict_lines = if want("predict") { predict::predictions(&base, runs, &mut table) } else { vec![] };
+    let predict_lines = if want("predict") { predict::predictions(runs, &mut table) } else { vec![] };
     table.print();
     if !predict_lines.is_empty() {
         println!("\npredictions: 4 lanes against the Python peer and against 1 lane, medians of this invocation");

@@ -72,7 +72,12 @@ fn peer(s: &Settings, model: &str, topic: &str, n: usize, batch: usize) -> f64 {
 }
 
 /// Runs case (9), adding its rows to `table`; returns the lines comparing 4 lanes with the peer.
-pub fn predictions(base: &Settings, runs: usize, table: &mut Table) -> Vec<String> {
+pub fn predictions(runs: usize, table: &mut Table) -> Vec<String> {
+    // A prefix of its own: the other modules' topics exist and are empty, so
+    // that only candles are counted (the notifications of the other cases
+    // would be handled too, and counted, under the shared prefix).
+    let own = settings("unused.db", &unique("bench-predict"), &[("RUST_LOG", "warn")]);
+    let (base, _registry) = (&own, TestTopics::registry(&own, 4));
     let model = ModelStub::start(false);
     model.behave(|b| b.delay = MODEL_LATENCY);
     let topic = base.topic("bench-candles");
@@ -88,7 +93,16 @@ pub fn predictions(base: &Settings, runs: usize, table: &mut Table) -> Vec<Strin
         let mut medians = Vec::new();
         for lanes in [1, 4] {
             let name = format!("(9) predictions, model 50 ms, batch {batch}, {lanes} lane(s)");
+            let before = model.calls().len();
             let values = (0..runs).map(|_| service(base, &model.url, &topic, records, batch, lanes)).collect();
+            let calls = model.calls();
+            let sizes: Vec<usize> = calls[before..].iter().map(|c| c.xs.len()).collect();
+            println!(
+                "  (9) batch {batch}, {lanes} lane(s): {} calls, {:.1} instances per call, at most {}",
+                sizes.len(),
+                sizes.iter().sum::<usize>() as f64 / sizes.len().max(1) as f64,
+                sizes.iter().max().unwrap_or(&0)
+            );
             let st = Stats {
                 name,
                 values,

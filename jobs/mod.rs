@@ -4,11 +4,12 @@
 //! register themselves. To add a periodic task, add a file next to this one
 //! implementing `cronsumer::schedule::Job` and one line to `registry()`:
 //!
-//! ```ignore
-//! //! jobs/report.rs: `report` (every hour) logs how many notifications wait.
-//! use crate::config::{cron::Schedule, cron::CronError, Settings};
-//! use crate::db::notifications;
-//! use crate::schedule::{Job, JobContext, JobError, JobReport};
+//! ```no_run
+//! // jobs/report.rs: `report` (every hour) logs how many notifications wait.
+//! // (In jobs/, the paths start with `crate::` instead of `cronsumer::`.)
+//! use cronsumer::config::{cron::Schedule, cron::CronError, Settings};
+//! use cronsumer::db::notifications;
+//! use cronsumer::schedule::{Job, JobContext, JobError, JobReport};
 //!
 //! pub struct Report;
 //!
@@ -20,10 +21,12 @@
 //!         "0 0 * * * *".parse() // sec min hour day month weekday, UTC
 //!     }
 //!     fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
-//!         let counts = notifications::count_by_status(&mut ctx.db()?)?;
+//!         let mut conn = ctx.db()?;
+//!         let counts = notifications::count_by_status(&mut conn)?;
 //!         Ok(JobReport::new(format!("{counts:?}")))
 //!     }
 //! }
+//! # fn main() {}
 //! ```
 //!
 //! and here `pub mod report;` and `Arc::new(report::Report),` in the list.

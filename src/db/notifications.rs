@@ -179,10 +179,10 @@ impl InsertChunk for diesel::PgConnection {
 }
 
 /// The advisory-lock key space of the sender's claims on PostgreSQL: row
-/// `id` is claimed by `pg_try_advisory_lock(CLAIM_SPACE, id % 2^31)`, held
+/// `id` is claimed by `pg_try_advisory_lock(CLAIM_SPACE, id % (2^31 - 1))`, held
 /// on the claiming run's session while it delivers the row and gone when
 /// that session ends (a copy that dies frees its rows at once). Rows whose
-/// ids differ by a multiple of 2^31 share a key: one waits for the other.
+/// ids differ by a multiple of 2^31 - 1 share a key: one waits for the other.
 pub const CLAIM_SPACE: i32 = 0x6e6f_7469; // "noti"
 
 /// The key of row `id` in [`CLAIM_SPACE`], as SQL over a `bigint` `id`.

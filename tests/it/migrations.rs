@@ -14,7 +14,7 @@ fn migrations_create_tables_and_unique_sources(backend: Backend) {
         std::fs::read_dir(format!("migrations/{}", if backend == Backend::Sqlite { "sqlite" } else { "postgres" }))
             .unwrap()
             .count();
-    assert_eq!((applied.len(), embedded), (9, 9), "{applied:?}");
+    assert_eq!((applied.len(), embedded), (10, 10), "{applied:?}");
     // a second run finds nothing to apply
     let (_, again) = db::connect_and_migrate(&tdb.url, 2).unwrap();
     assert!(again.is_empty());
@@ -79,6 +79,41 @@ fn migrations_create_tables_and_unique_sources(backend: Backend) {
     assert_eq!((latest.source_offset, latest.prediction.as_str()), (2, "{\"p\":1}"));
 }
 both_backends!(migrations_create_tables_and_unique_sources);
+
+/// A row an older version left `sending` (its claim died with that
+/// version) is `pending` after the migration to claims without writes,
+/// and the other rows keep their status.
+fn rows_left_sending_become_pending(backend: Backend) {
+    use diesel::prelude::*;
+    use diesel_migrations::{FileBasedMigrations, MigrationHarness};
+    let tdb = TestDb::new(backend);
+    let (pool, _) = db::connect_and_migrate(&tdb.url, 1).unwrap();
+    let dir = format!("migrations/{}", if backend == Backend::Sqlite { "sqlite" } else { "postgres" });
+    let older = FileBasedMigrations::from_path(&dir).unwrap();
+    let insert = "INSERT INTO notifications (users, event, message, status, created_at, next_attempt_at) VALUES \
+                  ('[1]', 'e', 'being sent', 'sending', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP), \
+                  ('[2]', 'e', 'sent', 'sent', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP), \
+                  ('[3]', 'e', 'failed', 'failed', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)";
+    {
+        let mut conn = pool.get().unwrap();
+        let reverted = match &mut *conn {
+            db::DbConnection::Sqlite(c) => c.revert_last_migration(older).unwrap().to_string(),
+            db::DbConnection::Postgresql(c) => c.revert_last_migration(older).unwrap().to_string(),
+        };
+        assert_eq!(reverted, "20261206000010", "the migration to claims without writes is the last");
+        match &mut *conn {
+            db::DbConnection::Sqlite(c) => diesel::sql_query(insert).execute(c).unwrap(),
+            db::DbConnection::Postgresql(c) => diesel::sql_query(insert).execute(c).unwrap(),
+        };
+    }
+    let (pool, applied) = db::connect_and_migrate(&tdb.url, 1).unwrap();
+    assert_eq!(applied.len(), 1, "{applied:?}");
+    let mut by_status = notifications::count_by_status(&mut pool.get().unwrap()).unwrap();
+    by_status.sort();
+    let want = [("failed", 1), ("pending", 1), ("sent", 1)].map(|(s, n)| (s.to_string(), n)).to_vec();
+    assert_eq!(by_status, want);
+}
+both_backends!(rows_left_sending_become_pending);
 
 #[test]
 fn unreachable_postgres_is_a_clear_error_without_the_password() {
