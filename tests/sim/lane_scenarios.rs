@@ -23,6 +23,7 @@ fn world(partitions: usize, lanes: usize, latency: Duration) -> World {
         lanes,
         min_latency: latency,
         max_latency: latency,
+        pause_floor: 0,
     });
     until(&mut w, "the assignment", |w| w.cluster.borrow().is_stable());
     w

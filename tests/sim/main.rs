@@ -96,6 +96,8 @@ pub fn run_seed(seed: u64) -> Result<Outcome, String> {
         lanes: 1 + rng.below(8) as usize,
         min_latency: Duration::ZERO,
         max_latency: Duration::from_millis(rng.pick(&[0, 20, 200, 2000])),
+        // Production pauses at 10,000 records; the worlds hold a few hundred.
+        pause_floor: rng.pick(&[0, 40, 150]),
     };
     let mut w = World::new(config);
     let tps = w.partitions();

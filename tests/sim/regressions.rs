@@ -22,6 +22,7 @@ fn world(members: usize, partitions: usize, cooperative: bool, batch_size: usize
         lanes: 1,
         min_latency: Duration::ZERO,
         max_latency: Duration::ZERO,
+        pause_floor: 0,
     })
 }
 
@@ -248,18 +249,18 @@ fn sim_commits_are_throttled_while_records_stream_in() {
 }
 
 /// Backpressure engages at the lane's limit ([`Pipeline::pause_at`]: 4
-/// batches, and at least `LANE_RECORDS`), not sooner (while one batch waits
+/// batches, the floor being 0 here), not sooner (while one batch waits
 /// in hand, the other partitions keep fetching), and lets go once half of
 /// that is through, not sooner and not later.
 ///
 /// [`Pipeline::pause_at`]: cronsumer::consume::pipeline::Pipeline::pause_at
 #[test]
 fn sim_regression_backpressure_pauses_at_its_limit_and_resumes_at_half() {
-    use cronsumer::consume::pipeline::{BUFFER_BATCHES, LANE_RECORDS};
+    use cronsumer::consume::pipeline::BUFFER_BATCHES;
     const BATCH: usize = 5;
     let mut w = world(1, 4, false, BATCH);
     let limit = w.members[0].pipeline.as_ref().unwrap().pause_at();
-    assert_eq!(limit, (BUFFER_BATCHES * BATCH).max(LANE_RECORDS));
+    assert_eq!(limit, BUFFER_BATCHES * BATCH);
     run(&mut w, "the assignment", 400, |w| w.cluster.borrow().is_stable());
     let buffered = |w: &World| w.members[0].pipeline.as_ref().unwrap().buffered();
     let paused = |w: &World| w.cluster.borrow().members[0].paused.len();

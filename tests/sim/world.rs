@@ -48,6 +48,8 @@ pub struct Config {
     pub lanes: usize,
     pub min_latency: Duration,
     pub max_latency: Duration,
+    /// The fewest records at which a lane pauses (production: `LANE_RECORDS`).
+    pub pause_floor: usize,
 }
 
 pub struct World {
@@ -142,7 +144,8 @@ impl World {
         );
         let pipeline =
             Pipeline::new(c.batch_size, c.batch_timeout, self.clock.clone(), member.heartbeat.clone(), lanes)
-                .with_stop(member.stop.clone());
+                .with_stop(member.stop.clone())
+                .with_pause_floor(c.pause_floor);
         member.pipeline = Some(pipeline);
         member.restart_at = None;
         self.cluster.borrow_mut().join(m);

@@ -114,6 +114,8 @@ pub struct Pipeline<C: Clock + Clone, L: Lanes> {
     batch_timeout: Duration,
     /// The largest batch a lane makes (its own or a module's).
     largest: usize,
+    /// The fewest records at which a lane pauses ([`LANE_RECORDS`]).
+    pause_floor: usize,
     last_commit: Option<Instant>,
     next_verify: Option<Instant>,
     /// A stop cuts every drain short, a revoke's too.
@@ -151,6 +153,7 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
             heartbeat,
             batch_size,
             largest: batch_size,
+            pause_floor: LANE_RECORDS,
             batch_timeout,
             last_commit: None,
             next_verify: None,
@@ -175,6 +178,13 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
             lane.batcher = Batchers::new(size, timeout, &own, self.clock.clone());
         }
         self.largest = own.values().map(|(size, _)| *size).fold(size, usize::max);
+        self
+    }
+
+    /// Lanes pause at `floor` records or more (the simulator's worlds hold a
+    /// few hundred records, not [`LANE_RECORDS`]).
+    pub fn with_pause_floor(mut self, floor: usize) -> Self {
+        self.pause_floor = floor;
         self
     }
 
@@ -212,7 +222,7 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
 
     /// Records a lane holds at which its partitions are paused.
     pub fn pause_at(&self) -> usize {
-        (BUFFER_BATCHES * self.largest).max(LANE_RECORDS)
+        (BUFFER_BATCHES * self.largest).max(self.pause_floor)
     }
 
     /// How long the next poll may wait: until a retry or a batch is due, and
