@@ -154,8 +154,14 @@ pub async fn retry(State(status): State<Arc<Status>>, headers: HeaderMap, Path(i
     act(status, headers, format!("retry notification {id}"), move |s| {
         let mut conn = checkout(&s.sources.http_pool, None).map_err(db_failed)?;
         // Only a failed one: a row being sent would be sent twice.
-        if notifications::retry_now(&mut conn, id, true).map_err(db_failed)? != notifications::Retried::Done {
-            return Err((StatusCode::CONFLICT, format!("no failed notification with id {id}")));
+        match notifications::retry_now(&mut conn, id, true).map_err(db_failed)? {
+            notifications::Retried::Done => {}
+            notifications::Retried::BeingSent => {
+                return Err((StatusCode::CONFLICT, format!("notification {id} is being sent now")));
+            }
+            notifications::Retried::Missing => {
+                return Err((StatusCode::CONFLICT, format!("no failed notification with id {id}")));
+            }
         }
         Ok(format!("notification {id} is pending again"))
     })

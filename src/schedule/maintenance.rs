@@ -1,7 +1,7 @@
-//! Maintenance: `maintenance_5m` reports consumer lag per partition; `maintenance_15m` purges sent
-//! notifications, replayed dead letters, job runs, published outbox rows and
-//! provider answers older than `RETENTION_DAYS`, and lets SQLite refresh its
-//! query statistics.
+//! Maintenance: `maintenance_5m` reports consumer lag per partition;
+//! `maintenance_15m` purges sent notifications, replayed dead letters, job
+//! runs, published outbox rows and provider answers older than
+//! `RETENTION_DAYS`, and lets SQLite refresh its query statistics.
 
 use diesel::connection::SimpleConnection;
 
