@@ -303,6 +303,37 @@ fn sim_regression_backpressure_pauses_at_its_limit_and_resumes_at_half() {
     }
 }
 
+/// A lane also pauses at `LANE_BYTES` (8 MiB), however few its records: a
+/// batch of five 2 MiB records in hand pauses every partition of the lane
+/// with 5 records in memory, a quarter of the record limit; once it is
+/// stored, the lane lets go and every record is stored once.
+#[test]
+fn sim_regression_backpressure_pauses_at_the_byte_limit() {
+    use cronsumer::consume::pipeline::LANE_BYTES;
+    const BATCH: usize = 5;
+    let mut w = world(1, 4, false, BATCH);
+    let limit = w.members[0].pipeline.as_ref().unwrap().pause_at();
+    run(&mut w, "the assignment", 400, |w| w.cluster.borrow().is_stable());
+    let paused = |w: &World| w.cluster.borrow().members[0].paused.len();
+    w.db.borrow_mut().up = false;
+    for _ in 0..BATCH {
+        let offset = w.cluster.borrow().logs[&tp(0)].len() as i64;
+        let mut payload = Nature::Ok.payload(w.produced.len() as u64);
+        payload.resize(LANE_BYTES / 4, b' ');
+        w.cluster.borrow_mut().produce(&tp(0), payload);
+        w.produced.insert((tp(0), offset), Nature::Ok);
+    }
+    run(&mut w, "partition 0's batch in hand", 400, |w| in_hand(w, 0));
+    steps(&mut w, 2);
+    let buffered = w.members[0].pipeline.as_ref().unwrap().buffered();
+    assert!(buffered < limit, "{buffered} records in memory, the record limit is {limit}");
+    assert_eq!(paused(&w), 4, "the lane holds {} MiB and did not pause", BATCH * LANE_BYTES / 4 >> 20);
+    w.db.borrow_mut().up = true;
+    w.settle(Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(paused(&w), 0, "still paused once the big batch was stored");
+    assert_eq!(w.db.borrow().stored.len(), BATCH);
+}
+
 /// A batch is handled once it closes, full or timed out, and not before:
 /// three records of a batch of five wait for the batch timeout.
 #[test]
