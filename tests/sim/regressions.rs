@@ -327,7 +327,7 @@ fn sim_regression_backpressure_pauses_at_the_byte_limit() {
     steps(&mut w, 2);
     let buffered = w.members[0].pipeline.as_ref().unwrap().buffered();
     assert!(buffered < limit, "{buffered} records in memory, the record limit is {limit}");
-    assert_eq!(paused(&w), 4, "the lane holds {} MiB and did not pause", BATCH * LANE_BYTES / 4 >> 20);
+    assert_eq!(paused(&w), 4, "the lane holds {} MiB and did not pause", (BATCH * LANE_BYTES / 4) >> 20);
     w.db.borrow_mut().up = true;
     w.settle(Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(paused(&w), 0, "still paused once the big batch was stored");
