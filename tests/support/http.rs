@@ -1,8 +1,35 @@
 //! The service's HTTP port from outside: a free port to give it, and a
-//! plain GET.
+//! plain GET; and the accept loop of the local servers the tests start.
 
 use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// A non-blocking loopback listener on a free port, and its address.
+pub fn local_listener() -> (TcpListener, std::net::SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+/// Accepts connections on `listener` until `stop`, serving each on a thread
+/// of its own.
+pub fn serve_until(listener: TcpListener, stop: Arc<AtomicBool>, serve: impl Fn(TcpStream) + Clone + Send + 'static) {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let serve = serve.clone();
+                    std::thread::spawn(move || serve(stream));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+}
 
 /// A free loopback port for HTTP_ADDR.
 pub fn free_addr() -> String {

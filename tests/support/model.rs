@@ -61,9 +61,7 @@ pub struct ModelStub {
 impl ModelStub {
     /// `v2`: speaks the Open Inference Protocol (model `m`), else `json`.
     pub fn start(v2: bool) -> ModelStub {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (listener, addr) = super::local_listener();
         let url = if v2 { format!("http://{addr}") } else { format!("http://{addr}/predict") };
         let state = State {
             v2,
@@ -73,17 +71,7 @@ impl ModelStub {
             stop: Arc::default(),
         };
         let shared = state.clone();
-        std::thread::spawn(move || {
-            while !shared.stop.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let shared = shared.clone();
-                        std::thread::spawn(move || shared.serve(stream));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
+        super::serve_until(listener, state.stop.clone(), move |stream| shared.serve(stream));
         ModelStub { url, state }
     }
 

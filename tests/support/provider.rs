@@ -44,24 +44,13 @@ pub struct FakeProvider {
 impl FakeProvider {
     /// Answers each call with `script(symbol, n)`, `n` counting that symbol's calls from 1.
     pub fn start(script: impl Fn(&str, usize) -> Reply + Send + Sync + 'static) -> FakeProvider {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        listener.set_nonblocking(true).unwrap();
+        let (listener, addr) = super::local_listener();
+        let url = format!("http://{addr}");
         let calls: Arc<Mutex<Vec<String>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let script: Arc<Script> = Arc::new(script);
-        let (c, s) = (calls.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let (c, script) = (c.clone(), script.clone());
-                        std::thread::spawn(move || answer(stream, &c, &*script));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
+        let c = calls.clone();
+        super::serve_until(listener, stop.clone(), move |stream| answer(stream, &c, &*script));
         FakeProvider { url, calls, stop }
     }
 

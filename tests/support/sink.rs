@@ -52,9 +52,8 @@ impl Sink {
     /// Serves each connection on a thread of its own (HTTP/1.1 keep-alive),
     /// so that delayed answers overlap.
     pub fn start(plan: Plan) -> Sink {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (listener, addr) = super::local_listener();
+        let url = format!("http://{addr}/hook");
         let state = State {
             hits: Arc::new(Mutex::new(Vec::new())),
             plan: Arc::new(Mutex::new(plan)),
@@ -63,17 +62,7 @@ impl Sink {
             stop: Arc::new(AtomicBool::new(false)),
         };
         let shared = state.clone();
-        std::thread::spawn(move || {
-            while !shared.stop.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let shared = shared.clone();
-                        std::thread::spawn(move || shared.serve(stream));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
+        super::serve_until(listener, state.stop.clone(), move |stream| shared.serve(stream));
         Sink { url, state }
     }
 
