@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use crate::common::locks::lock;
 use crate::common::shutdown::Shutdown;
 use crate::config::Settings;
+use crate::consume::operator_pauses::OperatorPauses;
 use crate::consume::supervise::SuperviseConsumer;
 use crate::consume::supervisor::Supervisor;
 use crate::consume::thread::ConsumerSetup;
@@ -45,6 +46,9 @@ pub fn run(settings: Settings, shutdown: Shutdown, registry: Registry) -> anyhow
     // The consumer wakes jobs (new notifications: send them), and supervision is a job.
     let wakers = Wakers::of(&jobs(&settings, &registry, None));
     let mut supervisor = None;
+    // Paused before the first assignment: a paused partition handles nothing after a restart.
+    let operator_pauses = Arc::new(OperatorPauses::default());
+    operator_pauses.load(&mut *db::checkout(&pool, None)?)?;
     if settings.kafka_enabled {
         prepare_kafka(&settings, &topics, &shutdown)?;
         let setup = ConsumerSetup {
@@ -54,6 +58,7 @@ pub fn run(settings: Settings, shutdown: Shutdown, registry: Registry) -> anyhow
             extra_topics: Vec::new(),
             wakers: wakers.clone(),
             poison: Default::default(),
+            operator_pauses: operator_pauses.clone(),
         };
         let mut s = Supervisor::new(setup);
         s.start().context("cannot start the consumer thread")?;
@@ -79,6 +84,7 @@ pub fn run(settings: Settings, shutdown: Shutdown, registry: Registry) -> anyhow
             jobs: ctx,
             runners: scheduler.runners().to_vec(),
             jobs_off: scheduler.off().to_vec(),
+            operator_pauses,
         });
         status.start(&shutdown);
         http::serve(settings.http_addr, http::routes(status), shutdown.clone())

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub lane_batches: IntCounterVec,
     pub lane_records: IntCounterVec,
     pub lane_in_hand: IntGaugeVec,
+    pub partitions_paused: IntGaugeVec,
     pub job_overdue_seconds: GaugeVec,
     pub http_connections_dropped: IntCounterVec,
     pub job_runs: IntCounterVec,
@@ -157,6 +158,16 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new("cronsumer_lane_records_in_hand", "Records each lane holds: waiting, in hand and in flight"),
                     &["lane"],
+                ),
+            ),
+            partitions_paused: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "cronsumer_partition_paused",
+                        "1 for each partition an operator paused (it stays paused until resumed)",
+                    ),
+                    &["topic", "partition"],
                 ),
             ),
             job_overdue_seconds,

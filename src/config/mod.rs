@@ -224,7 +224,7 @@ settings! {
     ["HTTP, shutdown, logging"]
     /// the web console at `/`, `/healthz`, `/readyz`, `/metrics`
     http_addr: SocketAddr = var("HTTP_ADDR").default("127.0.0.1:8080").host_specific(), Addr;
-    /// enables the console's actions (replay, retry, run a job); at least 16 characters; never printed; unset: read-only
+    /// enables the console's actions (replay, purge, retry, run a job, pause a partition); at least 16 characters; never printed; unset: read-only
     http_admin_token: Option<String> = var("HTTP_ADMIN_TOKEN"), Optional(Secret(MIN_ADMIN_TOKEN_CHARS));
     /// how long a SIGTERM may take in all: the batch in hand, leaving the group, running jobs
     shutdown_timeout: Duration = var("SHUTDOWN_TIMEOUT_MS").default("10000"), Millis(0, 3_600_000);

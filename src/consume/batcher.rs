@@ -63,6 +63,11 @@ impl<C: Clock> Batcher<C> {
         batch
     }
 
+    /// Calls `f` with each waiting record, oldest first.
+    pub fn each(&self, mut f: impl FnMut(&Record)) {
+        self.queue.iter().for_each(|(_, r)| f(r));
+    }
+
     /// Whether a waiting record is one `pick` picks.
     pub fn holds(&self, mut pick: impl FnMut(&Record) -> bool) -> bool {
         self.queue.iter().any(|(_, r)| pick(r))
@@ -129,6 +134,10 @@ impl<C: Clock> Batchers<C> {
 
     pub fn holds(&self, mut pick: impl FnMut(&Record) -> bool) -> bool {
         self.all().any(|b| b.holds(&mut pick))
+    }
+
+    pub fn each(&self, mut f: impl FnMut(&Record)) {
+        self.all().for_each(|b| b.each(&mut f));
     }
 
     pub fn discard(&mut self, mut revoked: impl FnMut(&Record) -> bool) -> usize {

@@ -27,6 +27,28 @@ pub struct Heartbeat {
     busy: Mutex<BTreeMap<usize, u64>>,
     /// The Kafka client's errors: since when, the last one, and when.
     client_errors: Mutex<Option<ClientErrors>>,
+    /// Each assigned partition as the pipeline last described it.
+    partitions: Mutex<Vec<PartitionView>>,
+}
+
+/// An assigned partition as the console shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionView {
+    pub topic: String,
+    pub partition: i32,
+    pub lane: usize,
+    /// Why its fetching is paused: `operator` (from the console), `retrying`
+    /// (a batch of it is in hand), `memory` (its lane holds too much); `None`: fetching.
+    pub paused: Option<&'static str>,
+    /// Its records in memory: waiting, in hand and in flight.
+    pub in_memory: usize,
+    /// The Kafka timestamp (ms) of its oldest record in memory: the oldest not handled yet.
+    pub oldest_in_memory_ms: Option<i64>,
+    /// The next offset after the last handled record, as stored in the
+    /// database with the batch (`None`: none handled since it was assigned).
+    pub handled: Option<i64>,
+    /// The offset Kafka last confirmed committed.
+    pub committed: Option<i64>,
 }
 
 /// The batch kept uncommitted while a transient failure clears.
@@ -65,6 +87,7 @@ impl Default for Heartbeat {
             in_hand: Mutex::default(),
             busy: Mutex::default(),
             client_errors: Mutex::new(None),
+            partitions: Mutex::default(),
         }
     }
 }
@@ -137,6 +160,13 @@ impl Heartbeat {
     /// The batch in hand that has waited longest, while one waits for a retry.
     pub fn in_hand(&self) -> Option<RetryingBatch> {
         lock(&self.in_hand).values().min_by_key(|(since, _)| *since).map(|(_, h)| h.clone())
+    }
+
+    /// Each lane's batch in hand, with how long it has been retrying.
+    pub fn in_hand_by_lane(&self) -> Vec<(usize, Duration, RetryingBatch)> {
+        let now = self.stamp();
+        let held = lock(&self.in_hand);
+        held.iter().map(|(l, (since, h))| (*l, Duration::from_millis(now.saturating_sub(*since)), h.clone())).collect()
     }
 
     /// How long the batch in hand that has waited longest has been retrying.
@@ -229,6 +259,15 @@ impl Heartbeat {
         let now = Instant::now();
         let lasting = now - e.since;
         (lasting >= limit && now - e.last_at < CLIENT_ERRORS_QUIET).then_some((lasting, e.last))
+    }
+
+    /// The assigned partitions as the pipeline sees them now.
+    pub fn set_partitions(&self, views: Vec<PartitionView>) {
+        *lock(&self.partitions) = views;
+    }
+
+    pub fn partitions(&self) -> Vec<PartitionView> {
+        lock(&self.partitions).clone()
     }
 
     pub fn last_error(&self) -> Option<String> {

@@ -17,7 +17,8 @@
 //!   offsets; [`applied`] notices a database that lost commits).
 //! - The rdkafka side: [`kafka_broker`] (the seam over a `BaseConsumer`),
 //!   `kafka_error` (what a failed call was) and [`topic_ids`] (a recreated topic); the [`thread`] that runs it all,
-//!   its [`heartbeat`], the [`supervisor`] that restarts it and the job that
+//!   its [`heartbeat`], the partitions an operator paused
+//!   ([`operator_pauses`]), the [`supervisor`] that restarts it and the job that
 //!   runs the supervisor ([`supervise`]).
 //!
 //! It may use `common`, `events`, `config`, `db`, `kafka` and `schedule`.
@@ -38,6 +39,7 @@ pub(crate) mod kafka_broker;
 mod kafka_error;
 pub mod lane;
 pub(crate) mod offsets;
+pub mod operator_pauses;
 pub(crate) mod payload;
 pub mod pipeline;
 pub mod poison;

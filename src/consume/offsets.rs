@@ -46,6 +46,11 @@ impl Offsets {
         self.parts.keys()
     }
 
+    /// The next offset after the handled records of `tp`, and the one the broker confirmed.
+    pub fn of(&self, tp: &TopicPartition) -> (Option<i64>, Option<i64>) {
+        self.parts.get(tp).map_or((None, None), |p| (p.handled, p.committed))
+    }
+
     /// Records that everything before `next` of `tp` is handled. Ignored for
     /// a partition that is not assigned.
     pub fn handled(&mut self, tp: &TopicPartition, next: i64) {

@@ -12,6 +12,7 @@ use super::db_sink::{DbOffsets, DbSink};
 use super::handler::{topic_of, Handler};
 use super::heartbeat::Heartbeat;
 use super::kafka_broker::{ClientError, KafkaBroker};
+use super::operator_pauses::OperatorPauses;
 use super::pipeline::{Pipeline, Ticked};
 use super::poison::PoisonLedger;
 use super::router::Router;
@@ -46,6 +47,8 @@ pub struct ConsumerSetup {
     pub wakers: Wakers,
     /// Failure counts that outlive a thread (the poison rule).
     pub poison: PoisonLedger,
+    /// The partitions an operator paused (they outlive a thread too).
+    pub operator_pauses: Arc<OperatorPauses>,
 }
 
 /// Runs the pipeline until `stop`, then finishes and commits what is in
@@ -63,16 +66,17 @@ fn run(setup: &ConsumerSetup, heartbeat: Arc<Heartbeat>, stop: &Arc<StopRequest>
     let mut offsets = DbOffsets::new(setup.pool.clone(), &s.kafka_group_id, stop.clone());
     let (size, timeout) = (s.consumer_batch_size, s.consumer_batch_timeout);
     let own = own_batches(setup);
+    let pauses = &setup.operator_pauses;
     let result = match s.consumer_lanes() {
         1 => {
             let lanes = Inline::new(sink(), setup.poison.clone());
             let pipeline = Pipeline::new(size, timeout, SystemClock, heartbeat, lanes).with_batches(own);
-            drive(pipeline.with_stop(stop.clone()), &mut broker, &mut offsets)
+            drive(pipeline.with_stop(stop.clone()).with_operator_pauses(pauses.clone()), &mut broker, &mut offsets)
         }
         n => {
             let lanes = Threads::start(n, &setup.poison, |_| Box::new(sink())).map_err(ConsumerError::Lanes)?;
             let pipeline = Pipeline::new(size, timeout, SystemClock, heartbeat, lanes).with_batches(own);
-            drive(pipeline.with_stop(stop.clone()), &mut broker, &mut offsets)
+            drive(pipeline.with_stop(stop.clone()).with_operator_pauses(pauses.clone()), &mut broker, &mut offsets)
         }
     };
     broker.close();

@@ -116,13 +116,101 @@ pub fn list(conn: &mut DbConnection, topic: Option<&str>, limit: i64) -> Result<
     })?)
 }
 
-/// Bytes of each payload [`previews`] returns.
+/// Bytes of each payload [`search`] (and so [`previews`]) returns.
 pub const PREVIEW_BYTES: i32 = 1024;
 
-/// [`list`], each payload cut to its first [`PREVIEW_BYTES`], so that a
-/// page of 1 MiB payloads stays small (the web console's listing).
-pub fn previews(conn: &mut DbConnection, topic: Option<&str>, limit: i64) -> Result<Vec<DeadLetter>, DbError> {
+/// What the console's dead-letter search matches (every field optional). A
+/// topic or text that is empty once trimmed matches everything.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize, PartialEq)]
+pub struct Search {
+    /// Exactly this topic (trimmed).
+    pub topic: Option<String>,
+    /// A substring (trimmed) of the reason or of the payload's bytes, matched
+    /// literally (no wildcards) and case-sensitively on both backends.
+    pub text: Option<String>,
+    /// Failed at or after this time.
+    pub since: Option<NaiveDateTime>,
+    /// Failed before this time.
+    pub until: Option<NaiveDateTime>,
+    /// `Some(false)`: not replayed yet; `Some(true)`: replayed only; `None`: both.
+    pub replayed: Option<bool>,
+}
+
+impl Search {
+    fn topic_filter(&self) -> Option<&str> {
+        self.topic.as_deref().map(str::trim).filter(|t| !t.is_empty())
+    }
+
+    fn text_filter(&self) -> Option<&str> {
+        self.text.as_deref().map(str::trim).filter(|t| !t.is_empty())
+    }
+
+    fn of_topic(topic: Option<&str>) -> Search {
+        Search { topic: topic.map(str::to_string), ..Search::default() }
+    }
+}
+
+/// The SQL around a text search's two bound values (`head text mid bytes
+/// tail`): the text in the reason, or its UTF-8 in the payload's bytes.
+/// `instr` and `position` match literally and case-sensitively on both
+/// backends, where LIKE would need escaping and ignores ASCII case on SQLite
+/// only. A NULL payload matches nothing.
+fn text_match(conn: &DbConnection) -> [&'static str; 3] {
+    match conn {
+        DbConnection::Sqlite(_) => ["(instr(error, ", ") > 0 OR instr(payload, ", ") > 0)"],
+        DbConnection::Postgresql(_) => ["(position(", " IN error) > 0 OR position(", " IN payload) > 0)"],
+    }
+}
+
+/// The dead letters `$search` matches, as a boxed query of the backend its
+/// use infers (written once here, expanded in each arm of [`on_backend!`]);
+/// `$sql` is the connection's [`text_match`].
+macro_rules! matching {
+    ($search:expr, $sql:expr) => {{
+        use diesel::sql_types::{Binary, Bool, Text};
+        let (s, [head, mid, tail]): (&Search, [&str; 3]) = ($search, $sql);
+        let mut q = d::dead_letters.into_boxed();
+        if let Some(topic) = s.topic_filter() {
+            q = q.filter(d::topic.eq(topic.to_string()));
+        }
+        if let Some(text) = s.text_filter() {
+            // Reasons store NUL as U+FFFD (PostgreSQL text cannot hold it); so does their search.
+            let in_reason = text.replace('\0', "\u{fffd}");
+            q = q.filter(
+                diesel::dsl::sql::<Bool>(head)
+                    .bind::<Text, _>(in_reason)
+                    .sql(mid)
+                    .bind::<Binary, _>(text.as_bytes().to_vec())
+                    .sql(tail),
+            );
+        }
+        if let Some(t) = s.since {
+            q = q.filter(d::failed_at.ge(t));
+        }
+        if let Some(t) = s.until {
+            q = q.filter(d::failed_at.lt(t));
+        }
+        match s.replayed {
+            Some(true) => q = q.filter(d::replayed_at.is_not_null()),
+            Some(false) => q = q.filter(d::replayed_at.is_null()),
+            None => {}
+        }
+        q
+    }};
+}
+
+/// One page of the dead letters `s` matches, newest first: ids below
+/// `before` (keyset paging; `None` starts from the newest), at most `limit`,
+/// each payload cut to its first [`PREVIEW_BYTES`] so that a page of 1 MiB
+/// payloads stays small.
+pub fn search(
+    conn: &mut DbConnection,
+    s: &Search,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, DbError> {
     use diesel::sql_types::{Binary, Nullable};
+    let sql = text_match(conn);
     let preview = diesel::dsl::sql::<Nullable<Binary>>(&format!("substr(payload, 1, {PREVIEW_BYTES})"));
     let columns = (
         d::id,
@@ -137,24 +225,40 @@ pub fn previews(conn: &mut DbConnection, topic: Option<&str>, limit: i64) -> Res
         d::fingerprint,
     );
     Ok(on_backend!(conn, |c| {
-        let mut q = d::dead_letters.select(columns.clone()).order(d::id.desc()).limit(limit).into_boxed();
-        if let Some(t) = topic {
-            q = q.filter(d::topic.eq(t.to_string()));
+        let mut q = matching!(s, sql);
+        if let Some(b) = before {
+            q = q.filter(d::id.lt(b));
         }
-        q.load(c)
+        q.select(columns.clone()).order(d::id.desc()).limit(limit).load(c)
     })?)
+}
+
+/// How many dead letters `s` matches.
+pub fn count_matching(conn: &mut DbConnection, s: &Search) -> Result<i64, DbError> {
+    let sql = text_match(conn);
+    Ok(on_backend!(conn, |c| matching!(s, sql).count().get_result(c))?)
+}
+
+/// The dead letters `s` matches that are not replayed yet, oldest first, at
+/// most `limit` ("replay all matching"), whole: they are produced again.
+pub fn unreplayed_matching(conn: &mut DbConnection, s: &Search, limit: i64) -> Result<Vec<DeadLetter>, DbError> {
+    let sql = text_match(conn);
+    Ok(on_backend!(conn, |c| matching!(s, sql)
+        .filter(d::replayed_at.is_null())
+        .select(DeadLetter::as_select())
+        .order(d::id)
+        .limit(limit)
+        .load(c))?)
+}
+
+/// [`search`] of one topic (or all), first page.
+pub fn previews(conn: &mut DbConnection, topic: Option<&str>, limit: i64) -> Result<Vec<DeadLetter>, DbError> {
+    search(conn, &Search::of_topic(topic), None, limit)
 }
 
 /// Dead letters not yet replayed, oldest first, optionally of one topic.
 pub fn unreplayed(conn: &mut DbConnection, topic: Option<&str>) -> Result<Vec<DeadLetter>, DbError> {
-    Ok(on_backend!(conn, |c| {
-        let mut q =
-            d::dead_letters.select(DeadLetter::as_select()).filter(d::replayed_at.is_null()).order(d::id).into_boxed();
-        if let Some(t) = topic {
-            q = q.filter(d::topic.eq(t.to_string()));
-        }
-        q.load(c)
-    })?)
+    unreplayed_matching(conn, &Search::of_topic(topic), i64::MAX)
 }
 
 pub fn find(conn: &mut DbConnection, id: i64) -> Result<Option<DeadLetter>, DbError> {
@@ -198,6 +302,11 @@ pub fn purge_before(conn: &mut DbConnection, before: NaiveDateTime, replayed_onl
             diesel::delete(d::dead_letters.filter(d::failed_at.lt(before))).execute(c)
         }
     })?)
+}
+
+/// Deletes every dead letter already replayed; returns how many.
+pub fn purge_replayed(conn: &mut DbConnection) -> Result<usize, DbError> {
+    Ok(write_tx!(conn, |c| diesel::delete(d::dead_letters.filter(d::replayed_at.is_not_null())).execute(c))?)
 }
 
 pub fn count(conn: &mut DbConnection) -> Result<i64, DbError> {

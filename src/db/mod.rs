@@ -18,6 +18,7 @@ pub mod job_leases;
 pub mod job_runs;
 pub mod notifications;
 pub mod outbox;
+pub mod paused_partitions;
 pub mod predictions;
 pub mod prepared;
 pub mod price_events;

@@ -139,3 +139,11 @@ diesel::table! {
         last_error -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    paused_partitions (topic, partition) {
+        topic -> Text,
+        partition -> Integer,
+        paused_at -> Timestamp,
+    }
+}

@@ -77,6 +77,22 @@ impl Event for BatchRetrying<'_> {
     }
 }
 
+/// The pipeline applied an operator's pause or resume of a partition;
+/// `read_again_from`: where it reads again from (its first record dropped).
+pub struct OperatorPaused<'a> {
+    pub partition: &'a crate::common::record::TopicPartition,
+    pub paused: bool,
+    pub read_again_from: Option<i64>,
+}
+
+impl Event for OperatorPaused<'_> {
+    fn emit(self) {
+        let what = if self.paused { "partition_paused" } else { "partition_resumed" };
+        let from = self.read_again_from.map_or("-".to_string(), |o| o.to_string());
+        log::info!("event={what} by=operator partition={} read_again_from={from}", self.partition);
+    }
+}
+
 /// What a lane holds now: waiting, in hand and in flight.
 pub struct LaneHolds {
     pub lane: usize,

@@ -65,13 +65,25 @@ impl Event for ActionTaken<'_> {
 /// thread (up, how long its batch has retried), each job's lateness, the
 /// database pool, the outbox, the symbols' moving averages, this copy's lag.
 pub enum Sampled<'a> {
-    Consumer { group: &'a str, up: bool, retrying_for: f64 },
-    JobOverdue { job: &'a str, seconds: f64 },
-    Pool { idle: u32, active: u32 },
+    Consumer {
+        group: &'a str,
+        up: bool,
+        retrying_for: f64,
+    },
+    JobOverdue {
+        job: &'a str,
+        seconds: f64,
+    },
+    Pool {
+        idle: u32,
+        active: u32,
+    },
     OutboxPending(i64),
     MovingAverages(&'a [(String, f64)]),
     Lag(&'a [(crate::common::record::TopicPartition, i64)]),
     LagNotRead(&'a str),
+    /// The partitions an operator paused, as the database says.
+    OperatorPauses(&'a [crate::common::record::TopicPartition]),
 }
 
 impl Event for Sampled<'_> {
@@ -102,6 +114,12 @@ impl Event for Sampled<'_> {
                 }
             }
             Sampled::LagNotRead(e) => log::warn!("event=lag_not_read error={e:?}"),
+            Sampled::OperatorPauses(paused) => {
+                m.partitions_paused.reset();
+                for tp in paused {
+                    m.partitions_paused.with_label_values(&[&tp.topic, &tp.partition.to_string()]).set(1);
+                }
+            }
         }
     }
 }

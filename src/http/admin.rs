@@ -1,5 +1,6 @@
-//! The console's actions: replay a dead letter, retry a notification, run a
-//! job. They exist only when `HTTP_ADMIN_TOKEN` is set, and each is a POST
+//! The console's actions: replay a dead letter (or every one a search
+//! matches), purge the replayed ones, retry a notification, run a job,
+//! pause or resume a partition. They exist only when `HTTP_ADMIN_TOKEN` is set, and each is a POST
 //! that carries the token, as `Authorization: Bearer ...` (scripts) or as
 //! the cookie the console's unlock form sets. The cookie is `SameSite=Strict`
 //! and a request another site started (by `Origin` or `Sec-Fetch-Site`) is
@@ -7,14 +8,16 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 
+use super::dead_letter_search::DeadLetterQuery;
+use super::html::url_encode;
 use super::status::Status;
 use crate::consume::replay::ReplayError;
-use crate::db::{checkout, dead_letters, notifications};
+use crate::db::{checkout, dead_letters, notifications, paused_partitions};
 use crate::events::{ActionTaken, Event as _};
 use crate::schedule::{RunOutcome, Trigger};
 
@@ -115,7 +118,8 @@ where
             if headers.get(header::AUTHORIZATION).is_some() {
                 (StatusCode::OK, format!("{done}\n")).into_response()
             } else {
-                Redirect::to("/").into_response()
+                // The console says what was done.
+                Redirect::to(&format!("/?done={}", url_encode(&done))).into_response()
             }
         }
         Ok(Err((code, e))) => {
@@ -179,6 +183,94 @@ pub async fn run_job(State(status): State<Arc<Status>>, headers: HeaderMap, Path
             RunOutcome::SkippedOverlap => Err((StatusCode::CONFLICT, format!("job {name} is running already"))),
             RunOutcome::SkippedLease => Err((StatusCode::CONFLICT, format!("job {name}: another copy holds it"))),
         }
+    })
+    .await
+}
+
+/// Dead letters one bulk replay produces at most; past it, it says how many
+/// still match (another replay takes them).
+pub const REPLAY_AT_ONCE: i64 = 1_000;
+
+#[derive(serde::Deserialize)]
+pub struct Confirm {
+    confirm: Option<String>,
+}
+
+/// Replays every dead letter the search matches that was not replayed yet
+/// (up to [`REPLAY_AT_ONCE`]); each is claimed first, so none is produced twice.
+pub async fn replay_matching(
+    State(status): State<Arc<Status>>,
+    headers: HeaderMap,
+    Query(q): Query<DeadLetterQuery>,
+    Form(confirm): Form<Confirm>,
+) -> Response {
+    if confirm.confirm.as_deref() != Some("yes") {
+        return (StatusCode::BAD_REQUEST, "confirm it: send confirm=yes with the search to replay\n").into_response();
+    }
+    let search = match q.search() {
+        Ok(s) => s,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    act(status, headers, "replay matching dead letters".into(), move |s| {
+        let pool = &s.sources.http_pool;
+        let targets = checkout(pool, None)
+            .and_then(|mut c| dead_letters::unreplayed_matching(&mut c, &search, REPLAY_AT_ONCE))
+            .map_err(db_failed)?;
+        let replayed = match crate::consume::replay::replay(&s.sources.settings, pool, &targets) {
+            Ok(n) => n,
+            Err(ReplayError::Taken) => 0,
+            Err(ReplayError::Db(e)) => return Err(db_failed(e)),
+            Err(e) => return Err((StatusCode::BAD_GATEWAY, format!("replay failed: {e}"))),
+        };
+        let still = checkout(pool, None)
+            .and_then(|mut c| dead_letters::count_matching(&mut c, &dead_letters::Search { replayed: Some(false), ..search }))
+            .map_err(db_failed)?;
+        let skipped = targets.len() as u64 - replayed;
+        Ok(format!(
+            "replayed {replayed} dead letter(s); {skipped} were being replayed by another request; {still} not replayed still match"
+        ))
+    })
+    .await
+}
+
+/// Deletes every dead letter replayed already.
+pub async fn purge_replayed(State(status): State<Arc<Status>>, headers: HeaderMap) -> Response {
+    act(status, headers, "purge replayed dead letters".into(), move |s| {
+        let mut conn = checkout(&s.sources.http_pool, None).map_err(db_failed)?;
+        let n = dead_letters::purge_replayed(&mut conn).map_err(db_failed)?;
+        Ok(format!("purged {n} replayed dead letter(s)"))
+    })
+    .await
+}
+
+/// Pauses (`pause`) or resumes a partition for every copy, until resumed
+/// (kept in `paused_partitions`).
+pub async fn pause(
+    State(status): State<Arc<Status>>,
+    headers: HeaderMap,
+    Path((topic, partition, verb)): Path<(String, i32, String)>,
+) -> Response {
+    let pause = match verb.as_str() {
+        "pause" => true,
+        "resume" => false,
+        _ => return (StatusCode::NOT_FOUND, "not found: pause or resume\n").into_response(),
+    };
+    act(status, headers, format!("{verb} {topic}/{partition}"), move |s| {
+        let mut conn = checkout(&s.sources.http_pool, None).map_err(db_failed)?;
+        let changed = if pause {
+            paused_partitions::pause(&mut conn, &topic, partition)
+        } else {
+            paused_partitions::resume(&mut conn, &topic, partition)
+        }
+        .map_err(db_failed)?;
+        // This copy's consumer sees it at its next step, the others within seconds.
+        s.sources.operator_pauses.load(&mut conn).map_err(db_failed)?;
+        Ok(match (pause, changed) {
+            (true, true) => format!("{topic}/{partition} paused"),
+            (true, false) => format!("{topic}/{partition} was paused already"),
+            (false, true) => format!("{topic}/{partition} resumed"),
+            (false, false) => format!("{topic}/{partition} was not paused"),
+        })
     })
     .await
 }

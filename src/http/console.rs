@@ -1,260 +1,277 @@
 //! The web console at `/`: one server-rendered page, no JavaScript and
 //! nothing fetched from elsewhere (it works offline), refreshing itself.
-//! Consumer, dead letters, notifications, jobs and restarts; the actions'
+//! Each section renders its view ([`super::views`], also served as JSON
+//! under `/api/`); `/console/{section}` shows one alone. The actions'
 //! buttons appear once the admin token unlocked the console.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
-use axum::response::Html;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
 
 use super::admin;
-use super::html::{esc, read};
-use super::status::{Status, RATE_EVERY};
-use crate::db::{dead_letters, notifications};
+use super::charts::{self, Series};
+use super::dead_letter_search::{self, DeadLetterQuery};
+use super::html::{button, esc, unavailable, url_encode, Admin};
+use super::status::Status;
+use super::views;
 
-/// Dead letters listed, newest first.
-const DEAD_LETTERS_SHOWN: i64 = 100;
-const FAILED_NOTIFICATIONS_SHOWN: i64 = 20;
-const PREVIEW_CHARS: usize = 120;
 const REFRESH_SECONDS: u32 = 10;
+const SECTIONS: [&str; 5] = ["consumer", "dead-letters", "notifications", "jobs", "predictions"];
 
 #[derive(serde::Deserialize, Default)]
-pub struct Filter {
-    topic: Option<String>,
+pub struct PageQuery {
+    #[serde(flatten)]
+    dead_letters: DeadLetterQuery,
+    /// What the last action did (the console's own redirect says).
+    done: Option<String>,
 }
 
-#[derive(PartialEq, Eq, Clone, Copy)]
-enum Admin {
-    Disabled,
-    Locked,
-    Unlocked,
+fn ago(s: Option<f64>) -> String {
+    s.map_or("never".into(), |s| format!("{s:.1} s ago"))
 }
 
-fn preview(bytes: Option<&[u8]>) -> String {
-    let text = String::from_utf8_lossy(bytes.unwrap_or_default());
-    let mut p: String = text.chars().take(PREVIEW_CHARS).collect();
-    if text.chars().count() > PREVIEW_CHARS {
-        p.push('…');
-    }
-    p
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("—".into(), |v| v.to_string())
 }
 
-fn ago(d: Option<std::time::Duration>) -> String {
-    d.map_or("never".into(), |d| format!("{:.1} s ago", d.as_secs_f64()))
+/// The history's values of `f` as one series.
+fn series(h: &views::History, name: &str, f: impl Fn(&super::history::Sample) -> Option<f64>) -> Series {
+    Series { name: name.to_string(), points: h.samples.iter().map(f).collect() }
 }
 
-/// The records/s samples as a small SVG line chart.
-fn chart(rates: &[f64]) -> String {
-    let (w, h) = (360.0, 60.0);
-    if rates.len() < 2 {
-        return format!("<p class=muted>records/s: collecting (one sample every {} s)</p>", RATE_EVERY.as_secs());
-    }
-    let max = rates.iter().cloned().fold(1.0_f64, f64::max);
-    let step = w / (rates.len() - 1) as f64;
-    let points: Vec<String> = rates
-        .iter()
-        .enumerate()
-        .map(|(i, r)| format!("{:.1},{:.1}", i as f64 * step, h - r / max * (h - 4.0)))
-        .collect();
-    format!(
-        "<figure><svg role=img aria-label=\"records per second\" width={w} height={h} viewBox=\"0 0 {w} {h}\">\
-         <polyline fill=none stroke=\"#2563eb\" stroke-width=2 points=\"{}\"/></svg>\
-         <figcaption>records/s, last {} min: now {:.0}, peak {:.0}</figcaption></figure>",
-        points.join(" "),
-        rates.len() as u64 * RATE_EVERY.as_secs() / 60,
-        rates.last().copied().unwrap_or_default(),
-        max
-    )
+/// One series per partition seen in the history, of `f` of its samples.
+fn per_partition(h: &views::History, f: impl Fn(&super::history::PartitionSample) -> Option<f64>) -> Vec<Series> {
+    let mut names: Vec<(String, i32)> =
+        h.samples.iter().flat_map(|s| s.partitions.iter().map(|p| (p.topic.clone(), p.partition))).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|(topic, partition)| Series {
+            name: format!("{topic}/{partition}"),
+            points: h
+                .samples
+                .iter()
+                .map(|s| s.partitions.iter().find(|p| p.topic == topic && p.partition == partition).and_then(&f))
+                .collect(),
+        })
+        .collect()
 }
 
-fn consumer_section(out: &mut String, s: &Status) {
-    let (c, rates) = (s.consumer(), s.rates());
+fn span(h: &views::History) -> u64 {
+    h.samples.len() as u64 * h.every_s
+}
+
+fn consumer_section(out: &mut String, s: &Status, h: &views::History, admin: Admin) {
+    let c = views::consumer(s);
     out.push_str("<section id=consumer><h2>Consumer</h2>");
-    let Some(c) = c else {
+    if !c.on {
         out.push_str("<p>The consumer is off (KAFKA_ENABLED=false).</p></section>");
         return;
-    };
-    let state = if c.alive { "running" } else { "stopped" };
-    let _ = write!(
-        out,
-        "<p>Thread <b class={state}>{state}</b>; last poll {}; last commit in the database {}, in Kafka {}.</p>",
-        ago(c.since_poll),
-        ago(c.since_stored),
-        ago(c.since_commit)
-    );
-    match (&c.in_hand, c.retrying_for) {
-        (Some(h), for_) => {
-            let _ = write!(
-                out,
-                "<p class=warn>Batch in hand: {} record(s) from {}, retrying for {:.0} s (attempt {}): {}</p>",
-                h.records,
-                esc(&h.first),
-                for_.unwrap_or_default().as_secs_f64(),
-                h.attempts,
-                esc(&h.reason)
-            );
-        }
-        (None, _) => out.push_str("<p>No batch waiting for a retry.</p>"),
     }
-    out.push_str(&chart(&rates));
+    let state = if c.running { "running" } else { "stopped" };
     let _ = write!(
         out,
-        "<table><caption>Assigned partitions: {}</caption><tr><th>Topic<th>Partition<th>Lag</tr>",
-        c.assignment.len()
+        "<p>Thread <b class={state}>{state}</b> with {} lane(s); last poll {}; last commit in the database {}, in Kafka {}.</p>",
+        c.lanes,
+        ago(c.last_poll_s_ago),
+        ago(c.last_commit_database_s_ago),
+        ago(c.last_commit_kafka_s_ago)
     );
-    for tp in &c.assignment {
-        let lag = s.lag_of(tp).map_or("…".to_string(), |l| l.to_string());
-        let _ = write!(out, "<tr><td>{}<td>{}<td class=num>{lag}</tr>", esc(&tp.topic), tp.partition);
+    for b in &c.in_hand {
+        let _ = write!(
+            out,
+            "<p class=warn>Lane {} holds a batch: {} record(s) from {}, retrying for {:.0} s (attempt {}): {}</p>",
+            b.lane,
+            b.records,
+            esc(&b.first),
+            b.retrying_for_s,
+            b.attempt,
+            esc(&b.why)
+        );
+    }
+    let span = span(h);
+    out.push_str("<div class=charts>");
+    out.push_str(&charts::line("Records", "per second", span, &[series(h, "handled", |s| Some(s.records_per_s))]));
+    out.push_str(&charts::line("Lag", "records", span, &per_partition(h, |p| Some(p.lag as f64))));
+    out.push_str(&charts::line("Behind", "seconds", span, &per_partition(h, |p| p.seconds_behind)));
+    let lanes: Vec<Series> =
+        (0..c.lanes).map(|l| series(h, &format!("lane {l}"), |s| s.lanes_busy.get(l).map(|b| b * 100.0))).collect();
+    out.push_str(&charts::line("Lanes busy", "% of the time", span, &lanes));
+    out.push_str("</div>");
+    let _ = write!(
+        out,
+        "<table id=partitions><caption>Partitions: {}</caption><tr><th>Partition<th>Lane<th>State<th>In memory\
+         <th>Lag<th>Behind<th>Handled (database)<th>Committed (Kafka)<th>Batch in hand<th></tr>",
+        c.partitions.len()
+    );
+    for p in &c.partitions {
+        let name = format!("{}/{}", p.topic, p.partition);
+        let state = match (p.paused, &p.paused_by_operator_since) {
+            (_, Some(since)) => format!("<b class=warn>paused by operator</b> since {}", esc(since)),
+            (Some(why), None) => format!("paused ({why})"),
+            (None, None) => "<span class=ok>fetching</span>".into(),
+        };
+        let in_hand = p.in_hand.as_ref().map_or(String::new(), |b| {
+            format!("{} record(s), attempt {}, for {:.0} s: {}", b.records, b.attempt, b.retrying_for_s, esc(&b.why))
+        });
+        let path = format!("/actions/partitions/{}/{}", url_encode(&p.topic), p.partition);
+        let action = if p.paused_by_operator_since.is_some() {
+            button(admin, &format!("{path}/resume"), "Resume")
+        } else {
+            button(admin, &format!("{path}/pause"), "Pause")
+        };
+        let _ = write!(
+            out,
+            "<tr data-partition=\"{}\"><td>{}<td>{}<td>{state}<td class=num>{}<td class=num>{}<td class=num>{}<td class=num>{}<td class=num>{}<td>{in_hand}<td>{action}</tr>",
+            esc(&name),
+            esc(&name),
+            opt(p.lane),
+            p.in_memory,
+            opt(p.lag),
+            p.seconds_behind.map_or("—".into(), |s| format!("{s:.1} s")),
+            opt(p.handled),
+            opt(p.committed),
+        );
     }
     out.push_str("</table>");
     let _ = write!(out, "<h3 id=restarts>Restarts: {}</h3><ul>", c.restarts);
     for r in &c.recent_restarts {
-        let _ = write!(out, "<li>{} — {}: {}</li>", r.at.format("%Y-%m-%d %H:%M:%S UTC"), r.cause, esc(&r.detail));
+        let _ = write!(out, "<li>{} — {}: {}</li>", esc(&r.at), r.cause, esc(&r.detail));
     }
     out.push_str("</ul></section>");
 }
 
-fn button(admin: Admin, action: &str, label: &str) -> String {
-    if admin != Admin::Unlocked {
-        return String::new();
-    }
-    format!("<form method=post action=\"{}\"><button>{}</button></form>", esc(action), esc(label))
-}
-
-fn unavailable(out: &mut String, error: &str) {
-    let _ = write!(out, "<p class=warn>database unavailable: {}</p>", esc(error));
-}
-
-fn dead_letters_section(out: &mut String, s: &Status, topic: Option<&str>, admin: Admin) {
-    out.push_str("<section id=dead-letters><h2>Dead letters</h2>");
-    let _ = write!(
-        out,
-        "<form method=get action=\"/\"><label>Topic <input name=topic value=\"{}\"></label> <button>Filter</button></form>",
-        esc(topic.unwrap_or_default())
-    );
-    match read(s, |c| dead_letters::previews(c, topic, DEAD_LETTERS_SHOWN)) {
-        Err(e) => unavailable(out, &e),
-        Ok(rows) if rows.is_empty() => out.push_str("<p>None.</p>"),
-        Ok(rows) => {
-            out.push_str("<table><tr><th>ID<th>Position<th>Failed at<th>Reason<th>Payload<th></tr>");
-            for d in rows {
-                let action = match d.replayed_at {
-                    Some(t) => format!("replayed {}", t.format("%H:%M:%S")),
-                    None => button(admin, &format!("/actions/dead-letters/{}/replay", d.id), "Replay"),
-                };
-                let _ = write!(
-                    out,
-                    "<tr><td>{}<td>{}/{}@{}<td>{}<td>{}<td><code>{}</code><td>{action}</tr>",
-                    d.id,
-                    esc(&d.topic),
-                    d.partition,
-                    d.offset,
-                    d.failed_at.format("%Y-%m-%d %H:%M:%S"),
-                    esc(&d.error),
-                    esc(&preview(d.payload.as_deref()))
-                );
-            }
-            out.push_str("</table>");
-        }
-    }
-    out.push_str("</section>");
-}
-
-fn notifications_section(out: &mut String, s: &Status, admin: Admin) {
+fn notifications_section(out: &mut String, s: &Status, h: &views::History, admin: Admin) {
+    let v = views::notifications(s);
     out.push_str("<section id=notifications><h2>Notifications</h2>");
-    let counts_and_failed = read(s, |c| {
-        let counts = notifications::count_by_status(c)?;
-        Ok((counts, notifications::list(c, Some(notifications::FAILED), FAILED_NOTIFICATIONS_SHOWN)?))
-    });
-    match counts_and_failed {
-        Err(e) => unavailable(out, &e),
-        Ok((counts, failed)) => {
-            out.push_str("<table><tr><th>Status<th>Count</tr>");
-            for (status, n) in counts {
-                let _ = write!(out, "<tr><td>{}<td class=num>{n}</tr>", esc(&status));
-            }
-            out.push_str("</table>");
-            if !failed.is_empty() {
-                out.push_str("<table><caption>Failed</caption><tr><th>ID<th>Event<th>Attempts<th>Last error<th></tr>");
-                for n in failed {
-                    let _ = write!(
-                        out,
-                        "<tr><td>{}<td>{}<td>{}<td>{}<td>{}</tr>",
-                        n.id,
-                        esc(&n.event),
-                        n.attempts,
-                        esc(n.last_error.as_deref().unwrap_or_default()),
-                        button(admin, &format!("/actions/notifications/{}/retry", n.id), "Retry")
-                    );
-                }
-                out.push_str("</table>");
-            }
+    unavailable(out, &v.error);
+    let span = span(h);
+    out.push_str("<div class=charts>");
+    let rates = [
+        series(h, "sent", |s| Some(s.notifications_sent_per_min)),
+        series(h, "failed", |s| Some(s.notifications_failed_per_min)),
+    ];
+    out.push_str(&charts::line("Deliveries", "per minute", span, &rates));
+    let statuses = ["pending", "sending", "sent", "failed"];
+    let counts: Vec<Series> = statuses
+        .iter()
+        .map(|st| series(h, st, |s| Some(s.notifications_by_status.get(*st).copied().unwrap_or(0) as f64)))
+        .collect();
+    out.push_str(&charts::line("Rows by status", "rows", span, &counts));
+    out.push_str("</div><table id=notification-counts><tr><th>Status<th>Count</tr>");
+    for (status, n) in &v.by_status {
+        let _ = write!(out, "<tr><td>{}<td class=num>{n}</tr>", esc(status));
+    }
+    out.push_str("</table>");
+    if !v.failed.is_empty() {
+        out.push_str("<table><caption>Failed</caption><tr><th>ID<th>Event<th>Attempts<th>Last error<th></tr>");
+        for n in &v.failed {
+            let _ = write!(
+                out,
+                "<tr><td>{}<td>{}<td>{}<td>{}<td>{}</tr>",
+                n.id,
+                esc(&n.event),
+                n.attempts,
+                esc(n.last_error.as_deref().unwrap_or_default()),
+                button(admin, &format!("/actions/notifications/{}/retry", n.id), "Retry")
+            );
         }
+        out.push_str("</table>");
     }
-    out.push_str("</section>");
-}
-
-/// A job's last run as shown: this copy's own, else the ledger's (a run
-/// before a restart, or by another copy).
-struct Shown {
-    started: String,
-    outcome: String,
-    detail: String,
-    duration: String,
-}
-
-fn last_shown(s: &Status, r: &crate::schedule::JobRunner) -> Option<Shown> {
-    if let Some(l) = r.last_run() {
-        return Some(Shown {
-            started: l.started.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-            outcome: l.outcome.to_string(),
-            detail: l.detail,
-            duration: format!("{} ms", l.duration.as_millis()),
-        });
+    out.push_str(
+        "<table id=latest-deliveries><caption>Latest deliveries</caption><tr><th>ID<th>Event<th>Users<th>Sent at</tr>",
+    );
+    for n in &v.latest_sent {
+        let sent = n.sent_at.map_or(String::new(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string());
+        let _ = write!(out, "<tr><td>{}<td>{}<td>{}<td>{sent}</tr>", n.id, esc(&n.event), esc(&n.users));
     }
-    let run = read(s, |c| crate::db::job_runs::last(c, r.name())).ok()??;
-    Some(Shown {
-        started: format!("{} UTC", run.started_at.format("%Y-%m-%d %H:%M:%S")),
-        duration: run.finished_at.map_or(String::new(), |f| format!("{} ms", (f - run.started_at).num_milliseconds())),
-        outcome: run.outcome,
-        detail: run.error.or(run.details).unwrap_or_default(),
-    })
+    out.push_str("</table></section>");
 }
 
 fn jobs_section(out: &mut String, s: &Status, admin: Admin) {
-    out.push_str(
-        "<section id=jobs><h2>Jobs</h2><table><tr><th>Job<th>Schedule<th>Last run<th>Outcome<th>Duration<th>Next run<th></tr>",
-    );
-    for r in &s.sources.runners {
-        let last = last_shown(s, r);
+    let v = views::jobs(s);
+    out.push_str("<section id=jobs><h2>Jobs</h2>");
+    unavailable(out, &v.error);
+    out.push_str("<table><tr><th>Job<th>Schedule<th>Last runs<th>Last<th>Next run<th></tr>");
+    for j in &v.jobs {
+        if let Some(why) = &j.off {
+            let _ = write!(
+                out,
+                "<tr class=off data-job=\"{0}\"><td>{0}<td><code>{1}</code><td colspan=4><span class=muted>off: {2}</span></tr>",
+                esc(&j.name),
+                esc(&j.schedule),
+                esc(why)
+            );
+            continue;
+        }
+        let last = j.runs.last().map_or("not yet".into(), |r| {
+            let detail = r.detail.as_deref().map_or(String::new(), |d| format!(": {}", esc(d)));
+            let took = r.duration_ms.map_or(String::new(), |d| format!(" in {d} ms"));
+            format!("<span class=\"{0}\">{0}</span>{took} at {1}{detail}", esc(&r.outcome), esc(&r.started_at))
+        });
         let _ = write!(
             out,
-            "<tr><td>{}<td><code>{}</code><td>{}<td>{}<td>{}<td>{}<td>{}</tr>",
-            esc(r.name()),
-            esc(r.schedule().as_str()),
-            last.as_ref().map_or("not yet".into(), |l| l.started.clone()),
-            last.as_ref().map_or(String::new(), |l| {
-                let detail = if l.detail.is_empty() { String::new() } else { format!(": {}", esc(&l.detail)) };
-                format!("<span class=\"{0}\">{0}</span>{detail}", esc(&l.outcome))
-            }),
-            last.as_ref().map_or(String::new(), |l| l.duration.clone()),
-            r.next_run().map_or("—".into(), |t| t.format("%H:%M:%S UTC").to_string()),
-            button(admin, &format!("/actions/jobs/{}/run", r.name()), "Run now")
-        );
-    }
-    for off in &s.sources.jobs_off {
-        let _ = write!(
-            out,
-            "<tr class=off><td>{}<td><code>{}</code><td colspan=5><span class=muted>off: {}</span></tr>",
-            esc(off.name),
-            esc(&off.schedule),
-            esc(&off.why)
+            "<tr data-job=\"{0}\"><td>{0}<td><code>{1}</code><td>{2}<td>{last}<td>{3}<td>{4}</tr>",
+            esc(&j.name),
+            esc(&j.schedule),
+            charts::runs(&j.runs),
+            esc(&opt(j.next_run.as_deref())),
+            button(admin, &format!("/actions/jobs/{}/run", url_encode(&j.name)), "Run now")
         );
     }
     out.push_str("</table></section>");
+}
+
+fn predictions_section(out: &mut String, s: &Status, h: &views::History) {
+    let v = views::predictions(s);
+    out.push_str("<section id=predictions><h2>Predictions</h2>");
+    if !v.on {
+        out.push_str("<p class=muted>Off: PREDICT_URL is not set.</p></section>");
+        return;
+    }
+    unavailable(out, &v.error);
+    let calls: Vec<String> = v.calls.iter().map(|(status, n)| format!("{status}: {n}")).collect();
+    let _ = write!(
+        out,
+        "<p>Model <b>{}</b> at <code>{}</code> ({}) · calls {} · mean latency {} · refused records {} · breaker {} · {} predictions stored</p>",
+        esc(&v.model),
+        esc(v.url.as_deref().unwrap_or_default()),
+        esc(&v.protocol),
+        if calls.is_empty() { "none yet".to_string() } else { esc(&calls.join(", ")) },
+        v.mean_latency_ms.map_or("—".into(), |l| format!("{l:.0} ms")),
+        v.refused_records,
+        if v.breaker_open { "<b class=warn>open</b>" } else { "closed" },
+        v.stored,
+    );
+    let span = span(h);
+    out.push_str("<div class=charts>");
+    out.push_str(&charts::line("Model calls", "per minute", span, &[series(h, "calls", |s| s.model_calls_per_min)]));
+    out.push_str(&charts::line("Model latency", "ms", span, &[series(h, "mean", |s| s.model_latency_ms)]));
+    out.push_str("</div>");
+    if !v.latest.is_empty() {
+        out.push_str("<table><tr><th>Key<th>Prediction<th>At<th>Latency<th>Position</tr>");
+        for p in &v.latest {
+            let text = |k: &str| p[k].as_str().map(str::to_string).unwrap_or_else(|| p[k].to_string());
+            let src = &p["source"];
+            let _ = write!(
+                out,
+                "<tr><td>{}<td><code>{}</code><td>{}<td class=num>{} ms<td>{}/{}@{}</tr>",
+                esc(p["key"].as_str().unwrap_or("-")),
+                esc(&p["prediction"].to_string()),
+                esc(&text("created_at")),
+                p["latency_ms"],
+                esc(src["topic"].as_str().unwrap_or_default()),
+                src["partition"],
+                src["offset"]
+            );
+        }
+        out.push_str("</table>");
+    }
+    out.push_str("</section>");
 }
 
 fn admin_bar(admin: Admin) -> &'static str {
@@ -272,23 +289,44 @@ const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#111
 h2{font-size:1.15em;border-bottom:1px solid #ddd;margin-top:1.5em}table{border-collapse:collapse;margin:.5em 0}\
 td,th{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}.num{text-align:right}\
 code{font-size:12px}.warn,.failed,.stopped{color:#b91c1c}.ok,.running{color:#15803d}.muted{color:#666}\
-form{display:inline}figure{margin:.5em 0}figcaption{color:#444}";
+form{display:inline}.charts{display:flex;flex-wrap:wrap;gap:1em}figure{margin:.5em 0}\
+figcaption{color:#444;font-size:12px;max-width:480px}nav a{margin-right:1em}.done{background:#ecfdf5;padding:4px}";
 
-/// `GET /`.
-pub async fn page(State(status): State<Arc<Status>>, headers: HeaderMap, Query(filter): Query<Filter>) -> Html<String> {
-    let admin = match &status.sources.settings.http_admin_token {
+fn admin_of(status: &Status, headers: &HeaderMap) -> Admin {
+    match &status.sources.settings.http_admin_token {
         None => Admin::Disabled,
-        Some(_) if admin::authorized(&status, &headers).is_ok() => Admin::Unlocked,
+        Some(_) if admin::authorized(status, headers).is_ok() => Admin::Unlocked,
         Some(_) => Admin::Locked,
-    };
-    let topic = filter.topic.filter(|t| !t.trim().is_empty());
-    let rendered = tokio::task::spawn_blocking(move || render(&status, topic.as_deref(), admin)).await;
-    Html(rendered.unwrap_or_else(|e| format!("<p>console failed: {}</p>", esc(&e.to_string()))))
+    }
 }
 
-fn render(s: &Status, topic: Option<&str>, admin: Admin) -> String {
-    let live = s.liveness();
-    let ready = s.readiness();
+/// `GET /`: every section.
+pub async fn page(State(status): State<Arc<Status>>, headers: HeaderMap, Query(q): Query<PageQuery>) -> Response {
+    let admin = admin_of(&status, &headers);
+    render_blocking(move || render(&status, None, &q, admin)).await
+}
+
+/// `GET /console/{section}`: one section alone.
+pub async fn section(
+    State(status): State<Arc<Status>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    let Some(section) = SECTIONS.iter().find(|s| **s == name) else {
+        let known = SECTIONS.join(", ");
+        return (StatusCode::NOT_FOUND, format!("no section {name:?}: try {known}\n")).into_response();
+    };
+    let admin = admin_of(&status, &headers);
+    render_blocking(move || render(&status, Some(section), &q, admin)).await
+}
+
+async fn render_blocking(f: impl FnOnce() -> String + Send + 'static) -> Response {
+    let rendered = tokio::task::spawn_blocking(f).await;
+    Html(rendered.unwrap_or_else(|e| format!("<p>console failed: {}</p>", esc(&e.to_string())))).into_response()
+}
+
+fn render(s: &Status, only: Option<&str>, q: &PageQuery, admin: Admin) -> String {
     // No refresh while the unlock form waits for the token (it would wipe it).
     let refresh = if admin == Admin::Locked {
         String::new()
@@ -299,27 +337,55 @@ fn render(s: &Status, topic: Option<&str>, admin: Admin) -> String {
         "<!doctype html><html lang=en><head><meta charset=utf-8>{refresh}\
          <title>cronsumer</title><style>{STYLE}</style></head><body><h1>cronsumer</h1>"
     );
-    let health =
-        if live.is_empty() { "<b class=ok>healthy</b>".to_string() } else { "<b class=warn>unhealthy</b>".into() };
-    let readiness =
-        if ready.is_empty() { "<b class=ok>ready</b>".to_string() } else { "<b class=warn>not ready</b>".into() };
+    let o = views::overview(s);
+    let health = if o.healthy { "<b class=ok>healthy</b>" } else { "<b class=warn>unhealthy</b>" };
+    let readiness = if o.ready { "<b class=ok>ready</b>" } else { "<b class=warn>not ready</b>" };
     let _ = write!(out, "<p id=health>{health} · {readiness}</p><ul>");
-    for p in live.iter().chain(&ready) {
+    for p in o.problems.iter().chain(&o.not_ready) {
         let _ = write!(out, "<li class=warn>{}</li>", esc(p));
     }
+    for p in &o.paused_by_operator {
+        let _ = write!(
+            out,
+            "<li class=warn>{}/{} paused by an operator since {}</li>",
+            esc(&p.topic),
+            p.partition,
+            esc(&p.since)
+        );
+    }
     out.push_str("</ul>");
+    if let Some(done) = &q.done {
+        let _ = write!(out, "<p class=done id=done>{}</p>", esc(done));
+    }
     out.push_str(admin_bar(admin));
-    consumer_section(&mut out, s);
-    dead_letters_section(&mut out, s, topic, admin);
-    notifications_section(&mut out, s, admin);
-    jobs_section(&mut out, s, admin);
-    super::predictions::console_section(&mut out, s);
+    out.push_str("<nav>");
+    for name in SECTIONS {
+        let _ = write!(out, "<a href=\"/console/{name}\">{name}</a>");
+    }
+    out.push_str("<a href=\"/metrics\">/metrics</a></nav>");
+    let h = views::history(s);
+    let shows = |name: &str| only.is_none_or(|o| o == name);
+    if shows("consumer") {
+        consumer_section(&mut out, s, &h, admin);
+    }
+    if shows("dead-letters") {
+        dead_letter_search::section(&mut out, s, &q.dead_letters, admin);
+    }
+    if shows("notifications") {
+        notifications_section(&mut out, s, &h, admin);
+    }
+    if shows("jobs") {
+        jobs_section(&mut out, s, admin);
+    }
+    if shows("predictions") {
+        predictions_section(&mut out, s, &h);
+    }
     let refreshes = if admin == Admin::Locked {
         "<a href=\"/\">Refresh</a>".to_string()
     } else {
         format!("Refreshes every {REFRESH_SECONDS} s.")
     };
-    let _ = write!(out, "<p class=muted>{refreshes} <a href=\"/metrics\">/metrics</a></p></body></html>");
+    let _ = write!(out, "<p class=muted>{refreshes} JSON: <a href=\"/api/consumer\">/api/</a></p></body></html>");
     out
 }
 
@@ -335,16 +401,8 @@ mod tests {
     #[test]
     fn previews_are_cut() {
         let long = "x".repeat(500);
-        assert_eq!(preview(Some(long.as_bytes())).chars().count(), PREVIEW_CHARS + 1);
-        assert_eq!(preview(Some(b"{\"a\":1}")), "{\"a\":1}");
-        assert_eq!(preview(None), "");
-    }
-
-    #[test]
-    fn the_chart_scales_to_the_peak() {
-        let svg = chart(&[0.0, 50.0, 100.0]);
-        assert!(svg.contains("points=\"0.0,60.0 180.0,32.0 360.0,4.0\""), "{svg}");
-        assert!(svg.contains("now 100, peak 100"), "{svg}");
-        assert!(chart(&[1.0]).contains("collecting"));
+        assert_eq!(dead_letter_search::preview(Some(long.as_bytes())).chars().count(), 121);
+        assert_eq!(dead_letter_search::preview(Some(b"{\"a\":1}")), "{\"a\":1}");
+        assert_eq!(dead_letter_search::preview(None), "");
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP server on `HTTP_ADDR`: `/healthz`, `/readyz`, `/metrics`, the
-//! web console at `/` and its actions, the price API (`/v1/prices/latest`)
-//! and the predictions API (`/v1/predictions/latest`).
+//! web console at `/` (its sections also as JSON under `/api/`) and its
+//! actions, the price API (`/v1/prices/latest`) and the predictions API
+//! (`/v1/predictions/latest`).
 //!
 //! axum routes; hyper drives each HTTP/1 connection, because it bounds what
 //! a client can hold: the request head's size and the time to send it, the
@@ -10,8 +11,10 @@
 //! answer from [`status::Status`], kept current in the background.
 //!
 //! Inside: the routes and the server (here), the connection table
-//! ([`connections`]), the status ([`status`]), the console ([`console`],
-//! its HTML helpers [`html`]),
+//! ([`connections`]), the status ([`status`]) and its [`history`], the
+//! console ([`console`]: each section's data [`views`], served as JSON by
+//! [`api`], drawn with [`charts`] and the HTML helpers [`html`]; the
+//! [`dead_letter_search`]),
 //! its actions ([`admin`]), the price API ([`prices`]) and the predictions
 //! API ([`predictions`]). It may use every part but `app` and `cli`.
 
@@ -35,12 +38,17 @@ use crate::common::shutdown::Shutdown;
 use crate::events::{Event as _, HttpListening};
 
 mod admin;
+mod api;
+mod charts;
 mod connections;
 pub mod console;
+mod dead_letter_search;
+pub mod history;
 mod html;
 mod predictions;
 mod prices;
 pub mod status;
+mod views;
 
 pub use status::{Sources, Status, HTTP_POOL_SIZE};
 
@@ -96,7 +104,10 @@ async fn metrics_text() -> Response {
 }
 
 async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, "not found: try /, /healthz, /readyz, /metrics or /v1/prices/latest?symbol=\n")
+    (
+        StatusCode::NOT_FOUND,
+        "not found: try /, /api/consumer, /healthz, /readyz, /metrics or /v1/prices/latest?symbol=\n",
+    )
         .into_response()
 }
 
@@ -119,10 +130,21 @@ pub fn routes(status: Arc<Status>) -> Router {
         .route("/actions/dead-letters/{id}/replay", post(admin::replay))
         .route("/actions/notifications/{id}/retry", post(admin::retry))
         .route("/actions/jobs/{name}/run", post(admin::run_job))
+        .route("/actions/dead-letters/replay-matching", post(admin::replay_matching))
+        .route("/actions/dead-letters/purge-replayed", post(admin::purge_replayed))
+        .route("/actions/partitions/{topic}/{partition}/{verb}", post(admin::pause))
         .layer(middleware::from_fn(move |req: Request, next: Next| bounded(actions.clone(), req, next)))
         .layer(middleware::from_fn(|req: Request, next: Next| time_limit(ACTION_TIMEOUT, req, next)));
     let page = Router::new()
         .route("/", get(console::page))
+        .route("/console/{section}", get(console::section))
+        .route("/api/overview", get(api::overview))
+        .route("/api/consumer", get(api::consumer))
+        .route("/api/history", get(api::history))
+        .route("/api/jobs", get(api::jobs))
+        .route("/api/dead-letters", get(api::dead_letters))
+        .route("/api/notifications", get(api::notifications))
+        .route("/api/predictions", get(api::predictions))
         .layer(middleware::from_fn(move |req: Request, next: Next| bounded(console.clone(), req, next)));
     let quick = Router::new()
         .route("/healthz", get(healthz))

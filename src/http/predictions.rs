@@ -1,7 +1,7 @@
 //! Predictions over HTTP: `GET /v1/predictions/latest?key=BTCUSDT`, the
 //! newest prediction stored for the key (`PREDICT_KEY_FIELD` of its record;
 //! 400: no key given; 404: none stored for it; 503: the database is away),
-//! and the console's section (the model, its calls, the latest per key).
+//! and the JSON of a prediction the console's section shows.
 //! Read through the HTTP endpoint's own pool, as every route.
 
 use std::sync::Arc;
@@ -57,69 +57,4 @@ pub async fn latest(State(status): State<Arc<Status>>, Query(params): Query<Para
         Ok(Err(e)) => reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": format!("the database is away: {e}")})),
         Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "the lookup failed"})),
     }
-}
-
-/// Keys shown in the console's section.
-const KEYS_SHOWN: usize = 20;
-
-/// The console's section: whether the module is on, the model and its
-/// calls, and the newest prediction of each key.
-pub fn console_section(out: &mut String, s: &Status) {
-    use super::html::esc;
-    use std::fmt::Write as _;
-    out.push_str("<section id=predictions><h2>Predictions</h2>");
-    let settings = &s.sources.settings;
-    let Some(url) = &settings.predict_url else {
-        out.push_str("<p class=muted>Off: PREDICT_URL is not set.</p></section>");
-        return;
-    };
-    let m = crate::common::metrics::get();
-    let calls: Vec<String> = ["200", "422", "400", "413", "401", "503", "timeout", "connection"]
-        .iter()
-        .map(|status| (status, m.model_calls.with_label_values(&[status]).get()))
-        .filter(|(_, n)| *n > 0)
-        .map(|(status, n)| format!("{status}: {n}"))
-        .collect();
-    let latency = m.model_latency.get_sample_sum() / (m.model_latency.get_sample_count().max(1) as f64);
-    let _ = write!(
-        out,
-        "<p>Model <b>{}</b> at <code>{}</code> ({:?}) · calls {} · mean latency {:.0} ms · refused records {} · breaker {}</p>",
-        esc(&settings.predict_model),
-        esc(&crate::config::redact::url(url)),
-        settings.predict_protocol,
-        if calls.is_empty() { "none yet".to_string() } else { esc(&calls.join(", ")) },
-        latency * 1000.0,
-        m.model_refused_records.get(),
-        if m.model_breaker_open.get() == 1 { "<b class=warn>open</b>" } else { "closed" },
-    );
-    let recent = super::html::read(s, |c| Ok((predictions::count(c)?, predictions::recent(c, None, 500)?)));
-    match recent {
-        Err(e) => {
-            let _ = write!(out, "<p class=warn>database unavailable: {}</p>", esc(&e));
-        }
-        Ok((total, rows)) => {
-            let _ = write!(out, "<p>{total} predictions stored.</p>");
-            let mut seen = std::collections::BTreeSet::new();
-            let latest: Vec<&Prediction> =
-                rows.iter().filter(|p| seen.insert(p.key.clone())).take(KEYS_SHOWN).collect();
-            if !latest.is_empty() {
-                out.push_str("<table><tr><th>Key<th>Prediction<th>At<th>Latency<th>Position</tr>");
-                for p in latest {
-                    let _ = write!(
-                        out,
-                        "<tr><td>{}<td><code>{}</code><td>{}<td class=num>{} ms<td>{}/{}@{}</tr>",
-                        esc(p.key.as_deref().unwrap_or("-")),
-                        esc(&p.prediction),
-                        p.created_at.format("%Y-%m-%d %H:%M:%S"),
-                        p.latency_ms,
-                        esc(&p.source_topic),
-                        p.source_partition,
-                        p.source_offset
-                    );
-                }
-                out.push_str("</table>");
-            }
-        }
-    }
-    out.push_str("</section>");
 }

@@ -1,21 +1,19 @@
 //! What the probes and the console report, kept current by background tasks
 //! so that no request waits on the database or the broker: liveness every
-//! second, readiness every two (more often until first ready), the record rate every ten (15 minutes kept
-//! for the console's chart), this copy's partitions' lag every fifteen, and the gauges derived from them.
+//! second, readiness and the operator's pauses every two (readiness more often until first ready),
+//! the console's [`History`] every ten, this copy's partitions' lag every fifteen, and the gauges derived from them.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use prometheus::core::Collector;
-
+use super::history::{self, History, PartitionSample, Readings, Sample};
 use crate::common::locks::{lock, read, write};
-use crate::common::metrics;
 use crate::common::record::TopicPartition;
 use crate::common::shutdown::Shutdown;
 use crate::config::Settings;
-use crate::consume::heartbeat::RetryingBatch;
+use crate::consume::heartbeat::{PartitionView, RetryingBatch};
+use crate::consume::operator_pauses::OperatorPauses;
 use crate::consume::supervisor::{Restart, Supervisor};
 use crate::db::Pool;
 use crate::events::{Event as _, Sampled};
@@ -27,10 +25,7 @@ const SCHEDULER_SILENCE: Duration = Duration::from_secs(20);
 const LIVENESS_EVERY: Duration = Duration::from_secs(1);
 const READINESS_EVERY: Duration = Duration::from_secs(2);
 const READINESS_EVERY_UNTIL_READY: Duration = Duration::from_millis(200);
-pub const RATE_EVERY: Duration = Duration::from_secs(10);
 const LAG_EVERY: Duration = Duration::from_secs(15);
-/// 15 minutes of rate samples, plus the one they are measured from.
-const RATE_SAMPLES: usize = 91;
 /// Symbols whose moving average `/metrics` shows, at most.
 const MOVING_AVERAGES_EXPORTED: i64 = 100;
 /// A probe result older than this is a problem in itself: its refresher is stuck.
@@ -53,6 +48,8 @@ pub struct Sources {
     pub runners: Vec<Arc<JobRunner>>,
     /// The registered jobs that are off with these settings, and why.
     pub jobs_off: Vec<OffJob>,
+    /// The partitions an operator paused, kept as the database says.
+    pub operator_pauses: Arc<OperatorPauses>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -69,11 +66,14 @@ pub struct ConsumerView {
     /// Since Kafka last confirmed a commit, and since the database last committed a batch.
     pub since_commit: Option<Duration>,
     pub since_stored: Option<Duration>,
-    pub in_hand: Option<RetryingBatch>,
     pub retrying_for: Option<Duration>,
+    /// Each lane's batch in hand, and how long it has been retrying.
+    pub in_hand_by_lane: Vec<(usize, Duration, RetryingBatch)>,
     pub restarts: u64,
     pub recent_restarts: Vec<Restart>,
     pub assignment: Vec<TopicPartition>,
+    /// The assigned partitions as the pipeline last described them.
+    pub partitions: Vec<PartitionView>,
 }
 
 pub struct Status {
@@ -84,8 +84,7 @@ pub struct Status {
     live: RwLock<Probe>,
     ready: RwLock<Probe>,
     ever_ready: AtomicBool,
-    /// (when, records handled in all) samples, oldest first.
-    rate: Mutex<VecDeque<(Instant, u64)>>,
+    history: Mutex<History>,
     /// Made at the first lag reading.
     lag_reader: Mutex<Option<crate::kafka::LagReader>>,
     /// The last reading: lag by (topic, partition), of this copy's partitions.
@@ -103,7 +102,7 @@ impl Status {
             live: RwLock::default(),
             ready: RwLock::default(),
             ever_ready: AtomicBool::new(false),
-            rate: Mutex::default(),
+            history: Mutex::default(),
             lag_reader: Mutex::default(),
             lag: Mutex::default(),
         })
@@ -141,12 +140,13 @@ impl Status {
             let first = !s.ever_ready.load(Ordering::Relaxed);
             let next = if first { READINESS_EVERY_UNTIL_READY } else { READINESS_EVERY };
             *write(&s.ready) = Probe { problems, at: Some(Instant::now()) };
+            s.refresh_pauses();
             next
         });
         every(self, |s| {
-            s.sample_rate();
+            s.sample_history();
             s.sample_store();
-            RATE_EVERY
+            history::EVERY
         });
         if self.sources.settings.kafka_enabled {
             every(self, |s| {
@@ -177,14 +177,9 @@ impl Status {
         }
     }
 
-    /// Records per second over each sampling interval, oldest first.
-    pub fn rates(&self) -> Vec<f64> {
-        let samples = lock(&self.rate);
-        samples
-            .iter()
-            .zip(samples.iter().skip(1))
-            .map(|((t0, n0), (t1, n1))| n1.saturating_sub(*n0) as f64 / (*t1 - *t0).as_secs_f64().max(0.001))
-            .collect()
+    /// The history's samples, oldest first.
+    pub fn history(&self) -> Vec<Sample> {
+        lock(&self.history).samples()
     }
 
     /// The consumer thread now (`None` with `KAFKA_ENABLED=false`).
@@ -197,11 +192,12 @@ impl Status {
             since_poll: hb.as_ref().and_then(|h| h.since_poll()),
             since_commit: hb.as_ref().and_then(|h| h.since_commit()),
             since_stored: hb.as_ref().and_then(|h| h.since_stored()),
-            in_hand: hb.as_ref().and_then(|h| h.in_hand()),
             retrying_for: hb.as_ref().and_then(|h| h.retrying_for()),
+            in_hand_by_lane: hb.as_ref().map(|h| h.in_hand_by_lane()).unwrap_or_default(),
             restarts: s.restarts(),
             recent_restarts: s.recent_restarts(),
             assignment: hb.as_ref().map(|h| h.assignment()).unwrap_or_default(),
+            partitions: hb.as_ref().map(|h| h.partitions()).unwrap_or_default(),
         })
     }
 
@@ -245,19 +241,43 @@ impl Status {
         problems
     }
 
-    fn sample_rate(&self) {
-        let total: f64 = metrics::get()
-            .records_consumed
-            .collect()
-            .iter()
-            .flat_map(|family| family.get_metric())
-            .map(|m| m.get_counter().get_value())
-            .sum();
-        let mut samples = lock(&self.rate);
-        if samples.len() == RATE_SAMPLES {
-            samples.pop_front();
+    /// Takes the operator's pauses from the database (another copy's console
+    /// may have changed them); the database away, they stay as they were.
+    fn refresh_pauses(&self) {
+        let Ok(mut conn) = crate::db::checkout(&self.sources.http_pool, None) else { return };
+        if self.sources.operator_pauses.load(&mut conn).is_ok() {
+            let paused: Vec<TopicPartition> = self.sources.operator_pauses.get().into_keys().collect();
+            Sampled::OperatorPauses(&paused).emit();
         }
-        samples.push_back((Instant::now(), total as u64));
+    }
+
+    /// Each assigned partition's lag (last read) and how far behind it is in time.
+    pub fn partition_samples(&self, c: &ConsumerView) -> Vec<PartitionSample> {
+        let now = chrono::Utc::now();
+        c.assignment
+            .iter()
+            .filter_map(|tp| {
+                let lag = self.lag_of(tp)?;
+                let view = c.partitions.iter().find(|v| v.topic == tp.topic && v.partition == tp.partition);
+                let seconds_behind = history::seconds_behind(lag, view.and_then(|v| v.oldest_in_memory_ms), now);
+                Some(PartitionSample { topic: tp.topic.clone(), partition: tp.partition, lag, seconds_behind })
+            })
+            .collect()
+    }
+
+    fn sample_history(&self) {
+        let partitions = self.consumer().map(|c| self.partition_samples(&c)).unwrap_or_default();
+        let counts = crate::db::checkout(&self.sources.http_pool, None)
+            .ok()
+            .and_then(|mut c| crate::db::notifications::count_by_status(&mut c).ok())
+            .unwrap_or_default();
+        let settings = &self.sources.settings;
+        lock(&self.history).sample(Readings {
+            lanes: if settings.kafka_enabled { settings.consumer_lanes() } else { 0 },
+            partitions,
+            notifications_by_status: counts.into_iter().collect(),
+            model_on: settings.predict_url.is_some(),
+        });
     }
 
     /// The outbox backlog and the symbols' moving averages, into their gauges

@@ -1,8 +1,8 @@
 //! The HTTP server from outside, over real sockets: every route, the web
 //! console's content and actions (refused without the token, from another
 //! site, or with a wrong one), hostile clients (an endless header, more
-//! idle connections than the limit, an oversized body), `cronsumer
-//! healthcheck`, and the console in a real headless Chromium.
+//! idle connections than the limit, an oversized body) and `cronsumer
+//! healthcheck`. The console in a real browser: [`crate::console`].
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -65,9 +65,14 @@ fn every_route_answers_and_the_console_is_read_only_without_a_token() {
     let http = svc.http.clone();
     svc.wait_for("ready", Duration::from_secs(30), || http_get(&http, "/readyz").is_some_and(|(c, _)| c == 200));
     // The assigned partition's lag, read in the background, reaches 0 once the commit is in.
-    let row = format!("<tr><td>{}<td>0<td class=num>0</tr>", s.topic("notifications"));
+    let topic = s.topic("notifications");
+    let caught_up = |page: &str| {
+        let row = page.split(&format!("<tr data-partition=\"{topic}/0\">")).nth(1).unwrap_or_default();
+        // Partition, lane, state, in memory, then the lag.
+        row.split("<td").nth(5).is_some_and(|lag| lag.starts_with(" class=num>0"))
+    };
     svc.wait_for("the partition's lag on the console", Duration::from_secs(60), || {
-        http_get(&http, "/").is_some_and(|(_, page)| page.contains(&row))
+        http_get(&http, "/").is_some_and(|(_, page)| caught_up(&page))
     });
     let (code, body) = http_get(&svc.http, "/healthz").unwrap();
     assert_eq!((code, body.as_str()), (200, r#"{"status":"ok"}"#));
@@ -90,7 +95,7 @@ fn every_route_answers_and_the_console_is_read_only_without_a_token() {
     assert!(page.contains("Read-only") && !page.contains("<button>Replay"), "{page}");
     let (code, filtered) = http_get(&svc.http, "/?topic=no-such-topic").unwrap();
     assert_eq!(code, 200);
-    assert!(filtered.contains("<p>None.</p>") && !filtered.contains("dead letter me"), "{filtered}");
+    assert!(filtered.contains(">0 match.</p>") && !filtered.contains("dead letter me"), "{filtered}");
     // A hostile filter is shown, escaped, never as markup.
     let (code, hostile) = http_get(&svc.http, "/?topic=%22%3E%3Cscript%3Ealert(1)%3C/script%3E").unwrap();
     assert_eq!(code, 200);
@@ -279,45 +284,4 @@ fn healthcheck_exits_0_when_healthy_and_1_otherwise() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.starts_with("unhealthy"), "{out}");
     assert_eq!(run("not-an-address").0, Some(1));
-}
-
-/// The console in Debian's headless Chromium: the rendered DOM and a
-/// screenshot under `target/`.
-#[test]
-fn the_console_renders_in_headless_chromium() {
-    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("Chromium is required for this test: apt-get install chromium (.ci/run installs it)");
-    let (_tdb, _s, _topics, svc) = service_with_data(&[("HTTP_ADMIN_TOKEN", TOKEN)]);
-    let url = format!("http://{}/", svc.http);
-    let profile = std::env::temp_dir().join(unique("chromium-"));
-    let chrome = |args: &[&str]| {
-        let out = std::process::Command::new(chromium)
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage"])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .args(args)
-            .output()
-            .expect("chromium runs");
-        assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let dom = chrome(&["--dump-dom", &url]);
-    for want in [
-        "<h1>cronsumer</h1>",
-        "healthy",
-        "Dead letters",
-        "not json: dead letter me",
-        "send_notifications",
-        "Unlock actions",
-    ] {
-        assert!(dom.contains(want), "{want} missing from the rendered console:\n{dom}");
-    }
-    assert!(dom.contains("<svg") || dom.contains("collecting"), "no rate chart:\n{dom}");
-    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console.png");
-    let _ = std::fs::remove_file(&shot);
-    chrome(&["--window-size=1280,1400", &format!("--screenshot={}", shot.display()), &url]);
-    let png = std::fs::read(&shot).expect("a screenshot");
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "screenshot of {} bytes", png.len());
-    let _ = std::fs::remove_dir_all(&profile);
 }

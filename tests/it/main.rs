@@ -7,6 +7,7 @@
 mod support;
 
 mod cli;
+mod console;
 mod consumer;
 mod http;
 mod market;

@@ -6,6 +6,9 @@
 //!   SIM_SEEDS=100000 cargo test --release --test sim sim_random
 //!   SIM_SEED=1234 cargo test --test sim sim_random     replays one seed
 //!
+//! Operators pause and resume partitions at random, which must lose or
+//! repeat nothing either.
+//!
 //! Invariants: (I1) no committed offset passes a record that is neither
 //! stored nor dead-lettered (nor was, before a database crash undid it); (I2) no committed offset moves backwards; (I3)
 //! once faults stop, every record ends up stored once or dead-lettered once
@@ -24,6 +27,7 @@ mod cluster;
 mod db;
 mod lane_scenarios;
 mod lanes;
+mod operator;
 mod regressions;
 mod rng;
 mod world;
@@ -112,7 +116,15 @@ pub fn run_seed(seed: u64) -> Result<Outcome, String> {
     w.db.borrow_mut().blip = rng.pick(&[0.0, 0.02]);
     w.db.borrow_mut().outage_unknown = rng.pick(&[0.0, 0.3]);
     w.db.borrow_mut().answer_lost = rng.pick(&[0.0, 0.02]);
+    // Operators pause and resume partitions, drawn apart so that the other
+    // draws (and the schedules of the seeds in FOUND) stay as they were.
+    let mut operator = Rng::new(seed ^ 0x0be7a70e);
+    let p_pause = operator.pick(&[0.0, 0.0, 0.01, 0.05]);
     for _ in 0..steps {
+        if operator.chance(p_pause) {
+            let tp = &tps[operator.below(tps.len() as u64) as usize];
+            w.operator_toggles(tp);
+        }
         for _ in 0..rng.below(3) {
             let tp = &tps[rng.below(tps.len() as u64) as usize];
             let nature = if rng.chance(p_bad) {

@@ -13,6 +13,7 @@ use cronsumer::common::clock::Clock;
 use cronsumer::common::record::TopicPartition;
 use cronsumer::common::shutdown::StopRequest;
 use cronsumer::consume::heartbeat::Heartbeat;
+use cronsumer::consume::operator_pauses::OperatorPauses;
 use cronsumer::consume::pipeline::{Pipeline, Ticked, REVOKE_BUDGET};
 use cronsumer::consume::poison::PoisonLedger;
 
@@ -67,6 +68,8 @@ pub struct World {
     pub max_buffered: usize,
     /// Steps that ended in a handler panic (the member restarts).
     pub panics: u64,
+    /// The partitions an operator paused: every member's, as the database's table.
+    pub operator: Arc<OperatorPauses>,
     rng: Rng,
 }
 
@@ -104,6 +107,7 @@ impl World {
             steps: 0,
             max_buffered: 0,
             panics: 0,
+            operator: Arc::default(),
         };
         for m in 0..w.members.len() {
             w.start(m);
@@ -145,7 +149,8 @@ impl World {
         let pipeline =
             Pipeline::new(c.batch_size, c.batch_timeout, self.clock.clone(), member.heartbeat.clone(), lanes)
                 .with_stop(member.stop.clone())
-                .with_pause_floor(c.pause_floor);
+                .with_pause_floor(c.pause_floor)
+                .with_operator_pauses(self.operator.clone());
         member.pipeline = Some(pipeline);
         member.restart_at = None;
         self.cluster.borrow_mut().join(m);
@@ -243,9 +248,20 @@ impl World {
         out
     }
 
-    /// I3: with the faults over, steps every member until everything is
-    /// done, within `limit` of simulated time.
+    /// An operator pauses `tp` (every member that holds it, now or later),
+    /// or resumes it.
+    pub fn operator_toggles(&mut self, tp: &TopicPartition) {
+        let mut paused = self.operator.get();
+        if paused.remove(tp).is_none() {
+            paused.insert(tp.clone(), chrono::DateTime::UNIX_EPOCH.naive_utc());
+        }
+        self.operator.set(paused);
+    }
+
+    /// I3: with the faults over (and every partition resumed), steps every
+    /// member until everything is done, within `limit` of simulated time.
     pub fn settle(&mut self, limit: Duration) -> Result<Duration, String> {
+        self.operator.set(BTreeMap::new());
         {
             let mut c = self.cluster.borrow_mut();
             c.commit_fail = 0.0;

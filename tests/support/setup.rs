@@ -26,6 +26,7 @@ pub fn setup(s: &Settings, pool: &Pool) -> SetupBuilder {
         extra_topics: vec![],
         wakers: Wakers::default(),
         poison: Default::default(),
+        operator_pauses: Default::default(),
     })
 }
 

@@ -125,6 +125,7 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
         self.drop_held(tps);
         for tp in tps {
             self.offsets.remove(tp);
+            self.operator.forget(tp);
             self.unplace(tp);
         }
         let resume: Vec<TopicPartition> = tps.iter().filter(|tp| self.paused.remove(*tp)).cloned().collect();
@@ -164,6 +165,7 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
             self.starts.remove(tp);
             self.restart_at.remove(tp);
             self.seeks.retain(|(t, _)| t != tp);
+            self.operator.forget(tp);
             self.offsets.remove(tp);
             self.offsets.assign(tp);
             // A batch of the old log in flight counts for nothing.
@@ -186,6 +188,7 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
             let why = "the database's stored offset is behind what this copy handled";
             OffsetReset { topic: &tp.topic, partition: tp.partition, from: offset, why }.emit();
             self.drop_held(std::slice::from_ref(&tp));
+            self.operator.forget(&tp);
             // A batch of it in flight comes back for nothing (retried, it would skip the gap).
             self.new_epoch(&tp);
             self.starts.remove(&tp);

@@ -37,6 +37,18 @@ struct InFlight {
     epochs: BTreeMap<TopicPartition, u64>,
     /// Its backoff, when it is the held batch's retry.
     retry: Option<Backoff>,
+    /// Its records of each partition, and the oldest one's timestamp.
+    per_tp: BTreeMap<TopicPartition, (usize, Option<i64>)>,
+}
+
+/// Counts `r` into `held`: records of its partition, and the oldest's timestamp.
+fn count(held: &mut BTreeMap<TopicPartition, (usize, Option<i64>)>, r: &Record) {
+    let e = held.entry(r.tp()).or_default();
+    e.0 += 1;
+    e.1 = match (e.1, r.timestamp) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
 }
 
 pub(super) struct Lane<C: Clock> {
@@ -105,6 +117,35 @@ impl<C: Clock> Lane<C> {
         format!("waiting={} held={held:?} in_flight={flight:?}", self.batcher.len())
     }
 
+    /// Drops the records of `tp` waiting for a batch; the lowest offset dropped.
+    pub(super) fn discard_waiting(&mut self, tp: &TopicPartition) -> Option<i64> {
+        let mut first = None::<i64>;
+        self.batcher.discard(|r| {
+            let of = tp.holds(r);
+            if of {
+                first = Some(first.map_or(r.offset, |f| f.min(r.offset)));
+            }
+            of
+        });
+        first
+    }
+
+    /// The lowest offset of `tp` in the batch in hand.
+    pub(super) fn first_held(&self, tp: &TopicPartition) -> Option<i64> {
+        self.held.iter().flat_map(|h| &h.records).filter(|r| tp.holds(r)).map(|r| r.offset).min()
+    }
+
+    /// Adds what it holds of each partition (waiting, in hand, in flight) to `held`.
+    pub(super) fn count_held(&self, held: &mut BTreeMap<TopicPartition, (usize, Option<i64>)>) {
+        self.batcher.each(|r| count(held, r));
+        self.held.iter().flat_map(|h| &h.records).for_each(|r| count(held, r));
+        for (tp, (n, oldest)) in self.in_flight.iter().flat_map(|f| &f.per_tp) {
+            let e = held.entry(tp.clone()).or_default();
+            e.0 += n;
+            e.1 = e.1.into_iter().chain(*oldest).min();
+        }
+    }
+
     /// Whether it holds records of `tps` (any, with `None`).
     fn holds(&self, tps: Option<&[TopicPartition]>) -> bool {
         let of = |tp: &TopicPartition| tps.is_none_or(|tps| tps.contains(tp));
@@ -157,7 +198,9 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
         self.next_seq += 1;
         let mut parts = BTreeMap::new();
         let mut epochs = BTreeMap::new();
+        let mut per_tp = BTreeMap::new();
         for r in &records {
+            count(&mut per_tp, r);
             let tp = r.tp();
             if !parts.contains_key(&tp) {
                 parts.insert(tp.clone(), self.positions.state(&tp, r.offset));
@@ -165,7 +208,8 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
             }
         }
         let (n, bytes) = (records.len(), records.iter().map(Record::bytes).sum());
-        self.lanes[i].in_flight = Some(InFlight { seq: self.next_seq, records: n, bytes, since: now, epochs, retry });
+        self.lanes[i].in_flight =
+            Some(InFlight { seq: self.next_seq, records: n, bytes, since: now, epochs, retry, per_tp });
         self.heartbeat.lane_busy(i, true);
         self.workers.submit(Job { lane: i, seq: self.next_seq, records, parts });
         true

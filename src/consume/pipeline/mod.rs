@@ -6,6 +6,7 @@
 //! of the tests.
 //!
 //! The data path of one step ([`Pipeline::run_once`]):
+//! 0. the operator's pauses, when they changed ([`partitions`]);
 //! 1. poll: records of assigned partitions go to their lane's batcher as
 //!    they arrive, rebalance events and commit answers are applied at once,
 //!    in order;
@@ -38,10 +39,11 @@ use crate::consume::offsets::Offsets;
 use crate::consume::positions::Positions;
 use crate::consume::sink::{Panicked, Sink};
 use crate::consume::workers::Lanes;
-use crate::events::{ClientCallFailed, CommitFailed, Committed, Event as _, LaneHolds, PartitionsLeaving, PollFailed};
+use crate::events::{CommitFailed, Committed, Event as _, PartitionsLeaving, PollFailed};
 
 mod assignment;
 mod lanes;
+mod partitions;
 
 use lanes::Lane;
 
@@ -130,6 +132,10 @@ pub struct Pipeline<C: Clock + Clone, L: Lanes> {
     restart_at: BTreeMap<TopicPartition, i64>,
     /// A lane's handler panicked: no more batches go out, and the thread ends.
     panicked: Option<Panicked>,
+    /// The partitions an operator paused.
+    operator: partitions::Operator,
+    /// When the partitions' views were last handed to the heartbeat.
+    last_view: Option<Instant>,
 }
 
 impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
@@ -162,6 +168,8 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
             seeks: Vec::new(),
             restart_at: BTreeMap::new(),
             panicked: None,
+            operator: Default::default(),
+            last_view: None,
         }
     }
 
@@ -194,10 +202,11 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
         self
     }
 
-    /// Partitions whose records in memory were dropped to be read again
-    /// from the database's offset, at the next step.
+    /// Partitions whose records in memory were dropped to be read again:
+    /// from the database's offset at the next step, or when an operator resumes them.
     pub fn reading_again(&self) -> Vec<TopicPartition> {
-        self.seeks.iter().map(|(tp, _)| tp.clone()).collect()
+        let seeks = self.seeks.iter().map(|(tp, _)| tp.clone());
+        seeks.chain(self.operator.dropped_from()).collect()
     }
 
     /// Records held in memory: waiting, in hand and in flight, every lane.
@@ -256,6 +265,8 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
     }
 
     fn step<B: Broker, S: Sink>(&mut self, broker: &mut B, sink: &mut S) -> Result<(), Panicked> {
+        // Before the poll: a partition paused before it is assigned is paused on assignment.
+        self.take_operator_pauses();
         let mut wait = self.poll_wait();
         let mut received = 0;
         while let Some(event) = broker.poll(wait) {
@@ -294,6 +305,7 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
             return Err(p);
         }
         self.reconcile_pauses(broker);
+        self.publish_views();
         self.commit(broker, if received == 0 { When::Idle } else { When::Throttled });
         Ok(())
     }
@@ -322,7 +334,12 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
             log::debug!("dropping a record of a partition not assigned position={}", r.position());
             return;
         };
-        if self.restarts_here(&r) {
+        if !self.restarts_here(&r) {
+            return;
+        }
+        if self.operator.pauses(&tp) {
+            self.operator.dropped(&r);
+        } else {
             self.lanes[lane].batcher.push(r);
         }
     }
@@ -359,38 +376,6 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
         self.next_verify = Some(now + VERIFY_EVERY);
         if let Ok(stored) = sink.offsets() {
             self.positions.verify(stored);
-        }
-    }
-
-    /// Pauses the partitions of each lane's batch in hand (all a lane's while
-    /// it holds too much) and resumes the rest.
-    fn reconcile_pauses<B: Broker>(&mut self, broker: &mut B) {
-        let limit = self.pause_at();
-        let mut want = BTreeSet::new();
-        for (i, lane) in self.lanes.iter_mut().enumerate() {
-            LaneHolds { lane: i, records: lane.buffered() }.emit();
-            if lane.relieve(limit) {
-                want.extend(self.lane_of.iter().filter(|(_, l)| **l == i).map(|(tp, _)| tp.clone()));
-            }
-            want.extend(lane.held_partitions().filter(|tp| self.offsets.is_assigned(tp)));
-        }
-        let pause: Vec<TopicPartition> = want.difference(&self.paused).cloned().collect();
-        let resume: Vec<TopicPartition> = self.paused.difference(&want).cloned().collect();
-        let failed = |call, partitions: &[TopicPartition], e: BrokerError| {
-            let (kind, error) = (e.kind.as_str(), &e.message);
-            ClientCallFailed { call, partitions, kind, error, serious: false }.emit()
-        };
-        if !pause.is_empty() {
-            match broker.pause(&pause) {
-                Ok(()) => self.paused.extend(pause),
-                Err(e) => failed("pause", &pause, e),
-            }
-        }
-        if !resume.is_empty() {
-            match broker.resume(&resume) {
-                Ok(()) => resume.iter().for_each(|tp| _ = self.paused.remove(tp)),
-                Err(e) => failed("resume", &resume, e),
-            }
         }
     }
 

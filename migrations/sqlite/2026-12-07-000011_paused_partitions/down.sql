@@ -1,0 +1,1 @@
+DROP TABLE paused_partitions;
