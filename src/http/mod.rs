@@ -82,21 +82,27 @@ async fn bounded(slots: Arc<tokio::sync::Semaphore>, req: Request, next: Next) -
     }
 }
 
-fn problems(list: Vec<String>) -> Response {
-    let (status, body) = if list.is_empty() {
+/// 200 without problems, else 503 naming them; `paused`: the partitions an
+/// operator paused, said but no fault.
+fn problems(list: Vec<String>, paused: Vec<String>) -> Response {
+    let (status, mut body) = if list.is_empty() {
         (StatusCode::OK, json!({"status": "ok"}))
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, json!({"status": "unavailable", "problems": list}))
     };
+    if !paused.is_empty() {
+        body["paused_by_operator"] = json!(paused);
+    }
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 async fn healthz(State(s): State<Arc<Status>>) -> Response {
-    problems(s.liveness())
+    let paused = s.sources.operator_pauses.get().into_iter();
+    problems(s.liveness(), paused.map(|(tp, since)| format!("{tp} since {since} UTC")).collect())
 }
 
 async fn readyz(State(s): State<Arc<Status>>) -> Response {
-    problems(s.readiness())
+    problems(s.readiness(), vec![])
 }
 
 async fn metrics_text() -> Response {

@@ -192,6 +192,8 @@ fn a_partition_paused_from_the_console_stays_paused_across_a_restart_until_resum
     let overview = api(&svc, "/api/overview");
     assert_eq!(overview["paused_by_operator"][0]["partition"], 0, "{overview}");
     assert_eq!(overview["healthy"], true, "a pause is not a fault: {overview}");
+    let (code, health) = svc.healthz().unwrap();
+    assert!(code == 200 && health.contains(&format!("\"paused_by_operator\":[\"{topic}/0 since ")), "{health}");
     let row =
         api(&svc, "/api/consumer")["partitions"].as_array().unwrap().iter().find(|p| p["partition"] == 0).cloned();
     assert_eq!(row.as_ref().map(|r| r["paused"].clone()), Some(Value::from("operator")), "{row:?}");

@@ -41,14 +41,20 @@ struct InFlight {
     per_tp: BTreeMap<TopicPartition, (usize, Option<i64>)>,
 }
 
-/// Counts `r` into `held`: records of its partition, and the oldest's timestamp.
-fn count(held: &mut BTreeMap<TopicPartition, (usize, Option<i64>)>, r: &Record) {
-    let e = held.entry(r.tp()).or_default();
-    e.0 += 1;
-    e.1 = match (e.1, r.timestamp) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+/// Counts `n` records of `tp` into `held`, the oldest's timestamp `oldest`.
+fn count(
+    held: &mut BTreeMap<TopicPartition, (usize, Option<i64>)>,
+    tp: &TopicPartition,
+    n: usize,
+    oldest: Option<i64>,
+) {
+    // Most calls find the partition: no name is copied for them.
+    let e = match held.get_mut(tp) {
+        Some(e) => e,
+        None => held.entry(tp.clone()).or_default(),
     };
+    e.0 += n;
+    e.1 = e.1.into_iter().chain(oldest).min();
 }
 
 pub(super) struct Lane<C: Clock> {
@@ -137,12 +143,11 @@ impl<C: Clock> Lane<C> {
 
     /// Adds what it holds of each partition (waiting, in hand, in flight) to `held`.
     pub(super) fn count_held(&self, held: &mut BTreeMap<TopicPartition, (usize, Option<i64>)>) {
-        self.batcher.each(|r| count(held, r));
-        self.held.iter().flat_map(|h| &h.records).for_each(|r| count(held, r));
+        let mut one = |r: &Record| count(held, &r.tp(), 1, r.timestamp);
+        self.batcher.each(&mut one);
+        self.held.iter().flat_map(|h| &h.records).for_each(one);
         for (tp, (n, oldest)) in self.in_flight.iter().flat_map(|f| &f.per_tp) {
-            let e = held.entry(tp.clone()).or_default();
-            e.0 += n;
-            e.1 = e.1.into_iter().chain(*oldest).min();
+            count(held, tp, *n, *oldest);
         }
     }
 
@@ -200,8 +205,8 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
         let mut epochs = BTreeMap::new();
         let mut per_tp = BTreeMap::new();
         for r in &records {
-            count(&mut per_tp, r);
             let tp = r.tp();
+            count(&mut per_tp, &tp, 1, r.timestamp);
             if !parts.contains_key(&tp) {
                 parts.insert(tp.clone(), self.positions.state(&tp, r.offset));
                 epochs.insert(tp.clone(), self.epochs.get(&tp).copied().unwrap_or_default());
