@@ -186,8 +186,8 @@ fn notifications_section(out: &mut String, s: &Status, h: &views::History, admin
         "<table id=latest-deliveries><caption>Latest deliveries</caption><tr><th>ID<th>Event<th>Users<th>Sent at</tr>",
     );
     for n in &v.latest_sent {
-        let sent = n.sent_at.map_or(String::new(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string());
-        let _ = write!(out, "<tr><td>{}<td>{}<td>{}<td>{sent}</tr>", n.id, esc(&n.event), esc(&n.users));
+        let sent = n.sent_at.as_deref().unwrap_or_default();
+        let _ = write!(out, "<tr><td>{}<td>{}<td>{}<td>{}</tr>", n.id, esc(&n.event), esc(&n.users), esc(sent));
     }
     out.push_str("</table></section>");
 }

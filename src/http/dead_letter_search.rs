@@ -142,7 +142,7 @@ pub(super) fn section(out: &mut String, s: &Status, q: &DeadLetterQuery, admin: 
     let selected = |v: &str| if q.replayed.as_deref().unwrap_or_default() == v { " selected" } else { "" };
     let _ = write!(
         out,
-        "<form method=get action=\"/\" class=search><label>Topic <input name=topic value=\"{}\"></label> \
+        "<form method=get class=search><label>Topic <input name=topic value=\"{}\"></label> \
          <label>Text <input name=text value=\"{}\" placeholder=\"in reason or payload\"></label> \
          <label>From <input type=datetime-local name=since value=\"{}\"></label> \
          <label>To <input type=datetime-local name=until value=\"{}\"></label> \
@@ -201,7 +201,7 @@ pub(super) fn section(out: &mut String, s: &Status, q: &DeadLetterQuery, admin: 
     }
     if let Some(before) = v.next_before {
         let next = DeadLetterQuery { before: Some(before.to_string()), ..q.clone() };
-        let _ = write!(out, "<p><a id=next-page href=\"/?{}#dead-letters\">Older →</a></p>", esc(&next.to_query()));
+        let _ = write!(out, "<p><a id=next-page href=\"?{}#dead-letters\">Older →</a></p>", esc(&next.to_query()));
     }
     out.push_str("</section>");
 }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike as _, Utc};
 use prometheus::core::Collector;
 use serde::Serialize;
 
@@ -120,7 +120,8 @@ impl History {
         let (now, counters) = (Instant::now(), Counters::now());
         let Some((then, before)) = self.last.replace((now, counters.clone())) else { return };
         let secs = now.saturating_duration_since(then).as_secs_f64().max(0.001);
-        let per_s = |a: f64, b: f64| (a - b).max(0.0) / secs;
+        // Three decimals are enough for a chart and keep the JSON short.
+        let per_s = |a: f64, b: f64| ((a - b).max(0.0) / secs * 1000.0).round() / 1000.0;
         let lanes_busy = (0..r.lanes)
             .map(|l| {
                 let key = l.to_string();
@@ -130,7 +131,7 @@ impl History {
             .collect();
         let model_calls = counters.model_calls - before.model_calls;
         let model_latency_ms = (r.model_on && model_calls > 0.0)
-            .then(|| (counters.model_seconds - before.model_seconds) / model_calls * 1000.0);
+            .then(|| ((counters.model_seconds - before.model_seconds) / model_calls * 1e6).round() / 1000.0);
         // The partitions furthest behind, when there are too many.
         r.partitions
             .sort_by(|a, b| b.lag.cmp(&a.lag).then_with(|| (&a.topic, a.partition).cmp(&(&b.topic, b.partition))));
@@ -140,7 +141,7 @@ impl History {
             self.samples.pop_front();
         }
         self.samples.push_back(Sample {
-            at: Utc::now(),
+            at: Utc::now().with_nanosecond(0).unwrap_or_else(Utc::now),
             records_per_s: per_s(counters.records, before.records),
             partitions: r.partitions,
             lanes_busy,

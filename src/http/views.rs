@@ -265,11 +265,40 @@ pub fn jobs(s: &Status) -> Jobs {
 }
 
 #[derive(Serialize)]
+pub struct Notification {
+    pub id: i64,
+    pub event: String,
+    pub users: String,
+    pub message: String,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub sent_at: Option<String>,
+}
+
+impl From<notifications::Notification> for Notification {
+    fn from(n: notifications::Notification) -> Self {
+        Notification {
+            id: n.id,
+            event: n.event,
+            users: n.users,
+            message: n.message,
+            status: n.status,
+            attempts: n.attempts,
+            last_error: n.last_error,
+            created_at: time(n.created_at),
+            sent_at: n.sent_at.map(time),
+        }
+    }
+}
+
+#[derive(Serialize)]
 pub struct Notifications {
     pub by_status: BTreeMap<String, i64>,
-    pub failed: Vec<notifications::Notification>,
+    pub failed: Vec<Notification>,
     /// The latest delivered.
-    pub latest_sent: Vec<notifications::Notification>,
+    pub latest_sent: Vec<Notification>,
     pub error: Option<String>,
 }
 
@@ -280,9 +309,12 @@ pub fn notifications(s: &Status) -> Notifications {
         Ok((counts, failed, notifications::list(c, Some(notifications::SENT), NOTIFICATIONS_SHOWN)?))
     });
     match found {
-        Ok((counts, failed, latest_sent)) => {
-            Notifications { by_status: counts.into_iter().collect(), failed, latest_sent, error: None }
-        }
+        Ok((counts, failed, latest_sent)) => Notifications {
+            by_status: counts.into_iter().collect(),
+            failed: failed.into_iter().map(Notification::from).collect(),
+            latest_sent: latest_sent.into_iter().map(Notification::from).collect(),
+            error: None,
+        },
         Err(e) => Notifications { by_status: BTreeMap::new(), failed: vec![], latest_sent: vec![], error: Some(e) },
     }
 }
@@ -318,7 +350,7 @@ pub fn predictions(s: &Status) -> Predictions {
         on: settings.predict_url.is_some(),
         model: settings.predict_model.clone(),
         url: settings.predict_url.as_deref().map(crate::config::redact::url),
-        protocol: format!("{:?}", settings.predict_protocol),
+        protocol: format!("{:?}", settings.predict_protocol).to_lowercase(),
         calls,
         mean_latency_ms: (count > 0).then(|| m.model_latency.get_sample_sum() / count as f64 * 1000.0),
         refused_records: m.model_refused_records.get(),
