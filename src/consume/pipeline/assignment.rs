@@ -125,7 +125,7 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
         self.drop_held(tps);
         for tp in tps {
             self.offsets.remove(tp);
-            self.operator.forget(tp);
+            self.operator.released(tp);
             self.unplace(tp);
         }
         let resume: Vec<TopicPartition> = tps.iter().filter(|tp| self.paused.remove(*tp)).cloned().collect();
@@ -165,7 +165,7 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
             self.starts.remove(tp);
             self.restart_at.remove(tp);
             self.seeks.retain(|(t, _)| t != tp);
-            self.operator.forget(tp);
+            self.operator.released(tp);
             self.offsets.remove(tp);
             self.offsets.assign(tp);
             // A batch of the old log in flight counts for nothing.
@@ -177,9 +177,7 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
     /// Partitions to read again from the offset the database holds: it fell
     /// back below what this copy stored (the database lost committed
     /// batches: a crash before their WAL flush), or it could not be read
-    /// when they were assigned. What is in memory of them is dropped at once
-    /// (a drain must not wait on it), and they are read from there at the
-    /// next step's seek.
+    /// when they were assigned ([`Self::read_again`]).
     pub(super) fn take_read_again(&mut self) {
         for (tp, offset) in self.positions.take_again() {
             if !self.offsets.is_assigned(&tp) {
@@ -187,19 +185,26 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
             }
             let why = "the database's stored offset is behind what this copy handled";
             OffsetReset { topic: &tp.topic, partition: tp.partition, from: offset, why }.emit();
-            self.drop_held(std::slice::from_ref(&tp));
-            self.operator.forget(&tp);
-            // A batch of it in flight comes back for nothing (retried, it would skip the gap).
-            self.new_epoch(&tp);
-            self.starts.remove(&tp);
-            // Kafka's committed offset follows the database's, as on assignment.
-            self.offsets.handled(&tp, offset);
-            // Until a record at or below it arrives, none above it is taken:
-            // records fetched before the seek would move past the gap.
-            self.restart_at.insert(tp.clone(), offset);
-            self.seeks.retain(|(t, _)| *t != tp);
-            self.seeks.push((tp, offset));
+            self.read_again(tp, offset);
         }
+    }
+
+    /// Reads `tp` again from `offset` (where the database stored it): what
+    /// is in memory of it is dropped at once (a drain must not wait on it),
+    /// and the seek is done at the next step.
+    pub(super) fn read_again(&mut self, tp: TopicPartition, offset: i64) {
+        self.drop_held(std::slice::from_ref(&tp));
+        self.operator.forget(&tp);
+        // A batch of it in flight comes back for nothing (retried, it would skip the gap).
+        self.new_epoch(&tp);
+        self.starts.remove(&tp);
+        // Kafka's committed offset follows the database's, as on assignment.
+        self.offsets.handled(&tp, offset);
+        // Until a record at or below it arrives, none above it is taken:
+        // records fetched before the seek would move past the gap.
+        self.restart_at.insert(tp.clone(), offset);
+        self.seeks.retain(|(t, _)| *t != tp);
+        self.seeks.push((tp, offset));
     }
 
     /// Performs the seeks [`Self::take_read_again`] left; records of those

@@ -39,6 +39,8 @@ struct InFlight {
     retry: Option<Backoff>,
     /// Its records of each partition, and the oldest one's timestamp.
     per_tp: BTreeMap<TopicPartition, (usize, Option<i64>)>,
+    /// Its first offset of each partition.
+    firsts: BTreeMap<TopicPartition, i64>,
 }
 
 /// Counts `n` records of `tp` into `held`, the oldest's timestamp `oldest`.
@@ -136,9 +138,11 @@ impl<C: Clock> Lane<C> {
         first
     }
 
-    /// The lowest offset of `tp` in the batch in hand.
-    pub(super) fn first_held(&self, tp: &TopicPartition) -> Option<i64> {
-        self.held.iter().flat_map(|h| &h.records).filter(|r| tp.holds(r)).map(|r| r.offset).min()
+    /// The lowest offset of `tp` in the batch in hand or in flight (what of
+    /// it is not handled yet may come back to be retried).
+    pub(super) fn first_in_hand(&self, tp: &TopicPartition) -> Option<i64> {
+        let held = self.held.iter().flat_map(|h| &h.records).filter(|r| tp.holds(r)).map(|r| r.offset).min();
+        held.into_iter().chain(self.in_flight.as_ref().and_then(|f| f.firsts.get(tp).copied())).min()
     }
 
     /// Adds what it holds of each partition (waiting, in hand, in flight) to `held`.
@@ -204,17 +208,20 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
         let mut parts = BTreeMap::new();
         let mut epochs = BTreeMap::new();
         let mut per_tp = BTreeMap::new();
+        let mut firsts = BTreeMap::new();
         for r in &records {
             let tp = r.tp();
             count(&mut per_tp, &tp, 1, r.timestamp);
             if !parts.contains_key(&tp) {
+                // A batch holds a partition's records in offset order.
+                firsts.insert(tp.clone(), r.offset);
                 parts.insert(tp.clone(), self.positions.state(&tp, r.offset));
                 epochs.insert(tp.clone(), self.epochs.get(&tp).copied().unwrap_or_default());
             }
         }
         let (n, bytes) = (records.len(), records.iter().map(Record::bytes).sum());
         self.lanes[i].in_flight =
-            Some(InFlight { seq: self.next_seq, records: n, bytes, since: now, epochs, retry, per_tp });
+            Some(InFlight { seq: self.next_seq, records: n, bytes, since: now, epochs, retry, per_tp, firsts });
         self.heartbeat.lane_busy(i, true);
         self.workers.submit(Job { lane: i, seq: self.next_seq, records, parts });
         true

@@ -266,7 +266,7 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
 
     fn step<B: Broker, S: Sink>(&mut self, broker: &mut B, sink: &mut S) -> Result<(), Panicked> {
         // Before the poll: a partition paused before it is assigned is paused on assignment.
-        self.take_operator_pauses();
+        self.take_operator_pauses(sink);
         let mut wait = self.poll_wait();
         let mut received = 0;
         while let Some(event) = broker.poll(wait) {
@@ -334,6 +334,7 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
             log::debug!("dropping a record of a partition not assigned position={}", r.position());
             return;
         };
+        self.operator.polled(&tp, r.offset);
         if !self.restarts_here(&r) {
             return;
         }

@@ -20,6 +20,7 @@ use crate::common::record::{Record, TopicPartition};
 use crate::consume::broker::{Broker, BrokerError};
 use crate::consume::heartbeat::PartitionView;
 use crate::consume::operator_pauses::OperatorPauses;
+use crate::consume::sink::Sink;
 use crate::consume::workers::Lanes;
 use crate::events::{ClientCallFailed, Event as _, LaneHolds, OperatorPaused};
 
@@ -37,6 +38,9 @@ pub(super) struct Operator {
     /// Where each paused partition is read again from on resume: its first
     /// record dropped.
     resume_at: BTreeMap<TopicPartition, i64>,
+    /// The lowest offset polled of each partition since it was assigned:
+    /// where a partition the database holds nothing of is read again from.
+    first_polled: BTreeMap<TopicPartition, i64>,
 }
 
 impl Operator {
@@ -64,9 +68,23 @@ impl Operator {
         self.resume_at.keys().cloned()
     }
 
-    /// `tp` left, or is read again from elsewhere: nothing to read again on resume.
+    /// A record of `tp` at `offset` was polled.
+    pub(super) fn polled(&mut self, tp: &TopicPartition, offset: i64) {
+        match self.first_polled.get_mut(tp) {
+            Some(first) => *first = (*first).min(offset),
+            None => _ = self.first_polled.insert(tp.clone(), offset),
+        }
+    }
+
+    /// `tp` is read again from elsewhere: nothing to read again on resume.
     pub(super) fn forget(&mut self, tp: &TopicPartition) {
         self.resume_at.remove(tp);
+    }
+
+    /// `tp` left, or its log was replaced.
+    pub(super) fn released(&mut self, tp: &TopicPartition) {
+        self.resume_at.remove(tp);
+        self.first_polled.remove(tp);
     }
 }
 
@@ -79,15 +97,19 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
 
     /// Applies the operator's pauses when they changed: a partition newly
     /// paused drops its records waiting in memory; one resumed is read again
-    /// from its first record dropped (at this step's seeks).
-    pub(super) fn take_operator_pauses(&mut self) {
+    /// (as after a database that lost commits) from the offset the database
+    /// stored for it, or lower: whatever the pause dropped, and whatever was
+    /// in hand or in flight of it, comes again in order, and what the
+    /// database applied already is skipped. With the database away, the
+    /// resume waits.
+    pub(super) fn take_operator_pauses<S: Sink>(&mut self, sink: &mut S) {
         let Some(pauses) = self.operator.pauses.clone() else { return };
         let version = pauses.version();
         if self.operator.seen == Some(version) {
             return;
         }
         self.operator.seen = Some(version);
-        let now: BTreeSet<TopicPartition> = pauses.get().into_keys().collect();
+        let mut now: BTreeSet<TopicPartition> = pauses.get().into_keys().collect();
         for tp in now.difference(&self.operator.paused) {
             let first = self.lanes.iter_mut().filter_map(|l| l.discard_waiting(tp)).min();
             if let Some(first) = first {
@@ -96,16 +118,45 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
             }
             OperatorPaused { partition: tp, paused: true, read_again_from: first }.emit();
         }
-        for tp in self.operator.paused.difference(&now) {
-            // What is still in hand of it is read again too, in order.
-            let held = self.lanes.iter().filter_map(|l| l.first_held(tp)).min();
-            // A seek still to be done reads from where it says, or lower.
-            let pending = self.seeks.iter().filter(|(t, _)| t == tp).map(|(_, at)| *at).min();
-            let at = self.operator.resume_at.remove(tp).into_iter().chain(held).chain(pending).min();
-            OperatorPaused { partition: tp, paused: false, read_again_from: at }.emit();
-            if let Some(at) = at.filter(|_| self.offsets.is_assigned(tp)) {
-                self.seeks.retain(|(t, _)| t != tp);
-                self.seeks.push((tp.clone(), at));
+        let resumed: Vec<TopicPartition> = self.operator.paused.difference(&now).cloned().collect();
+        for tp in resumed {
+            let resume_at = self.operator.resume_at.remove(&tp);
+            if !self.offsets.is_assigned(&tp) {
+                continue;
+            }
+            let stored = match sink.positions(std::slice::from_ref(&tp)) {
+                Ok(stored) => match stored.into_iter().next().flatten() {
+                    Some(stored) => {
+                        let next = stored.next;
+                        // Its transactions expect the database to keep at least this
+                        // (as on assignment): a crash that undoes it is noticed.
+                        self.positions.assigned(std::slice::from_ref(&tp), Some(&[Some(stored)]));
+                        Some(next)
+                    }
+                    // Nothing of it applied yet: from the first record polled since it was assigned.
+                    None => self.operator.first_polled.get(&tp).copied(),
+                },
+                Err(_) => {
+                    // Asked again at the next step: it stays paused meanwhile.
+                    if let Some(at) = resume_at {
+                        self.operator.resume_at.insert(tp.clone(), at);
+                    }
+                    self.operator.seen = None;
+                    now.insert(tp);
+                    continue;
+                }
+            };
+            // Never above what is in memory of it: the database's last commits
+            // may not be durable yet (a crash would undo them), what is in hand
+            // or in flight may come back unhandled, and a seek or a restart
+            // still to come reads from where it says.
+            let in_hand = self.lanes.iter().filter_map(|l| l.first_in_hand(&tp)).min();
+            let pending = self.seeks.iter().filter(|(t, _)| *t == tp).map(|(_, at)| *at).min();
+            let restart = self.restart_at.get(&tp).copied();
+            let at = [stored, resume_at, in_hand, pending, restart].into_iter().flatten().min();
+            OperatorPaused { partition: &tp, paused: false, read_again_from: at }.emit();
+            if let Some(at) = at {
+                self.read_again(tp, at);
             }
         }
         self.operator.paused = now;
