@@ -194,7 +194,6 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
     /// and the seek is done at the next step.
     pub(super) fn read_again(&mut self, tp: TopicPartition, offset: i64) {
         self.drop_held(std::slice::from_ref(&tp));
-        self.operator.forget(&tp);
         // A batch of it in flight comes back for nothing (retried, it would skip the gap).
         self.new_epoch(&tp);
         self.starts.remove(&tp);

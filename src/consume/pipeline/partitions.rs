@@ -7,8 +7,9 @@
 //! An operator's pause stops a partition at once: its records waiting in
 //! memory are dropped (a batch of it in flight or in hand finishes), its
 //! fetching is paused, and records of it polled meanwhile are dropped too.
-//! On resume it is read again from the first record dropped, so none is
-//! skipped; with none dropped, the client's position is already right.
+//! On resume it is read again from the database's stored offset, or lower
+//! (see [`Pipeline::take_operator_pauses`]), so none is skipped and what
+//! was applied already is not applied again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -16,9 +17,10 @@ use std::time::Duration;
 
 use super::Pipeline;
 use crate::common::clock::Clock;
-use crate::common::record::{Record, TopicPartition};
+use crate::common::record::TopicPartition;
 use crate::consume::broker::{Broker, BrokerError};
 use crate::consume::heartbeat::PartitionView;
+use crate::consume::offsets::Offsets;
 use crate::consume::operator_pauses::OperatorPauses;
 use crate::consume::sink::Sink;
 use crate::consume::workers::Lanes;
@@ -35,9 +37,6 @@ pub(super) struct Operator {
     seen: Option<u64>,
     /// The partitions paused (assigned or not).
     paused: BTreeSet<TopicPartition>,
-    /// Where each paused partition is read again from on resume: its first
-    /// record dropped.
-    resume_at: BTreeMap<TopicPartition, i64>,
     /// The lowest offset polled of each partition since it was assigned:
     /// where a partition the database holds nothing of is read again from.
     first_polled: BTreeMap<TopicPartition, i64>,
@@ -57,15 +56,9 @@ impl Operator {
         self.paused.iter()
     }
 
-    /// `r` arrived while its partition is paused: dropped, read again on resume.
-    pub(super) fn dropped(&mut self, r: &Record) {
-        let at = self.resume_at.entry(r.tp()).or_insert(r.offset);
-        *at = (*at).min(r.offset);
-    }
-
-    /// The partitions whose records it dropped, read again on resume.
-    pub(super) fn dropped_from(&self) -> impl Iterator<Item = TopicPartition> + '_ {
-        self.resume_at.keys().cloned()
+    /// The partitions it pauses that are assigned: what was dropped of them is read again on resume.
+    pub(super) fn dropped_from<'a>(&'a self, assigned: &'a Offsets) -> impl Iterator<Item = TopicPartition> + 'a {
+        self.paused.iter().filter(|tp| assigned.is_assigned(tp)).cloned()
     }
 
     /// A record of `tp` at `offset` was polled.
@@ -76,14 +69,8 @@ impl Operator {
         }
     }
 
-    /// `tp` is read again from elsewhere: nothing to read again on resume.
-    pub(super) fn forget(&mut self, tp: &TopicPartition) {
-        self.resume_at.remove(tp);
-    }
-
     /// `tp` left, or its log was replaced.
     pub(super) fn released(&mut self, tp: &TopicPartition) {
-        self.resume_at.remove(tp);
         self.first_polled.remove(tp);
     }
 }
@@ -112,15 +99,10 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
         let mut now: BTreeSet<TopicPartition> = pauses.get().into_keys().collect();
         for tp in now.difference(&self.operator.paused) {
             let first = self.lanes.iter_mut().filter_map(|l| l.discard_waiting(tp)).min();
-            if let Some(first) = first {
-                let at = self.operator.resume_at.entry(tp.clone()).or_insert(first);
-                *at = (*at).min(first);
-            }
             OperatorPaused { partition: tp, paused: true, read_again_from: first }.emit();
         }
         let resumed: Vec<TopicPartition> = self.operator.paused.difference(&now).cloned().collect();
         for tp in resumed {
-            let resume_at = self.operator.resume_at.remove(&tp);
             if !self.offsets.is_assigned(&tp) {
                 continue;
             }
@@ -133,14 +115,12 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
                         self.positions.assigned(std::slice::from_ref(&tp), Some(&[Some(stored)]));
                         Some(next)
                     }
-                    // Nothing of it applied yet: from the first record polled since it was assigned.
+                    // Nothing of it applied yet: from the first record polled since
+                    // it was assigned (at or below any the pause dropped).
                     None => self.operator.first_polled.get(&tp).copied(),
                 },
                 Err(_) => {
                     // Asked again at the next step: it stays paused meanwhile.
-                    if let Some(at) = resume_at {
-                        self.operator.resume_at.insert(tp.clone(), at);
-                    }
                     self.operator.seen = None;
                     now.insert(tp);
                     continue;
@@ -153,7 +133,7 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
             let in_hand = self.lanes.iter().filter_map(|l| l.first_in_hand(&tp)).min();
             let pending = self.seeks.iter().filter(|(t, _)| *t == tp).map(|(_, at)| *at).min();
             let restart = self.restart_at.get(&tp).copied();
-            let at = [stored, resume_at, in_hand, pending, restart].into_iter().flatten().min();
+            let at = [stored, in_hand, pending, restart].into_iter().flatten().min();
             OperatorPaused { partition: &tp, paused: false, read_again_from: at }.emit();
             if let Some(at) = at {
                 self.read_again(tp, at);
