@@ -388,21 +388,3 @@ fn render(s: &Status, only: Option<&str>, q: &PageQuery, admin: Admin) -> String
     let _ = write!(out, "<p class=muted>{refreshes} JSON: <a href=\"/api/consumer\">/api/</a></p></body></html>");
     out
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn html_is_escaped() {
-        assert_eq!(esc(r#"<script>"a"&'b'</script>"#), "&lt;script&gt;&quot;a&quot;&amp;&#39;b&#39;&lt;/script&gt;");
-    }
-
-    #[test]
-    fn previews_are_cut() {
-        let long = "x".repeat(500);
-        assert_eq!(dead_letter_search::preview(Some(long.as_bytes())).chars().count(), 121);
-        assert_eq!(dead_letter_search::preview(Some(b"{\"a\":1}")), "{\"a\":1}");
-        assert_eq!(dead_letter_search::preview(None), "");
-    }
-}

@@ -59,8 +59,9 @@ impl DeadLetterQuery {
             Some(other) => return Err(format!("replayed: {other:?} is neither yes nor no")),
         };
         Ok(Search {
-            topic: given(&self.topic).map(str::to_string),
-            text: self.text.clone().filter(|t| !t.is_empty()),
+            // Trimmed, and dropped when empty, by the database layer.
+            topic: self.topic.clone(),
+            text: self.text.clone(),
             since: at("since", &self.since)?,
             until: at("until", &self.until)?,
             replayed,
@@ -204,4 +205,17 @@ pub(super) fn section(out: &mut String, s: &Status, q: &DeadLetterQuery, admin: 
         let _ = write!(out, "<p><a id=next-page href=\"?{}#dead-letters\">Older →</a></p>", esc(&next.to_query()));
     }
     out.push_str("</section>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::preview;
+
+    #[test]
+    fn previews_are_cut() {
+        let long = "x".repeat(500);
+        assert_eq!(preview(Some(long.as_bytes())).chars().count(), 121);
+        assert_eq!(preview(Some(b"{\"a\":1}")), "{\"a\":1}");
+        assert_eq!(preview(None), "");
+    }
 }

@@ -61,3 +61,14 @@ pub(super) fn unavailable(out: &mut String, error: &Option<String>) {
         let _ = write!(out, "<p class=warn>database unavailable: {}</p>", esc(e));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            super::esc(r#"<script>"a"&'b'</script>"#),
+            "&lt;script&gt;&quot;a&quot;&amp;&#39;b&#39;&lt;/script&gt;"
+        );
+    }
+}

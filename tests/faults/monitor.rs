@@ -109,38 +109,76 @@ fn stored_below(pool: &Pool, table: &str, topic: &str, partition: i32, offset: i
     Some(total)
 }
 
+/// Readings every [`EVERY`] until `stop`, then one last reading that the
+/// broker answered for every topic (retried for up to [`LAST_READING`]), so
+/// the commits as the scenario left them are checked however short it was.
 fn watch(consumer: &BaseConsumer, pool: &Pool, watched: &[Watched], partitions: i32, stop: &AtomicBool) -> Findings {
-    let mut f = Findings::default();
-    let mut highest: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    let mut verified: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    let mut last_reading = Instant::now();
+    let mut w = Watcher::new();
     while !stop.load(Ordering::SeqCst) {
         let tick = Instant::now();
+        w.read(consumer, pool, watched, partitions);
+        std::thread::sleep(EVERY.saturating_sub(tick.elapsed()));
+    }
+    let deadline = Instant::now() + LAST_READING;
+    while !w.read(consumer, pool, watched, partitions) && Instant::now() < deadline {
+        std::thread::sleep(EVERY);
+    }
+    w.f
+}
+
+/// How long the last reading is retried while the broker does not answer.
+const LAST_READING: Duration = Duration::from_secs(10);
+
+struct Watcher {
+    f: Findings,
+    highest: BTreeMap<(String, i32), i64>,
+    verified: BTreeMap<(String, i32), i64>,
+    last_reading: Instant,
+}
+
+impl Watcher {
+    fn new() -> Watcher {
+        Watcher {
+            f: Findings::default(),
+            highest: BTreeMap::new(),
+            verified: BTreeMap::new(),
+            last_reading: Instant::now(),
+        }
+    }
+
+    /// One reading of every watched topic; false when the broker or the
+    /// database did not answer for one of them.
+    fn read(&mut self, consumer: &BaseConsumer, pool: &Pool, watched: &[Watched], partitions: i32) -> bool {
+        let mut complete = true;
         for (topic, table) in watched {
             let mut tpl = TopicPartitionList::new();
             for p in 0..partitions {
                 tpl.add_partition(topic, p);
             }
-            let Ok(got) = consumer.committed_offsets(tpl, Duration::from_millis(500)) else { continue };
+            let Ok(got) = consumer.committed_offsets(tpl, Duration::from_millis(500)) else {
+                complete = false;
+                continue;
+            };
+            let f = &mut self.f;
             f.readings += 1;
-            f.longest_gap = f.longest_gap.max(last_reading.elapsed());
-            last_reading = Instant::now();
+            f.longest_gap = f.longest_gap.max(self.last_reading.elapsed());
+            self.last_reading = Instant::now();
             for e in got.elements() {
                 let Offset::Offset(c) = e.offset() else { continue };
                 let key = (topic.clone(), e.partition());
-                let before = highest.get(&key).copied().unwrap_or(-1);
+                let before = self.highest.get(&key).copied().unwrap_or(-1);
                 if c < before {
                     f.violations
                         .push(format!("committed offset of {topic}/{} moved backwards: {before} -> {c}", key.1));
                 }
-                highest.insert(key.clone(), c.max(before));
-                if c <= verified.get(&key).copied().unwrap_or(0) {
+                self.highest.insert(key.clone(), c.max(before));
+                if c <= self.verified.get(&key).copied().unwrap_or(0) {
                     continue;
                 }
                 // Rows only grow, so a reading taken after the commit's can only under-report a gap.
                 match stored_below(pool, table, topic, key.1, c) {
                     Some(n) if n >= c => {
-                        verified.insert(key, c);
+                        self.verified.insert(key, c);
                         f.checked += 1;
                     }
                     Some(n) => {
@@ -149,13 +187,12 @@ fn watch(consumer: &BaseConsumer, pool: &Pool, watched: &[Watched], partitions: 
                              ({n} of the {c} below it are)",
                             key.1
                         ));
-                        verified.insert(key, c);
+                        self.verified.insert(key, c);
                     }
-                    None => {} // the database did not answer: checked at the next reading
+                    None => complete = false, // the database did not answer: checked at the next reading
                 }
             }
         }
-        std::thread::sleep(EVERY.saturating_sub(tick.elapsed()));
+        complete
     }
-    f
 }

@@ -1,9 +1,10 @@
 //! Assignment changes: taking partitions (where the database says to read
-//! them from), and letting them go after a revoke or a loss.
+//! them from), letting them go after a revoke or a loss, and reading them
+//! again when the database lost commits.
 
 use std::collections::BTreeMap;
 
-use super::{Pipeline, When, REVOKE_BUDGET};
+use super::{Pipeline, When, REVOKE_BUDGET, VERIFY_EVERY};
 use crate::common::clock::Clock;
 use crate::common::record::{Record, TopicPartition};
 use crate::consume::broker::{Broker, Start};
@@ -171,6 +172,20 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
             // A batch of the old log in flight counts for nothing.
             self.new_epoch(tp);
             self.positions.rewind(tp, 0);
+        }
+    }
+
+    /// Compares, every [`VERIFY_EVERY`], the stored offsets with what this
+    /// copy stored: an idle partition gets no batch that would find out that
+    /// the database lost commits. While the database is away, the next time does.
+    pub(super) fn verify<S: Sink>(&mut self, sink: &mut S) {
+        let now = self.clock.now();
+        if self.next_verify.is_some_and(|t| now < t) || !self.positions.has_expectations() {
+            return;
+        }
+        self.next_verify = Some(now + VERIFY_EVERY);
+        if let Ok(stored) = sink.offsets() {
+            self.positions.verify(stored);
         }
     }
 

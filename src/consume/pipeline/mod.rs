@@ -246,7 +246,7 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
     /// for, finishing what is in memory and committing it by its deadline.
     pub fn tick<B: Broker, S: Sink>(&mut self, broker: &mut B, sink: &mut S) -> Result<Ticked, Panicked> {
         match self.stop.drain_by() {
-            Some(by) => self.finish(broker, sink, by).map(|done| Ticked::Stopped { unstored: !done }),
+            Some(by) => self.finish(broker, by).map(|done| Ticked::Stopped { unstored: !done }),
             None => self.run_once(broker, sink).map(|()| Ticked::Running),
         }
     }
@@ -312,12 +312,7 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
 
     /// Finishes what is in memory until `deadline` and commits it; false
     /// when something is left (it is read again by whoever comes next).
-    pub fn finish<B: Broker, S: Sink>(
-        &mut self,
-        broker: &mut B,
-        _sink: &mut S,
-        deadline: Instant,
-    ) -> Result<bool, Panicked> {
+    fn finish<B: Broker>(&mut self, broker: &mut B, deadline: Instant) -> Result<bool, Panicked> {
         let drained = self.drain(None, deadline);
         if drained.is_err() {
             self.wind_down(deadline);
@@ -362,20 +357,6 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
                 self.offsets.failed(offsets);
                 CommitFailed { kind: e.kind.as_str(), error: &e.message }.emit();
             }
-        }
-    }
-
-    /// Compares, every [`VERIFY_EVERY`], the stored offsets with what this
-    /// copy stored: an idle partition gets no batch that would find out that
-    /// the database lost commits. While the database is away, the next time does.
-    fn verify<S: Sink>(&mut self, sink: &mut S) {
-        let now = self.clock.now();
-        if self.next_verify.is_some_and(|t| now < t) || !self.positions.has_expectations() {
-            return;
-        }
-        self.next_verify = Some(now + VERIFY_EVERY);
-        if let Ok(stored) = sink.offsets() {
-            self.positions.verify(stored);
         }
     }
 
