@@ -13,16 +13,7 @@ use serde_json::Value;
 
 use crate::support::*;
 
-const TOKEN: &str = "test-admin-token-0123456789";
 const SECTIONS: [&str; 5] = ["consumer", "dead-letters", "notifications", "jobs", "predictions"];
-
-fn post(addr: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    let form = ("Content-Type", "application/x-www-form-urlencoded");
-    let headers: Vec<(&str, &str)> = headers.iter().copied().chain([form]).collect();
-    let (code, _, body) =
-        request(addr, "POST", path, &headers, body).unwrap_or_else(|| panic!("POST {path}: no answer"));
-    (code, body)
-}
 
 fn api(svc: &Service, path: &str) -> Value {
     let (code, body) = http_get(&svc.http, path).unwrap_or_else(|| panic!("GET {path}: no answer"));
@@ -91,7 +82,7 @@ fn the_console_in_headless_chromium_shows_every_section_with_a_minute_of_history
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("console"), &[]);
     let (_topics, topic) = registry_topics(&s, 4);
-    let svc = Service::start(&s, &tdb.url, &[("HTTP_ADMIN_TOKEN", TOKEN)]);
+    let svc = Service::start(&s, &tdb.url, &[("HTTP_ADMIN_TOKEN", ADMIN_TOKEN)]);
     let hostile = br#"<script>alert("payload")</script>"#.to_vec();
     produce(&s, &topic, &[hostile]);
     let (code, out, err) = cli(&s, &tdb.url, &["produce", &topic, "--key", "<i>key</i>", "--raw", "<b>not json</b>"]);
@@ -173,7 +164,7 @@ fn a_partition_paused_from_the_console_stays_paused_across_a_restart_until_resum
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("pause"), &[]);
     let (_topics, topic) = registry_topics(&s, 2);
-    let env = [("HTTP_ADMIN_TOKEN", TOKEN)];
+    let env = [("HTTP_ADMIN_TOKEN", ADMIN_TOKEN)];
     let mut svc = Service::start(&s, &tdb.url, &env);
     produce(&s, &topic, &(0..20).map(notification).collect::<Vec<_>>());
     svc.wait_for("20 stored", Duration::from_secs(60), || count_notifications(&pool) == 20);
@@ -181,11 +172,11 @@ fn a_partition_paused_from_the_console_stays_paused_across_a_restart_until_resum
     assert!(before > 0, "the keys put some records on partition 0");
 
     let pause = format!("/actions/partitions/{topic}/0/pause");
-    let bearer = format!("Bearer {TOKEN}");
-    assert_eq!(post(&svc.http, &pause, &[], "").0, 401, "no token");
-    let cookie = format!("cronsumer_admin={TOKEN}");
-    assert_eq!(post(&svc.http, &pause, &[("Cookie", &cookie), ("Origin", "https://evil.example")], "").0, 403);
-    let (code, body) = post(&svc.http, &pause, &[("Authorization", &bearer)], "");
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    assert_eq!(post_form(&svc.http, &pause, &[], "").0, 401, "no token");
+    let cookie = format!("cronsumer_admin={ADMIN_TOKEN}");
+    assert_eq!(post_form(&svc.http, &pause, &[("Cookie", &cookie), ("Origin", "https://evil.example")], "").0, 403);
+    let (code, _, body) = post_form(&svc.http, &pause, &[("Authorization", &bearer)], "");
     assert_eq!((code, body.trim()), (200, format!("{topic}/0 paused").as_str()));
 
     // Records keep coming; partition 1's are stored, partition 0's wait.
@@ -215,7 +206,7 @@ fn a_partition_paused_from_the_console_stays_paused_across_a_restart_until_resum
     assert_eq!(stored_from_0(&pool, &topic), before, "the pause did not survive the restart");
 
     let resume = format!("/actions/partitions/{topic}/0/resume");
-    let (code, body) = post(&svc.http, &resume, &[("Authorization", &bearer)], "");
+    let (code, _, body) = post_form(&svc.http, &resume, &[("Authorization", &bearer)], "");
     assert_eq!((code, body.trim()), (200, format!("{topic}/0 resumed").as_str()));
     svc.wait_for("every record stored once resumed", Duration::from_secs(60), || count_notifications(&pool) == 60);
     let (stored, _) = stored_sources(&pool, &topic);
@@ -239,7 +230,7 @@ fn dead_letters_are_searched_paged_and_replayed_in_bulk_once() {
     let pool = tdb.pool();
     let s = settings(&tdb.url, &unique("dlq"), &[]);
     let (_topics, topic) = registry_topics(&s, 2);
-    let svc = Service::start(&s, &tdb.url, &[("HTTP_ADMIN_TOKEN", TOKEN)]);
+    let svc = Service::start(&s, &tdb.url, &[("HTTP_ADMIN_TOKEN", ADMIN_TOKEN)]);
     let bad: Vec<Vec<u8>> = (0..55).map(|i| format!("needle-{i} not json").into_bytes()).collect();
     produce(&s, &topic, &bad);
     produce(&s, &topic, &(0..5).map(|i| format!("other-{i}").into_bytes()).collect::<Vec<_>>());
@@ -267,33 +258,34 @@ fn dead_letters_are_searched_paged_and_replayed_in_bulk_once() {
     assert_eq!(code, 400, "{body}");
 
     let replay = format!("/actions/dead-letters/replay-matching?{search}");
-    let bearer = format!("Bearer {TOKEN}");
-    assert_eq!(post(&svc.http, &replay, &[("Authorization", &bearer)], "").0, 400, "no confirmation");
-    assert_eq!(post(&svc.http, &replay, &[], "confirm=yes").0, 401, "no token");
-    let cookie = format!("cronsumer_admin={TOKEN}");
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    assert_eq!(post_form(&svc.http, &replay, &[("Authorization", &bearer)], "").0, 400, "no confirmation");
+    assert_eq!(post_form(&svc.http, &replay, &[], "confirm=yes").0, 401, "no token");
+    let cookie = format!("cronsumer_admin={ADMIN_TOKEN}");
     let cross = [("Cookie", cookie.as_str()), ("Sec-Fetch-Site", "cross-site")];
-    assert_eq!(post(&svc.http, &replay, &cross, "confirm=yes").0, 403, "from another site");
+    assert_eq!(post_form(&svc.http, &replay, &cross, "confirm=yes").0, 403, "from another site");
     let produced_before = records_in(&s, &topic, 2);
     // Two at once: each dead letter is claimed by one of them.
-    let replayed: Vec<(u16, String)> = std::thread::scope(|sc| {
+    let replayed: Vec<(u16, String, String)> = std::thread::scope(|sc| {
         let runs: Vec<_> = (0..2)
-            .map(|_| sc.spawn(|| post(&svc.http, &replay, &[("Authorization", &bearer)], "confirm=yes")))
+            .map(|_| sc.spawn(|| post_form(&svc.http, &replay, &[("Authorization", &bearer)], "confirm=yes")))
             .collect();
         runs.into_iter().map(|r| r.join().unwrap()).collect()
     });
     let count = |body: &str| -> u64 {
         body.strip_prefix("replayed ").and_then(|b| b.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0)
     };
-    assert!(replayed.iter().all(|(code, _)| *code == 200), "{replayed:?}");
-    assert_eq!(replayed.iter().map(|(_, b)| count(b)).sum::<u64>(), 55, "{replayed:?}");
+    assert!(replayed.iter().all(|(code, _, _)| *code == 200), "{replayed:?}");
+    assert_eq!(replayed.iter().map(|(_, _, b)| count(b)).sum::<u64>(), 55, "{replayed:?}");
     assert_eq!(records_in(&s, &topic, 2) - produced_before, 55, "a dead letter was produced twice");
-    let (code, again) = post(&svc.http, &replay, &[("Authorization", &bearer)], "confirm=yes");
+    let (code, _, again) = post_form(&svc.http, &replay, &[("Authorization", &bearer)], "confirm=yes");
     assert_eq!(code, 200);
     assert!(again.starts_with("replayed 0 ") && again.contains("0 not replayed still match"), "{again}");
     // Replayed, they failed again: new dead letters, after `until`.
     svc.wait_for("the replayed dead-lettered again", Duration::from_secs(60), || count_dead_letters(&pool) == 115);
 
-    let (code, purged) = post(&svc.http, "/actions/dead-letters/purge-replayed", &[("Authorization", &bearer)], "");
+    let (code, _, purged) =
+        post_form(&svc.http, "/actions/dead-letters/purge-replayed", &[("Authorization", &bearer)], "");
     assert_eq!((code, purged.trim()), (200, "purged 55 replayed dead letter(s)"));
     assert_eq!(api(&svc, &format!("/api/dead-letters?{search}"))["matching"], 0);
     assert_eq!(count_dead_letters(&pool), 60);

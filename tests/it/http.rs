@@ -12,14 +12,6 @@ use cronsumer::db::{self, Backend};
 
 use crate::support::*;
 
-const TOKEN: &str = "test-admin-token-0123456789";
-
-fn post(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
-    let form = ("Content-Type", "application/x-www-form-urlencoded");
-    let headers: Vec<(&str, &str)> = headers.iter().copied().chain([form]).collect();
-    request(addr, "POST", path, &headers, "").unwrap_or_else(|| panic!("POST {path}: no answer"))
-}
-
 fn fail_notification(pool: &cronsumer::db::Pool, id: i64) {
     use diesel::prelude::*;
     let mut conn = pool.get().unwrap();
@@ -102,16 +94,16 @@ fn every_route_answers_and_the_console_is_read_only_without_a_token() {
     assert!(!hostile.contains("<script>") && hostile.contains("&quot;&gt;&lt;script&gt;"), "{hostile}");
 
     // Without HTTP_ADMIN_TOKEN no action exists, whatever is presented.
-    let bearer = format!("Bearer {TOKEN}");
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
     for path in
         ["/actions/dead-letters/1/replay", "/actions/notifications/1/retry", "/actions/jobs/send_notifications/run"]
     {
-        let (code, _, body) = post(&svc.http, path, &[("Authorization", &bearer)]);
+        let (code, _, body) = post_form(&svc.http, path, &[("Authorization", &bearer)], "");
         assert_eq!(code, 403, "{path}: {body}");
         assert!(body.contains("HTTP_ADMIN_TOKEN is not set"), "{body}");
     }
     // Probes and pages are GETs only.
-    let (code, _, _) = post(&svc.http, "/healthz", &[]);
+    let (code, _, _) = post_form(&svc.http, "/healthz", &[], "");
     assert_eq!(code, 405);
 }
 
@@ -142,57 +134,59 @@ fn the_console_shows_the_last_commits_and_the_jobs_that_are_off() {
 
 #[test]
 fn actions_need_the_token_and_refuse_other_sites() {
-    let (tdb, _s, _topics, svc) = service_with_data(&[("HTTP_ADMIN_TOKEN", TOKEN)]);
+    let (tdb, _s, _topics, svc) = service_with_data(&[("HTTP_ADMIN_TOKEN", ADMIN_TOKEN)]);
     let pool = tdb.pool();
     let mut conn = pool.get().unwrap();
     let note = db::notifications::list(&mut conn, None, 1).unwrap().remove(0);
     let dead = db::dead_letters::list(&mut conn, None, 1).unwrap().remove(0);
     let retry = format!("/actions/notifications/{}/retry", note.id);
     let replay = format!("/actions/dead-letters/{}/replay", dead.id);
-    let bearer = format!("Bearer {TOKEN}");
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
 
-    let (code, _, _) = post(&svc.http, &retry, &[]);
+    let (code, _, _) = post_form(&svc.http, &retry, &[], "");
     assert_eq!(code, 401, "no token");
-    let (code, _, _) = post(&svc.http, &retry, &[("Authorization", "Bearer wrong-token-wrong-token-00")]);
+    let (code, _, _) = post_form(&svc.http, &retry, &[("Authorization", "Bearer wrong-token-wrong-token-00")], "");
     assert_eq!(code, 403, "wrong token");
-    let (code, _, _) = post(&svc.http, &retry, &[("Cookie", "cronsumer_admin=wrong-token-wrong-token-00")]);
+    let (code, _, _) = post_form(&svc.http, &retry, &[("Cookie", "cronsumer_admin=wrong-token-wrong-token-00")], "");
     assert_eq!(code, 403, "wrong cookie");
     // A cross-site form carries the browser's cookie only without SameSite=Strict,
     // and its Origin gives it away.
-    let cookie = format!("cronsumer_admin={TOKEN}");
-    let (code, _, body) = post(&svc.http, &retry, &[("Cookie", &cookie), ("Origin", "https://evil.example")]);
+    let cookie = format!("cronsumer_admin={ADMIN_TOKEN}");
+    let (code, _, body) = post_form(&svc.http, &retry, &[("Cookie", &cookie), ("Origin", "https://evil.example")], "");
     assert_eq!(code, 403, "{body}");
-    let (code, _, _) = post(&svc.http, &retry, &[("Cookie", &cookie), ("Sec-Fetch-Site", "cross-site")]);
+    let (code, _, _) = post_form(&svc.http, &retry, &[("Cookie", &cookie), ("Sec-Fetch-Site", "cross-site")], "");
     assert_eq!(code, 403);
     // GET does not act.
     let (code, _) = http_get(&svc.http, &retry).unwrap();
     assert_eq!(code, 405);
 
     // Only a failed notification is retried: a sent one (or one being sent) would go out twice.
-    let (code, _, body) = post(&svc.http, &retry, &[("Authorization", &bearer)]);
+    let (code, _, body) = post_form(&svc.http, &retry, &[("Authorization", &bearer)], "");
     assert_eq!(code, 409, "{body}");
     fail_notification(&pool, note.id);
-    let (code, _, body) = post(&svc.http, &retry, &[("Authorization", &bearer)]);
+    let (code, _, body) = post_form(&svc.http, &retry, &[("Authorization", &bearer)], "");
     assert_eq!(code, 200, "{body}");
-    let (code, _, body) = post(&svc.http, "/actions/notifications/999999/retry", &[("Authorization", &bearer)]);
+    let (code, _, body) =
+        post_form(&svc.http, "/actions/notifications/999999/retry", &[("Authorization", &bearer)], "");
     assert_eq!(code, 409, "{body}");
-    let (code, _, body) = post(&svc.http, "/actions/jobs/send_notifications/run", &[("Authorization", &bearer)]);
+    let (code, _, body) =
+        post_form(&svc.http, "/actions/jobs/send_notifications/run", &[("Authorization", &bearer)], "");
     assert_eq!(code, 200, "{body}");
     let sent = db::notifications::list(&mut conn, Some(db::notifications::SENT), 10).unwrap();
     assert_eq!(sent.len(), 1, "the job run from the console sent the retried notification");
-    let (code, _, body) = post(&svc.http, "/actions/jobs/no_such_job/run", &[("Authorization", &bearer)]);
+    let (code, _, body) = post_form(&svc.http, "/actions/jobs/no_such_job/run", &[("Authorization", &bearer)], "");
     assert_eq!(code, 404, "{body}");
 
-    let (code, _, body) = post(&svc.http, &replay, &[("Authorization", &bearer)]);
+    let (code, _, body) = post_form(&svc.http, &replay, &[("Authorization", &bearer)], "");
     assert_eq!(code, 200, "{body}");
     assert!(db::dead_letters::find(&mut conn, dead.id).unwrap().unwrap().replayed_at.is_some());
-    let (code, _, body) = post(&svc.http, &replay, &[("Authorization", &bearer)]);
+    let (code, _, body) = post_form(&svc.http, &replay, &[("Authorization", &bearer)], "");
     assert_eq!(code, 409, "a second replay would produce the record twice: {body}");
 
     // The console's unlock form sets a strict, script-proof cookie, then shows the buttons.
     let form = ("Content-Type", "application/x-www-form-urlencoded");
     let (code, head, _) =
-        request(&svc.http, "POST", "/unlock", &[form], &format!("token={TOKEN}")).expect("unlock answers");
+        request(&svc.http, "POST", "/unlock", &[form], &format!("token={ADMIN_TOKEN}")).expect("unlock answers");
     assert_eq!(code, 303, "{head}");
     let set_cookie = head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).expect("a cookie");
     assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"), "{set_cookie}");
@@ -205,12 +199,12 @@ fn actions_need_the_token_and_refuse_other_sites() {
     assert!(locked.contains("Unlock actions") && !locked.contains("<button>Run now</button>"), "{locked}");
     assert!(!locked.contains("http-equiv=refresh"), "the page would wipe the token being typed");
     // The console's own buttons: the cookie acts, and the browser goes back to the console.
-    let (code, head, _) = post(&svc.http, "/actions/jobs/maintenance_5m/run", &[("Cookie", &cookie)]);
+    let (code, head, _) = post_form(&svc.http, "/actions/jobs/maintenance_5m/run", &[("Cookie", &cookie)], "");
     assert_eq!(code, 303, "{head}");
     let (code, head, _) = request(&svc.http, "POST", "/lock", &[form], "").unwrap();
     assert_eq!(code, 303);
     assert!(head.contains("Max-Age=0"), "{head}");
-    assert!(!svc.log_text().contains(TOKEN), "the token was logged");
+    assert!(!svc.log_text().contains(ADMIN_TOKEN), "the token was logged");
 }
 
 #[test]

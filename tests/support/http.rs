@@ -1,5 +1,5 @@
-//! The service's HTTP port from outside: a free port to give it, and a
-//! plain GET; and the accept loop of the local servers the tests start.
+//! The service's HTTP port from outside: a free port to give it, a plain
+//! GET and a form POST; and the accept loop of the local servers the tests start.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -29,6 +29,17 @@ pub fn serve_until(listener: TcpListener, stop: Arc<AtomicBool>, serve: impl Fn(
             }
         }
     });
+}
+
+/// The `HTTP_ADMIN_TOKEN` the console's tests run the service with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A form POST (`application/x-www-form-urlencoded`) on a fresh
+/// connection: `(status, head, body)`; panics when nothing answers.
+pub fn post_form(addr: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let headers: Vec<(&str, &str)> = headers.iter().copied().chain([form]).collect();
+    request(addr, "POST", path, &headers, body).unwrap_or_else(|| panic!("POST {path}: no answer"))
 }
 
 /// A free loopback port for HTTP_ADDR.
