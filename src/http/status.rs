@@ -271,13 +271,22 @@ impl Status {
             .ok()
             .and_then(|mut c| crate::db::notifications::count_by_status(&mut c).ok())
             .unwrap_or_default();
-        let settings = &self.sources.settings;
         lock(&self.history).sample(Readings {
-            lanes: if settings.kafka_enabled { settings.consumer_lanes() } else { 0 },
+            lanes: self.lanes(),
             partitions,
             notifications_by_status: counts.into_iter().collect(),
-            model_on: settings.predict_url.is_some(),
+            model_on: self.sources.settings.predict_url.is_some(),
         });
+    }
+
+    /// The consumer's lanes (none with `KAFKA_ENABLED=false`).
+    pub fn lanes(&self) -> usize {
+        let settings = &self.sources.settings;
+        if settings.kafka_enabled {
+            settings.consumer_lanes()
+        } else {
+            0
+        }
     }
 
     /// The outbox backlog and the symbols' moving averages, into their gauges

@@ -68,7 +68,7 @@ pub struct InHand {
     pub why: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Default)]
 pub struct PartitionRow {
     pub topic: String,
     pub partition: i32,
@@ -95,7 +95,7 @@ pub struct Restart {
     pub detail: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Default)]
 pub struct Consumer {
     /// False with `KAFKA_ENABLED=false`.
     pub on: bool,
@@ -111,24 +111,9 @@ pub struct Consumer {
 }
 
 pub fn consumer(s: &Status) -> Consumer {
-    let lanes = if s.sources.settings.kafka_enabled { s.sources.settings.consumer_lanes() } else { 0 };
+    let lanes = s.lanes();
     let mut paused = s.sources.operator_pauses.get();
-    let Some(c) = s.consumer() else {
-        let (running, last_poll_s_ago, last_commit_database_s_ago, last_commit_kafka_s_ago) = (false, None, None, None);
-        let (in_hand, partitions, restarts, recent_restarts) = (vec![], vec![], 0, vec![]);
-        return Consumer {
-            on: false,
-            running,
-            lanes,
-            last_poll_s_ago,
-            last_commit_database_s_ago,
-            last_commit_kafka_s_ago,
-            in_hand,
-            partitions,
-            restarts,
-            recent_restarts,
-        };
-    };
+    let Some(c) = s.consumer() else { return Consumer { lanes, ..Consumer::default() } };
     let in_hand: Vec<InHand> = c
         .in_hand_by_lane
         .iter()
@@ -167,15 +152,9 @@ pub fn consumer(s: &Status) -> Consumer {
     partitions.extend(paused.into_iter().map(|(tp, at)| PartitionRow {
         topic: tp.topic,
         partition: tp.partition,
-        lane: None,
         paused: Some("operator"),
         paused_by_operator_since: Some(time(at)),
-        in_memory: 0,
-        lag: None,
-        seconds_behind: None,
-        handled: None,
-        committed: None,
-        in_hand: None,
+        ..PartitionRow::default()
     }));
     Consumer {
         on: true,
@@ -228,7 +207,7 @@ pub struct Jobs {
 pub fn jobs(s: &Status) -> Jobs {
     let names: Vec<&'static str> = s.sources.runners.iter().map(|r| r.name()).collect();
     let runs = read(s, |c| names.iter().map(|n| job_runs::list(c, Some(n), RUNS_SHOWN)).collect::<Result<Vec<_>, _>>());
-    let (mut runs, error) = match runs {
+    let (runs, error) = match runs {
         Ok(r) => (r, None),
         Err(e) => (vec![vec![]; names.len()], Some(e)),
     };
@@ -236,14 +215,14 @@ pub fn jobs(s: &Status) -> Jobs {
         .sources
         .runners
         .iter()
-        .zip(runs.iter_mut())
+        .zip(runs)
         .map(|(r, rows)| Job {
             name: r.name().to_string(),
             schedule: r.schedule().as_str().to_string(),
             off: None,
             next_run: r.next_run().map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
             runs: rows
-                .drain(..)
+                .into_iter()
                 .rev()
                 .map(|run| Run {
                     started_at: time(run.started_at),

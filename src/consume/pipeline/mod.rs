@@ -206,7 +206,7 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
     /// from the database's offset at the next step, or when an operator resumes them.
     pub fn reading_again(&self) -> Vec<TopicPartition> {
         let seeks = self.seeks.iter().map(|(tp, _)| tp.clone());
-        seeks.chain(self.operator.dropped_from(&self.offsets)).collect()
+        seeks.chain(self.operator.assigned(&self.offsets)).collect()
     }
 
     /// Records held in memory: waiting, in hand and in flight, every lane.

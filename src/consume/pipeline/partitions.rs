@@ -51,13 +51,9 @@ impl Operator {
         self.paused.contains(tp)
     }
 
-    /// The partitions it pauses.
-    pub(super) fn paused(&self) -> impl Iterator<Item = &TopicPartition> {
-        self.paused.iter()
-    }
-
-    /// The partitions it pauses that are assigned: what was dropped of them is read again on resume.
-    pub(super) fn dropped_from<'a>(&'a self, assigned: &'a Offsets) -> impl Iterator<Item = TopicPartition> + 'a {
+    /// The partitions it pauses that are assigned (what was dropped of them
+    /// is read again on resume).
+    pub(super) fn assigned<'a>(&'a self, assigned: &'a Offsets) -> impl Iterator<Item = TopicPartition> + 'a {
         self.paused.iter().filter(|tp| assigned.is_assigned(tp)).cloned()
     }
 
@@ -146,8 +142,7 @@ impl<C: Clock + Clone, L: Lanes> Pipeline<C, L> {
     /// it holds too much) and those an operator paused, and resumes the rest.
     pub(super) fn reconcile_pauses<B: Broker>(&mut self, broker: &mut B) {
         let limit = self.pause_at();
-        let mut want: BTreeSet<TopicPartition> =
-            self.operator.paused().filter(|tp| self.offsets.is_assigned(tp)).cloned().collect();
+        let mut want: BTreeSet<TopicPartition> = self.operator.assigned(&self.offsets).collect();
         for (i, lane) in self.lanes.iter_mut().enumerate() {
             LaneHolds { lane: i, records: lane.buffered() }.emit();
             if lane.relieve(limit) {
