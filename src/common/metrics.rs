@@ -319,3 +319,31 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 pub fn get() -> &'static Metrics {
     &METRICS
 }
+
+/// A counter's values by the value of its label `label` (the console's
+/// lanes busy, model calls by answer): every value seen so far, none named twice.
+pub fn counters_by(c: &impl prometheus::core::Collector, label: &str) -> std::collections::BTreeMap<String, f64> {
+    let families = c.collect();
+    let metrics = families.iter().flat_map(|f| f.get_metric());
+    metrics
+        .filter_map(|m| {
+            let value = m.get_label().iter().find(|l| l.name() == label)?.value().to_string();
+            Some((value, m.get_counter().get_value()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::{IntCounterVec, Opts};
+
+    #[test]
+    fn counters_by_label_name_every_value_seen() {
+        let calls = IntCounterVec::new(Opts::new("calls", "calls"), &["status"]).unwrap();
+        calls.with_label_values(&["500"]).inc_by(2);
+        calls.with_label_values(&["timeout"]).inc();
+        let by = super::counters_by(&calls, "status");
+        assert_eq!(by.into_iter().collect::<Vec<_>>(), [("500".to_string(), 2.0), ("timeout".to_string(), 1.0)]);
+        assert!(super::counters_by(&calls, "lane").is_empty(), "no such label");
+    }
+}

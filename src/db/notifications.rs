@@ -15,6 +15,8 @@ use crate::{on_backend, prepared, write_tx};
 pub const PENDING: &str = "pending";
 pub const SENT: &str = "sent";
 pub const FAILED: &str = "failed";
+/// Every status a row can have.
+pub const STATUSES: [&str; 3] = [PENDING, SENT, FAILED];
 
 #[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, serde::Serialize)]
 #[diesel(table_name = notifications)]

@@ -156,8 +156,7 @@ fn notifications_section(out: &mut String, s: &Status, h: &views::History, admin
         series(h, "failed", |s| Some(s.notifications_failed_per_min)),
     ];
     out.push_str(&charts::line("Deliveries", "per minute", span, &rates));
-    let statuses = ["pending", "sending", "sent", "failed"];
-    let counts: Vec<Series> = statuses
+    let counts: Vec<Series> = crate::db::notifications::STATUSES
         .iter()
         .map(|st| series(h, st, |s| Some(s.notifications_by_status.get(*st).copied().unwrap_or(0) as f64)))
         .collect();

@@ -79,19 +79,9 @@ impl Counters {
             metrics.iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().get_value()).sum()
         };
         let notifications = |result: &str| m.notifications.with_label_values(&[result]).get() as f64;
-        let lanes_busy = m
-            .lane_busy_seconds
-            .collect()
-            .iter()
-            .flat_map(|f| f.get_metric())
-            .filter_map(|x| {
-                let lane = x.get_label().iter().find(|l| l.name() == "lane")?.value().to_string();
-                Some((lane, x.get_counter().get_value()))
-            })
-            .collect();
         Counters {
             records: sum(&m.records_consumed),
-            lanes_busy,
+            lanes_busy: metrics::counters_by(&m.lane_busy_seconds, "lane"),
             sent: notifications("sent"),
             failed: notifications("failed"),
             model_calls: m.model_latency.get_sample_count() as f64,

@@ -319,11 +319,9 @@ pub struct Predictions {
 pub fn predictions(s: &Status) -> Predictions {
     let settings = &s.sources.settings;
     let m = crate::common::metrics::get();
-    let calls = ["200", "422", "400", "413", "401", "503", "timeout", "connection"]
-        .iter()
-        .map(|status| (status.to_string(), m.model_calls.with_label_values(&[status]).get()))
-        .filter(|(_, n)| *n > 0)
-        .collect();
+    // Every answer seen: any HTTP status, timeout, connection.
+    let calls = crate::common::metrics::counters_by(&m.model_calls, "status");
+    let calls = calls.into_iter().filter(|(_, n)| *n > 0.0).map(|(status, n)| (status, n as u64)).collect();
     let count = m.model_latency.get_sample_count();
     let mut view = Predictions {
         on: settings.predict_url.is_some(),
