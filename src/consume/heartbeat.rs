@@ -205,9 +205,7 @@ impl Heartbeat {
         if let Some((lane, busy)) = self.stuck_lane(stall) {
             problems.push(format!("lane {lane} has worked on one batch for {} ms", busy.as_millis()));
         }
-        if let Some((lasting, error)) = self.client_failing_for(stall) {
-            problems.push(format!("kafka client failing for {} s: {error}", lasting.as_secs()));
-        }
+        problems.extend(self.client_problem(stall));
         if let Some(h) = self.in_hand() {
             problems.push(format!("consumer is retrying a batch: {}", h.reason));
         }
@@ -259,6 +257,12 @@ impl Heartbeat {
         let now = Instant::now();
         let lasting = now - e.since;
         (lasting >= limit && now - e.last_at < CLIENT_ERRORS_QUIET).then_some((lasting, e.last))
+    }
+
+    /// The client's failure as `/healthz` names it, when it has lasted `limit`.
+    pub fn client_problem(&self, limit: Duration) -> Option<String> {
+        let (lasting, error) = self.client_failing_for(limit)?;
+        Some(format!("kafka client failing for {} s: {error}", lasting.as_secs()))
     }
 
     /// The assigned partitions as the pipeline sees them now.
@@ -335,5 +339,18 @@ mod tests {
         assert_eq!(hb.in_hand().map(|h| h.first), Some("t/0@7".into()));
         hb.set_retrying(0, None);
         assert!(hb.in_hand().is_none() && hb.retrying_for().is_none());
+    }
+
+    #[test]
+    fn a_client_failure_is_named_once_it_lasted_the_limit() {
+        let hb = Heartbeat::default();
+        assert_eq!(hb.client_problem(Duration::ZERO), None, "no error yet");
+        hb.client_error("all brokers down");
+        assert_eq!(hb.client_problem(Duration::from_secs(60)), None, "not for long enough");
+        assert_eq!(
+            hb.client_problem(Duration::ZERO).as_deref(),
+            Some("kafka client failing for 0 s: all brokers down")
+        );
+        assert!(hb.problems(Duration::ZERO).iter().any(|p| p.starts_with("kafka client failing for")));
     }
 }

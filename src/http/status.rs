@@ -208,6 +208,8 @@ impl Status {
             let s = lock(s);
             if !s.is_alive() {
                 problems.push("consumer thread is not running".to_string());
+                // While its restart waits, the ended thread's heartbeat says why it was stopped.
+                problems.extend(s.heartbeat().and_then(|hb| hb.client_problem(settings.consumer_stall_timeout)));
             } else if let Some(hb) = s.heartbeat() {
                 problems.extend(hb.problems(settings.consumer_stall_timeout));
             }
