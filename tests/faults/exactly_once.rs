@@ -10,9 +10,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use cronsumer::db::{price_stats, Backend};
-use diesel::connection::SimpleConnection;
-use diesel::pg::PgConnection;
-use diesel::prelude::*;
 
 use crate::fixture::*;
 use crate::support::*;
@@ -136,41 +133,13 @@ fn database_outage_counts_exact(backend: Backend) {
 }
 both_backends!(database_outage_counts_exact);
 
-/// Sets a PostgreSQL server setting (as superuser, reloaded), and sets it
-/// back when dropped.
-struct ServerSetting(&'static str);
-
-impl ServerSetting {
-    fn set(name: &'static str, value: &str) -> ServerSetting {
-        let mut admin = PgConnection::establish(&pg_admin_url()).unwrap();
-        admin.batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'")).unwrap();
-        admin.batch_execute("SELECT pg_reload_conf()").unwrap();
-        ServerSetting(name)
-    }
-}
-
-impl Drop for ServerSetting {
-    fn drop(&mut self) {
-        match PgConnection::establish(&pg_admin_url()) {
-            Ok(mut admin) => {
-                let reset = admin
-                    .batch_execute(&format!("ALTER SYSTEM RESET {}", self.0))
-                    .and_then(|()| admin.batch_execute("SELECT pg_reload_conf()"));
-                if let Err(e) = reset {
-                    eprintln!("cannot reset PostgreSQL's {}: {e}", self.0);
-                }
-            }
-            Err(e) => eprintln!("cannot reset PostgreSQL's {}: {e}", self.0),
-        }
-    }
-}
-
 /// PostgreSQL crashes (an immediate shutdown: WAL still in its buffers is
 /// lost) while batches commit without waiting for their WAL flush, the
-/// default; the WAL writer is slowed to 10 s so that the crash surely loses
-/// some. The batches it loses lose their offsets with them: the running copy
-/// notices that the stored offsets went back, reads those records again, and
-/// the counts stay exact.
+/// default; its WAL writer is stopped half a second before, so that the
+/// crash surely loses some (`scripts/services.sh pg-crash`). The batches it
+/// loses lose their offsets with them: the running copy notices that the
+/// stored offsets went back, reads those records again, and the counts stay
+/// exact.
 #[test]
 fn postgres_crash_before_the_wal_flush_counts_exact() {
     const BACKLOG: usize = 60_000;
@@ -179,7 +148,6 @@ fn postgres_crash_before_the_wal_flush_counts_exact() {
     let _serial = serial();
     let fx = Fixture::new("exactly_once_postgres_crash", Backend::Postgres, &[]);
     fx.produce_prices(0..BACKLOG);
-    let slow_wal_writer = ServerSetting::set("wal_writer_delay", "10s");
     let svc = fx.start("service", &[]);
     wait_running(&[&svc], "5000 events", Duration::from_secs(120), || fx.prices() >= 5000);
     // Kafka's commits are advisory and may pass what the crash undoes: the
@@ -189,7 +157,6 @@ fn postgres_crash_before_the_wal_flush_counts_exact() {
     let crash = Command::new("bash").arg(services_script()).arg("pg-crash").output().unwrap();
     let said = String::from_utf8_lossy(&crash.stderr);
     assert!(crash.status.success(), "scripts/services.sh pg-crash failed: {said}");
-    drop(slow_wal_writer);
     wait_running(&[&svc], "the backlog stored", Duration::from_secs(300), || fx.prices() >= BACKLOG as i64);
     fx.watch_again();
     fx.produce_prices(BACKLOG..BACKLOG + MORE);
