@@ -125,8 +125,9 @@ pg_start() {
 # shutdown kills the stopped writer after its 5 s grace.
 pg_crash() {
   local version; version=$(ls /etc/postgresql | sort -V | tail -1)
-  local writer; writer=$(pgrep -f "^postgres: $version/main: walwriter") \
-    || die "no WAL writer of PostgreSQL $version is running"
+  local writer; writer=$(psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atqc \
+    "select pid from pg_stat_activity where backend_type = 'walwriter'") || writer=
+  [ -n "$writer" ] || die "cannot find PostgreSQL's WAL writer (pg_stat_activity)"
   kill -STOP "$writer" || die "cannot stop PostgreSQL's WAL writer (pid $writer)"
   sleep 0.5
   if ! pg_ctlcluster --skip-systemctl-redirect "$version" main stop -m immediate >&2 2>&1; then
